@@ -1,0 +1,140 @@
+//! The command line: clap types only.
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use uuid::Uuid;
+
+/// pdq: the participant-data queue for Genesys Cloud.
+#[derive(Debug, Parser)]
+#[command(name = "pdq", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Postgres connection URL.
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "PDQ_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    pub log_format: LogFormat,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written (filter them with `RUST_LOG`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade pdq's schema (`pdq`) in the database.
+    Migrate,
+    /// Enqueue one participant-data update (the shell-friendly INSERT).
+    Enqueue(EnqueueArgs),
+    /// Show queue depth by state and priority, oldest pending age and dead letters by reason.
+    Status,
+    /// Inspect, requeue or purge dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// A job, with flags named after the columns of `pdq.jobs`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// The conversation id (or give --external-tag).
+    #[arg(long)]
+    pub conversation_id: Option<Uuid>,
+    /// The conversation's external tag (or give --conversation-id).
+    #[arg(long)]
+    pub external_tag: Option<String>,
+    /// The participant id.
+    #[arg(long)]
+    pub participant_id: Option<Uuid>,
+    /// Pick the live participant with this purpose (default: customer).
+    #[arg(long)]
+    pub participant_purpose: Option<String>,
+    /// Pick the participant with this external contact id.
+    #[arg(long)]
+    pub participant_external_contact_id: Option<String>,
+    /// Pick the participant with this name.
+    #[arg(long)]
+    pub participant_name: Option<String>,
+    /// The attributes as a JSON object of strings, e.g. '{"tier":"gold"}'.
+    #[arg(long)]
+    pub attributes: Option<String>,
+    /// One attribute as key=value (repeatable; merged over --attributes).
+    #[arg(long = "attr", value_name = "KEY=VALUE")]
+    pub attr: Vec<String>,
+    /// live (default) or backfill.
+    #[arg(long, default_value = "live")]
+    pub priority: pdq::queue::Priority,
+    /// Not before this time (RFC 3339).
+    #[arg(long)]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Dead-letter as expired after this time (RFC 3339).
+    #[arg(long)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// A repeated enqueue with the same key is a no-op.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Attempts before retries_exhausted.
+    #[arg(long)]
+    pub max_attempts: Option<i32>,
+}
+
+/// Dead-letter commands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, newest first.
+    List(DlqFilterArgs),
+    /// Show one dead letter with the API's error body.
+    Show {
+        /// The job id.
+        id: i64,
+    },
+    /// Put dead letters back in the queue (history is kept).
+    Requeue(DlqFilterArgs),
+    /// Delete dead letters for good.
+    Purge(DlqFilterArgs),
+}
+
+/// Which dead letters a command means.
+#[derive(Debug, Args)]
+pub struct DlqFilterArgs {
+    /// These job ids.
+    pub ids: Vec<i64>,
+    /// Only this reason (conversation_ended, not_found, retries_exhausted, …).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Dead-lettered at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<DateTime<Utc>>,
+    /// Dead-lettered before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<DateTime<Utc>>,
+    /// Only jobs for this conversation.
+    #[arg(long)]
+    pub conversation_id: Option<Uuid>,
+    /// Every dead letter (requeue and purge need ids, a filter or this).
+    #[arg(long)]
+    pub all: bool,
+    /// Include dead letters already requeued (list, purge).
+    #[arg(long)]
+    pub include_requeued: bool,
+    /// At most this many rows (list).
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+}

@@ -1,0 +1,95 @@
+//! `pdq dlq list|show|requeue|purge`.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use pdq::queue::{dlq, DeadLetterFilter};
+
+use super::Database;
+use crate::cli::{DlqCommand, DlqFilterArgs};
+use crate::output::{self, cell};
+
+/// Runs one dead-letter command.
+pub async fn run(db: &Database, command: DlqCommand, json: bool) -> anyhow::Result<ExitCode> {
+    let pool = db.pool().await?;
+    match command {
+        DlqCommand::List(args) => {
+            let letters = dlq::list(&pool, &filter(&args)).await?;
+            if json {
+                output::json(&letters)?;
+            } else {
+                let rows: Vec<Vec<String>> = letters
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.id.to_string(),
+                            d.dead_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            d.reason.clone(),
+                            cell(&d.http_status),
+                            cell(&d.error_code),
+                            cell(&d.conversation_id.or(d.resolved_conversation_id)),
+                            d.attempts.to_string(),
+                        ]
+                    })
+                    .collect();
+                let header = [
+                    "ID",
+                    "DEAD AT",
+                    "REASON",
+                    "HTTP",
+                    "CODE",
+                    "CONVERSATION",
+                    "ATTEMPTS",
+                ];
+                output::table(&header, &rows);
+            }
+        }
+        DlqCommand::Show { id } => match dlq::show(&pool, id).await? {
+            Some(letter) => output::json(&letter)?,
+            None => bail!("no dead letter with id {id}"),
+        },
+        DlqCommand::Requeue(args) => {
+            let count = dlq::requeue(&pool, &guarded_filter(&args)?).await?;
+            report(json, "requeued", count)?;
+        }
+        DlqCommand::Purge(args) => {
+            let count = dlq::purge(&pool, &guarded_filter(&args)?).await?;
+            report(json, "purged", count)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn filter(args: &DlqFilterArgs) -> DeadLetterFilter {
+    DeadLetterFilter {
+        ids: args.ids.clone(),
+        reason: args.reason.clone(),
+        since: args.since,
+        until: args.until,
+        conversation_id: args.conversation_id,
+        include_requeued: args.include_requeued,
+        limit: Some(args.limit),
+    }
+}
+
+/// Requeue and purge act on many rows: they need ids, a filter, or an explicit --all.
+fn guarded_filter(args: &DlqFilterArgs) -> anyhow::Result<DeadLetterFilter> {
+    let narrowed = !args.ids.is_empty()
+        || args.reason.is_some()
+        || args.since.is_some()
+        || args.until.is_some()
+        || args.conversation_id.is_some();
+    if !narrowed && !args.all {
+        bail!("name job ids, a filter (--reason, --since, --until, --conversation-id) or --all");
+    }
+    Ok(filter(args))
+}
+
+fn report(json: bool, verb: &str, count: u64) -> anyhow::Result<()> {
+    if json {
+        output::json(&serde_json::json!({ verb: count }))?;
+    } else {
+        println!("{verb} {count} dead letter(s)");
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Connecting to Postgres and migrating pdq's schema.
+//!
+//! Everything pdq owns lives in the `pdq` schema, including its migration bookkeeping
+//! (`pdq._sqlx_migrations`), so pdq can share a database with another sqlx application.
+
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// pdq's migrations, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Errors from connecting or migrating.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database URL could not be parsed.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    /// Postgres refused or could not be reached.
+    #[error("cannot connect to Postgres: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Any other database error.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Parses a `postgres://` URL into connect options, naming the application `pdq`.
+pub fn connect_options(database_url: &str) -> Result<PgConnectOptions, Error> {
+    let options: PgConnectOptions = database_url.parse().map_err(Error::InvalidUrl)?;
+    Ok(options.application_name("pdq"))
+}
+
+/// Opens a pool eagerly, so a bad URL or a stopped server fails at once.
+pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(Error::Connect)
+}
+
+/// Creates the `pdq` schema if needed and applies every pending migration.
+///
+/// Safe to run from several processes at once: a session advisory lock serialises them.
+pub async fn migrate(options: &PgConnectOptions) -> Result<(), Error> {
+    let mut conn = PgConnection::connect_with(options)
+        .await
+        .map_err(Error::Connect)?;
+    sqlx::query("select pg_advisory_lock(hashtext('pdq.migrate'))")
+        .execute(&mut conn)
+        .await?;
+    let result = migrate_locked(&mut conn).await;
+    let _ = sqlx::query("select pg_advisory_unlock(hashtext('pdq.migrate'))")
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    result
+}
+
+async fn migrate_locked(conn: &mut PgConnection) -> Result<(), Error> {
+    sqlx::query("create schema if not exists pdq")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("set search_path to pdq, public")
+        .execute(&mut *conn)
+        .await?;
+    MIGRATOR.run_direct(&mut *conn).await?;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! A local emulator of the Genesys Cloud endpoints pdq uses.

@@ -1,0 +1,102 @@
+//! Inserting jobs: the same contract producers use from plain SQL.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use super::{Error, Priority};
+
+/// One update to enqueue, named after the columns of `pdq.jobs`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NewJob {
+    /// The conversation, when known.
+    pub conversation_id: Option<Uuid>,
+    /// Otherwise the conversation's external tag.
+    pub external_tag: Option<String>,
+    /// The participant, when known.
+    pub participant_id: Option<Uuid>,
+    /// Otherwise the participant's purpose (`customer` when no locator is given).
+    pub participant_purpose: Option<String>,
+    /// Or the participant's external contact id.
+    pub participant_external_contact_id: Option<String>,
+    /// Or the participant's name.
+    pub participant_name: Option<String>,
+    /// The attributes: a JSON object of string keys to string values.
+    pub attributes: serde_json::Value,
+    /// `live` (default) or `backfill`.
+    pub priority: Option<Priority>,
+    /// Not before this time (default now).
+    pub run_at: Option<DateTime<Utc>>,
+    /// After this time the update is dead-lettered as `expired`.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// A repeated insert with the same key is a no-op.
+    pub idempotency_key: Option<String>,
+    /// Attempts allowed before `retries_exhausted` (default 20).
+    pub max_attempts: Option<i32>,
+}
+
+/// Enqueues one job through `pdq.enqueue`; returns its id, or `None` when its idempotency key
+/// was already applied or dead-lettered.
+pub async fn enqueue<'e>(db: impl PgExecutor<'e>, job: &NewJob) -> Result<Option<i64>, Error> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "select pdq.enqueue(
+            attributes => $1, conversation_id => $2, external_tag => $3, participant_id => $4,
+            participant_purpose => $5, participant_external_contact_id => $6,
+            participant_name => $7, priority => $8, run_at => coalesce($9, now()),
+            expires_at => $10, idempotency_key => $11, max_attempts => $12)",
+    )
+    .bind(&job.attributes)
+    .bind(job.conversation_id)
+    .bind(&job.external_tag)
+    .bind(job.participant_id)
+    .bind(&job.participant_purpose)
+    .bind(&job.participant_external_contact_id)
+    .bind(&job.participant_name)
+    .bind(job.priority.unwrap_or(Priority::Live).as_str())
+    .bind(job.run_at)
+    .bind(job.expires_at)
+    .bind(&job.idempotency_key)
+    .bind(job.max_attempts.unwrap_or(20))
+    .fetch_one(db)
+    .await?;
+    Ok(id)
+}
+
+/// Enqueues many jobs in one statement (one NOTIFY); returns how many rows were inserted.
+/// Jobs whose idempotency key is already known are skipped.
+pub async fn enqueue_many<'e>(db: impl PgExecutor<'e>, jobs: &[NewJob]) -> Result<u64, Error> {
+    let column = |f: fn(&NewJob) -> Option<String>| jobs.iter().map(f).collect::<Vec<_>>();
+    let priorities = column(|j| Some(j.priority.unwrap_or(Priority::Live).as_str().to_owned()));
+    let result = sqlx::query(
+        "insert into pdq.jobs (attributes, conversation_id, external_tag, participant_id,
+            participant_purpose, participant_external_contact_id, participant_name, priority,
+            run_at, expires_at, idempotency_key, max_attempts)
+         select a, c, t, p, pp, px, pn, pr, coalesce(r, now()), e, k, coalesce(m, 20)
+         from unnest($1::jsonb[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[],
+                     $12::int[])
+              with ordinality as u(a, c, t, p, pp, px, pn, pr, r, e, k, m, n)
+         order by n
+         on conflict on constraint idempotency_key_already_enqueued do nothing",
+    )
+    .bind(
+        jobs.iter()
+            .map(|j| j.attributes.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(jobs.iter().map(|j| j.conversation_id).collect::<Vec<_>>())
+    .bind(column(|j| j.external_tag.clone()))
+    .bind(jobs.iter().map(|j| j.participant_id).collect::<Vec<_>>())
+    .bind(column(|j| j.participant_purpose.clone()))
+    .bind(column(|j| j.participant_external_contact_id.clone()))
+    .bind(column(|j| j.participant_name.clone()))
+    .bind(priorities)
+    .bind(jobs.iter().map(|j| j.run_at).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.expires_at).collect::<Vec<_>>())
+    .bind(column(|j| j.idempotency_key.clone()))
+    .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+    .execute(db)
+    .await?;
+    Ok(result.rows_affected())
+}

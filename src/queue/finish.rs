@@ -1,0 +1,257 @@
+//! Finishing claimed units: success, retry, release, dead letter, lease renewal and pruning.
+//! Every operation is fenced by the unit's lease token.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use super::{DeadReason, Error};
+
+/// A unit that was applied, with the ids the worker resolved it to.
+#[derive(Debug, Clone)]
+pub struct Success {
+    /// The unit's lease.
+    pub lease: Uuid,
+    /// The conversation the update went to.
+    pub conversation_id: Option<Uuid>,
+    /// The participant the update went to.
+    pub participant_id: Option<Uuid>,
+}
+
+/// Archives the jobs of many applied units in one statement and releases their participants.
+/// Returns the leases that were no longer held (their jobs were left untouched).
+pub async fn succeed_batch<'e>(
+    db: impl PgExecutor<'e>,
+    done: &[Success],
+) -> Result<Vec<Uuid>, Error> {
+    if done.is_empty() {
+        return Ok(Vec::new());
+    }
+    let leases: Vec<Uuid> = done.iter().map(|s| s.lease).collect();
+    let finished: Vec<Uuid> = sqlx::query_scalar(
+        "with done as (
+             delete from pdq.jobs j
+             using unnest($1::uuid[], $2::uuid[], $3::uuid[]) as s(lease, cid, pid)
+             where j.lease_token = s.lease and j.state = 'running'
+             returning j.*, s.cid as resolved_cid, s.pid as resolved_pid
+         ), released as (
+             delete from pdq.inflight where lease_token = any($1)
+         ), archived as (
+             insert into pdq.finished_jobs (id, conversation_id, external_tag, participant_id,
+                 participant_purpose, participant_external_contact_id, participant_name,
+                 attributes, priority, idempotency_key, created_at, run_at, attempts,
+                 first_attempt_at, resolved_conversation_id, resolved_participant_id,
+                 coalesced_with, locked_by)
+             select id, conversation_id, external_tag, participant_id, participant_purpose,
+                 participant_external_contact_id, participant_name, attributes, priority,
+                 idempotency_key, created_at, run_at, attempts, first_attempt_at,
+                 coalesce(resolved_cid, conversation_id), coalesce(resolved_pid, participant_id),
+                 count(*) over (partition by lease_token), locked_by
+             from done
+         )
+         select distinct lease_token from done",
+    )
+    .bind(&leases)
+    .bind(done.iter().map(|s| s.conversation_id).collect::<Vec<_>>())
+    .bind(done.iter().map(|s| s.participant_id).collect::<Vec<_>>())
+    .fetch_all(db)
+    .await?;
+    Ok(leases
+        .into_iter()
+        .filter(|l| !finished.contains(l))
+        .collect())
+}
+
+/// Puts a unit back to pending at `run_at`, recording `last_error`. With `spend_attempt` false
+/// (a rate-limit wait, a shutdown) the attempt the claim counted is given back.
+pub async fn retry<'e>(
+    db: impl PgExecutor<'e>,
+    lease: Uuid,
+    run_at: DateTime<Utc>,
+    last_error: &serde_json::Value,
+    spend_attempt: bool,
+) -> Result<(), Error> {
+    let changed: i64 = sqlx::query_scalar(
+        "with retried as (
+             update pdq.jobs
+             set state = 'pending', run_at = $2, lease_token = null, locked_until = null,
+                 locked_by = null, last_error = $3,
+                 attempts = attempts - case when $4 then 0 else 1 end
+             where lease_token = $1 and state = 'running'
+             returning id
+         ), released as (
+             delete from pdq.inflight where lease_token = $1
+         )
+         select count(*) from retried",
+    )
+    .bind(lease)
+    .bind(run_at)
+    .bind(last_error)
+    .bind(spend_attempt)
+    .fetch_one(db)
+    .await?;
+    fenced(changed)
+}
+
+/// Gives a unit back at once without spending an attempt (graceful shutdown).
+pub async fn release<'e>(db: impl PgExecutor<'e>, lease: Uuid) -> Result<(), Error> {
+    let note = serde_json::json!({ "reason": "released", "at": Utc::now() });
+    retry(db, lease, Utc::now(), &note, false).await
+}
+
+/// Everything recorded with a dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetterRecord {
+    /// The reason category.
+    pub reason: DeadReason,
+    /// A human explanation.
+    pub detail: String,
+    /// The API's HTTP status, when there was a response.
+    pub http_status: Option<u16>,
+    /// The API's error `code`.
+    pub error_code: Option<String>,
+    /// The API's error `message`.
+    pub error_message: Option<String>,
+    /// The API's error `contextId`.
+    pub context_id: Option<String>,
+    /// The `ININ-Correlation-Id` response header.
+    pub correlation_id: Option<String>,
+    /// The API's whole error body.
+    pub error_body: Option<serde_json::Value>,
+    /// The conversation the job resolved to, if it got that far.
+    pub resolved_conversation_id: Option<Uuid>,
+    /// The participant the job resolved to, if it got that far.
+    pub resolved_participant_id: Option<Uuid>,
+}
+
+impl DeadLetterRecord {
+    /// A record with a reason and an explanation and no API response.
+    pub fn new(reason: DeadReason, detail: impl Into<String>) -> Self {
+        DeadLetterRecord {
+            reason,
+            detail: detail.into(),
+            http_status: None,
+            error_code: None,
+            error_message: None,
+            context_id: None,
+            correlation_id: None,
+            error_body: None,
+            resolved_conversation_id: None,
+            resolved_participant_id: None,
+        }
+    }
+}
+
+/// Moves jobs of a unit to `pdq.dead_letters`: all of them when `job_ids` is `None`, otherwise
+/// only those. `release_unit` ends the unit (set it when no job of the unit is left running).
+/// Returns how many jobs were dead-lettered.
+pub async fn dead_letter<'e>(
+    db: impl PgExecutor<'e>,
+    lease: Uuid,
+    job_ids: Option<&[i64]>,
+    record: &DeadLetterRecord,
+    release_unit: bool,
+) -> Result<u64, Error> {
+    let moved: i64 = sqlx::query_scalar(
+        "with dead as (
+             delete from pdq.jobs
+             where lease_token = $1 and state = 'running' and ($2::bigint[] is null or id = any($2))
+             returning *
+         ), moved as (
+             insert into pdq.dead_letters (id, conversation_id, external_tag, participant_id,
+                 participant_purpose, participant_external_contact_id, participant_name,
+                 attributes, priority, run_at, expires_at, idempotency_key, max_attempts,
+                 created_at, attempts, first_attempt_at, last_attempt_at, reason, detail,
+                 http_status, error_code, error_message, context_id, correlation_id, error_body,
+                 resolved_conversation_id, resolved_participant_id, locked_by)
+             select id, conversation_id, external_tag, participant_id, participant_purpose,
+                 participant_external_contact_id, participant_name, attributes, priority, run_at,
+                 expires_at, idempotency_key, max_attempts, created_at, attempts,
+                 first_attempt_at, last_attempt_at, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                 locked_by
+             from dead
+         ), released as (
+             delete from pdq.inflight where lease_token = $1 and $13
+         )
+         select count(*) from dead",
+    )
+    .bind(lease)
+    .bind(job_ids)
+    .bind(record.reason.as_str())
+    .bind(&record.detail)
+    .bind(record.http_status.map(i32::from))
+    .bind(&record.error_code)
+    .bind(&record.error_message)
+    .bind(&record.context_id)
+    .bind(&record.correlation_id)
+    .bind(&record.error_body)
+    .bind(record.resolved_conversation_id)
+    .bind(record.resolved_participant_id)
+    .bind(release_unit)
+    .fetch_one(db)
+    .await?;
+    if moved == 0 && job_ids.is_none_or(|ids| !ids.is_empty()) {
+        return Err(Error::LeaseLost);
+    }
+    Ok(moved as u64)
+}
+
+/// Extends the leases of units still being worked on; returns the leases that were lost.
+pub async fn renew_leases<'e>(
+    db: impl PgExecutor<'e>,
+    leases: &[Uuid],
+    lease: Duration,
+) -> Result<Vec<Uuid>, Error> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let held: Vec<Uuid> = sqlx::query_scalar(
+        "with held as (
+             update pdq.inflight set locked_until = now() + $2 * interval '1 second'
+             where lease_token = any($1) and locked_until >= now()
+             returning lease_token, locked_until
+         ), jobs as (
+             update pdq.jobs j set locked_until = h.locked_until
+             from held h where j.lease_token = h.lease_token and j.state = 'running'
+         )
+         select lease_token from held",
+    )
+    .bind(leases)
+    .bind(lease.as_secs_f64())
+    .fetch_all(db)
+    .await?;
+    Ok(leases
+        .iter()
+        .filter(|l| !held.contains(l))
+        .copied()
+        .collect())
+}
+
+/// Deletes archived jobs finished more than `retention` ago, at most `limit` rows per call.
+pub async fn prune_finished<'e>(
+    db: impl PgExecutor<'e>,
+    retention: Duration,
+    limit: i64,
+) -> Result<u64, Error> {
+    let result = sqlx::query(
+        "delete from pdq.finished_jobs where id in (
+             select id from pdq.finished_jobs
+             where finished_at < now() - $1 * interval '1 second'
+             order by finished_at limit $2)",
+    )
+    .bind(retention.as_secs_f64())
+    .bind(limit)
+    .execute(db)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+fn fenced(changed: i64) -> Result<(), Error> {
+    if changed == 0 {
+        Err(Error::LeaseLost)
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,263 @@
+//! The durable queue: the only module that speaks SQL.
+//!
+//! A job moves `pending → running → (finished | pending again | dead)`. Claims take whole
+//! *units*: the oldest pending job of a participant together with the due jobs queued behind it,
+//! under a lease that a second worker can never hold at the same time (`pdq.inflight`). Every
+//! finishing operation is fenced by the unit's lease token, so a worker whose lease expired
+//! cannot overwrite the newer attempt.
+
+mod claim;
+pub mod dlq;
+mod enqueue;
+mod finish;
+mod stats;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::FromRow;
+use uuid::Uuid;
+
+pub use claim::{claim, rescue_expired_leases, ClaimOptions};
+pub use dlq::{DeadLetter, DeadLetterFilter};
+pub use enqueue::{enqueue, enqueue_many, NewJob};
+pub use finish::{
+    dead_letter, prune_finished, release, renew_leases, retry, succeed_batch, DeadLetterRecord,
+    Success,
+};
+pub use stats::{status, DeadReasonCount, DepthRow, QueueStatus};
+
+/// A queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Postgres refused a row because it breaks a rule of the SQL contract.
+    #[error("refused by constraint {constraint}: {meaning}")]
+    Refused {
+        /// The constraint's name, e.g. `attribute_values_must_be_strings`.
+        constraint: String,
+        /// What the constraint means, in plain words.
+        meaning: String,
+    },
+    /// The unit's lease expired and another worker may own it now; nothing was changed.
+    #[error("lease lost: the unit was reclaimed after its lease expired")]
+    LeaseLost,
+    /// Any other database error.
+    #[error(transparent)]
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        let constraint = error
+            .as_database_error()
+            .and_then(|db| db.constraint())
+            .map(str::to_owned);
+        match constraint {
+            Some(constraint) => Error::Refused {
+                meaning: constraint_meaning(&constraint).to_owned(),
+                constraint,
+            },
+            None => Error::Database(error),
+        }
+    }
+}
+
+/// Explains a constraint of `pdq.jobs` to the producer whose row it refused.
+pub fn constraint_meaning(constraint: &str) -> &'static str {
+    match constraint {
+        "attributes_must_be_a_json_object" => "attributes must be a JSON object of string keys to string values",
+        "attributes_must_not_be_empty" => "attributes must name at least one key",
+        "attribute_values_must_be_strings" => "every attribute value must be a JSON string (quote numbers and booleans)",
+        "attribute_keys_must_not_be_empty" => "attribute keys must not be empty or blank",
+        "attributes_must_fit_the_512000_byte_request_limit" => "the attributes make a request body over the API's 512,000-byte limit",
+        "exactly_one_of_conversation_id_or_external_tag" => "give exactly one of conversation_id or external_tag",
+        "external_tag_must_not_be_empty" => "external_tag must not be empty",
+        "at_most_one_participant_locator" => "give at most one of participant_id, participant_purpose, participant_external_contact_id, participant_name",
+        "participant_locator_must_not_be_empty" => "a participant locator must not be empty",
+        "priority_must_be_live_or_backfill" => "priority must be 'live' or 'backfill'",
+        "max_attempts_must_be_positive" => "max_attempts must be at least 1",
+        "idempotency_key_must_not_be_empty" => "idempotency_key must not be empty",
+        "idempotency_key_already_enqueued" => "a job with this idempotency_key is already queued (use ON CONFLICT DO NOTHING)",
+        "attribute_keys_must_not_use_a_protected_prefix" => "an attribute key uses a prefix owned by Genesys Cloud or another tool (see pdq.protected_key_prefixes)",
+        _ => "the row breaks a rule of pdq.jobs",
+    }
+}
+
+/// How soon an update must be applied: live updates are always claimed before backfills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// An update for a conversation happening now.
+    Live,
+    /// Bulk or historical work that may use only part of the API budget.
+    Backfill,
+}
+
+impl Priority {
+    /// The value stored in `pdq.jobs.priority`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Live => "live",
+            Priority::Backfill => "backfill",
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "live" => Ok(Priority::Live),
+            "backfill" => Ok(Priority::Backfill),
+            other => Err(format!("unknown priority {other:?}: use live or backfill")),
+        }
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for Priority {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Priority {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Ok(text.parse()?)
+    }
+}
+
+/// Why a job was dead-lettered; `as_str` is the value stored in `pdq.dead_letters.reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadReason {
+    /// The API refused the request as malformed (400).
+    BadRequest,
+    /// The conversation or participant does not exist (404).
+    NotFound,
+    /// The API answered 409 (for example, the conversation is no longer active).
+    Conflict,
+    /// The request was too large (413).
+    PayloadTooLarge,
+    /// The API refused the media type (415).
+    UnsupportedMediaType,
+    /// The client may not touch this conversation (403 that concerns one conversation).
+    Forbidden,
+    /// The conversation has ended (`endTime` set).
+    ConversationEnded,
+    /// No active conversation carries the external tag within the lookup window.
+    ConversationNotFound,
+    /// No live participant matches the job's participant locator.
+    ParticipantNotFound,
+    /// Several live participants match the job's participant locator.
+    ParticipantAmbiguous,
+    /// A key belongs to Genesys Cloud or another tool and is protected.
+    ProtectedKey,
+    /// Every attempt failed with a retryable error.
+    RetriesExhausted,
+    /// `expires_at` passed before the update could be applied.
+    Expired,
+    /// Any other permanent API error.
+    Rejected,
+}
+
+impl DeadReason {
+    /// The value stored in SQL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::BadRequest => "bad_request",
+            DeadReason::NotFound => "not_found",
+            DeadReason::Conflict => "conflict",
+            DeadReason::PayloadTooLarge => "payload_too_large",
+            DeadReason::UnsupportedMediaType => "unsupported_media_type",
+            DeadReason::Forbidden => "forbidden",
+            DeadReason::ConversationEnded => "conversation_ended",
+            DeadReason::ConversationNotFound => "conversation_not_found",
+            DeadReason::ParticipantNotFound => "participant_not_found",
+            DeadReason::ParticipantAmbiguous => "participant_ambiguous",
+            DeadReason::ProtectedKey => "protected_key",
+            DeadReason::RetriesExhausted => "retries_exhausted",
+            DeadReason::Expired => "expired",
+            DeadReason::Rejected => "rejected",
+        }
+    }
+}
+
+/// A job row as the worker sees it once claimed.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Job {
+    /// The job id (`pdq.jobs.id`).
+    pub id: i64,
+    /// The conversation, when the producer knew it.
+    pub conversation_id: Option<Uuid>,
+    /// Otherwise the conversation's external tag.
+    pub external_tag: Option<String>,
+    /// The participant, when the producer knew it.
+    pub participant_id: Option<Uuid>,
+    /// Otherwise the participant's purpose (default `customer`).
+    pub participant_purpose: Option<String>,
+    /// Or the participant's external contact id.
+    pub participant_external_contact_id: Option<String>,
+    /// Or the participant's name.
+    pub participant_name: Option<String>,
+    /// The attributes to merge: a JSON object of strings.
+    pub attributes: serde_json::Value,
+    /// Live or backfill.
+    pub priority: Priority,
+    /// Not before this time.
+    pub run_at: DateTime<Utc>,
+    /// After this time the update is pointless.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The producer's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Attempts allowed before `retries_exhausted`.
+    pub max_attempts: i32,
+    /// When the producer inserted the job.
+    pub created_at: DateTime<Utc>,
+    /// Attempts made so far, this one included.
+    pub attempts: i32,
+    /// When the first attempt started.
+    pub first_attempt_at: Option<DateTime<Utc>>,
+    /// Which participant the job is for; jobs with equal keys apply one at a time, in order.
+    pub participant_key: String,
+}
+
+/// A claimed unit of work: one participant's due jobs, oldest first, under one lease.
+#[derive(Debug, Clone)]
+pub struct Unit {
+    /// Fences every finishing operation on this unit.
+    pub lease: Uuid,
+    /// When the lease runs out unless renewed.
+    pub locked_until: DateTime<Utc>,
+    /// The jobs, in insertion order (ascending id); never empty.
+    pub jobs: Vec<Job>,
+}
+
+impl Unit {
+    /// The first (oldest) job, which names the conversation and participant for all of them.
+    pub fn head(&self) -> &Job {
+        &self.jobs[0]
+    }
+
+    /// The attributes of every job merged oldest to newest: the newest value wins per key.
+    pub fn merged_attributes(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut merged = serde_json::Map::new();
+        for job in &self.jobs {
+            if let serde_json::Value::Object(attributes) = &job.attributes {
+                for (key, value) in attributes {
+                    merged.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        merged
+    }
+
+    /// The job ids in this unit.
+    pub fn job_ids(&self) -> Vec<i64> {
+        self.jobs.iter().map(|job| job.id).collect()
+    }
+}

@@ -1,0 +1,95 @@
+//! The built `pdq` binary against a fresh database.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::helpers::TestDb;
+
+fn pdq(db: &TestDb, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args(args)
+        .env("DATABASE_URL", db.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run pdq")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn enqueue_status_and_dlq_work_from_the_shell() {
+    let db = TestDb::new().await;
+    let migrate = pdq(&db, &["migrate"]);
+    assert!(migrate.status.success(), "{migrate:?}");
+
+    let ok = pdq(
+        &db,
+        &[
+            "enqueue",
+            "--conversation-id",
+            "6f1c2d3e-0000-4000-8000-000000000001",
+            "--attributes",
+            r#"{"tier":"gold"}"#,
+            "--attr",
+            "orderStatus=shipped",
+            "--json",
+        ],
+    );
+    assert!(ok.status.success(), "{ok:?}");
+    let id: Value = serde_json::from_str(&stdout(&ok)).unwrap();
+    let attributes: Value = sqlx::query_scalar("select attributes from pdq.jobs where id = $1")
+        .bind(id["id"].as_i64().unwrap())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        attributes,
+        serde_json::json!({"tier": "gold", "orderStatus": "shipped"})
+    );
+
+    let refused = pdq(
+        &db,
+        &[
+            "enqueue",
+            "--external-tag",
+            "ORDER-1",
+            "--attributes",
+            r#"{"vip":true}"#,
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("attribute_values_must_be_strings"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("must be a JSON string"), "{stderr}");
+
+    let status = pdq(&db, &["status", "--json"]);
+    let status: Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(status["depth"][0]["jobs"], 1);
+
+    let unguarded = pdq(&db, &["dlq", "requeue"]);
+    assert!(
+        !unguarded.status.success(),
+        "requeue needs a filter or --all"
+    );
+    let listed = pdq(&db, &["dlq", "list"]);
+    assert!(listed.status.success());
+    assert!(stdout(&listed).starts_with("ID"));
+    db.drop_database().await;
+}
+
+#[test]
+fn a_missing_database_url_is_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .arg("status")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("set DATABASE_URL"));
+}

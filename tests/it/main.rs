@@ -1,0 +1,4 @@
+//! pdq's integration tests: one test binary, one module per area.
+mod cli;
+mod helpers;
+mod queue;
