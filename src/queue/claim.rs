@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, PgPool};
 
 use super::{Error, Job, Unit};
 
@@ -35,17 +35,16 @@ impl Default for ClaimOptions {
 /// A unit is the oldest queued job of one participant (only the oldest may start, so a
 /// participant's updates apply in insertion order) plus the due jobs queued right behind it.
 /// `pdq.inflight` guarantees that no two workers hold units of the same participant.
-pub async fn claim<'e>(
-    db: impl PgExecutor<'e>,
-    options: &ClaimOptions,
-) -> Result<Vec<Unit>, Error> {
+pub async fn claim(pool: &PgPool, options: &ClaimOptions) -> Result<Vec<Unit>, Error> {
+    let mut tx = super::index_only_transaction(pool).await?;
     let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM_SQL)
         .bind(i64::from(options.units))
         .bind(options.lease.as_secs_f64())
         .bind(&options.worker_id)
         .bind(i64::from(options.max_coalesce.max(1)))
-        .fetch_all(db)
+        .fetch_all(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(group_into_units(rows))
 }
 
@@ -66,22 +65,26 @@ with candidates as materialized (
     on conflict (participant_key) do nothing
     returning participant_key, lease_token, locked_until
 ), members as (
-    select f.id, f.participant_key,
-           row_number() over (partition by f.participant_key order by f.id) as position
-    from pdq.jobs f
-    join locked l on l.participant_key = f.participant_key
-    where f.state = 'pending' and f.run_at <= now()
-      and not exists (select 1 from pdq.jobs b
-                      where b.participant_key = f.participant_key and b.id < f.id
-                        and (b.state <> 'pending' or b.run_at > now()))
+    select f.id, l.lease_token, l.locked_until
+    from locked l
+    cross join lateral (
+        select f.id from pdq.jobs f
+        where f.participant_key = l.participant_key and f.state = 'pending'
+          and f.run_at <= now()
+          and f.id < coalesce((select min(b.id) from pdq.jobs b
+                               where b.participant_key = l.participant_key
+                                 and (b.state <> 'pending' or b.run_at > now())),
+                              9223372036854775807)
+        order by f.id
+        limit $4
+    ) f
 )
 update pdq.jobs j
-set state = 'running', lease_token = l.lease_token, locked_until = l.locked_until,
+set state = 'running', lease_token = m.lease_token, locked_until = m.locked_until,
     locked_by = $3, attempts = j.attempts + 1,
     first_attempt_at = coalesce(j.first_attempt_at, now()), last_attempt_at = now()
 from members m
-join locked l on l.participant_key = m.participant_key
-where j.id = m.id and m.position <= $4
+where j.id = m.id
 returning j.id, j.conversation_id, j.external_tag, j.participant_id, j.participant_purpose,
     j.participant_external_contact_id, j.participant_name, j.attributes, j.priority, j.run_at,
     j.expires_at, j.idempotency_key, j.max_attempts, j.created_at, j.attempts,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::{DeadReason, Error};
@@ -22,14 +22,12 @@ pub struct Success {
 
 /// Archives the jobs of many applied units in one statement and releases their participants.
 /// Returns the leases that were no longer held (their jobs were left untouched).
-pub async fn succeed_batch<'e>(
-    db: impl PgExecutor<'e>,
-    done: &[Success],
-) -> Result<Vec<Uuid>, Error> {
+pub async fn succeed_batch(pool: &PgPool, done: &[Success]) -> Result<Vec<Uuid>, Error> {
     if done.is_empty() {
         return Ok(Vec::new());
     }
     let leases: Vec<Uuid> = done.iter().map(|s| s.lease).collect();
+    let mut tx = super::index_only_transaction(pool).await?;
     let finished: Vec<Uuid> = sqlx::query_scalar(
         "with done as (
              delete from pdq.jobs j
@@ -56,8 +54,9 @@ pub async fn succeed_batch<'e>(
     .bind(&leases)
     .bind(done.iter().map(|s| s.conversation_id).collect::<Vec<_>>())
     .bind(done.iter().map(|s| s.participant_id).collect::<Vec<_>>())
-    .fetch_all(db)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(leases
         .into_iter()
         .filter(|l| !finished.contains(l))

@@ -26,6 +26,29 @@ pub use finish::{
 };
 pub use stats::{status, DeadReasonCount, DepthRow, QueueStatus};
 
+/// Opens a transaction whose plans walk the queue's indexes.
+///
+/// The claim and finish statements touch a handful of rows through indexes that match their
+/// `ORDER BY`. Right after a bulk insert the table has no statistics yet and the planner would
+/// sort every pending row instead; these settings keep the plans index-driven at any table size.
+/// (JIT is off too: the disabled plan types inflate cost estimates past `jit_above_cost`.)
+async fn index_only_transaction(
+    pool: &sqlx::PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "select set_config('enable_seqscan', 'off', true),
+                set_config('enable_bitmapscan', 'off', true),
+                set_config('enable_sort', 'off', true),
+                set_config('enable_hashjoin', 'off', true),
+                set_config('enable_mergejoin', 'off', true),
+                set_config('jit', 'off', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
+}
+
 /// A queue operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
