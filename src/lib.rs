@@ -9,4 +9,7 @@
 
 pub mod db;
 pub mod emulator;
+pub mod genesys;
+pub mod metrics;
 pub mod queue;
+pub mod worker;

@@ -6,6 +6,7 @@
 //! finishing operation is fenced by the unit's lease token, so a worker whose lease expired
 //! cannot overwrite the newer attempt.
 
+pub mod budget;
 mod claim;
 pub mod dlq;
 mod enqueue;
@@ -24,7 +25,7 @@ pub use finish::{
     dead_letter, prune_finished, release, renew_leases, retry, succeed_batch, DeadLetterRecord,
     Success,
 };
-pub use stats::{status, DeadReasonCount, DepthRow, QueueStatus};
+pub use stats::{pending_count, status, DeadReasonCount, DepthRow, QueueStatus};
 
 /// Opens a transaction whose plans walk the queue's indexes.
 ///
@@ -178,6 +179,10 @@ pub enum DeadReason {
     ParticipantNotFound,
     /// Several live participants match the job's participant locator.
     ParticipantAmbiguous,
+    /// The participant has left the conversation.
+    ParticipantDisconnected,
+    /// Several active conversations carry the job's external tag.
+    ConversationAmbiguous,
     /// A key belongs to Genesys Cloud or another tool and is protected.
     ProtectedKey,
     /// Every attempt failed with a retryable error.
@@ -202,6 +207,8 @@ impl DeadReason {
             DeadReason::ConversationNotFound => "conversation_not_found",
             DeadReason::ParticipantNotFound => "participant_not_found",
             DeadReason::ParticipantAmbiguous => "participant_ambiguous",
+            DeadReason::ParticipantDisconnected => "participant_disconnected",
+            DeadReason::ConversationAmbiguous => "conversation_ambiguous",
             DeadReason::ProtectedKey => "protected_key",
             DeadReason::RetriesExhausted => "retries_exhausted",
             DeadReason::Expired => "expired",

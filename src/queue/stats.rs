@@ -77,3 +77,11 @@ pub async fn status(pool: &PgPool) -> Result<QueueStatus, Error> {
         dead_letters,
     })
 }
+
+/// Pending jobs (due or scheduled), for the queue-depth gauge.
+pub async fn pending_count(pool: &PgPool) -> Result<u64, Error> {
+    let count: i64 = sqlx::query_scalar("select count(*) from pdq.jobs where state = 'pending'")
+        .fetch_one(pool)
+        .await?;
+    Ok(count as u64)
+}

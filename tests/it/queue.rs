@@ -353,6 +353,8 @@ async fn every_bad_row_rule_refuses_the_insert_with_its_named_constraint() {
         ("two participant locators", format!("(conversation_id, participant_id, participant_purpose, attributes) values ({conv}, {conv}, 'customer', '{{\"a\": \"b\"}}')"), "at_most_one_participant_locator"),
         ("blank purpose", format!("(conversation_id, participant_purpose, attributes) values ({conv}, ' ', '{{\"a\": \"b\"}}')"), "participant_locator_must_not_be_empty"),
         ("unknown priority", format!("(conversation_id, priority, attributes) values ({conv}, 'urgent', '{{\"a\": \"b\"}}')"), "priority_must_be_live_or_backfill"),
+        ("protected key", format!("(conversation_id, attributes) values ({conv}, '{{\"context.firstName\": \"Eve\"}}')"), "attribute_keys_must_not_use_a_protected_prefix"),
+        ("dialer key", format!("(conversation_id, attributes) values ({conv}, '{{\"dialerContactId\": \"1\"}}')"), "attribute_keys_must_not_use_a_protected_prefix"),
         ("zero attempts", format!("(conversation_id, max_attempts, attributes) values ({conv}, 0, '{{\"a\": \"b\"}}')"), "max_attempts_must_be_positive"),
     ];
     for (name, values, constraint) in &cases {

@@ -49,6 +49,8 @@ pub enum Command {
     /// Inspect, requeue or purge dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Run the worker pool (serves /metrics and /healthz).
+    Run(Box<crate::commands::run::RunArgs>),
 }
 
 /// A job, with flags named after the columns of `pdq.jobs`.

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod genesys_args;
 mod output;
 mod telemetry;
 
@@ -32,5 +33,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Enqueue(args) => commands::enqueue::run(&db, args, json).await,
         Command::Status => commands::status::run(&db, json).await,
         Command::Dlq(command) => commands::dlq::run(&db, command, json).await,
+        Command::Run(args) => commands::run::run(&db, *args, shutdown_signal()).await,
     }
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+fn shutdown_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("stop requested");
+        cancel.cancel();
+    });
+    token
 }

@@ -3,6 +3,7 @@
 pub mod dlq;
 pub mod enqueue;
 pub mod migrate;
+pub mod run;
 pub mod status;
 
 use anyhow::Context;

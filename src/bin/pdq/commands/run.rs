@@ -1,0 +1,117 @@
+//! `pdq run`: the worker pool, with `/metrics` and `/healthz`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use pdq::genesys::GenesysClient;
+use pdq::worker::{Api, Backoff, Budget, Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::Database;
+use crate::genesys_args::GenesysArgs;
+
+/// Worker settings; every flag also reads a `PDQ_*` variable.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The Genesys Cloud connection.
+    #[command(flatten)]
+    pub genesys: GenesysArgs,
+    /// Concurrent API calls.
+    #[arg(long, env = "PDQ_EXECUTORS", default_value_t = 16)]
+    pub executors: usize,
+    /// API requests per minute for all pdq processes on this database (0 = unlimited).
+    #[arg(long, env = "PDQ_RATE_LIMIT", default_value_t = 300)]
+    pub rate_limit: u32,
+    /// Share of the budget backfill may use while live updates wait (0.0–1.0).
+    #[arg(long, env = "PDQ_BACKFILL_SHARE", default_value_t = 0.5)]
+    pub backfill_share: f64,
+    /// Pace this process alone instead of sharing the budget through Postgres.
+    #[arg(long, env = "PDQ_LOCAL_BUDGET")]
+    pub local_budget: bool,
+    /// Units claimed per statement.
+    #[arg(long, env = "PDQ_CLAIM_BATCH", default_value_t = 64)]
+    pub claim_batch: u32,
+    /// Jobs of one participant coalesced into one PATCH at most.
+    #[arg(long, env = "PDQ_MAX_COALESCE", default_value_t = 100)]
+    pub max_coalesce: u32,
+    /// Lease on claimed units, in seconds.
+    #[arg(long, env = "PDQ_LEASE_SECS", default_value_t = 60)]
+    pub lease_secs: u64,
+    /// How long an external tag may stay unfindable before conversation_not_found, in seconds.
+    #[arg(long, env = "PDQ_LOOKUP_WINDOW_SECS", default_value_t = 60)]
+    pub lookup_window_secs: u64,
+    /// Grace period for in-flight units at shutdown, in seconds.
+    #[arg(long, env = "PDQ_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+    /// Days applied jobs stay in pdq.finished_jobs.
+    #[arg(long, env = "PDQ_RETENTION_DAYS", default_value_t = 7)]
+    pub retention_days: u64,
+    /// Where /metrics and /healthz listen.
+    #[arg(long, env = "PDQ_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    pub metrics_addr: SocketAddr,
+    /// Apply pending migrations before starting.
+    #[arg(long, env = "PDQ_MIGRATE")]
+    pub migrate: bool,
+}
+
+impl RunArgs {
+    /// The worker configuration these flags describe.
+    pub fn config(&self) -> WorkerConfig {
+        WorkerConfig {
+            executors: self.executors.max(1),
+            claim_batch: self.claim_batch.max(1),
+            max_coalesce: self.max_coalesce.max(1),
+            lease: Duration::from_secs(self.lease_secs.max(5)),
+            lookup_window: Duration::from_secs(self.lookup_window_secs),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            retention: Duration::from_secs(self.retention_days * 86_400),
+            backoff: Backoff::default(),
+            budget: Budget {
+                per_minute: self.rate_limit,
+                backfill_share: self.backfill_share.clamp(0.0, 1.0),
+                shared: !self.local_budget,
+                name: self.genesys.client_id.clone().unwrap_or_default(),
+            },
+            ..WorkerConfig::default()
+        }
+    }
+}
+
+/// Runs the worker until SIGINT or SIGTERM.
+pub async fn run(
+    db: &Database,
+    args: RunArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let settings = args
+        .genesys
+        .settings()
+        .context("Genesys Cloud configuration")?;
+    let client = GenesysClient::new(settings).context("building the API client")?;
+    let options = db.options()?;
+    if args.migrate {
+        pdq::db::migrate(&options).await?;
+    }
+    let config = args.config();
+    let pool = pdq::db::connect(options, config.executors as u32 + 6).await?;
+    let worker = Worker::new(pool, Api::new(client), config);
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    let router = pdq::metrics::router(worker.metrics(), worker.health());
+    let server_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let served =
+            axum::serve(listener, router).with_graceful_shutdown(server_stop.cancelled_owned());
+        if let Err(error) = served.await {
+            tracing::error!(%error, "metrics server stopped");
+        }
+    });
+    tracing::info!(metrics = %args.metrics_addr, executors = args.executors, rate_limit = args.rate_limit, "pdq worker running");
+    worker.run(shutdown).await?;
+    tracing::info!("pdq worker stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,152 @@
+//! OAuth client credentials: one token per process, renewed before expiry, single-flight.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Mutex;
+use url::Url;
+
+use super::error::{parse_retry_after, TransportKind};
+use super::model::{OAuthError, TokenResponse};
+use super::Error;
+
+/// A cached bearer token.
+#[derive(Clone)]
+pub struct Token {
+    secret: SecretString,
+    expires_at: Instant,
+}
+
+impl Token {
+    /// The bearer value (only for the Authorization header).
+    pub fn expose(&self) -> &str {
+        self.secret.expose_secret()
+    }
+}
+
+/// Fetches and caches the token; concurrent callers wait for one renewal.
+pub struct TokenCache {
+    http: reqwest::Client,
+    token_url: Url,
+    client_id: String,
+    client_secret: SecretString,
+    margin: Duration,
+    current: Mutex<Option<Token>>,
+    renewals: AtomicU64,
+}
+
+impl TokenCache {
+    /// A cache for these credentials.
+    pub fn new(
+        http: reqwest::Client,
+        login_base: &Url,
+        client_id: String,
+        client_secret: SecretString,
+        margin: Duration,
+    ) -> Self {
+        let token_url = login_base.join("/oauth/token").expect("valid base URL");
+        TokenCache {
+            http,
+            token_url,
+            client_id,
+            client_secret,
+            margin,
+            current: Mutex::new(None),
+            renewals: AtomicU64::new(0),
+        }
+    }
+
+    /// A valid token, renewed first when it expires within the margin.
+    pub async fn token(&self) -> Result<Token, Error> {
+        let mut current = self.current.lock().await;
+        if let Some(token) = current.as_ref() {
+            if token.expires_at > Instant::now() + self.margin {
+                return Ok(token.clone());
+            }
+        }
+        let token = self.fetch().await?;
+        *current = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Drops `failed` (a token the API refused) so the next call renews; a token already
+    /// replaced by another caller is left alone, so many 401s cause one renewal.
+    pub async fn invalidate(&self, failed: &Token) {
+        let mut current = self.current.lock().await;
+        if current
+            .as_ref()
+            .is_some_and(|t| t.expose() == failed.expose())
+        {
+            *current = None;
+        }
+    }
+
+    /// How many tokens were fetched.
+    pub fn renewals(&self) -> u64 {
+        self.renewals.load(Ordering::Relaxed)
+    }
+
+    async fn fetch(&self) -> Result<Token, Error> {
+        let response = self
+            .http
+            .post(self.token_url.clone())
+            .basic_auth(&self.client_id, Some(self.client_secret.expose_secret()))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .map_err(|e| transport("POST /oauth/token", &e))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| transport("POST /oauth/token", &e))?;
+        if status != 200 {
+            let error: OAuthError = serde_json::from_slice(&body).unwrap_or_default();
+            return Err(Error::OAuth {
+                status,
+                error,
+                retry_after,
+            });
+        }
+        let parsed: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| Error::NotGenesys {
+                endpoint: "POST /oauth/token",
+                detail: format!("token response is not OAuth JSON: {e}"),
+            })?;
+        self.renewals.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(expires_in = parsed.expires_in, "obtained an OAuth token");
+        Ok(Token {
+            secret: SecretString::from(parsed.access_token),
+            expires_at: Instant::now() + Duration::from_secs(parsed.expires_in.unwrap_or(86_400)),
+        })
+    }
+}
+
+/// A reqwest failure as a transport error (the URL never carries a secret).
+pub fn transport(endpoint: &'static str, error: &reqwest::Error) -> Error {
+    let kind = if error.is_timeout() {
+        TransportKind::Timeout
+    } else if error.is_connect() {
+        TransportKind::Connect
+    } else {
+        TransportKind::Other
+    };
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    Error::Transport {
+        endpoint,
+        kind,
+        detail,
+    }
+}

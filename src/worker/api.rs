@@ -1,0 +1,205 @@
+//! The worker's view of the Genesys Cloud API: the three calls it makes, with every error
+//! already classified for the outcome table.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::decide::Failure;
+use crate::genesys::{self, ErrorClass, GenesysClient, RateLimitInfo};
+use crate::queue::DeadReason;
+
+/// Calls the API for the worker.
+#[derive(Clone)]
+pub struct Api {
+    client: GenesysClient,
+}
+
+/// What every response carries.
+#[derive(Debug, Clone)]
+pub struct CallMeta {
+    /// HTTP status.
+    pub status: u16,
+    /// `ININ-Correlation-Id`.
+    pub correlation_id: Option<String>,
+    /// The `inin-ratelimit-*` headers.
+    pub rate_limit: Option<RateLimitInfo>,
+    /// How long the call took.
+    pub elapsed: Duration,
+}
+
+/// A conversation as resolution needs it.
+#[derive(Debug, Clone)]
+pub struct ConversationView {
+    /// `endTime` is set.
+    pub ended: bool,
+    /// Its participants.
+    pub participants: Vec<ParticipantView>,
+}
+
+/// A participant as resolution needs it.
+#[derive(Debug, Clone)]
+pub struct ParticipantView {
+    /// The participant id.
+    pub id: Uuid,
+    /// Its purpose (`customer`, `agent`, …).
+    pub purpose: Option<String>,
+    /// Its name.
+    pub name: Option<String>,
+    /// Its external contact id.
+    pub external_contact_id: Option<String>,
+    /// Still in the conversation.
+    pub live: bool,
+}
+
+/// A failed call, classified, with the API's own words kept for the dead letter.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    /// How the outcome table treats it.
+    pub failure: Failure,
+    /// HTTP status, when there was a response.
+    pub status: Option<u16>,
+    /// The error body's `code`.
+    pub code: Option<String>,
+    /// The error body's `message`.
+    pub message: Option<String>,
+    /// The error body's `contextId`.
+    pub context_id: Option<String>,
+    /// `ININ-Correlation-Id`.
+    pub correlation_id: Option<String>,
+    /// The whole error body.
+    pub body: Option<Value>,
+    /// `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// Response metadata.
+    pub meta: CallMeta,
+    description: String,
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl Api {
+    /// Wraps a configured client.
+    pub fn new(client: GenesysClient) -> Api {
+        Api { client }
+    }
+
+    /// `GET /api/v2/conversations/{id}`.
+    pub async fn conversation(&self, id: Uuid) -> Result<(ConversationView, CallMeta), CallError> {
+        let response = self.client.get_conversation(id).await.map_err(classify)?;
+        let conversation = &response.value;
+        let view = ConversationView {
+            ended: conversation.is_ended(),
+            participants: conversation
+                .participants
+                .iter()
+                .filter_map(|p| {
+                    Some(ParticipantView {
+                        id: p.id.as_deref()?.parse().ok()?,
+                        purpose: p.purpose.clone(),
+                        name: p.name.clone(),
+                        external_contact_id: p.external_contact_id.clone(),
+                        live: p.is_live(),
+                    })
+                })
+                .collect(),
+        };
+        Ok((view, meta_of(&response)))
+    }
+
+    /// The attributes PATCH (the generic endpoint).
+    pub async fn patch(
+        &self,
+        conversation_id: Uuid,
+        participant_id: Uuid,
+        attributes: &Map<String, Value>,
+    ) -> Result<CallMeta, CallError> {
+        let response = self
+            .client
+            .patch_participant_attributes(conversation_id, participant_id, attributes)
+            .await
+            .map_err(classify)?;
+        Ok(meta_of(&response))
+    }
+
+    /// The active conversations carrying `tag` (analytics details query).
+    pub async fn find_by_tag(&self, tag: &str) -> Result<(Vec<Uuid>, CallMeta), CallError> {
+        let response = self
+            .client
+            .find_active_conversations_by_external_tag(tag)
+            .await
+            .map_err(classify)?;
+        let ids = response
+            .value
+            .iter()
+            .filter_map(|c| c.conversation_id.as_deref()?.parse().ok())
+            .collect();
+        Ok((ids, meta_of(&response)))
+    }
+
+    /// Gets a token (used to find out whether a paused worker may resume).
+    pub async fn probe(&self) -> Result<(), String> {
+        self.client.probe_token().await.map_err(|e| e.to_string())
+    }
+
+    /// OAuth token renewals so far.
+    pub fn token_renewals(&self) -> u64 {
+        self.client.token_renewals()
+    }
+}
+
+fn meta_of<T>(response: &genesys::ApiResponse<T>) -> CallMeta {
+    CallMeta {
+        status: response.status,
+        correlation_id: response.correlation_id.clone(),
+        rate_limit: response.rate_limit.clone(),
+        elapsed: response.elapsed,
+    }
+}
+
+/// Maps a client error onto the outcome table.
+fn classify(error: genesys::Error) -> CallError {
+    let status = error.status();
+    let failure = match error.class() {
+        ErrorClass::RateLimited { retry_after } => Failure::RateLimited { retry_after },
+        ErrorClass::Transient => Failure::Transient,
+        ErrorClass::Unauthorized | ErrorClass::Configuration => Failure::Configuration,
+        ErrorClass::Permanent if status == Some(403) => Failure::Forbidden,
+        ErrorClass::Permanent => Failure::Permanent(reason_for(status)),
+    };
+    CallError {
+        failure,
+        status,
+        code: error.code().map(str::to_owned),
+        message: error.message().map(str::to_owned),
+        context_id: error.context_id().map(str::to_owned),
+        correlation_id: error.correlation_id().map(str::to_owned),
+        body: error.body_json(),
+        retry_after: error.retry_after(),
+        meta: CallMeta {
+            status: status.unwrap_or(0),
+            correlation_id: error.correlation_id().map(str::to_owned),
+            rate_limit: error.rate_limit().cloned(),
+            elapsed: Duration::ZERO,
+        },
+        description: error.to_string(),
+    }
+}
+
+/// The dead-letter reason for a permanent HTTP status.
+pub fn reason_for(status: Option<u16>) -> DeadReason {
+    match status {
+        Some(400) => DeadReason::BadRequest,
+        Some(404) => DeadReason::NotFound,
+        Some(409) => DeadReason::Conflict,
+        Some(413) => DeadReason::PayloadTooLarge,
+        Some(415) => DeadReason::UnsupportedMediaType,
+        _ => DeadReason::Rejected,
+    }
+}

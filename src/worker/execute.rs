@@ -1,0 +1,534 @@
+//! Running one unit to an outcome: expiry, resolution, the PATCH, and the decision on failure.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::api::CallError;
+use super::decide::{decide, Attempt, Decision, Failure};
+use super::resolve::{pick_participant, ParticipantLocator, Target};
+use super::Inner;
+use crate::queue::{self, DeadLetterRecord, DeadReason, Job, Priority, Success, Unit};
+
+/// What happened to a unit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UnitOutcome {
+    /// The API accepted the update for these jobs.
+    Applied {
+        /// The jobs applied (coalesced into one PATCH).
+        jobs: usize,
+        /// Where the update went.
+        target: Target,
+    },
+    /// The unit goes back to pending.
+    Retried {
+        /// Why.
+        failure: Failure,
+        /// After how long.
+        after: Duration,
+    },
+    /// The jobs were dead-lettered.
+    DeadLettered {
+        /// The reason.
+        reason: DeadReason,
+        /// How many jobs.
+        jobs: usize,
+    },
+    /// The worker paused on a configuration problem; the unit was given back.
+    Paused,
+    /// Another worker took the unit over (our lease had expired).
+    LeaseLost,
+}
+
+/// A failed attempt with what the dead-letter record needs.
+struct Failed {
+    failure: Failure,
+    detail: String,
+    api: Option<CallError>,
+    target: Option<Target>,
+}
+
+impl Failed {
+    fn permanent(reason: DeadReason, detail: impl Into<String>) -> Failed {
+        Failed {
+            failure: Failure::Permanent(reason),
+            detail: detail.into(),
+            api: None,
+            target: None,
+        }
+    }
+
+    fn from_call(error: CallError) -> Failed {
+        Failed {
+            failure: error.failure.clone(),
+            detail: error.to_string(),
+            api: Some(error),
+            target: None,
+        }
+    }
+}
+
+/// One executor: takes the most urgent unit once it holds a request token, runs it, repeats.
+pub async fn executor(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut prepaid = false;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        if inner.health.is_unhealthy() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                _ = stop.cancelled() => return,
+            }
+        }
+        let Some(lane) = inner.buffer.next_lane() else {
+            tokio::select! {
+                _ = inner.buffer.filled.notified() => continue,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                _ = stop.cancelled() => return,
+            }
+        };
+        if !prepaid {
+            tokio::select! {
+                _ = inner.pacer.acquire(lane) => prepaid = true,
+                _ = stop.cancelled() => return,
+            }
+        }
+        if let Some(unit) = inner.buffer.pop() {
+            prepaid = false;
+            if let Err(error) = run_unit(&inner, unit, true).await {
+                tracing::warn!(%error, "recording an outcome failed; the lease will expire and the unit retry");
+            }
+        }
+    }
+}
+
+/// Runs one claimed unit to an outcome. With `prepaid`, the first API call already holds a
+/// request token.
+pub async fn run_unit(
+    inner: &Inner,
+    unit: Unit,
+    prepaid: bool,
+) -> Result<UnitOutcome, queue::Error> {
+    let lease = unit.lease;
+    let outcome = match drop_expired(inner, unit).await? {
+        Some(unit) => apply_or_decide(inner, unit, prepaid).await,
+        None => Ok(UnitOutcome::DeadLettered {
+            reason: DeadReason::Expired,
+            jobs: 0,
+        }),
+    };
+    inner.track(lease, false);
+    match outcome {
+        Err(queue::Error::LeaseLost) => Ok(UnitOutcome::LeaseLost),
+        other => other,
+    }
+}
+
+/// Dead-letters the jobs whose `expires_at` passed; returns what is left to apply.
+async fn drop_expired(inner: &Inner, mut unit: Unit) -> Result<Option<Unit>, queue::Error> {
+    let now = Utc::now();
+    let (expired, live): (Vec<Job>, Vec<Job>) = unit
+        .jobs
+        .drain(..)
+        .partition(|job| job.expires_at.is_some_and(|at| at <= now));
+    if !expired.is_empty() {
+        let ids: Vec<i64> = expired.iter().map(|job| job.id).collect();
+        let record = DeadLetterRecord::new(
+            DeadReason::Expired,
+            "expires_at passed before the update could be applied",
+        );
+        queue::dead_letter(
+            &inner.pool,
+            unit.lease,
+            Some(&ids),
+            &record,
+            live.is_empty(),
+        )
+        .await?;
+        inner
+            .metrics
+            .outcomes
+            .add("dead_letter:expired", ids.len() as u64);
+    }
+    unit.jobs = live;
+    Ok((!unit.jobs.is_empty()).then_some(unit))
+}
+
+async fn apply_or_decide(
+    inner: &Inner,
+    unit: Unit,
+    prepaid: bool,
+) -> Result<UnitOutcome, queue::Error> {
+    let mut calls = Calls {
+        inner,
+        lane: unit.head().priority,
+        prepaid,
+    };
+    match apply(&mut calls, &unit).await {
+        Ok(target) => {
+            inner.forbidden_streak.store(0, Ordering::Relaxed);
+            record_applied(inner, &unit);
+            let success = Success {
+                lease: unit.lease,
+                conversation_id: Some(target.conversation_id),
+                participant_id: Some(target.participant_id),
+            };
+            inner.completer.push(success).await;
+            Ok(UnitOutcome::Applied {
+                jobs: unit.jobs.len(),
+                target,
+            })
+        }
+        Err(failed) => on_failure(inner, &unit, failed).await,
+    }
+}
+
+fn record_applied(inner: &Inner, unit: &Unit) {
+    let now = Utc::now();
+    for job in &unit.jobs {
+        let latency = (now - job.created_at).to_std().unwrap_or_default();
+        inner.metrics.enqueue_to_applied.observe(latency);
+    }
+    inner
+        .metrics
+        .outcomes
+        .add("applied", unit.jobs.len() as u64);
+}
+
+async fn apply(calls: &mut Calls<'_>, unit: &Unit) -> Result<Target, Failed> {
+    let target = resolve(calls, unit).await?;
+    let attributes = unit.merged_attributes();
+    warn_on_long_values(calls.inner, &attributes, unit);
+    for chunk in chunks(attributes, MAX_BODY_BYTES) {
+        if let Err(error) = calls.patch(target, &chunk).await {
+            let mut failed = explain_refusal(calls, target, error).await;
+            failed.target = Some(target);
+            return Err(failed);
+        }
+    }
+    Ok(target)
+}
+
+/// The API's request size limit (`request.bytes.max`).
+const MAX_BODY_BYTES: usize = 512_000;
+
+/// Splits merged attributes into request bodies under the size limit (per-key merge makes
+/// several smaller PATCHes equivalent to one).
+fn chunks(attributes: Map<String, Value>, limit: usize) -> Vec<Map<String, Value>> {
+    let overhead = r#"{"attributes":{}}"#.len();
+    let mut out = vec![Map::new()];
+    let mut size = overhead;
+    for (key, value) in attributes {
+        let entry =
+            serde_json::to_string(&key).map_or(0, |k| k.len()) + value.to_string().len() + 2;
+        if size + entry > limit && !out.last().is_some_and(Map::is_empty) {
+            out.push(Map::new());
+            size = overhead;
+        }
+        size += entry;
+        out.last_mut().expect("one chunk").insert(key, value);
+    }
+    out
+}
+
+fn warn_on_long_values(inner: &Inner, attributes: &Map<String, Value>, unit: &Unit) {
+    for (key, value) in attributes {
+        if value.as_str().is_some_and(|v| v.chars().count() > 1_024) {
+            inner.metrics.long_values.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                job.id = unit.head().id,
+                key,
+                "value over 1,024 characters: analytics will truncate it"
+            );
+        }
+    }
+}
+
+async fn resolve(calls: &mut Calls<'_>, unit: &Unit) -> Result<Target, Failed> {
+    let head = unit.head();
+    let conversation_id = match (head.conversation_id, &head.external_tag) {
+        (Some(id), _) => id,
+        (None, Some(tag)) => find_by_tag(calls, unit, tag).await?,
+        (None, None) => {
+            return Err(Failed::permanent(
+                DeadReason::BadRequest,
+                "job names no conversation",
+            ))
+        }
+    };
+    let locator = ParticipantLocator::of(head);
+    if let ParticipantLocator::Id(participant_id) = locator {
+        return Ok(Target {
+            conversation_id,
+            participant_id,
+        });
+    }
+    let view = match calls.inner.cache.get(conversation_id) {
+        Some(view) => view,
+        None => {
+            let view = calls
+                .conversation(conversation_id)
+                .await
+                .map_err(Failed::from_call)?;
+            calls.inner.cache.put(conversation_id, view.clone());
+            view
+        }
+    };
+    let participant_id = pick_participant(&view, &locator).map_err(|reason| {
+        Failed::permanent(
+            reason,
+            format!("{locator:?} in conversation {conversation_id}"),
+        )
+    })?;
+    Ok(Target {
+        conversation_id,
+        participant_id,
+    })
+}
+
+async fn find_by_tag(calls: &mut Calls<'_>, unit: &Unit, tag: &str) -> Result<uuid::Uuid, Failed> {
+    let found = calls.find_by_tag(tag).await.map_err(Failed::from_call)?;
+    match found.as_slice() {
+        [only] => Ok(*only),
+        [] => {
+            let first = unit
+                .jobs
+                .iter()
+                .filter_map(|j| j.first_attempt_at)
+                .min()
+                .unwrap_or_else(Utc::now);
+            let window =
+                chrono::Duration::from_std(calls.inner.config.lookup_window).unwrap_or_default();
+            Err(Failed {
+                failure: Failure::NotYetVisible {
+                    window_ends: first + window,
+                    reason: DeadReason::ConversationNotFound,
+                },
+                detail: format!("no active conversation has external tag {tag:?}"),
+                api: None,
+                target: None,
+            })
+        }
+        many => Err(Failed::permanent(
+            DeadReason::ConversationAmbiguous,
+            format!(
+                "{} active conversations have external tag {tag:?}",
+                many.len()
+            ),
+        )),
+    }
+}
+
+/// A 400 or 409 from the PATCH usually means the conversation or participant is gone: one GET
+/// tells which, so the dead letter says `conversation_ended` rather than a bare status.
+async fn explain_refusal(calls: &mut Calls<'_>, target: Target, error: CallError) -> Failed {
+    let mut failed = Failed::from_call(error);
+    if !matches!(failed.api.as_ref().and_then(|e| e.status), Some(400 | 409)) {
+        return failed;
+    }
+    calls.inner.cache.forget(target.conversation_id);
+    if let Ok(view) = calls.conversation(target.conversation_id).await {
+        let locator = ParticipantLocator::Id(target.participant_id);
+        if let Err(reason @ (DeadReason::ConversationEnded | DeadReason::ParticipantDisconnected)) =
+            pick_participant(&view, &locator)
+        {
+            failed.failure = Failure::Permanent(reason);
+        }
+    }
+    failed
+}
+
+async fn on_failure(
+    inner: &Inner,
+    unit: &Unit,
+    failed: Failed,
+) -> Result<UnitOutcome, queue::Error> {
+    if failed.failure == Failure::Forbidden {
+        inner.forbidden_streak.fetch_add(1, Ordering::Relaxed);
+    }
+    let attempt = Attempt {
+        attempts: unit.jobs.iter().map(|j| j.attempts).max().unwrap_or(1),
+        max_attempts: unit.jobs.iter().map(|j| j.max_attempts).min().unwrap_or(1),
+        expires_at: unit.jobs.iter().filter_map(|j| j.expires_at).min(),
+        consecutive_forbidden: inner.forbidden_streak.load(Ordering::Relaxed),
+    };
+    let decision = {
+        let mut rng = inner.rng.lock().unwrap();
+        decide(
+            &failed.failure,
+            attempt,
+            Utc::now(),
+            &inner.config.backoff,
+            &mut *rng,
+        )
+    };
+    let jobs = unit.jobs.len();
+    tracing::info!(job.id = unit.head().id, jobs, decision = ?decision, detail = %failed.detail, "attempt failed");
+    match decision {
+        Decision::Retry {
+            after,
+            spend_attempt,
+        } => {
+            let at = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
+            let note = serde_json::json!({
+                "failure": format!("{:?}", failed.failure), "detail": failed.detail,
+                "status": failed.api.as_ref().and_then(|e| e.status), "at": Utc::now(),
+            });
+            queue::retry(&inner.pool, unit.lease, at, &note, spend_attempt).await?;
+            inner.metrics.outcomes.add(
+                &format!("retry:{}", failure_label(&failed.failure)),
+                jobs as u64,
+            );
+            Ok(UnitOutcome::Retried {
+                failure: failed.failure,
+                after,
+            })
+        }
+        Decision::DeadLetter(reason) => {
+            let record = dead_letter_record(reason, failed);
+            queue::dead_letter(&inner.pool, unit.lease, None, &record, true).await?;
+            inner
+                .metrics
+                .outcomes
+                .add(&format!("dead_letter:{}", reason.as_str()), jobs as u64);
+            Ok(UnitOutcome::DeadLettered { reason, jobs })
+        }
+        Decision::Pause => {
+            tracing::error!(detail = %failed.detail, "configuration problem: pausing the worker (no job is dead-lettered)");
+            inner.health.fail(failed.detail);
+            queue::release(&inner.pool, unit.lease).await?;
+            Ok(UnitOutcome::Paused)
+        }
+    }
+}
+
+fn failure_label(failure: &Failure) -> &'static str {
+    match failure {
+        Failure::RateLimited { .. } => "rate_limited",
+        Failure::Transient => "transient",
+        Failure::NotYetVisible { .. } => "not_yet_visible",
+        _ => "other",
+    }
+}
+
+fn dead_letter_record(reason: DeadReason, failed: Failed) -> DeadLetterRecord {
+    let mut record = DeadLetterRecord::new(reason, failed.detail);
+    record.resolved_conversation_id = failed.target.map(|t| t.conversation_id);
+    record.resolved_participant_id = failed.target.map(|t| t.participant_id);
+    if let Some(api) = failed.api {
+        record.http_status = api.status;
+        record.error_code = api.code;
+        record.error_message = api.message;
+        record.context_id = api.context_id;
+        record.correlation_id = api.correlation_id;
+        record.error_body = api.body;
+    }
+    record
+}
+
+/// API calls for one unit: each waits for the request budget (except a prepaid first one)
+/// and reports its response to the pacer and the metrics.
+struct Calls<'a> {
+    inner: &'a Inner,
+    lane: Priority,
+    prepaid: bool,
+}
+
+impl Calls<'_> {
+    async fn before(&mut self) {
+        if std::mem::take(&mut self.prepaid) {
+            return;
+        }
+        self.inner.pacer.acquire(self.lane).await;
+    }
+
+    async fn after(
+        &self,
+        status: Option<u16>,
+        meta: Option<&super::api::CallMeta>,
+        error: Option<&CallError>,
+    ) {
+        let label = status.map_or_else(|| "transport_error".to_owned(), |s| s.to_string());
+        self.inner.metrics.api_statuses.add(&label, 1);
+        if let Some(meta) = meta.or(error.map(|e| &e.meta)) {
+            self.inner.metrics.api_latency.observe(meta.elapsed);
+            let retry_after = error.and_then(|e| e.retry_after);
+            self.inner
+                .pacer
+                .observe(status.unwrap_or(0), meta.rate_limit.as_ref(), retry_after)
+                .await;
+        }
+    }
+
+    async fn conversation(
+        &mut self,
+        id: uuid::Uuid,
+    ) -> Result<super::api::ConversationView, CallError> {
+        self.before().await;
+        let result = self.inner.api.conversation(id).await;
+        self.report(&result).await;
+        result.map(|(view, _)| view)
+    }
+
+    async fn find_by_tag(&mut self, tag: &str) -> Result<Vec<uuid::Uuid>, CallError> {
+        self.before().await;
+        let result = self.inner.api.find_by_tag(tag).await;
+        self.report(&result).await;
+        result.map(|(ids, _)| ids)
+    }
+
+    async fn patch(
+        &mut self,
+        target: Target,
+        attributes: &Map<String, Value>,
+    ) -> Result<(), CallError> {
+        self.before().await;
+        let result = self
+            .inner
+            .api
+            .patch(target.conversation_id, target.participant_id, attributes)
+            .await
+            .map(|meta| ((), meta));
+        self.report(&result).await;
+        result.map(|_| ())
+    }
+
+    async fn report<T>(&self, result: &Result<(T, super::api::CallMeta), CallError>) {
+        match result {
+            Ok((_, meta)) => self.after(Some(meta.status), Some(meta), None).await,
+            Err(error) => self.after(error.status, None, Some(error)).await,
+        }
+        self.inner
+            .metrics
+            .token_renewals
+            .store(self.inner.api.token_renewals(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversize_merges_split_into_bodies_under_the_limit() {
+        let mut attributes = Map::new();
+        for i in 0..30 {
+            attributes.insert(format!("k{i}"), Value::String("x".repeat(40_000)));
+        }
+        let parts = chunks(attributes.clone(), MAX_BODY_BYTES);
+        assert!(parts.len() >= 3);
+        let mut seen = 0;
+        for part in &parts {
+            let body = serde_json::json!({ "attributes": part }).to_string();
+            assert!(body.len() <= MAX_BODY_BYTES, "{}", body.len());
+            seen += part.len();
+        }
+        assert_eq!(seen, 30);
+        assert_eq!(chunks(Map::new(), MAX_BODY_BYTES).len(), 1);
+    }
+}

@@ -1,0 +1,256 @@
+//! The request budget: every outbound API call waits here first.
+//!
+//! A `governor` token bucket paces this process; live requests go before backfill requests,
+//! which may use only a share of the budget; a 429 (or rate-limit headers that say the window is
+//! spent) pauses every executor, not just the one that saw it. With a shared budget, every
+//! process on the database takes its request slots from one schedule in Postgres
+//! ([`crate::queue::budget`]), so adding workers never multiplies the request rate.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use sqlx::PgPool;
+
+use crate::genesys::RateLimitInfo;
+use crate::queue::{self, Priority};
+
+/// How the budget is configured.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// Requests per minute for all of pdq's calls (0 = no limit).
+    pub per_minute: u32,
+    /// Share of the budget backfill may use while live work waits (0.0–1.0).
+    pub backfill_share: f64,
+    /// Take request slots from the schedule in Postgres shared by every process.
+    pub shared: bool,
+    /// The shared schedule's name (one per OAuth client).
+    pub name: String,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            per_minute: 300,
+            backfill_share: 0.5,
+            shared: true,
+            name: "default".to_owned(),
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PacerStats {
+    /// Requests that had to wait for a token.
+    pub waits: AtomicU64,
+    /// Total time spent waiting, in microseconds.
+    pub wait_micros: AtomicU64,
+    /// Pauses caused by 429 responses or exhausted rate-limit windows.
+    pub pauses: AtomicU64,
+}
+
+/// Paces outbound requests for one worker process.
+pub struct Pacer {
+    main: Option<DefaultDirectRateLimiter>,
+    backfill: Option<DefaultDirectRateLimiter>,
+    interval: Duration,
+    live_waiting: AtomicUsize,
+    paused_until: Mutex<Option<Instant>>,
+    shared: Option<SharedSlots>,
+    /// Wait and pause counters.
+    pub stats: PacerStats,
+}
+
+struct SharedSlots {
+    pool: PgPool,
+    name: String,
+    slots: tokio::sync::Mutex<Vec<Instant>>,
+    chunk: u32,
+}
+
+impl Pacer {
+    /// A pacer for `budget`; `pool` is needed for a shared budget.
+    pub fn new(budget: &Budget, pool: Option<PgPool>) -> Pacer {
+        let per_minute = NonZeroU32::new(budget.per_minute);
+        let limiter = |per_minute: NonZeroU32| {
+            let quota = Quota::per_minute(per_minute).allow_burst(NonZeroU32::MIN);
+            RateLimiter::direct(quota)
+        };
+        let backfill_per_minute = (f64::from(budget.per_minute) * budget.backfill_share) as u32;
+        let interval = per_minute.map_or(Duration::ZERO, |n| Duration::from_secs(60) / n.get());
+        let shared = match (per_minute, budget.shared, pool) {
+            (Some(n), true, Some(pool)) => Some(SharedSlots {
+                pool,
+                name: budget.name.clone(),
+                slots: tokio::sync::Mutex::new(Vec::new()),
+                chunk: (n.get() / 600).max(1),
+            }),
+            _ => None,
+        };
+        Pacer {
+            main: per_minute.map(limiter),
+            backfill: per_minute
+                .and(NonZeroU32::new(backfill_per_minute.max(1)))
+                .map(limiter),
+            interval,
+            live_waiting: AtomicUsize::new(0),
+            paused_until: Mutex::new(None),
+            shared,
+            stats: PacerStats::default(),
+        }
+    }
+
+    /// The time between two requests at the configured budget (zero without a limit).
+    pub fn token_interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Waits until one more request of `lane` may be sent.
+    pub async fn acquire(&self, lane: Priority) {
+        if self.main.is_none() {
+            return;
+        }
+        let started = Instant::now();
+        let _live = (lane == Priority::Live).then(|| LiveWaiter::new(&self.live_waiting));
+        self.wait_for_pause().await;
+        if lane == Priority::Backfill {
+            self.wait_behind_live().await;
+        }
+        self.wait_for_local_token(lane).await;
+        if let Some(shared) = &self.shared {
+            shared.wait_for_slot(self.interval).await;
+        }
+        self.wait_for_pause().await;
+        let waited = started.elapsed();
+        if waited > Duration::from_millis(1) {
+            self.stats.waits.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .wait_micros
+                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Sees a response: a 429 or an exhausted window pauses every executor (and, with a
+    /// shared budget, every process).
+    pub async fn observe(
+        &self,
+        status: u16,
+        rate_limit: Option<&RateLimitInfo>,
+        retry_after: Option<Duration>,
+    ) {
+        let pause = if status == 429 {
+            Some(retry_after.unwrap_or(Duration::from_secs(3)))
+        } else {
+            rate_limit.and_then(window_spent)
+        };
+        let Some(pause) = pause else { return };
+        self.pause_for(pause);
+        if let Some(shared) = &self.shared {
+            let _ = queue::budget::pause(&shared.pool, &shared.name, pause).await;
+        }
+    }
+
+    /// Pauses every executor of this process for `duration`.
+    pub fn pause_for(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        let mut paused = self.paused_until.lock().unwrap();
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+            self.stats.pauses.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn wait_for_pause(&self) {
+        loop {
+            let until = *self.paused_until.lock().unwrap();
+            match until {
+                Some(until) if until > Instant::now() => {
+                    tokio::time::sleep_until(until.into()).await
+                }
+                _ => return,
+            }
+        }
+    }
+
+    async fn wait_behind_live(&self) {
+        let step = (self.interval / 4).max(Duration::from_millis(1));
+        while self.live_waiting.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(step).await;
+        }
+        if let Some(backfill) = &self.backfill {
+            wait_for(backfill).await;
+        }
+    }
+
+    async fn wait_for_local_token(&self, lane: Priority) {
+        let main = self.main.as_ref().expect("limited");
+        loop {
+            if lane == Priority::Backfill && self.live_waiting.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep((self.interval / 4).max(Duration::from_millis(1))).await;
+                continue;
+            }
+            match main.check() {
+                Ok(()) => return,
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for(limiter: &DefaultDirectRateLimiter) {
+    while let Err(not_until) = limiter.check() {
+        tokio::time::sleep(not_until.wait_time_from(DefaultClock::default().now())).await;
+    }
+}
+
+/// Rate-limit headers that say the window is used up: wait for its reset.
+fn window_spent(info: &RateLimitInfo) -> Option<Duration> {
+    let (count, allowed, reset) = (info.count?, info.allowed?, info.reset_secs?);
+    (allowed > 0 && count >= allowed).then(|| Duration::from_secs(reset.max(1)))
+}
+
+impl SharedSlots {
+    async fn wait_for_slot(&self, interval: Duration) {
+        let slot = {
+            let mut slots = self.slots.lock().await;
+            let stale = Instant::now()
+                .checked_sub(interval)
+                .unwrap_or_else(Instant::now);
+            slots.retain(|slot| *slot >= stale);
+            if slots.is_empty() {
+                match queue::budget::reserve(&self.pool, &self.name, self.chunk, interval).await {
+                    Ok(reserved) => *slots = reserved,
+                    Err(error) => {
+                        tracing::warn!(%error, "shared budget unavailable; pacing locally");
+                        return;
+                    }
+                }
+            }
+            slots.remove(0)
+        };
+        tokio::time::sleep_until(slot.into()).await;
+    }
+}
+
+/// Counts a live request waiting for a token while it exists.
+struct LiveWaiter<'a>(&'a AtomicUsize);
+
+impl<'a> LiveWaiter<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        LiveWaiter(counter)
+    }
+}
+
+impl Drop for LiveWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

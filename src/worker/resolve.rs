@@ -1,0 +1,188 @@
+//! Finding the conversation and participant a job names, with a short cache per conversation.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::api::{ConversationView, ParticipantView};
+use crate::queue::{DeadReason, Job};
+
+/// Where an update goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// The conversation.
+    pub conversation_id: Uuid,
+    /// The participant.
+    pub participant_id: Uuid,
+}
+
+/// How a job names its participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParticipantLocator {
+    /// By id: no lookup needed.
+    Id(Uuid),
+    /// The live participant with this purpose.
+    Purpose(String),
+    /// The live participant with this external contact id.
+    ExternalContactId(String),
+    /// The live participant with this name.
+    Name(String),
+}
+
+impl ParticipantLocator {
+    /// The locator of a job (`customer` purpose when it names none).
+    pub fn of(job: &Job) -> ParticipantLocator {
+        if let Some(id) = job.participant_id {
+            ParticipantLocator::Id(id)
+        } else if let Some(id) = &job.participant_external_contact_id {
+            ParticipantLocator::ExternalContactId(id.clone())
+        } else if let Some(name) = &job.participant_name {
+            ParticipantLocator::Name(name.clone())
+        } else {
+            let purpose = job.participant_purpose.as_deref().unwrap_or("customer");
+            ParticipantLocator::Purpose(purpose.to_owned())
+        }
+    }
+
+    fn matches(&self, participant: &ParticipantView) -> bool {
+        let eq = |a: &Option<String>, b: &str| a.as_deref() == Some(b);
+        match self {
+            ParticipantLocator::Id(id) => participant.id == *id,
+            ParticipantLocator::Purpose(p) => eq(&participant.purpose, p),
+            ParticipantLocator::ExternalContactId(x) => eq(&participant.external_contact_id, x),
+            ParticipantLocator::Name(n) => eq(&participant.name, n),
+        }
+    }
+}
+
+/// Picks the participant a locator names in a conversation, or says why it cannot.
+pub fn pick_participant(
+    conversation: &ConversationView,
+    locator: &ParticipantLocator,
+) -> Result<Uuid, DeadReason> {
+    if conversation.ended {
+        return Err(DeadReason::ConversationEnded);
+    }
+    let matching: Vec<&ParticipantView> = conversation
+        .participants
+        .iter()
+        .filter(|p| locator.matches(p))
+        .collect();
+    let live: Vec<&&ParticipantView> = matching.iter().filter(|p| p.live).collect();
+    match (live.as_slice(), matching.is_empty()) {
+        ([only], _) => Ok(only.id),
+        ([], true) => Err(DeadReason::ParticipantNotFound),
+        ([], false) => Err(DeadReason::ParticipantDisconnected),
+        _ => Err(DeadReason::ParticipantAmbiguous),
+    }
+}
+
+/// Conversations read recently, shared by the jobs that hit the same conversation.
+pub struct ConversationCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<Uuid, (Instant, ConversationView)>>,
+}
+
+impl ConversationCache {
+    /// A cache whose entries live for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        ConversationCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A fresh copy of the conversation, if one was read within the TTL.
+    pub fn get(&self, id: Uuid) -> Option<ConversationView> {
+        let entries = self.entries.lock().unwrap();
+        entries
+            .get(&id)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, view)| view.clone())
+    }
+
+    /// Remembers a conversation just read.
+    pub fn put(&self, id: Uuid, view: ConversationView) {
+        let mut entries = self.entries.lock().unwrap();
+        if entries.len() > 10_000 {
+            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
+        }
+        entries.insert(id, (Instant::now(), view));
+    }
+
+    /// Forgets a conversation (after a write was refused, say).
+    pub fn forget(&self, id: Uuid) {
+        self.entries.lock().unwrap().remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn participant(purpose: &str, live: bool) -> ParticipantView {
+        ParticipantView {
+            id: Uuid::new_v4(),
+            purpose: Some(purpose.to_owned()),
+            name: None,
+            external_contact_id: None,
+            live,
+        }
+    }
+
+    fn conversation(participants: Vec<ParticipantView>) -> ConversationView {
+        ConversationView {
+            ended: false,
+            participants,
+        }
+    }
+
+    #[test]
+    fn picks_the_single_live_participant_with_the_purpose() {
+        let customer = participant("customer", true);
+        let view = conversation(vec![participant("agent", true), customer.clone()]);
+        let locator = ParticipantLocator::Purpose("customer".into());
+        assert_eq!(pick_participant(&view, &locator), Ok(customer.id));
+    }
+
+    #[test]
+    fn explains_why_no_participant_fits() {
+        let purpose = ParticipantLocator::Purpose("customer".into());
+        let none = conversation(vec![participant("agent", true)]);
+        assert_eq!(
+            pick_participant(&none, &purpose),
+            Err(DeadReason::ParticipantNotFound)
+        );
+        let two = conversation(vec![
+            participant("customer", true),
+            participant("customer", true),
+        ]);
+        assert_eq!(
+            pick_participant(&two, &purpose),
+            Err(DeadReason::ParticipantAmbiguous)
+        );
+        let gone = conversation(vec![participant("customer", false)]);
+        assert_eq!(
+            pick_participant(&gone, &purpose),
+            Err(DeadReason::ParticipantDisconnected)
+        );
+        let ended = ConversationView {
+            ended: true,
+            ..conversation(vec![participant("customer", true)])
+        };
+        assert_eq!(
+            pick_participant(&ended, &purpose),
+            Err(DeadReason::ConversationEnded)
+        );
+    }
+
+    #[test]
+    fn a_transferred_customer_resolves_to_the_live_leg() {
+        let live = participant("customer", true);
+        let view = conversation(vec![participant("customer", false), live.clone()]);
+        let locator = ParticipantLocator::Purpose("customer".into());
+        assert_eq!(pick_participant(&view, &locator), Ok(live.id));
+    }
+}
