@@ -1,1 +1,329 @@
-//! A local emulator of the Genesys Cloud endpoints pdq uses.
+//! A local emulator of the Genesys Cloud endpoints pdq uses, faithful to the real API's paths,
+//! JSON shapes, status codes, error bodies and rate-limit headers (see `shared/genesys-api.md`).
+//!
+//! Login and API are served on one base URL: point a client's API *and* login base URLs at
+//! [`EmulatorHandle::base_url`]. Tests and the demo start it in-process on a random port;
+//! `pdq emulator` serves it on a fixed port for users' CI.
+
+mod admin;
+mod analytics;
+mod api;
+mod config;
+mod conversations;
+mod error;
+mod faults;
+mod oauth;
+mod org;
+mod state;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, patch, post, put};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+pub use config::{
+    AttributeLimits, ClientSpec, EmulatorConfig, EndedBehaviour, NullPolicy, RateLimit,
+    RateLimitScope,
+};
+pub use error::{ApiError, Error};
+pub use faults::Faults;
+pub use org::{RequestCount, RequestRecord};
+pub use state::{
+    ConversationSpec, CreatedConversation, CreatedParticipant, ParticipantSpec, PatchRecord,
+};
+
+use org::{Org, Shared};
+
+/// The demo OAuth client id the emulator accepts by default.
+pub const DEMO_CLIENT_ID: &str = "pdq-demo";
+/// The demo OAuth client secret.
+pub const DEMO_CLIENT_SECRET: &str = "pdq-demo-secret";
+
+/// The whole HTTP API (testable with `tower::ServiceExt::oneshot`).
+fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/api/v2/conversations", get(conversations::list))
+        .route("/api/v2/conversations/{id}", get(conversations::get))
+        .route(
+            "/api/v2/conversations/{id}/tags",
+            put(conversations::put_tags),
+        )
+        .route(
+            "/api/v2/conversations/{cid}/participants/{pid}",
+            patch(conversations::patch_participant),
+        )
+        .route(
+            "/api/v2/conversations/{cid}/participants/{pid}/attributes",
+            patch(conversations::patch_attributes),
+        )
+        .route(
+            "/api/v2/conversations/{media}/{cid}/participants/{pid}/attributes",
+            patch(conversations::patch_media_attributes),
+        )
+        .route(
+            "/api/v2/analytics/conversations/details/query",
+            post(analytics::query),
+        )
+        .route(
+            "/api/v2/tokens/me",
+            get(oauth::token_info)
+                .head(oauth::token_check)
+                .delete(oauth::token_revoke),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            api::layer,
+        ));
+    let login = Router::new()
+        .route("/oauth/token", post(oauth::token))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            api::login_layer,
+        ));
+    let admin_on = shared.0.lock().unwrap().config.admin;
+    let mut app = api.merge(login);
+    if admin_on {
+        app = app.merge(admin::routes());
+    }
+    app.layer(DefaultBodyLimit::disable()).with_state(shared)
+}
+
+/// Starts emulators.
+pub struct Emulator;
+
+impl Emulator {
+    /// Binds `config.bind` (default `127.0.0.1:0`) and serves until the last handle is dropped
+    /// or [`EmulatorHandle::shutdown`] is called.
+    pub async fn start(config: EmulatorConfig) -> Result<EmulatorHandle, Error> {
+        let addr = config.bind;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        let shared = Arc::new(Shared(Mutex::new(Org::new(config))));
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, router(shared.clone()), stop.clone()));
+        Ok(EmulatorHandle {
+            inner: Arc::new(HandleInner {
+                base_url: format!("http://{local}"),
+                shared,
+                stop,
+            }),
+        })
+    }
+}
+
+/// Accepts connections; a connection whose request draws a reset fault is dropped unanswered.
+async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, stop) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let kill = CancellationToken::new();
+            let marker = api::ConnectionKill(kill.clone());
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(marker.clone());
+                    app.clone().oneshot(request.map(axum::body::Body::new))
+                },
+            );
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = kill.cancelled() => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// A running emulator: its base URL and typed admin operations.
+#[derive(Clone)]
+pub struct EmulatorHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    base_url: String,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl Drop for HandleInner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl EmulatorHandle {
+    /// `http://127.0.0.1:PORT`: the login and the API base URL.
+    pub fn base_url(&self) -> String {
+        self.inner.base_url.clone()
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// Accepts another OAuth client.
+    pub fn add_client(&self, id: &str, secret: &str) {
+        let mut org = self.shared().0.lock().unwrap();
+        org.clients.insert(id.to_owned(), secret.to_owned());
+    }
+
+    /// Creates a conversation; returns its ids.
+    pub fn create_conversation(&self, spec: ConversationSpec) -> CreatedConversation {
+        admin::create_conversation(self.shared(), spec)
+    }
+
+    /// Ends a conversation (every participant disconnects); false when unknown.
+    pub fn end_conversation(&self, id: Uuid) -> bool {
+        let mut org = self.shared().0.lock().unwrap();
+        org.conversations.get_mut(&id).map(|c| c.end()).is_some()
+    }
+
+    /// Disconnects one participant; false when unknown.
+    pub fn disconnect_participant(&self, cid: Uuid, pid: Uuid) -> bool {
+        disconnect(self.shared(), cid, pid)
+    }
+
+    /// Sets a conversation's external tag; false when unknown.
+    pub fn set_external_tag(&self, id: Uuid, tag: &str) -> bool {
+        set_tag(self.shared(), id, tag)
+    }
+
+    /// A participant's attributes as stored now.
+    pub fn attributes_of(&self, cid: Uuid, pid: Uuid) -> Option<BTreeMap<String, String>> {
+        self.shared().0.lock().unwrap().attributes(cid, pid)
+    }
+
+    /// The PATCHes a participant received, oldest first, with arrival times.
+    pub fn patch_history(&self, cid: Uuid, pid: Uuid) -> Vec<PatchRecord> {
+        history(self.shared(), cid, pid)
+    }
+
+    /// Requests by route and status.
+    pub fn request_counts(&self) -> Vec<RequestCount> {
+        self.shared().0.lock().unwrap().counts()
+    }
+
+    /// How many requests of `route` (e.g. `PATCH /api/v2/conversations/{cid}/participants/{pid}/attributes`)
+    /// got `status` (any status with `None`).
+    pub fn count(&self, route: &str, status: Option<u16>) -> u64 {
+        self.request_counts()
+            .iter()
+            .filter(|c| c.route == route && status.is_none_or(|s| s == c.status))
+            .map(|c| c.count)
+            .sum()
+    }
+
+    /// The most recent requests.
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        self.shared()
+            .0
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Replaces the injected faults (a storm starts now).
+    pub fn set_faults(&self, faults: Faults) {
+        set_faults(self.shared(), faults);
+    }
+
+    /// Replaces the request budget (`None` = unlimited).
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        self.shared().0.lock().unwrap().config.rate_limit = limit;
+    }
+
+    /// Changes the configuration in place (ended-conversation answer, delays, limits…).
+    pub fn configure(&self, change: impl FnOnce(&mut EmulatorConfig)) {
+        change(&mut self.shared().0.lock().unwrap().config);
+    }
+
+    /// Revokes every token issued so far.
+    pub fn revoke_tokens(&self) {
+        self.shared().0.lock().unwrap().revoke_all();
+    }
+
+    /// Forgets conversations, tokens, counts and faults; keeps clients and limits.
+    pub fn reset(&self) {
+        reset(self.shared());
+    }
+
+    /// Stops serving.
+    pub async fn shutdown(self) {
+        self.inner.stop.cancel();
+    }
+}
+
+fn disconnect(shared: &Shared, cid: Uuid, pid: Uuid) -> bool {
+    let mut org = shared.0.lock().unwrap();
+    let Some(participant) = org
+        .conversations
+        .get_mut(&cid)
+        .and_then(|c| c.participant_mut(pid))
+    else {
+        return false;
+    };
+    participant
+        .ended
+        .get_or_insert((chrono::Utc::now(), std::time::Instant::now()));
+    true
+}
+
+fn set_tag(shared: &Shared, id: Uuid, tag: &str) -> bool {
+    let mut org = shared.0.lock().unwrap();
+    let Some(conversation) = org.conversations.get_mut(&id) else {
+        return false;
+    };
+    conversation.previous_tag = Some((std::time::Instant::now(), conversation.tag.take()));
+    conversation.tag = Some(tag.to_owned());
+    true
+}
+
+fn history(shared: &Shared, cid: Uuid, pid: Uuid) -> Vec<PatchRecord> {
+    let org = shared.0.lock().unwrap();
+    org.conversations
+        .get(&cid)
+        .and_then(|c| c.participants.iter().find(|p| p.id == pid))
+        .map(|p| p.history.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn set_faults(shared: &Shared, faults: Faults) {
+    let mut org = shared.0.lock().unwrap();
+    org.config.faults = faults;
+    org.restart_storm();
+}
+
+fn reset(shared: &Shared) {
+    let mut org = shared.0.lock().unwrap();
+    org.conversations.clear();
+    org.tokens.clear();
+    org.windows.clear();
+    org.counts.clear();
+    org.log.clear();
+    org.config.faults = Faults::default();
+    org.storm_until = None;
+}

@@ -51,6 +51,8 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Run the worker pool (serves /metrics and /healthz).
     Run(Box<crate::commands::run::RunArgs>),
+    /// Serve the Genesys Cloud emulator (login and API on one port).
+    Emulator(Box<crate::commands::emulator::EmulatorArgs>),
 }
 
 /// A job, with flags named after the columns of `pdq.jobs`.

@@ -1,6 +1,7 @@
 //! One module per subcommand, each a short `run` over library calls.
 
 pub mod dlq;
+pub mod emulator;
 pub mod enqueue;
 pub mod migrate;
 pub mod run;

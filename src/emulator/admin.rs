@@ -1,0 +1,166 @@
+//! The admin API (`/admin/…`, JSON) for tests, demos and users' CI. Every route has a typed
+//! twin on [`super::EmulatorHandle`].
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::config::{ClientSpec, RateLimit};
+use super::faults::Faults;
+use super::org::Shared;
+use super::state::{ConversationRec, ConversationSpec};
+
+/// The `/admin` routes.
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/admin/conversations", post(create))
+        .route("/admin/conversations/{id}/end", post(end))
+        .route("/admin/conversations/{id}/tag", put(tag))
+        .route(
+            "/admin/conversations/{id}/participants/{pid}/disconnect",
+            post(disconnect),
+        )
+        .route(
+            "/admin/conversations/{id}/participants/{pid}/attributes",
+            get(attributes),
+        )
+        .route(
+            "/admin/conversations/{id}/participants/{pid}/history",
+            get(history),
+        )
+        .route("/admin/requests", get(requests))
+        .route("/admin/requests/log", get(request_log))
+        .route("/admin/faults", get(faults).put(set_faults))
+        .route("/admin/rate-limit", put(set_rate_limit))
+        .route("/admin/tokens/revoke", post(revoke))
+        .route("/admin/clients", post(add_client))
+        .route("/admin/reset", post(reset))
+}
+
+/// Creates a conversation in the organization; returns its ids.
+pub fn create_conversation(shared: &Shared, spec: ConversationSpec) -> super::CreatedConversation {
+    let conversation = ConversationRec::new(spec);
+    let created = conversation.created();
+    shared
+        .0
+        .lock()
+        .unwrap()
+        .conversations
+        .insert(created.id, conversation);
+    created
+}
+
+async fn create(State(shared): State<Arc<Shared>>, Json(spec): Json<ConversationSpec>) -> Response {
+    (
+        StatusCode::CREATED,
+        Json(create_conversation(&shared, spec)),
+    )
+        .into_response()
+}
+
+fn found(ok: bool) -> StatusCode {
+    if ok {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn end(State(shared): State<Arc<Shared>>, Path(id): Path<Uuid>) -> StatusCode {
+    let mut org = shared.0.lock().unwrap();
+    found(org.conversations.get_mut(&id).map(|c| c.end()).is_some())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TagBody {
+    external_tag: String,
+}
+
+async fn tag(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<TagBody>,
+) -> StatusCode {
+    found(super::set_tag(&shared, id, &body.external_tag))
+}
+
+async fn disconnect(
+    State(shared): State<Arc<Shared>>,
+    Path((id, pid)): Path<(Uuid, Uuid)>,
+) -> StatusCode {
+    found(super::disconnect(&shared, id, pid))
+}
+
+async fn attributes(
+    State(shared): State<Arc<Shared>>,
+    Path((id, pid)): Path<(Uuid, Uuid)>,
+) -> Response {
+    match shared.0.lock().unwrap().attributes(id, pid) {
+        Some(map) => Json(map).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn history(
+    State(shared): State<Arc<Shared>>,
+    Path((id, pid)): Path<(Uuid, Uuid)>,
+) -> Response {
+    Json(super::history(&shared, id, pid)).into_response()
+}
+
+async fn requests(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.0.lock().unwrap().counts()).into_response()
+}
+
+async fn request_log(State(shared): State<Arc<Shared>>) -> Response {
+    let org = shared.0.lock().unwrap();
+    Json(org.log.iter().collect::<Vec<_>>()).into_response()
+}
+
+async fn faults(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.0.lock().unwrap().config.faults.clone()).into_response()
+}
+
+async fn set_faults(State(shared): State<Arc<Shared>>, Json(faults): Json<Faults>) -> StatusCode {
+    super::set_faults(&shared, faults);
+    StatusCode::NO_CONTENT
+}
+
+async fn set_rate_limit(
+    State(shared): State<Arc<Shared>>,
+    Json(limit): Json<Option<RateLimit>>,
+) -> StatusCode {
+    shared.0.lock().unwrap().config.rate_limit = limit;
+    StatusCode::NO_CONTENT
+}
+
+async fn revoke(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.0.lock().unwrap().revoke_all();
+    StatusCode::NO_CONTENT
+}
+
+async fn add_client(
+    State(shared): State<Arc<Shared>>,
+    Json(client): Json<ClientSpec>,
+) -> StatusCode {
+    shared
+        .0
+        .lock()
+        .unwrap()
+        .clients
+        .insert(client.id, client.secret);
+    StatusCode::NO_CONTENT
+}
+
+async fn reset(State(shared): State<Arc<Shared>>) -> Response {
+    super::reset(&shared);
+    Json(json!({ "reset": true })).into_response()
+}

@@ -1,0 +1,237 @@
+//! The layer every `/api/v2` request passes: correlation id, faults, bearer token, rate limit,
+//! and the `ININ-Correlation-Id` and `inin-ratelimit-*` headers on every response.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::faults::Injected;
+use super::org::{Shared, WindowInfo};
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The OAuth client.
+    pub client_id: String,
+    /// The bearer token.
+    pub token: String,
+}
+
+/// Closes the request's connection without a response (a connection reset).
+#[derive(Debug, Clone)]
+pub struct ConnectionKill(pub CancellationToken);
+
+/// The `/api/v2` middleware.
+pub async fn layer(
+    State(shared): State<Arc<Shared>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let correlation = Uuid::new_v4().to_string();
+    let route = route_label(&request);
+    let kill = request.extensions().get::<ConnectionKill>().cloned();
+    if let Some(response) = inject_faults(&shared, kill, &route, &correlation).await {
+        return response;
+    }
+    let token = bearer(&request);
+    let admitted = admit(&shared, token.as_deref());
+    let (caller, window) = match admitted {
+        Ok(pair) => pair,
+        Err((error, window)) => {
+            let response = finish(error.into_response(), &correlation, window);
+            shared
+                .0
+                .lock()
+                .unwrap()
+                .record(&route, response.status().as_u16(), None);
+            return response;
+        }
+    };
+    let client_id = caller.client_id.clone();
+    request.extensions_mut().insert(caller);
+    let response = finish(next.run(request).await, &correlation, window);
+    shared
+        .0
+        .lock()
+        .unwrap()
+        .record(&route, response.status().as_u16(), Some(client_id));
+    response
+}
+
+/// The correlation header and error `contextId` for `/oauth/token` too.
+pub async fn login_layer(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let correlation = Uuid::new_v4().to_string();
+    let route = route_label(&request);
+    let include = shared.0.lock().unwrap().config.faults.include_oauth;
+    if include {
+        let kill = request.extensions().get::<ConnectionKill>().cloned();
+        if let Some(response) = inject_faults(&shared, kill, &route, &correlation).await {
+            return response;
+        }
+    }
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert("inin-correlation-id", header(&correlation));
+    shared
+        .0
+        .lock()
+        .unwrap()
+        .record(&route, response.status().as_u16(), None);
+    response
+}
+
+fn route_label(request: &Request) -> String {
+    let path = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    format!("{} {}", request.method(), path)
+}
+
+fn bearer(request: &Request) -> Option<String> {
+    let value = request.headers().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// Authenticates and counts the request against the budget.
+fn admit(
+    shared: &Shared,
+    token: Option<&str>,
+) -> Result<(Caller, Option<WindowInfo>), (ApiError, Option<WindowInfo>)> {
+    let mut org = shared.0.lock().unwrap();
+    let idle = org.config.rate_limit.map(|l| WindowInfo {
+        count: 0,
+        allowed: l.requests,
+        reset_secs: l.window_secs,
+    });
+    let Some(token) = token else {
+        let error = ApiError::new(
+            401,
+            "authentication.required",
+            "No authentication bearer token specified in authorization header.",
+        );
+        return Err((error, idle));
+    };
+    let Some(client_id) = org.check_token(token) else {
+        return Err((
+            ApiError::new(401, "bad.credentials", "Invalid login credentials."),
+            idle,
+        ));
+    };
+    if let Some(until) = org.storm_until {
+        if until > std::time::Instant::now() {
+            let retry = org.config.faults.storm_retry_after_secs.max(1);
+            return Err((ApiError::too_many_requests(retry), idle));
+        }
+    }
+    match org.count_request(token, &client_id) {
+        Ok(window) => Ok((
+            Caller {
+                client_id,
+                token: token.to_owned(),
+            },
+            Some(window),
+        )),
+        Err((retry_after, window)) => Err((ApiError::too_many_requests(retry_after), Some(window))),
+    }
+}
+
+async fn inject_faults(
+    shared: &Shared,
+    kill: Option<ConnectionKill>,
+    route: &str,
+    correlation: &str,
+) -> Option<Response> {
+    let (latency, injected, hang_ms) = {
+        let mut org = shared.0.lock().unwrap();
+        if !org.config.faults.any() {
+            return None;
+        }
+        let faults = org.config.faults.clone();
+        let (latency, injected) = faults.roll(&mut org.rng);
+        (latency, injected, faults.hang_ms)
+    };
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    match injected {
+        Injected::None => None,
+        Injected::Error(status) => {
+            shared.0.lock().unwrap().record(route, status, None);
+            let response = ApiError::server_error(status).into_response();
+            Some(finish(response, correlation, None))
+        }
+        Injected::Reset => {
+            shared.0.lock().unwrap().record(route, 0, None);
+            match kill {
+                Some(kill) => {
+                    kill.0.cancel();
+                    std::future::pending::<()>().await;
+                    None
+                }
+                None => Some(finish(
+                    ApiError::server_error(500).into_response(),
+                    correlation,
+                    None,
+                )),
+            }
+        }
+        Injected::Hang => {
+            shared.0.lock().unwrap().record(route, 0, None);
+            tokio::time::sleep(Duration::from_millis(hang_ms)).await;
+            Some(finish(
+                ApiError::server_error(504).into_response(),
+                correlation,
+                None,
+            ))
+        }
+    }
+}
+
+/// Adds the headers every API response carries and the `contextId` of an error body.
+fn finish(mut response: Response, correlation: &str, window: Option<WindowInfo>) -> Response {
+    if let Some(mut error) = response.extensions_mut().remove::<ApiError>() {
+        if error.context_id.is_empty() {
+            error.context_id = correlation.to_owned();
+            let mut rendered = error.into_response();
+            rendered.extensions_mut().remove::<ApiError>();
+            response = rendered;
+        }
+    }
+    let headers = response.headers_mut();
+    headers.insert("inin-correlation-id", header(correlation));
+    let window = window.unwrap_or(WindowInfo {
+        count: 0,
+        allowed: u32::MAX,
+        reset_secs: 60,
+    });
+    headers.insert("inin-ratelimit-count", header(&window.count.to_string()));
+    headers.insert(
+        "inin-ratelimit-allowed",
+        header(&window.allowed.to_string()),
+    );
+    headers.insert(
+        "inin-ratelimit-reset",
+        header(&window.reset_secs.to_string()),
+    );
+    response
+}
+
+fn header(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).expect("header-safe value")
+}

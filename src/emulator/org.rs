@@ -1,0 +1,231 @@
+//! Shared emulator state: configuration, OAuth clients and tokens, rate-limit windows,
+//! conversations and the request log — all behind one lock.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::config::{EmulatorConfig, RateLimit, RateLimitScope};
+use super::state::ConversationRec;
+
+/// An issued access token.
+#[derive(Debug, Clone)]
+pub struct TokenRec {
+    /// The client it was issued to.
+    pub client_id: String,
+    /// When it stops working.
+    pub expires_at: Instant,
+    /// Revoked by `DELETE /api/v2/tokens/me` or the admin API.
+    pub revoked: bool,
+}
+
+/// Requests by route and status.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestCount {
+    /// Method and route template (`PATCH /api/v2/conversations/{id}/participants/{id}/attributes`).
+    pub route: String,
+    /// HTTP status (0 for a reset or a hang).
+    pub status: u16,
+    /// How many.
+    pub count: u64,
+}
+
+/// One request in the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    /// Arrival time.
+    pub at: DateTime<Utc>,
+    /// Method and route template.
+    pub route: String,
+    /// HTTP status (0 for a reset or a hang).
+    pub status: u16,
+    /// The OAuth client, when the token was valid.
+    pub client_id: Option<String>,
+}
+
+/// Everything the emulator keeps.
+pub struct Org {
+    pub(super) config: EmulatorConfig,
+    pub(super) storm_until: Option<Instant>,
+    pub(super) clients: HashMap<String, String>,
+    pub(super) tokens: HashMap<String, TokenRec>,
+    pub(super) windows: HashMap<String, (Instant, u32)>,
+    pub(super) conversations: HashMap<Uuid, ConversationRec>,
+    pub(super) counts: HashMap<(String, u16), u64>,
+    pub(super) log: VecDeque<RequestRecord>,
+    pub(super) rng: SmallRng,
+    pub(super) organization_id: Uuid,
+}
+
+/// The lock around [`Org`].
+pub struct Shared(pub Mutex<Org>);
+
+/// The rate-limit headers for one response.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowInfo {
+    /// Requests counted in the window, this one included.
+    pub count: u32,
+    /// The window's limit.
+    pub allowed: u32,
+    /// Seconds until the window resets.
+    pub reset_secs: u64,
+}
+
+impl Org {
+    /// A fresh organization from `config`.
+    pub fn new(config: EmulatorConfig) -> Org {
+        let clients = config
+            .clients
+            .iter()
+            .map(|c| (c.id.clone(), c.secret.clone()))
+            .collect();
+        let storm_until = storm_deadline(&config);
+        Org {
+            rng: SmallRng::seed_from_u64(config.seed),
+            storm_until,
+            clients,
+            tokens: HashMap::new(),
+            windows: HashMap::new(),
+            conversations: HashMap::new(),
+            counts: HashMap::new(),
+            log: VecDeque::new(),
+            organization_id: Uuid::from_u128(0x0a0a0a0a_0000_4000_8000_000000000001),
+            config,
+        }
+    }
+
+    /// Issues a token to `client_id`.
+    pub fn issue_token(&mut self, client_id: &str) -> (String, u64) {
+        let now = Instant::now();
+        if self.tokens.len() > 10_000 {
+            self.tokens.retain(|_, t| t.expires_at > now && !t.revoked);
+        }
+        let token = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        let lifetime = self.config.token_lifetime_secs;
+        self.tokens.insert(
+            token.clone(),
+            TokenRec {
+                client_id: client_id.to_owned(),
+                expires_at: now + Duration::from_secs(lifetime),
+                revoked: false,
+            },
+        );
+        (token, lifetime)
+    }
+
+    /// The client a bearer token belongs to, if it is valid now.
+    pub fn check_token(&self, token: &str) -> Option<String> {
+        let record = self.tokens.get(token)?;
+        (!record.revoked && record.expires_at > Instant::now()).then(|| record.client_id.clone())
+    }
+
+    /// Revokes every token issued so far.
+    pub fn revoke_all(&mut self) {
+        for token in self.tokens.values_mut() {
+            token.revoked = true;
+        }
+    }
+
+    /// Counts one request against the budget of `token` / `client`; `Err(retry_after)` past it.
+    pub fn count_request(
+        &mut self,
+        token: &str,
+        client: &str,
+    ) -> Result<WindowInfo, (u64, WindowInfo)> {
+        let Some(limit) = self.config.rate_limit else {
+            return Ok(WindowInfo {
+                count: 0,
+                allowed: u32::MAX,
+                reset_secs: 60,
+            });
+        };
+        let key = match limit.scope {
+            RateLimitScope::Token => token,
+            RateLimitScope::Client => client,
+        };
+        let info = advance_window(&mut self.windows, key, limit);
+        if info.count > info.allowed {
+            Err((info.reset_secs.max(1), info))
+        } else {
+            Ok(info)
+        }
+    }
+
+    /// Counts and logs one finished request.
+    pub fn record(&mut self, route: &str, status: u16, client_id: Option<String>) {
+        *self.counts.entry((route.to_owned(), status)).or_default() += 1;
+        if self.config.request_log_cap == 0 {
+            return;
+        }
+        if self.log.len() >= self.config.request_log_cap {
+            self.log.pop_front();
+        }
+        self.log.push_back(RequestRecord {
+            at: Utc::now(),
+            route: route.to_owned(),
+            status,
+            client_id,
+        });
+    }
+
+    /// Request counts by route and status.
+    pub fn counts(&self) -> Vec<RequestCount> {
+        let mut counts: Vec<RequestCount> = self
+            .counts
+            .iter()
+            .map(|((route, status), count)| RequestCount {
+                route: route.clone(),
+                status: *status,
+                count: *count,
+            })
+            .collect();
+        counts.sort_by(|a, b| (&a.route, a.status).cmp(&(&b.route, b.status)));
+        counts
+    }
+
+    /// A participant's attributes as stored now.
+    pub fn attributes(&self, cid: Uuid, pid: Uuid) -> Option<BTreeMap<String, String>> {
+        let conversation = self.conversations.get(&cid)?;
+        let participant = conversation.participants.iter().find(|p| p.id == pid)?;
+        Some(participant.attributes.clone())
+    }
+
+    /// Applies the faults' storm setting from now on.
+    pub fn restart_storm(&mut self) {
+        self.storm_until = storm_deadline(&self.config);
+    }
+}
+
+fn storm_deadline(config: &EmulatorConfig) -> Option<Instant> {
+    (config.faults.storm_secs > 0)
+        .then(|| Instant::now() + Duration::from_secs(config.faults.storm_secs))
+}
+
+fn advance_window(
+    windows: &mut HashMap<String, (Instant, u32)>,
+    key: &str,
+    limit: RateLimit,
+) -> WindowInfo {
+    let now = Instant::now();
+    let window = Duration::from_secs(limit.window_secs.max(1));
+    if windows.len() > 10_000 {
+        windows.retain(|_, (start, _)| now.duration_since(*start) < window);
+    }
+    let entry = windows.entry(key.to_owned()).or_insert((now, 0));
+    if now.duration_since(entry.0) >= window {
+        *entry = (now, 0);
+    }
+    entry.1 += 1;
+    let left = window.saturating_sub(now.duration_since(entry.0));
+    WindowInfo {
+        count: entry.1,
+        allowed: limit.requests,
+        reset_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+    }
+}
