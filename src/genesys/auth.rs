@@ -16,6 +16,7 @@ use super::Error;
 pub struct Token {
     secret: SecretString,
     expires_at: Instant,
+    lifetime: Duration,
 }
 
 impl Token {
@@ -61,7 +62,9 @@ impl TokenCache {
     pub async fn token(&self) -> Result<Token, Error> {
         let mut current = self.current.lock().await;
         if let Some(token) = current.as_ref() {
-            if token.expires_at > Instant::now() + self.margin {
+            // Renew `margin` early, but never more than a quarter of a short token's lifetime.
+            let margin = self.margin.min(token.lifetime / 4);
+            if token.expires_at > Instant::now() + margin {
                 return Ok(token.clone());
             }
         }
@@ -121,9 +124,11 @@ impl TokenCache {
             })?;
         self.renewals.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(expires_in = parsed.expires_in, "obtained an OAuth token");
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(86_400));
         Ok(Token {
             secret: SecretString::from(parsed.access_token),
-            expires_at: Instant::now() + Duration::from_secs(parsed.expires_in.unwrap_or(86_400)),
+            expires_at: Instant::now() + lifetime,
+            lifetime,
         })
     }
 }

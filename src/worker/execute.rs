@@ -402,6 +402,9 @@ async fn on_failure(
             tracing::error!(detail = %failed.detail, "configuration problem: pausing the worker (no job is dead-lettered)");
             inner.health.fail(failed.detail);
             queue::release(&inner.pool, unit.lease).await?;
+            for waiting in inner.buffer.take_all() {
+                inner.release(waiting.lease).await;
+            }
             Ok(UnitOutcome::Paused)
         }
     }

@@ -60,6 +60,7 @@ pub struct Pacer {
     interval: Duration,
     live_waiting: AtomicUsize,
     paused_until: Mutex<Option<Instant>>,
+    probe: Mutex<Probe>,
     shared: Option<SharedSlots>,
     /// Wait and pause counters.
     pub stats: PacerStats,
@@ -99,6 +100,7 @@ impl Pacer {
             interval,
             live_waiting: AtomicUsize::new(0),
             paused_until: Mutex::new(None),
+            probe: Mutex::new(Probe::default()),
             shared,
             stats: PacerStats::default(),
         }
@@ -112,6 +114,7 @@ impl Pacer {
     /// Waits until one more request of `lane` may be sent.
     pub async fn acquire(&self, lane: Priority) {
         if self.main.is_none() {
+            self.wait_for_pause().await;
             return;
         }
         let started = Instant::now();
@@ -147,6 +150,9 @@ impl Pacer {
         } else {
             rate_limit.and_then(window_spent)
         };
+        if status != 429 {
+            self.probe.lock().unwrap().in_flight_since = None;
+        }
         let Some(pause) = pause else { return };
         self.pause_for(pause);
         if let Some(shared) = &self.shared {
@@ -162,17 +168,39 @@ impl Pacer {
             *paused = Some(until);
             self.stats.pauses.fetch_add(1, Ordering::Relaxed);
         }
+        *self.probe.lock().unwrap() = Probe {
+            pending: true,
+            in_flight_since: None,
+        };
     }
 
+    /// Waits out a pause; afterwards one request probes the API alone, and the others follow
+    /// only once it got an answer other than 429 (so a long storm costs one 429 per pause,
+    /// not one per executor).
     async fn wait_for_pause(&self) {
         loop {
             let until = *self.paused_until.lock().unwrap();
-            match until {
-                Some(until) if until > Instant::now() => {
-                    tokio::time::sleep_until(until.into()).await
-                }
-                _ => return,
+            if let Some(until) = until.filter(|until| *until > Instant::now()) {
+                tokio::time::sleep_until(until.into()).await;
+                continue;
             }
+            let must_wait = {
+                let mut probe = self.probe.lock().unwrap();
+                let probing = probe
+                    .in_flight_since
+                    .is_some_and(|since| since.elapsed() < PROBE_TIMEOUT);
+                if probe.pending {
+                    probe.pending = false;
+                    probe.in_flight_since = Some(Instant::now());
+                    false
+                } else {
+                    probing
+                }
+            };
+            if !must_wait {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -237,6 +265,18 @@ impl SharedSlots {
         };
         tokio::time::sleep_until(slot.into()).await;
     }
+}
+
+/// How long the other executors wait for a probe's answer before going ahead anyway.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The request that tests the API after a pause.
+#[derive(Debug, Default)]
+struct Probe {
+    /// The next request after the pause is the probe.
+    pending: bool,
+    /// The probe was sent at this time and has no answer yet.
+    in_flight_since: Option<Instant>,
 }
 
 /// Counts a live request waiting for a token while it exists.

@@ -3,3 +3,4 @@ mod cli;
 mod emulator;
 mod helpers;
 mod queue;
+mod worker;

@@ -1,0 +1,599 @@
+//! The worker end to end: real Postgres, the in-process emulator, pdq's real client.
+
+use std::time::{Duration, Instant};
+
+use pdq::emulator::{
+    ConversationSpec, Emulator, EmulatorConfig, EmulatorHandle, Faults, ParticipantSpec,
+};
+use pdq::genesys::{GenesysClient, GenesysSettings};
+use pdq::queue::{self, NewJob};
+use pdq::worker::{Api, Backoff, Budget, Worker, WorkerConfig};
+use secrecy::SecretString;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::helpers::{wait_until, TestDb};
+
+struct TestApp {
+    db: TestDb,
+    emulator: EmulatorHandle,
+}
+
+impl TestApp {
+    async fn new(config: EmulatorConfig) -> TestApp {
+        let emulator = Emulator::start(EmulatorConfig {
+            rate_limit: None,
+            ..config
+        })
+        .await
+        .unwrap();
+        TestApp {
+            db: TestDb::with_connections(16).await,
+            emulator,
+        }
+    }
+
+    fn client(&self, secret: &str, timeout: Duration) -> GenesysClient {
+        let mut settings = GenesysSettings::new(
+            None,
+            Some(&self.emulator.base_url()),
+            None,
+            Some("pdq-demo".into()),
+            Some(SecretString::from(secret.to_owned())),
+        )
+        .unwrap();
+        settings.request_timeout = timeout;
+        GenesysClient::new(settings).unwrap()
+    }
+
+    fn worker(&self, config: WorkerConfig) -> Worker {
+        let api = Api::new(self.client("pdq-demo-secret", Duration::from_millis(500)));
+        Worker::new(self.db.pool.clone(), api, config)
+    }
+
+    async fn enqueue(&self, job: NewJob) -> i64 {
+        queue::enqueue(&self.db.pool, &job).await.unwrap().unwrap()
+    }
+
+    /// Drives the worker step by step until nothing is due, within `timeout`.
+    async fn drain(&self, worker: &Worker, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.db.count("pdq.jobs").await > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "queue did not drain in {timeout:?}"
+            );
+            if worker.process_next().await.unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    async fn dead_reasons(&self) -> Vec<(String, Option<i32>, Option<String>)> {
+        sqlx::query_as("select reason, http_status, error_code from pdq.dead_letters order by id")
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap()
+    }
+}
+
+fn fast() -> WorkerConfig {
+    WorkerConfig {
+        executors: 4,
+        poll_interval: Duration::from_millis(100),
+        backoff: Backoff {
+            base: Duration::from_millis(20),
+            cap: Duration::from_millis(300),
+        },
+        budget: Budget {
+            per_minute: 0,
+            ..Budget::default()
+        },
+        lookup_window: Duration::from_millis(600),
+        seed: Some(7),
+        ..WorkerConfig::default()
+    }
+}
+
+fn job(attributes: serde_json::Value) -> NewJob {
+    NewJob {
+        attributes,
+        ..NewJob::default()
+    }
+}
+
+#[tokio::test]
+async fn every_locator_kind_applies_and_is_visible_on_the_emulator() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let conversation = app.emulator.create_conversation(
+        ConversationSpec::voice()
+            .participant(ParticipantSpec {
+                purpose: "customer".into(),
+                name: Some("Jane Doe".into()),
+                external_contact_id: Some("crm-77".into()),
+                ..ParticipantSpec::default()
+            })
+            .agent()
+            .external_tag("ORDER-42"),
+    );
+    let (cid, customer, agent) = (
+        conversation.id,
+        conversation.participant("customer").unwrap(),
+        conversation.participant("agent").unwrap(),
+    );
+    let jobs = [
+        NewJob {
+            conversation_id: Some(cid),
+            participant_id: Some(agent),
+            ..job(json!({"byId": "yes"}))
+        },
+        NewJob {
+            conversation_id: Some(cid),
+            participant_purpose: Some("customer".into()),
+            ..job(json!({"byPurpose": "yes"}))
+        },
+        NewJob {
+            conversation_id: Some(cid),
+            participant_external_contact_id: Some("crm-77".into()),
+            ..job(json!({"byContact": "yes"}))
+        },
+        NewJob {
+            conversation_id: Some(cid),
+            participant_name: Some("Jane Doe".into()),
+            ..job(json!({"byName": "yes"}))
+        },
+        NewJob {
+            external_tag: Some("ORDER-42".into()),
+            ..job(json!({"byTag": "yes"}))
+        },
+    ];
+    for new in jobs {
+        app.enqueue(new).await;
+    }
+    let worker = app.worker(fast());
+    app.drain(&worker, Duration::from_secs(10)).await;
+
+    assert_eq!(
+        app.emulator.attributes_of(cid, agent).unwrap()["byId"],
+        "yes"
+    );
+    let customer_attributes = app.emulator.attributes_of(cid, customer).unwrap();
+    for key in ["byPurpose", "byContact", "byName", "byTag"] {
+        assert_eq!(customer_attributes[key], "yes", "{key}");
+    }
+    assert_eq!(app.db.count("pdq.finished_jobs").await, 5);
+    assert_eq!(app.db.count("pdq.dead_letters").await, 0);
+    let resolved: Vec<(Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
+        "select resolved_conversation_id, resolved_participant_id from pdq.finished_jobs",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(resolved.iter().all(|(c, p)| *c == Some(cid) && p.is_some()));
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn both_ids_cost_one_call_and_a_burst_coalesces_into_one_patch() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let conversation = app
+        .emulator
+        .create_conversation(ConversationSpec::voice().customer("Jane").agent());
+    let (cid, pid) = (
+        conversation.id,
+        conversation.participant("customer").unwrap(),
+    );
+    for i in 1..=10 {
+        let new = NewJob {
+            conversation_id: Some(cid),
+            participant_id: Some(pid),
+            ..job(json!({ "step": i.to_string() }))
+        };
+        app.enqueue(new).await;
+    }
+    let worker = app.worker(fast());
+    app.drain(&worker, Duration::from_secs(10)).await;
+    let patches = app.emulator.patch_history(cid, pid);
+    assert_eq!(patches.len(), 1, "ten queued updates, one PATCH");
+    assert_eq!(
+        app.emulator.attributes_of(cid, pid).unwrap()["step"],
+        "10",
+        "the newest value wins"
+    );
+    let route = "PATCH /api/v2/conversations/{cid}/participants/{pid}/attributes";
+    assert_eq!(app.emulator.count(route, None), 1);
+    assert_eq!(
+        app.emulator.count("GET /api/v2/conversations/{id}", None),
+        0,
+        "no GET with both ids"
+    );
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn permanent_failures_are_dead_lettered_with_the_reason_and_the_api_code() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let live = app
+        .emulator
+        .create_conversation(ConversationSpec::voice().customer("A").agent());
+    let ended = app
+        .emulator
+        .create_conversation(ConversationSpec::voice().customer("B").agent());
+    app.emulator.end_conversation(ended.id);
+    let twins = app
+        .emulator
+        .create_conversation(ConversationSpec::voice().customer("C").customer("D"));
+    let cases = [
+        NewJob {
+            conversation_id: Some(live.id),
+            participant_id: Some(Uuid::new_v4()),
+            ..job(json!({"k": "404"}))
+        },
+        NewJob {
+            conversation_id: Some(ended.id),
+            participant_id: ended.participant("customer"),
+            ..job(json!({"k": "409"}))
+        },
+        NewJob {
+            conversation_id: Some(twins.id),
+            participant_purpose: Some("customer".into()),
+            ..job(json!({"k": "twins"}))
+        },
+        NewJob {
+            external_tag: Some("NO-SUCH-TAG".into()),
+            ..job(json!({"k": "tag"}))
+        },
+        NewJob {
+            conversation_id: Some(live.id),
+            participant_id: live.participant("customer"),
+            expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
+            ..job(json!({"k": "late"}))
+        },
+    ];
+    for new in cases {
+        app.enqueue(new).await;
+    }
+    let worker = app.worker(fast());
+    app.drain(&worker, Duration::from_secs(15)).await;
+    let dead = app.dead_reasons().await;
+    let expected = vec![
+        (
+            "not_found".to_owned(),
+            Some(404),
+            Some("not.found".to_owned()),
+        ),
+        (
+            "conversation_ended".to_owned(),
+            Some(409),
+            Some("conflict".to_owned()),
+        ),
+        ("participant_ambiguous".to_owned(), None, None),
+        ("conversation_not_found".to_owned(), None, None),
+        ("expired".to_owned(), None, None),
+    ];
+    assert_eq!(dead, expected);
+    assert_eq!(
+        app.emulator
+            .attributes_of(live.id, live.participant("customer").unwrap())
+            .unwrap()
+            .len(),
+        0
+    );
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn server_errors_resets_and_hangs_are_retried_until_everything_applies() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    app.emulator.set_faults(Faults {
+        error_rate: 0.2,
+        reset_rate: 0.1,
+        hang_rate: 0.05,
+        hang_ms: 2_000,
+        ..Faults::default()
+    });
+    let mut targets = Vec::new();
+    for i in 0..30 {
+        let c = app
+            .emulator
+            .create_conversation(ConversationSpec::voice().customer("X").agent());
+        let pid = c.participant("customer").unwrap();
+        app.enqueue(NewJob {
+            conversation_id: Some(c.id),
+            participant_id: Some(pid),
+            ..job(json!({ "n": i.to_string() }))
+        })
+        .await;
+        targets.push((c.id, pid));
+    }
+    let worker = app.worker(fast());
+    app.drain(&worker, Duration::from_secs(60)).await;
+    assert_eq!(app.db.count("pdq.dead_letters").await, 0);
+    for (cid, pid) in targets {
+        assert_eq!(app.emulator.attributes_of(cid, pid).unwrap().len(), 1);
+    }
+    let faults: u64 = app
+        .emulator
+        .request_counts()
+        .iter()
+        .filter(|c| c.status == 0 || c.status >= 500)
+        .map(|c| c.count)
+        .sum();
+    assert!(faults > 0, "faults were injected and survived");
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_429_storm_pauses_every_executor_until_retry_after_and_nothing_fails() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let mut targets = Vec::new();
+    for i in 0..20 {
+        let c = app
+            .emulator
+            .create_conversation(ConversationSpec::voice().customer("X"));
+        let pid = c.participant("customer").unwrap();
+        app.enqueue(NewJob {
+            conversation_id: Some(c.id),
+            participant_id: Some(pid),
+            ..job(json!({ "n": i.to_string() }))
+        })
+        .await;
+        targets.push((c.id, pid));
+    }
+    app.emulator.set_faults(Faults {
+        storm_secs: 2,
+        storm_retry_after_secs: 1,
+        ..Faults::default()
+    });
+    let worker = app.worker(WorkerConfig {
+        executors: 8,
+        ..fast()
+    });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(stop.clone()));
+    let drained = wait_until(Duration::from_secs(20), || async {
+        app.db.count("pdq.jobs").await == 0
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(drained);
+    assert_eq!(app.db.count("pdq.dead_letters").await, 0);
+    assert_eq!(app.db.count("pdq.finished_jobs").await, 20);
+    let log = app.emulator.request_log();
+    let limited: Vec<_> = log.iter().filter(|r| r.status == 429).collect();
+    assert!(!limited.is_empty());
+    assert!(
+        limited.len() <= 8 + 4,
+        "429s stay bounded: {}",
+        limited.len()
+    );
+    // After a 429 (Retry-After: 1 s), nothing arrives until that second has passed, except
+    // requests that were already on the wire.
+    for first in &limited {
+        let early = log
+            .iter()
+            .filter(|r| r.at > first.at + chrono::Duration::milliseconds(50))
+            .filter(|r| r.at < first.at + chrono::Duration::milliseconds(1_000))
+            .count();
+        assert!(early <= 8, "{early} requests inside a Retry-After window");
+    }
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn token_expiry_and_revocation_mid_run_renew_the_token_and_fail_nothing() {
+    let app = TestApp::new(EmulatorConfig {
+        token_lifetime_secs: 1,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let worker = app.worker(fast());
+    let mut targets = Vec::new();
+    for round in 0..3 {
+        for i in 0..5 {
+            let c = app
+                .emulator
+                .create_conversation(ConversationSpec::voice().customer("X"));
+            let pid = c.participant("customer").unwrap();
+            app.enqueue(NewJob {
+                conversation_id: Some(c.id),
+                participant_id: Some(pid),
+                ..job(json!({ "n": format!("{round}-{i}") }))
+            })
+            .await;
+            targets.push((c.id, pid));
+        }
+        app.drain(&worker, Duration::from_secs(10)).await;
+        app.emulator.revoke_tokens();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(app.db.count("pdq.dead_letters").await, 0);
+    assert_eq!(app.db.count("pdq.finished_jobs").await, 15);
+    assert!(
+        worker
+            .metrics()
+            .token_renewals
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+    );
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn bad_credentials_pause_the_worker_dead_letter_nothing_and_resume_once_fixed() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let mut targets = Vec::new();
+    for i in 0..10 {
+        let c = app
+            .emulator
+            .create_conversation(ConversationSpec::voice().customer("X"));
+        let pid = c.participant("customer").unwrap();
+        app.enqueue(NewJob {
+            conversation_id: Some(c.id),
+            participant_id: Some(pid),
+            ..job(json!({ "n": i.to_string() }))
+        })
+        .await;
+        targets.push((c.id, pid));
+    }
+    let api = Api::new(app.client("rotated-secret", Duration::from_millis(500)));
+    let worker = Worker::new(app.db.pool.clone(), api, fast());
+    let health = worker.health();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(5), || async { health.is_unhealthy() }).await,
+        "worker pauses"
+    );
+    assert!(
+        health.reason().contains("invalid_client"),
+        "{}",
+        health.reason()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.db.count("pdq.dead_letters").await,
+        0,
+        "zero dead letters"
+    );
+    let attempts: i32 = sqlx::query_scalar("select coalesce(max(attempts), 0) from pdq.jobs")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 0, "a paused worker spends no attempts");
+
+    app.emulator.add_client("pdq-demo", "rotated-secret");
+    let drained = wait_until(Duration::from_secs(20), || async {
+        app.db.count("pdq.jobs").await == 0
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(drained, "all jobs applied after the credentials were fixed");
+    assert!(!health.is_unhealthy());
+    assert_eq!(app.db.count("pdq.finished_jobs").await, 10);
+    assert_eq!(app.db.count("pdq.dead_letters").await, 0);
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_live_job_overtakes_twenty_thousand_pending_backfill_jobs_under_a_rate_limit() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    sqlx::query(
+        "insert into pdq.jobs (conversation_id, participant_id, attributes, priority)
+         select gen_random_uuid(), gen_random_uuid(), jsonb_build_object('n', i::text), 'backfill'
+         from generate_series(1, 20000) i",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let config = WorkerConfig {
+        executors: 8,
+        budget: Budget {
+            per_minute: 600,
+            backfill_share: 0.5,
+            shared: true,
+            name: "test".into(),
+        },
+        ..fast()
+    };
+    let interval = Duration::from_millis(100);
+    let worker = app.worker(config);
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let live = app
+        .emulator
+        .create_conversation(ConversationSpec::voice().customer("VIP"));
+    let pid = live.participant("customer").unwrap();
+    let inserted = chrono::Utc::now();
+    app.enqueue(NewJob {
+        conversation_id: Some(live.id),
+        participant_id: Some(pid),
+        ..job(json!({"vip": "yes"}))
+    })
+    .await;
+    let applied = wait_until(Duration::from_secs(5), || async {
+        !app.emulator.patch_history(live.id, pid).is_empty()
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(applied);
+    let arrived = app.emulator.patch_history(live.id, pid)[0].at;
+    let latency = (arrived - inserted).to_std().unwrap();
+    assert!(
+        latency < interval * 4 + Duration::from_millis(300),
+        "live latency {latency:?} with a {interval:?} token interval"
+    );
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn two_workers_share_one_budget_through_postgres() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    for i in 0..60 {
+        let c = app
+            .emulator
+            .create_conversation(ConversationSpec::voice().customer("X"));
+        let pid = c.participant("customer");
+        let new = NewJob {
+            conversation_id: Some(c.id),
+            participant_id: pid,
+            ..job(json!({ "n": i.to_string() }))
+        };
+        app.enqueue(new).await;
+    }
+    let budget = Budget {
+        per_minute: 600,
+        backfill_share: 1.0,
+        shared: true,
+        name: "shared-test".into(),
+    };
+    let config = WorkerConfig {
+        executors: 4,
+        budget,
+        ..fast()
+    };
+    let stop = CancellationToken::new();
+    let first = tokio::spawn(app.worker(config.clone()).run(stop.clone()));
+    let second = tokio::spawn(
+        app.worker(WorkerConfig {
+            worker_id: "second".into(),
+            ..config
+        })
+        .run(stop.clone()),
+    );
+    let started = Instant::now();
+    let drained = wait_until(Duration::from_secs(20), || async {
+        app.db.count("pdq.jobs").await == 0
+    })
+    .await;
+    let elapsed = started.elapsed();
+    stop.cancel();
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    assert!(drained);
+    // 60 requests at 10/s take about 6 s together; two independent budgets would take 3 s.
+    assert!(
+        elapsed >= Duration::from_millis(5_000),
+        "combined rate over budget: {elapsed:?}"
+    );
+    let log = app.emulator.request_log();
+    let patches: Vec<_> = log
+        .iter()
+        .filter(|r| r.route.starts_with("PATCH"))
+        .collect();
+    for window in patches.windows(12) {
+        let span = window[11].at - window[0].at;
+        assert!(
+            span >= chrono::Duration::milliseconds(1_000),
+            "12 requests within {span}"
+        );
+    }
+    assert_eq!(app.db.count("pdq.finished_jobs").await, 60);
+    app.db.drop_database().await;
+}
