@@ -96,12 +96,15 @@ pub fn decide<R: Rng>(
             window_ends,
             reason,
         } => {
-            if now >= *window_ends {
+            // At least one retry, even when the unit waited past the window before its first
+            // lookup; then retry until the window closes or the attempts run out.
+            let closed = now >= *window_ends && attempt.attempts > 1;
+            if closed || attempt.attempts >= attempt.max_attempts {
                 return Decision::DeadLetter(*reason);
             }
-            let after = backoff.delay(attempt_number, None, rng);
             let left = (*window_ends - now).to_std().unwrap_or_default();
-            retry(after.min(left).max(Duration::from_millis(200)), false)
+            let after = backoff.delay(attempt_number, None, rng).min(left);
+            retry(after.max(Duration::from_millis(200)), true)
         }
         Failure::Configuration => Decision::Pause,
         Failure::Forbidden if attempt.consecutive_forbidden >= FORBIDDEN_PAUSE_THRESHOLD => {

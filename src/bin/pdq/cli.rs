@@ -40,6 +40,8 @@ pub enum LogFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Everything end to end: migrate a fresh database, start the emulator, enqueue, work, report.
+    Demo(crate::commands::demo::DemoArgs),
     /// Create or upgrade pdq's schema (`pdq`) in the database.
     Migrate,
     /// Enqueue one participant-data update (the shell-friendly INSERT).

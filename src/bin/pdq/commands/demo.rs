@@ -1,0 +1,388 @@
+//! `pdq demo`: everything end to end on the local Postgres and an in-process emulator —
+//! migrate, create live conversations, enqueue a realistic mix, work, report, verify.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use pdq::emulator::{
+    ConversationSpec, CreatedConversation, Emulator, EmulatorConfig, EmulatorHandle, Faults,
+    RateLimit, RateLimitScope, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET,
+};
+use pdq::genesys::{GenesysClient, GenesysSettings};
+use pdq::queue::{self, NewJob, Priority};
+use pdq::worker::{Api, Budget, Worker, WorkerConfig};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::Database;
+
+/// Demo settings.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
+    /// Keep the demo database afterwards (its name is printed).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+const LOCAL_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Runs the demo; exits non-zero if any accepted update was lost or is not visible.
+pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Result<ExitCode> {
+    let server = db
+        .options()
+        .or_else(|_| pdq::db::connect_options(LOCAL_SERVER))?;
+    let mut admin = PgConnection::connect_with(&server).await.context(
+        "no Postgres answered (DATABASE_URL or 127.0.0.1:5432): start one, e.g. `docker compose up -d postgres`",
+    )?;
+    let name = format!("pdq_demo_{}", chrono::Utc::now().format("%Y%m%d_%H%M%S"));
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut admin)
+        .await?;
+    let options = server.clone().database(&name);
+    println!("demo database: {name}");
+    pdq::db::migrate(&options).await?;
+    let pool = pdq::db::connect(options, 24).await?;
+
+    let emulator = Emulator::start(EmulatorConfig {
+        rate_limit: Some(RateLimit {
+            requests: 100,
+            window_secs: 5,
+            scope: RateLimitScope::Token,
+        }),
+        ..EmulatorConfig::default()
+    })
+    .await?;
+    println!(
+        "emulator: {} (100 requests per 5 s per token)",
+        emulator.base_url()
+    );
+    let conversations: Vec<CreatedConversation> = (0..40)
+        .map(|i| emulator.create_conversation(spec(i)))
+        .collect();
+    let refused = enqueue_mix(&pool, &emulator, &conversations).await?;
+    let enqueued = count(&pool, "pdq.jobs").await?;
+    println!("enqueued {enqueued} jobs; {refused} bad rows refused at INSERT");
+
+    let worker = Worker::new(pool.clone(), Api::new(client(&emulator)?), demo_config());
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn(worker.clone().run(stop.clone()));
+    let ending: Vec<Uuid> = conversations[35..].iter().map(|c| c.id).collect();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let mut ended = false;
+    let mut stormed = false;
+    while count(&pool, "pdq.jobs").await? > 0 && Instant::now() < deadline {
+        if !stormed && started.elapsed() > Duration::from_secs(1) {
+            // A short 429 storm: every executor pauses until Retry-After, then one probes.
+            emulator.set_faults(Faults {
+                storm_secs: 2,
+                storm_retry_after_secs: 1,
+                ..Faults::default()
+            });
+            stormed = true;
+        }
+        if !ended && started.elapsed() > Duration::from_secs(2) {
+            ending.iter().for_each(|id| {
+                emulator.end_conversation(*id);
+            });
+            ended = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    running.await??;
+    let elapsed = started.elapsed();
+
+    let report = report(&pool, &emulator, &worker, enqueued, elapsed).await?;
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    pool.close().await;
+    if !args.keep {
+        sqlx::query(&format!("drop database {name} with (force)"))
+            .execute(&mut admin)
+            .await?;
+    }
+    let ok = report["lost"] == 0 && report["not_visible"] == 0;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn spec(i: usize) -> ConversationSpec {
+    let base = if i % 4 == 3 {
+        ConversationSpec::media("message")
+    } else {
+        ConversationSpec::voice()
+    };
+    let spec = base.customer(&format!("Customer {i}")).agent();
+    if i % 4 == 0 {
+        spec.external_tag(&format!("ORDER-{i}"))
+    } else {
+        spec
+    }
+}
+
+fn demo_config() -> WorkerConfig {
+    WorkerConfig {
+        executors: 16,
+        lookup_window: Duration::from_secs(4),
+        budget: Budget {
+            per_minute: 1_200,
+            backfill_share: 0.5,
+            shared: true,
+            name: "demo".into(),
+        },
+        seed: Some(42),
+        ..WorkerConfig::default()
+    }
+}
+
+fn client(emulator: &EmulatorHandle) -> anyhow::Result<GenesysClient> {
+    let settings = GenesysSettings::new(
+        None,
+        Some(&emulator.base_url()),
+        None,
+        Some(DEMO_CLIENT_ID.into()),
+        Some(SecretString::from(DEMO_CLIENT_SECRET)),
+    )?;
+    Ok(GenesysClient::new(settings)?)
+}
+
+fn update(cid: Option<Uuid>, attributes: Value) -> NewJob {
+    NewJob {
+        conversation_id: cid,
+        attributes,
+        ..NewJob::default()
+    }
+}
+
+/// Ids known, purpose only, external tag, bursts, bad targets, expired, a backfill, bad rows.
+async fn enqueue_mix(
+    pool: &PgPool,
+    emulator: &EmulatorHandle,
+    conversations: &[CreatedConversation],
+) -> anyhow::Result<usize> {
+    let mut jobs = Vec::new();
+    for (i, c) in conversations.iter().enumerate() {
+        let customer = c.participant("customer");
+        jobs.push(NewJob {
+            participant_id: customer,
+            ..update(
+                Some(c.id),
+                json!({"orderStatus": "shipped", "n": i.to_string()}),
+            )
+        });
+        jobs.push(NewJob {
+            participant_purpose: Some("customer".into()),
+            ..update(
+                Some(c.id),
+                json!({"vip": if i % 3 == 0 { "gold" } else { "silver" }}),
+            )
+        });
+        if i % 4 == 0 {
+            jobs.push(NewJob {
+                external_tag: Some(format!("ORDER-{i}")),
+                ..update(None, json!({"screenPop": format!("crm://order/{i}")}))
+            });
+        }
+        if i < 5 {
+            for step in 1..=10 {
+                jobs.push(NewJob {
+                    participant_id: customer,
+                    ..update(Some(c.id), json!({"routingHint": format!("step-{step}")}))
+                });
+            }
+        }
+        jobs.push(NewJob {
+            participant_id: customer,
+            priority: Some(Priority::Backfill),
+            ..update(Some(c.id), json!({"segment": "loyal", "backfilled": "yes"}))
+        });
+    }
+    let gone = emulator.create_conversation(ConversationSpec::voice().customer("Gone"));
+    emulator.end_conversation(gone.id);
+    let twins = emulator.create_conversation(
+        ConversationSpec::voice()
+            .customer("Twin A")
+            .customer("Twin B"),
+    );
+    let first = &conversations[0];
+    for _ in 0..3 {
+        jobs.push(NewJob {
+            participant_id: Some(Uuid::new_v4()),
+            ..update(Some(first.id), json!({"x": "unknown participant"}))
+        });
+    }
+    jobs.push(NewJob {
+        participant_id: gone.participant("customer"),
+        ..update(Some(gone.id), json!({"x": "ended"}))
+    });
+    jobs.push(NewJob {
+        participant_purpose: Some("customer".into()),
+        ..update(Some(twins.id), json!({"x": "ambiguous"}))
+    });
+    jobs.push(NewJob {
+        external_tag: Some("NO-SUCH-ORDER".into()),
+        ..update(None, json!({"x": "no tag"}))
+    });
+    jobs.push(NewJob {
+        participant_id: first.participant("customer"),
+        expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(5)),
+        ..update(Some(first.id), json!({"x": "too late"}))
+    });
+    queue::enqueue_many(pool, &jobs).await?;
+    let mut refused = 0;
+    for bad in [json!({"vip": true}), json!({"context.firstName": "Eve"})] {
+        if queue::enqueue(pool, &update(Some(first.id), bad))
+            .await
+            .is_err()
+        {
+            refused += 1;
+        }
+    }
+    Ok(refused)
+}
+
+async fn count(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(&format!("select count(*) from {table}"))
+        .fetch_one(pool)
+        .await?)
+}
+
+async fn report(
+    pool: &PgPool,
+    emulator: &EmulatorHandle,
+    worker: &Worker,
+    enqueued: i64,
+    elapsed: Duration,
+) -> anyhow::Result<Value> {
+    let applied = count(pool, "pdq.finished_jobs").await?;
+    let pending = count(pool, "pdq.jobs").await?;
+    let dead: Vec<(String, i64)> =
+        sqlx::query_as("select reason, count(*) from pdq.dead_letters group by 1 order by 2 desc")
+            .fetch_all(pool)
+            .await?;
+    let dead_total: i64 = dead.iter().map(|(_, n)| n).sum();
+    let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "select percentile_cont(0.5) within group (order by extract(epoch from finished_at - created_at))::float8,
+                percentile_cont(0.99) within group (order by extract(epoch from finished_at - created_at))::float8
+         from pdq.finished_jobs",
+    )
+    .fetch_one(pool)
+    .await?;
+    let metrics = worker.metrics();
+    let patches = emulator.count(
+        "PATCH /api/v2/conversations/{cid}/participants/{pid}/attributes",
+        None,
+    );
+    let calls: u64 = emulator
+        .request_counts()
+        .iter()
+        .filter(|c| c.route.contains("/api/v2/"))
+        .map(|c| c.count)
+        .sum();
+    let too_many = emulator
+        .request_counts()
+        .iter()
+        .filter(|c| c.status == 429)
+        .map(|c| c.count)
+        .sum::<u64>();
+    let retried: BTreeMap<String, u64> = ["rate_limited", "transient", "not_yet_visible"]
+        .iter()
+        .map(|kind| {
+            (
+                kind.to_string(),
+                metrics.outcomes.get(&format!("retry:{kind}")),
+            )
+        })
+        .collect();
+    Ok(json!({
+        "enqueued": enqueued, "applied": applied, "dead_lettered": dead_total, "pending": pending,
+        "lost": enqueued - applied - dead_total - pending,
+        "not_visible": not_visible(pool, emulator).await?,
+        "dead_letters_by_reason": dead.into_iter().collect::<BTreeMap<_, _>>(),
+        "retried_units": retried,
+        "api_calls": calls, "attribute_patches": patches, "http_429": too_many,
+        "limiter_pauses": worker.pacer().stats.pauses.load(std::sync::atomic::Ordering::Relaxed),
+        "enqueue_to_applied_p50_ms": p50.map(|s| (s * 1000.0).round()),
+        "enqueue_to_applied_p99_ms": p99.map(|s| (s * 1000.0).round()),
+        "seconds": (elapsed.as_secs_f64() * 10.0).round() / 10.0,
+    }))
+}
+
+/// Applied attributes missing on the emulator: replays applied jobs per participant in order
+/// and compares the final value of every key.
+async fn not_visible(pool: &PgPool, emulator: &EmulatorHandle) -> anyhow::Result<usize> {
+    let rows: Vec<(Uuid, Uuid, Value)> = sqlx::query_as(
+        "select resolved_conversation_id, resolved_participant_id, attributes from pdq.finished_jobs order by id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut expected: BTreeMap<(Uuid, Uuid), BTreeMap<String, Value>> = BTreeMap::new();
+    for (cid, pid, attributes) in rows {
+        let entry = expected.entry((cid, pid)).or_default();
+        if let Value::Object(map) = attributes {
+            entry.extend(map);
+        }
+    }
+    let mut missing = 0;
+    for ((cid, pid), keys) in expected {
+        let actual = emulator.attributes_of(cid, pid).unwrap_or_default();
+        missing += keys
+            .iter()
+            .filter(|(k, v)| actual.get(*k).map(|a| json!(a)) != Some((*v).clone()))
+            .count();
+    }
+    Ok(missing)
+}
+
+fn print_report(report: &Value) {
+    println!("\n== pdq demo report ==");
+    for key in [
+        "enqueued",
+        "applied",
+        "dead_lettered",
+        "pending",
+        "lost",
+        "not_visible",
+        "seconds",
+    ] {
+        println!("{key:<28} {}", report[key]);
+    }
+    println!(
+        "{:<28} {} (p99 {})",
+        "enqueue→applied p50 ms",
+        report["enqueue_to_applied_p50_ms"],
+        report["enqueue_to_applied_p99_ms"]
+    );
+    println!(
+        "{:<28} {} calls, {} attribute PATCHes, {} answered 429",
+        "API", report["api_calls"], report["attribute_patches"], report["http_429"]
+    );
+    println!("{:<28} {}", "rate-limit pauses", report["limiter_pauses"]);
+    println!("retried units by cause:     {}", report["retried_units"]);
+    println!(
+        "dead letters by reason:     {}",
+        report["dead_letters_by_reason"]
+    );
+    let verdict = if report["lost"] == 0 && report["not_visible"] == 0 {
+        "every accepted update was applied or dead-lettered, and every applied value is visible on the emulator"
+    } else {
+        "SOMETHING WAS LOST OR IS NOT VISIBLE"
+    };
+    println!("\n{verdict}");
+}
