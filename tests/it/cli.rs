@@ -93,3 +93,57 @@ fn a_missing_database_url_is_a_clear_error() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("set DATABASE_URL"));
 }
+
+#[tokio::test]
+async fn doctor_checks_credentials_and_organization_against_the_emulator() {
+    let emulator = pdq::emulator::Emulator::start(pdq::emulator::EmulatorConfig::default())
+        .await
+        .unwrap();
+    let conversation =
+        emulator.create_conversation(pdq::emulator::ConversationSpec::voice().customer("Jane"));
+    let (base_url, conversation_id) = (emulator.base_url(), conversation.id.to_string());
+    let doctor = move |secret: &str| {
+        Command::new(env!("CARGO_BIN_EXE_pdq"))
+            .args(["doctor", "--conversation-id", &conversation_id])
+            .env("GENESYS_API_URL", &base_url)
+            .env("GENESYS_CLIENT_ID", "pdq-demo")
+            .env("GENESYS_CLIENT_SECRET", secret)
+            .output()
+            .unwrap()
+    };
+    let good = tokio::task::spawn_blocking({
+        let doctor = doctor.clone();
+        move || doctor("pdq-demo-secret")
+    })
+    .await
+    .unwrap();
+    assert!(good.status.success(), "{good:?}");
+    let text = stdout(&good);
+    assert!(text.contains("organization pdq emulator org"), "{text}");
+    assert!(text.contains("is readable"), "{text}");
+
+    let bad = tokio::task::spawn_blocking(move || doctor("wrong-secret"))
+        .await
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let text = stdout(&bad);
+    assert!(
+        text.contains("invalid_client") && text.contains("Client Credentials grant"),
+        "{text}"
+    );
+    assert!(!text.contains("wrong-secret"), "the secret never appears");
+
+    let region = Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args([
+            "doctor",
+            "--region",
+            "api.eu.purecloud.com",
+            "--client-id",
+            "x",
+        ])
+        .env("GENESYS_CLIENT_SECRET", "y")
+        .output()
+        .unwrap();
+    assert_eq!(region.status.code(), Some(2));
+    assert!(stdout(&region).contains("not a Genesys Cloud deployment"));
+}

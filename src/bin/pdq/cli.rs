@@ -51,6 +51,8 @@ pub enum Command {
     /// Inspect, requeue or purge dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Check region, hosts, credentials, organization and (optionally) access to a conversation.
+    Doctor(Box<crate::commands::doctor::DoctorArgs>),
     /// Run the worker pool (serves /metrics and /healthz).
     Run(Box<crate::commands::run::RunArgs>),
     /// Serve the Genesys Cloud emulator (login and API on one port).

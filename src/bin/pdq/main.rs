@@ -36,6 +36,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => commands::run::run(&db, *args, shutdown_signal()).await,
         Command::Emulator(args) => commands::emulator::run(*args, shutdown_signal()).await,
         Command::Demo(args) => commands::demo::run(&db, args, json).await,
+        Command::Doctor(args) => commands::doctor::run(*args, json).await,
     }
 }
 

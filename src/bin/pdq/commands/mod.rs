@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod dlq;
+pub mod doctor;
 pub mod emulator;
 pub mod enqueue;
 pub mod migrate;
