@@ -33,6 +33,10 @@ pub use stats::{pending_count, status, DeadReasonCount, DepthRow, QueueStatus};
 /// `ORDER BY`. Right after a bulk insert the table has no statistics yet and the planner would
 /// sort every pending row instead; these settings keep the plans index-driven at any table size.
 /// (JIT is off too: the disabled plan types inflate cost estimates past `jit_above_cost`.)
+///
+/// These transactions also commit without waiting for the WAL flush: a claim or a finish lost
+/// in a crash only means the unit runs again (delivery is at least once, the PATCH idempotent),
+/// while the producers' INSERTs, which must never be lost, keep their own durable commits.
 async fn index_only_transaction(
     pool: &sqlx::PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
@@ -43,7 +47,8 @@ async fn index_only_transaction(
                 set_config('enable_sort', 'off', true),
                 set_config('enable_hashjoin', 'off', true),
                 set_config('enable_mergejoin', 'off', true),
-                set_config('jit', 'off', true)",
+                set_config('jit', 'off', true),
+                set_config('synchronous_commit', 'off', true)",
     )
     .execute(&mut *tx)
     .await?;

@@ -59,6 +59,7 @@ pub struct Pacer {
     backfill: Option<DefaultDirectRateLimiter>,
     interval: Duration,
     live_waiting: AtomicUsize,
+    live_seen: Mutex<Option<Instant>>,
     paused_until: Mutex<Option<Instant>>,
     probe: Mutex<Probe>,
     shared: Option<SharedSlots>,
@@ -99,6 +100,7 @@ impl Pacer {
                 .map(limiter),
             interval,
             live_waiting: AtomicUsize::new(0),
+            live_seen: Mutex::new(None),
             paused_until: Mutex::new(None),
             probe: Mutex::new(Probe::default()),
             shared,
@@ -119,6 +121,9 @@ impl Pacer {
         }
         let started = Instant::now();
         let _live = (lane == Priority::Live).then(|| LiveWaiter::new(&self.live_waiting));
+        if lane == Priority::Live {
+            *self.live_seen.lock().unwrap() = Some(Instant::now());
+        }
         self.wait_for_pause().await;
         if lane == Priority::Backfill {
             self.wait_behind_live().await;
@@ -209,7 +214,13 @@ impl Pacer {
         while self.live_waiting.load(Ordering::Acquire) > 0 {
             tokio::time::sleep(step).await;
         }
-        if let Some(backfill) = &self.backfill {
+        // The backfill share applies while live work is around; alone, backfill may use it all.
+        let live_recently = self
+            .live_seen
+            .lock()
+            .unwrap()
+            .is_some_and(|at| at.elapsed() < LIVE_MEMORY);
+        if let (Some(backfill), true) = (&self.backfill, live_recently) {
             wait_for(backfill).await;
         }
     }
@@ -266,6 +277,9 @@ impl SharedSlots {
         tokio::time::sleep_until(slot.into()).await;
     }
 }
+
+/// Backfill stays within its share for this long after the last live request.
+const LIVE_MEMORY: Duration = Duration::from_secs(2);
 
 /// How long the other executors wait for a probe's answer before going ahead anyway.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

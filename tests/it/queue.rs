@@ -153,13 +153,13 @@ async fn lease_renewal_keeps_a_slow_unit_from_being_rescued() {
     .await
     .unwrap();
     let short = ClaimOptions {
-        lease: Duration::from_millis(300),
+        lease: Duration::from_millis(1_000),
         ..options(1)
     };
     let unit = queue::claim(&db.pool, &short).await.unwrap().remove(0);
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let lost = queue::renew_leases(&db.pool, &[unit.lease], Duration::from_millis(300))
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let lost = queue::renew_leases(&db.pool, &[unit.lease], Duration::from_millis(1_000))
             .await
             .unwrap();
         assert!(lost.is_empty());

@@ -1,0 +1,279 @@
+//! Worker benchmark: the real `pdq run` binary against the emulator (in this process) and a
+//! fresh database. Drain throughput, pickup latency, API calls per update, worker RSS, and
+//! (with `--utilization`) rate-limit utilisation over two minutes.
+//!
+//! `cargo bench --bench worker [-- --utilization]`
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{median, ms, percentile, BenchDb};
+use pdq::emulator::{
+    ConversationSpec, Emulator, EmulatorConfig, EmulatorHandle, RateLimit, RateLimitScope,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+const PATCH: &str = "PATCH /api/v2/conversations/{cid}/participants/{pid}/attributes";
+
+#[tokio::main]
+async fn main() {
+    let full = common::full_run();
+    let runs = if full { 3 } else { 1 };
+    let drain_jobs = if full { 20_000 } else { 300 };
+    let steady_secs = if full { 10 } else { 1 };
+
+    let (mut rates, mut rss, mut p50s, mut p99s) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let (rate, peak) = drain(drain_jobs, 32).await;
+        rates.push(rate);
+        rss.push(peak);
+        let (p50, p99) = pickup(steady_secs).await;
+        p50s.push(p50);
+        p99s.push(p99);
+    }
+    let (_, rss_64) = drain(drain_jobs, 64).await;
+    let (single, burst) = calls_per_update().await;
+    let mut figures = json!({
+        "drain_jobs": drain_jobs,
+        "drain_jobs_per_s_32_executors": median(&mut rates).round(),
+        "drain_jobs_per_s_min_max": [min(&rates).round(), max(&rates).round()],
+        "pickup_p50_ms": median(&mut p50s),
+        "pickup_p99_ms": median(&mut p99s),
+        "calls_per_update_both_ids": single,
+        "calls_per_update_bursts_of_10": burst,
+        "worker_peak_rss_mb_32_executors": median(&mut rss),
+        "worker_peak_rss_mb_64_executors": rss_64,
+        "runs": runs,
+    });
+    if std::env::args().any(|a| a == "--utilization") {
+        let (share, too_many) = utilization(if full { 120 } else { 5 }).await;
+        figures["rate_utilisation_3000_per_min"] = json!(share);
+        figures["rate_utilisation_429s"] = json!(too_many);
+    }
+    println!("worker benchmark (median of {runs} runs)");
+    for (name, value) in figures.as_object().unwrap() {
+        println!("  {name:<36} {value}");
+    }
+    if full {
+        common::record("worker", figures);
+    }
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().cloned().fold(f64::INFINITY, f64::min)
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().cloned().fold(0.0, f64::max)
+}
+
+async fn emulator(rate_limit: Option<RateLimit>) -> EmulatorHandle {
+    let config = EmulatorConfig {
+        rate_limit,
+        request_log_cap: 0,
+        history_cap: 4,
+        ..EmulatorConfig::default()
+    };
+    Emulator::start(config).await.unwrap()
+}
+
+/// `pdq run` against the emulator, with its own metrics port.
+fn spawn_worker(
+    db: &BenchDb,
+    emulator: &EmulatorHandle,
+    executors: usize,
+    rate_limit: u32,
+) -> Child {
+    let url = format!(
+        "postgres://postgres@127.0.0.1:5432/{}",
+        db.options.get_database().unwrap()
+    );
+    let port = 20_000 + (std::process::id() % 20_000) as u16 + executors as u16;
+    Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args([
+            "run",
+            "--executors",
+            &executors.to_string(),
+            "--rate-limit",
+            &rate_limit.to_string(),
+        ])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", url)
+        .env("GENESYS_API_URL", emulator.base_url())
+        .env("GENESYS_CLIENT_ID", "pdq-demo")
+        .env("GENESYS_CLIENT_SECRET", "pdq-demo-secret")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("pdq binary")
+}
+
+fn peak_rss_mb(child: &Child) -> f64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    (kb / 1024.0 * 10.0).round() / 10.0
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// Enqueues one job per participant of `targets` in one statement.
+async fn enqueue(db: &BenchDb, targets: &[(Uuid, Uuid)], priority: &str) {
+    let (cids, pids): (Vec<Uuid>, Vec<Uuid>) = targets.iter().copied().unzip();
+    sqlx::query(
+        "insert into pdq.jobs (conversation_id, participant_id, attributes, priority)
+         select c, p, jsonb_build_object('orderStatus', 'shipped'), $3
+         from unnest($1::uuid[], $2::uuid[]) as t(c, p)",
+    )
+    .bind(cids)
+    .bind(pids)
+    .bind(priority)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+fn targets(emulator: &EmulatorHandle, n: usize) -> Vec<(Uuid, Uuid)> {
+    (0..n)
+        .map(|_| {
+            let c = emulator.create_conversation(ConversationSpec::voice().customer("X"));
+            (c.id, c.participant("customer").unwrap())
+        })
+        .collect()
+}
+
+async fn pending(db: &BenchDb) -> i64 {
+    sqlx::query_scalar("select count(*) from pdq.jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Drains `n` jobs (ids known, no rate limit); returns jobs/s and the worker's peak RSS.
+async fn drain(n: usize, executors: usize) -> (f64, f64) {
+    let db = BenchDb::create(4).await;
+    let emulator = emulator(None).await;
+    let work = targets(&emulator, n);
+    enqueue(&db, &work, "live").await;
+    let started = Instant::now();
+    let worker = spawn_worker(&db, &emulator, executors, 0);
+    while pending(&db).await > 0 && started.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let rss = peak_rss_mb(&worker);
+    stop(worker);
+    assert_eq!(
+        emulator.count(PATCH, Some(202)) as usize,
+        n,
+        "every job applied once"
+    );
+    db.drop().await;
+    (n as f64 / elapsed.as_secs_f64(), rss)
+}
+
+/// Inserts 100 jobs/s for `secs` seconds; returns p50/p99 from just before INSERT to the PATCH
+/// arriving at the emulator.
+async fn pickup(secs: u64) -> (f64, f64) {
+    let db = BenchDb::create(4).await;
+    let emulator = emulator(None).await;
+    let work = targets(&emulator, (secs * 100) as usize);
+    let worker = spawn_worker(&db, &emulator, 32, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sent = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for target in &work {
+        tick.tick().await;
+        sent.push((*target, chrono::Utc::now()));
+        enqueue(&db, std::slice::from_ref(target), "live").await;
+    }
+    while pending(&db).await > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop(worker);
+    let mut latencies: Vec<Duration> = sent
+        .iter()
+        .filter_map(|((cid, pid), at)| {
+            let arrived = emulator.patch_history(*cid, *pid).first()?.at;
+            (arrived - *at).to_std().ok()
+        })
+        .collect();
+    db.drop().await;
+    (
+        ms(percentile(&mut latencies, 50.0)),
+        ms(percentile(&mut latencies, 99.0)),
+    )
+}
+
+/// API calls per applied update: one job per participant, then bursts of ten per participant.
+async fn calls_per_update() -> (f64, f64) {
+    let mut ratios = Vec::new();
+    for burst in [1, 10] {
+        let db = BenchDb::create(4).await;
+        let emulator = emulator(None).await;
+        let work = targets(&emulator, 200);
+        let repeated: Vec<(Uuid, Uuid)> = work
+            .iter()
+            .flat_map(|t| std::iter::repeat_n(*t, burst))
+            .collect();
+        enqueue(&db, &repeated, "live").await;
+        let worker = spawn_worker(&db, &emulator, 32, 0);
+        while pending(&db).await > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop(worker);
+        let calls: u64 = emulator
+            .request_counts()
+            .iter()
+            .filter(|c| c.route.contains("/api/v2/"))
+            .map(|c| c.count)
+            .sum();
+        ratios.push((calls as f64 / repeated.len() as f64 * 1000.0).round() / 1000.0);
+        db.drop().await;
+    }
+    (ratios[0], ratios[1])
+}
+
+/// Share of a 3,000/min budget used over `secs` seconds, and the 429s seen.
+async fn utilization(secs: u64) -> (f64, u64) {
+    let db = BenchDb::create(4).await;
+    let limit = RateLimit {
+        requests: 3_000,
+        window_secs: 60,
+        scope: RateLimitScope::Token,
+    };
+    let emulator = emulator(Some(limit)).await;
+    let work = targets(&emulator, (secs * 60) as usize);
+    enqueue(&db, &work, "backfill").await;
+    let worker = spawn_worker(&db, &emulator, 32, 3_000);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = emulator.count(PATCH, Some(202));
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let applied = emulator.count(PATCH, Some(202)) - before;
+    stop(worker);
+    let too_many: u64 = emulator
+        .request_counts()
+        .iter()
+        .filter(|c| c.status == 429)
+        .map(|c| c.count)
+        .sum();
+    db.drop().await;
+    let budget = 3_000.0 * secs as f64 / 60.0;
+    (
+        (applied as f64 / budget * 1000.0).round() / 1000.0,
+        too_many,
+    )
+}
