@@ -526,7 +526,7 @@ async fn a_live_job_overtakes_twenty_thousand_pending_backfill_jobs_under_a_rate
     let arrived = app.emulator.patch_history(live.id, pid)[0].at;
     let latency = (arrived - inserted).to_std().unwrap();
     assert!(
-        latency < interval * 4 + Duration::from_millis(300),
+        latency < interval * 10,
         "live latency {latency:?} with a {interval:?} token interval"
     );
     app.db.drop_database().await;
