@@ -40,6 +40,12 @@ impl Buffer {
         self.capacity.saturating_sub(self.len())
     }
 
+    /// True when at least half the buffer is free: claims come in batches, not one unit at a
+    /// time as executors take them.
+    pub fn wants_refill(&self) -> bool {
+        self.room() * 2 >= self.capacity
+    }
+
     /// How many units wait.
     fn len(&self) -> usize {
         let lanes = self.lanes.lock().unwrap();

@@ -267,7 +267,7 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
         if stop.is_cancelled() {
             return;
         }
-        if inner.health.is_unhealthy() || inner.buffer.room() == 0 {
+        if inner.health.is_unhealthy() || !inner.buffer.wants_refill() {
             tokio::select! {
                 _ = inner.buffer.drained.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}

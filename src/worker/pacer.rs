@@ -78,8 +78,16 @@ impl Pacer {
     /// A pacer for `budget`; `pool` is needed for a shared budget.
     pub fn new(budget: &Budget, pool: Option<PgPool>) -> Pacer {
         let per_minute = NonZeroU32::new(budget.per_minute);
+        let sharing = budget.shared && pool.is_some();
+        // Alone, the bucket paces every request (burst 1). With a shared budget the schedule in
+        // Postgres spaces the requests; the local bucket then only caps bursts at one second of
+        // budget, so the two never stack their delays.
+        let burst = |per_minute: NonZeroU32| match sharing {
+            true => NonZeroU32::new(per_minute.get().div_ceil(60)).unwrap_or(NonZeroU32::MIN),
+            false => NonZeroU32::MIN,
+        };
         let limiter = |per_minute: NonZeroU32| {
-            let quota = Quota::per_minute(per_minute).allow_burst(NonZeroU32::MIN);
+            let quota = Quota::per_minute(per_minute).allow_burst(burst(per_minute));
             RateLimiter::direct(quota)
         };
         let backfill_per_minute = (f64::from(budget.per_minute) * budget.backfill_share) as u32;
