@@ -25,7 +25,7 @@ async fn main() {
         .args(["-cp", "1", &std::process::id().to_string()])
         .stdout(Stdio::null())
         .status();
-    let emulator = spawn(port);
+    let mut emulator = spawn(port);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CONNECTIONS)
