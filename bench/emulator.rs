@@ -54,6 +54,7 @@ async fn main() {
     let _ = Command::new("kill")
         .args(["-TERM", &emulator.id().to_string()])
         .status();
+    let _ = emulator.wait();
     let figures = json!({ "requests": total, "connections": CONNECTIONS, "patch_per_s_overall": overall.round(), "samples": samples });
     println!(
         "emulator benchmark: {}",
