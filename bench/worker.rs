@@ -25,6 +25,12 @@ async fn main() {
     let drain_jobs = if full { 20_000 } else { 300 };
     let steady_secs = if full { 10 } else { 1 };
 
+    if std::env::args().any(|a| a == "--drain-only") {
+        for _ in 0..runs {
+            println!("drain: {:.0} jobs/s", drain(drain_jobs, 32).await.0);
+        }
+        return;
+    }
     let (mut rates, mut rss, mut p50s, mut p99s) = (vec![], vec![], vec![], vec![]);
     for _ in 0..runs {
         let (rate, peak) = drain(drain_jobs, 32).await;

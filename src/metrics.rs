@@ -58,7 +58,13 @@ pub struct LabelledCounter(Mutex<BTreeMap<String, u64>>);
 impl LabelledCounter {
     /// Adds `n` to the counter for `label`.
     pub fn add(&self, label: &str, n: u64) {
-        *self.0.lock().unwrap().entry(label.to_owned()).or_default() += n;
+        let mut counts = self.0.lock().unwrap();
+        match counts.get_mut(label) {
+            Some(count) => *count += n,
+            None => {
+                counts.insert(label.to_owned(), n);
+            }
+        }
     }
 
     /// The current count for `label`.

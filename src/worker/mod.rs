@@ -254,7 +254,7 @@ impl Inner {
 fn buffer_capacity(config: &WorkerConfig, pacer: &Pacer) -> usize {
     let interval = pacer.token_interval();
     if interval.is_zero() {
-        return config.executors * 2;
+        return (config.executors * 2).max(config.claim_batch as usize * 2);
     }
     let per_second = (Duration::from_secs(1).as_secs_f64() / interval.as_secs_f64()).ceil();
     (per_second as usize).clamp(1, config.executors * 2)
