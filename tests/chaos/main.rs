@@ -1,0 +1,298 @@
+//! Chaos: the real `pdq run` binary as separate processes, killed and restarted while updates
+//! keep arriving; then the ledger must balance. Short by default (CI); `PDQ_CHAOS=long` for
+//! release checks.
+
+#[path = "../it/helpers.rs"]
+mod helpers;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pdq::emulator::{ConversationSpec, Emulator, EmulatorConfig, EmulatorHandle, Faults};
+use uuid::Uuid;
+
+use helpers::{wait_until, TestDb};
+
+fn long_mode() -> bool {
+    std::env::var("PDQ_CHAOS").is_ok_and(|v| v == "long")
+}
+
+fn spawn_worker(db: &TestDb, emulator: &EmulatorHandle) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args([
+            "run",
+            "--executors",
+            "8",
+            "--rate-limit",
+            "0",
+            "--lease-secs",
+            "5",
+        ])
+        .args([
+            "--shutdown-grace-secs",
+            "2",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("DATABASE_URL", db.url())
+        .env("GENESYS_API_URL", emulator.base_url())
+        .env("GENESYS_CLIENT_ID", "pdq-demo")
+        .env("GENESYS_CLIENT_SECRET", "pdq-demo-secret")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pdq binary")
+}
+
+fn signal(child: &Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
+}
+
+/// Inserts `rounds` rounds of one update per participant, `gap` apart, each carrying a
+/// sequence number that grows per participant.
+async fn produce(db: &TestDb, participants: &[(Uuid, Uuid)], rounds: usize, gap: Duration) {
+    for round in 1..=rounds {
+        let (cids, pids): (Vec<Uuid>, Vec<Uuid>) = participants.iter().copied().unzip();
+        sqlx::query(
+            "insert into pdq.jobs (conversation_id, participant_id, attributes)
+             select c, p, jsonb_build_object('seq', lpad($3::text, 4, '0'), 'round' || $3::text, 'x')
+             from unnest($1::uuid[], $2::uuid[]) as t(c, p)",
+        )
+        .bind(cids)
+        .bind(pids)
+        .bind(round as i32)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        tokio::time::sleep(gap).await;
+    }
+}
+
+/// The ledger after a scenario.
+#[derive(Debug)]
+struct Ledger {
+    jobs: i64,
+    applied: i64,
+    dead: BTreeMap<String, i64>,
+    lost: i64,
+    stuck: i64,
+    out_of_order: usize,
+    stale_values: usize,
+    duplicate_patches: usize,
+}
+
+async fn ledger(
+    db: &TestDb,
+    emulator: &EmulatorHandle,
+    participants: &[(Uuid, Uuid)],
+    jobs: i64,
+) -> Ledger {
+    let applied = db.count("pdq.finished_jobs").await;
+    let dead: Vec<(String, i64)> =
+        sqlx::query_as("select reason, count(*) from pdq.dead_letters group by 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let dead_total: i64 = dead.iter().map(|(_, n)| n).sum();
+    let stuck = db.count("pdq.jobs").await;
+    let (mut out_of_order, mut stale_values, mut duplicate_patches) = (0, 0, 0);
+    for (cid, pid) in participants {
+        let history = emulator.patch_history(*cid, *pid);
+        let seqs: Vec<&String> = history
+            .iter()
+            .filter_map(|p| p.attributes.get("seq"))
+            .collect();
+        out_of_order += seqs.windows(2).filter(|w| w[0] > w[1]).count();
+        duplicate_patches += seqs.windows(2).filter(|w| w[0] == w[1]).count();
+        let newest: Option<String> = sqlx::query_scalar(
+            "select max(attributes->>'seq') from pdq.finished_jobs where conversation_id = $1 and participant_id = $2",
+        )
+        .bind(cid)
+        .bind(pid)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        let shown = emulator
+            .attributes_of(*cid, *pid)
+            .unwrap_or_default()
+            .get("seq")
+            .cloned();
+        if newest.is_some() && shown != newest {
+            stale_values += 1;
+        }
+    }
+    Ledger {
+        jobs,
+        applied,
+        lost: jobs - applied - dead_total - stuck,
+        dead: dead.into_iter().collect(),
+        stuck,
+        out_of_order,
+        stale_values,
+        duplicate_patches,
+    }
+}
+
+fn report(name: &str, ledger: &Ledger, elapsed: Duration) {
+    println!(
+        "| {name} | {} | {} | {} | {} | {:?} | {:.1} s |",
+        ledger.jobs,
+        ledger.lost,
+        ledger.duplicate_patches,
+        ledger.applied,
+        ledger.dead,
+        elapsed.as_secs_f64()
+    );
+    assert_eq!(ledger.lost, 0, "{name}: nothing lost: {ledger:?}");
+    assert_eq!(ledger.stuck, 0, "{name}: nothing stuck: {ledger:?}");
+    assert_eq!(
+        ledger.out_of_order, 0,
+        "{name}: insertion order per participant: {ledger:?}"
+    );
+    assert_eq!(
+        ledger.stale_values, 0,
+        "{name}: no value older than the newest applied update: {ledger:?}"
+    );
+}
+
+async fn setup(participants: usize) -> (TestDb, EmulatorHandle, Vec<(Uuid, Uuid)>) {
+    let db = TestDb::with_connections(4).await;
+    let emulator = Emulator::start(EmulatorConfig {
+        rate_limit: None,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    emulator.set_faults(Faults {
+        latency_ms: 3,
+        ..Faults::default()
+    });
+    let targets = (0..participants)
+        .map(|_| {
+            let c = emulator.create_conversation(ConversationSpec::voice().customer("X"));
+            (c.id, c.participant("customer").unwrap())
+        })
+        .collect();
+    (db, emulator, targets)
+}
+
+async fn settle(db: &TestDb) {
+    let drained = wait_until(Duration::from_secs(90), || async {
+        db.count("pdq.jobs").await == 0
+    })
+    .await;
+    assert!(drained, "the queue drains after the chaos");
+}
+
+#[tokio::test]
+async fn kill_9_of_a_worker_mid_drain_three_times_loses_nothing() {
+    let (db, emulator, targets) = setup(if long_mode() { 200 } else { 40 }).await;
+    let rounds = if long_mode() { 60 } else { 20 };
+    let started = Instant::now();
+    let mut worker = spawn_worker(&db, &emulator);
+    let producing = produce(&db, &targets, rounds, Duration::from_millis(100));
+    let chaos = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            signal(&worker, "-KILL");
+            let _ = worker.wait();
+            worker = spawn_worker(&db, &emulator);
+        }
+    };
+    tokio::join!(producing, chaos);
+    settle(&db).await;
+    signal(&worker, "-TERM");
+    let _ = worker.wait();
+    let ledger = ledger(&db, &emulator, &targets, (targets.len() * rounds) as i64).await;
+    report(
+        "kill -9 ×3 mid-drain, restarted",
+        &ledger,
+        started.elapsed(),
+    );
+    assert_eq!(ledger.applied, ledger.jobs, "every update applied");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn workers_killed_and_stopped_while_others_drain_lose_nothing() {
+    let (db, emulator, targets) = setup(if long_mode() { 200 } else { 40 }).await;
+    let rounds = if long_mode() { 60 } else { 20 };
+    let started = Instant::now();
+    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&db, &emulator)).collect();
+    let producing = produce(&db, &targets, rounds, Duration::from_millis(100));
+    let chaos = async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        signal(&workers[0], "-KILL");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        signal(&workers[1], "-TERM");
+    };
+    tokio::join!(producing, chaos);
+    settle(&db).await;
+    for worker in &mut workers {
+        signal(worker, "-TERM");
+        let _ = worker.wait();
+    }
+    let ledger = ledger(&db, &emulator, &targets, (targets.len() * rounds) as i64).await;
+    report(
+        "3 workers: one kill -9, one SIGTERM",
+        &ledger,
+        started.elapsed(),
+    );
+    assert_eq!(ledger.applied, ledger.jobs);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn conversations_ending_while_updates_queue_dead_letter_only_theirs() {
+    let (db, emulator, targets) = setup(40).await;
+    let rounds = 10;
+    let started = Instant::now();
+    let mut worker = spawn_worker(&db, &emulator);
+    let ending: Vec<(Uuid, Uuid)> = targets[..10].to_vec();
+    let producing = produce(&db, &targets, rounds, Duration::from_millis(100));
+    let chaos = async {
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        for (cid, _) in &ending {
+            emulator.end_conversation(*cid);
+        }
+    };
+    tokio::join!(producing, chaos);
+    settle(&db).await;
+    signal(&worker, "-TERM");
+    let ledger = ledger(&db, &emulator, &targets, (targets.len() * rounds) as i64).await;
+    let _ = worker.wait();
+    report("conversations ending mid-run", &ledger, started.elapsed());
+    let dead_ids: Vec<Uuid> =
+        sqlx::query_scalar("select distinct conversation_id from pdq.dead_letters")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        dead_ids
+            .iter()
+            .all(|id| ending.iter().any(|(cid, _)| cid == id)),
+        "only ended conversations"
+    );
+    assert!(
+        ledger.dead.keys().all(|r| r == "conversation_ended"),
+        "{:?}",
+        ledger.dead
+    );
+    assert!(ledger
+        .dead
+        .get("conversation_ended")
+        .is_some_and(|n| *n > 0));
+    let applied_others: i64 = sqlx::query_scalar(
+        "select count(*) from pdq.finished_jobs where not (conversation_id = any($1))",
+    )
+    .bind(ending.iter().map(|(c, _)| *c).collect::<Vec<_>>())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(applied_others, 30 * rounds as i64, "the rest unaffected");
+    db.drop_database().await;
+}
