@@ -2,6 +2,7 @@
 //! keep arriving; then the ledger must balance. Short by default (CI); `PDQ_CHAOS=long` for
 //! release checks.
 
+mod bad_input;
 #[path = "../it/helpers.rs"]
 mod helpers;
 
