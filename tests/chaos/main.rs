@@ -20,7 +20,8 @@ fn long_mode() -> bool {
 }
 
 fn spawn_worker(db: &TestDb, emulator: &EmulatorHandle) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pdq"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pdq"));
+    command
         .args([
             "run",
             "--executors",
@@ -43,8 +44,8 @@ fn spawn_worker(db: &TestDb, emulator: &EmulatorHandle) -> Child {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .expect("pdq binary")
+        .env("GENESYS_REQUEST_TIMEOUT_MS", "500");
+    command.spawn().expect("pdq binary")
 }
 
 fn signal(child: &Child, signal: &str) {
@@ -295,5 +296,57 @@ async fn conversations_ending_while_updates_queue_dead_letter_only_theirs() {
     .await
     .unwrap();
     assert_eq!(applied_others, 30 * rounds as i64, "the rest unaffected");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn api_faults_storms_and_revoked_tokens_delay_jobs_but_lose_none() {
+    let (db, emulator, targets) = setup(if long_mode() { 200 } else { 40 }).await;
+    let rounds = if long_mode() { 60 } else { 15 };
+    emulator.set_faults(Faults {
+        latency_ms: 3,
+        error_rate: 0.10,
+        reset_rate: 0.05,
+        hang_rate: 0.02,
+        hang_ms: 2_000,
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    let mut worker = spawn_worker(&db, &emulator);
+    let producing = produce(&db, &targets, rounds, Duration::from_millis(100));
+    let chaos = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        emulator.revoke_tokens();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let storm = if long_mode() { 30 } else { 3 };
+        emulator.set_faults(Faults {
+            storm_secs: storm,
+            storm_retry_after_secs: 1,
+            ..Faults::default()
+        });
+        tokio::time::sleep(Duration::from_secs(storm)).await;
+        emulator.set_faults(Faults {
+            latency_ms: 3,
+            error_rate: 0.10,
+            reset_rate: 0.05,
+            hang_rate: 0.02,
+            hang_ms: 2_000,
+            ..Faults::default()
+        });
+    };
+    tokio::join!(producing, chaos);
+    settle(&db).await;
+    signal(&worker, "-TERM");
+    let _ = worker.wait();
+    let ledger = ledger(&db, &emulator, &targets, (targets.len() * rounds) as i64).await;
+    report(
+        "API faults: 10% 5xx, 5% resets, 2% hangs, 429 storm, token revocation",
+        &ledger,
+        started.elapsed(),
+    );
+    assert_eq!(
+        ledger.applied, ledger.jobs,
+        "every update applied despite the faults"
+    );
     db.drop_database().await;
 }
