@@ -3,6 +3,7 @@
 //! release checks.
 
 mod bad_input;
+mod cluster;
 #[path = "../it/helpers.rs"]
 mod helpers;
 
@@ -349,4 +350,44 @@ async fn api_faults_storms_and_revoked_tokens_delay_jobs_but_lose_none() {
         "every update applied despite the faults"
     );
     db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_postgres_restart_mid_drain_delays_jobs_and_workers_reconnect_alone() {
+    let Some(cluster) = cluster::PrivateCluster::start() else {
+        panic!("the Postgres server binaries (pg_config --bindir) are needed for this scenario");
+    };
+    let db = TestDb::on_server(&cluster.url(), 4).await;
+    let emulator = Emulator::start(EmulatorConfig {
+        rate_limit: None,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    emulator.set_faults(Faults {
+        latency_ms: 20,
+        ..Faults::default()
+    });
+    let count = if long_mode() { 5_000 } else { 1_500 };
+    let targets: Vec<(Uuid, Uuid)> = (0..count)
+        .map(|_| {
+            let c = emulator.create_conversation(ConversationSpec::voice().customer("X"));
+            (c.id, c.participant("customer").unwrap())
+        })
+        .collect();
+    produce(&db, &targets, 1, Duration::ZERO).await;
+    let started = Instant::now();
+    let mut worker = spawn_worker(&db, &emulator);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let remaining_before = db.count("pdq.jobs").await;
+    assert!(cluster.restart(), "restart the private cluster");
+    settle(&db).await;
+    signal(&worker, "-TERM");
+    let _ = worker.wait();
+    assert!(remaining_before > 0, "the restart happened mid-drain");
+    let ledger = ledger(&db, &emulator, &targets, count as i64).await;
+    report("Postgres restarted mid-drain", &ledger, started.elapsed());
+    assert_eq!(ledger.applied, ledger.jobs);
+    db.drop_database().await;
+    drop(cluster);
 }

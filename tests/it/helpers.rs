@@ -22,6 +22,8 @@ pub struct TestDb {
     pub options: PgConnectOptions,
     /// The database's name.
     pub name: String,
+    /// The server's URL (any database on it).
+    pub server: String,
 }
 
 impl TestDb {
@@ -32,7 +34,12 @@ impl TestDb {
 
     /// Creates and migrates a fresh database with a pool of `connections`.
     pub async fn with_connections(connections: u32) -> TestDb {
-        let admin_options = pdq::db::connect_options(&database_url()).expect("DATABASE_URL");
+        TestDb::on_server(&database_url(), connections).await
+    }
+
+    /// Creates and migrates a fresh database on the server at `server`.
+    pub async fn on_server(server: &str, connections: u32) -> TestDb {
+        let admin_options = pdq::db::connect_options(server).expect("server URL");
         let mut admin = PgConnection::connect_with(&admin_options)
             .await
             .expect("Postgres must be running (see README: Tests)");
@@ -50,12 +57,13 @@ impl TestDb {
             pool,
             options,
             name,
+            server: server.to_owned(),
         }
     }
 
     /// The URL of the test database, for child processes.
     pub fn url(&self) -> String {
-        let base = database_url();
+        let base = &self.server;
         match base.rsplit_once('/') {
             Some((server, _)) if server.contains("://") && server.matches('/').count() >= 2 => {
                 format!("{server}/{}", self.name)
@@ -67,7 +75,7 @@ impl TestDb {
     /// Closes the pool and drops the database.
     pub async fn drop_database(self) {
         self.pool.close().await;
-        let admin_options = pdq::db::connect_options(&database_url()).unwrap();
+        let admin_options = pdq::db::connect_options(&self.server).unwrap();
         if let Ok(mut admin) = PgConnection::connect_with(&admin_options).await {
             let _ = sqlx::query(&format!(
                 "drop database if exists {} with (force)",
