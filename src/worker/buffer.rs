@@ -15,6 +15,9 @@ pub struct Buffer {
     pub filled: Notify,
     /// Woken when a unit is taken.
     pub drained: Notify,
+    /// Woken (one waiter) when a live unit arrives, so an executor waiting for a backfill token
+    /// switches to it.
+    pub live_filled: Notify,
 }
 
 fn lane(priority: Priority) -> usize {
@@ -32,6 +35,7 @@ impl Buffer {
             capacity: capacity.max(1),
             filled: Notify::new(),
             drained: Notify::new(),
+            live_filled: Notify::new(),
         }
     }
 
@@ -55,6 +59,7 @@ impl Buffer {
     /// Adds claimed units and wakes executors.
     pub fn push(&self, units: Vec<Unit>) {
         let count = units.len();
+        let live = units.iter().any(|u| u.head().priority == Priority::Live);
         {
             let mut lanes = self.lanes.lock().unwrap();
             for unit in units {
@@ -63,6 +68,9 @@ impl Buffer {
         }
         for _ in 0..count {
             self.filled.notify_one();
+        }
+        if live {
+            self.live_filled.notify_one();
         }
     }
 

@@ -93,13 +93,18 @@ pub async fn executor(inner: Arc<Inner>, stop: CancellationToken) {
             }
         };
         if !prepaid {
+            let backfill = lane == Priority::Backfill;
             tokio::select! {
                 _ = inner.pacer.acquire(lane) => prepaid = true,
+                _ = inner.buffer.live_filled.notified(), if backfill => continue,
                 _ = stop.cancelled() => return,
             }
         }
         if let Some(unit) = inner.buffer.pop() {
             prepaid = false;
+            if unit.head().priority == Priority::Live {
+                inner.pacer.note_live();
+            }
             if let Err(error) = run_unit(&inner, unit, true).await {
                 tracing::warn!(%error, "recording an outcome failed; the lease will expire and the unit retry");
             }

@@ -260,22 +260,30 @@ fn buffer_capacity(config: &WorkerConfig, pacer: &Pacer) -> usize {
     (per_second as usize).clamp(1, config.executors * 2)
 }
 
-/// Keeps the buffer topped up: claims when there is room and work may be due.
+/// Keeps the buffer topped up: claims in batches when half of it is free, and on every
+/// wake-up (a NOTIFY, the poll) claims at least one unit even when it is full, unless a live unit
+/// already waits: the claim order puts a new live job first, so it never queues behind backfill.
 async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: CancellationToken) {
     let inner = &worker.inner;
+    let mut nudged = true;
     loop {
         if stop.is_cancelled() {
             return;
         }
-        if inner.health.is_unhealthy() || !inner.buffer.wants_refill() {
+        let live_waiting = inner.buffer.next_lane() == Some(crate::queue::Priority::Live);
+        let claim_now = inner.buffer.wants_refill() || (nudged && !live_waiting);
+        if inner.health.is_unhealthy() || !claim_now {
             tokio::select! {
+                _ = wake.notified() => nudged = true,
                 _ = inner.buffer.drained.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = stop.cancelled() => return,
             }
             continue;
         }
-        let wanted = (inner.buffer.room() as u32).min(inner.config.claim_batch);
+        let room = inner.buffer.room().max(usize::from(nudged)) as u32;
+        let wanted = room.min(inner.config.claim_batch);
+        nudged = false;
         match queue::claim(&inner.pool, &worker.claim_options(wanted)).await {
             Ok(units) if !units.is_empty() => {
                 let full = units.len() as u32 == wanted;
@@ -285,6 +293,9 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
                     .fetch_add(units.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 for unit in &units {
                     inner.track(unit.lease, true);
+                    if unit.head().priority == crate::queue::Priority::Live {
+                        inner.pacer.note_live();
+                    }
                 }
                 inner.buffer.push(units);
                 if full {
@@ -299,9 +310,9 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
             }
         }
         tokio::select! {
-            _ = wake.notified() => {}
+            _ = wake.notified() => nudged = true,
             _ = inner.buffer.drained.notified() => {}
-            _ = tokio::time::sleep(inner.config.poll_interval) => {}
+            _ = tokio::time::sleep(inner.config.poll_interval) => nudged = true,
             _ = stop.cancelled() => return,
         }
     }

@@ -80,10 +80,11 @@ impl Pacer {
         let per_minute = NonZeroU32::new(budget.per_minute);
         let sharing = budget.shared && pool.is_some();
         // Alone, the bucket paces every request (burst 1). With a shared budget the schedule in
-        // Postgres spaces the requests; the local bucket then only caps bursts at one second of
-        // budget, so the two never stack their delays.
-        let burst = |per_minute: NonZeroU32| match sharing {
-            true => NonZeroU32::new(per_minute.get().div_ceil(60)).unwrap_or(NonZeroU32::MIN),
+        // Postgres spaces the requests; the local bucket then allows a burst of 2 so the two
+        // schedules do not stack their delays, while few requests wait on reserved slots (a new
+        // live request overtakes everything still in front of the local bucket).
+        let burst = |_: NonZeroU32| match sharing {
+            true => NonZeroU32::new(2).expect("non-zero"),
             false => NonZeroU32::MIN,
         };
         let limiter = |per_minute: NonZeroU32| {
@@ -97,7 +98,7 @@ impl Pacer {
                 pool,
                 name: budget.name.clone(),
                 slots: tokio::sync::Mutex::new(Vec::new()),
-                chunk: (n.get() / 600).max(1),
+                chunk: (n.get() / 6_000).max(1),
             }),
             _ => None,
         };
@@ -148,6 +149,11 @@ impl Pacer {
                 .wait_micros
                 .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Notes live work (a live unit claimed or taken): backfill keeps to its share for a while.
+    pub fn note_live(&self) {
+        *self.live_seen.lock().unwrap() = Some(Instant::now());
     }
 
     /// Sees a response: a 429 or an exhausted window pauses every executor (and, with a
