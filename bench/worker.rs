@@ -31,13 +31,15 @@ async fn main() {
         }
         return;
     }
-    let (mut rates, mut rss, mut p50s, mut p99s) = (vec![], vec![], vec![], vec![]);
+    let (mut rates, mut rss, mut p50s, mut p95s, mut p99s) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..runs {
         let (rate, peak) = drain(drain_jobs, 32).await;
         rates.push(rate);
         rss.push(peak);
-        let (p50, p99) = pickup(steady_secs).await;
+        let (p50, p95, p99) = pickup(steady_secs).await;
         p50s.push(p50);
+        p95s.push(p95);
         p99s.push(p99);
     }
     let (_, rss_64) = drain(drain_jobs, 64).await;
@@ -47,7 +49,9 @@ async fn main() {
         "drain_jobs_per_s_32_executors": median(&mut rates).round(),
         "drain_jobs_per_s_min_max": [min(&rates).round(), max(&rates).round()],
         "pickup_p50_ms": median(&mut p50s),
+        "pickup_p95_ms": median(&mut p95s),
         "pickup_p99_ms": median(&mut p99s),
+        "pickup_p50_ms_min_max": [min(&p50s), max(&p50s)],
         "calls_per_update_both_ids": single,
         "calls_per_update_bursts_of_10": burst,
         "worker_peak_rss_mb_32_executors": median(&mut rss),
@@ -191,9 +195,9 @@ async fn drain(n: usize, executors: usize) -> (f64, f64) {
     (n as f64 / elapsed.as_secs_f64(), rss)
 }
 
-/// Inserts 100 jobs/s for `secs` seconds; returns p50/p99 from just before INSERT to the PATCH
+/// Inserts 100 jobs/s for `secs` seconds; returns p50/p95/p99 from just before INSERT to the PATCH
 /// arriving at the emulator.
-async fn pickup(secs: u64) -> (f64, f64) {
+async fn pickup(secs: u64) -> (f64, f64, f64) {
     let db = BenchDb::create(4).await;
     let emulator = emulator(None).await;
     let work = targets(&emulator, (secs * 100) as usize);
@@ -220,6 +224,7 @@ async fn pickup(secs: u64) -> (f64, f64) {
     db.drop().await;
     (
         ms(percentile(&mut latencies, 50.0)),
+        ms(percentile(&mut latencies, 95.0)),
         ms(percentile(&mut latencies, 99.0)),
     )
 }
