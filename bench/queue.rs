@@ -120,7 +120,7 @@ async fn drain(db: &BenchDb, claimers: usize, batch: u32, jobs: usize) -> (f64, 
                 let finished: Vec<Success> = units
                     .iter()
                     .map(|u| Success {
-                        lease: u.lease,
+                        fence: u.fence(),
                         conversation_id: u.head().conversation_id,
                         participant_id: u.head().participant_id,
                     })

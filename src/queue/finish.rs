@@ -1,5 +1,5 @@
 //! Finishing claimed units: success, retry, release, dead letter, lease renewal and pruning.
-//! Every operation is fenced by the unit's lease token.
+//! Every operation is fenced by the unit's [`Fence`]: its job ids and lease token.
 
 use std::time::Duration;
 
@@ -7,13 +7,13 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::{DeadReason, Error};
+use super::{DeadReason, Error, Fence};
 
 /// A unit that was applied, with the ids the worker resolved it to.
 #[derive(Debug, Clone)]
 pub struct Success {
-    /// The unit's lease.
-    pub lease: Uuid,
+    /// The unit's jobs and lease.
+    pub fence: Fence,
     /// The conversation the update went to.
     pub conversation_id: Option<Uuid>,
     /// The participant the update went to.
@@ -26,16 +26,27 @@ pub async fn succeed_batch(pool: &PgPool, done: &[Success]) -> Result<Vec<Uuid>,
     if done.is_empty() {
         return Ok(Vec::new());
     }
-    let leases: Vec<Uuid> = done.iter().map(|s| s.lease).collect();
+    let jobs: usize = done.iter().map(|s| s.fence.job_ids.len()).sum();
+    let (mut ids, mut leases) = (Vec::with_capacity(jobs), Vec::with_capacity(jobs));
+    let (mut cids, mut pids) = (Vec::with_capacity(jobs), Vec::with_capacity(jobs));
+    for success in done {
+        for &id in &success.fence.job_ids {
+            ids.push(id);
+            leases.push(success.fence.lease);
+            cids.push(success.conversation_id);
+            pids.push(success.participant_id);
+        }
+    }
+    let units: Vec<Uuid> = done.iter().map(|s| s.fence.lease).collect();
     let mut tx = super::index_only_transaction(pool).await?;
     let finished: Vec<Uuid> = sqlx::query_scalar(
         "with done as (
              delete from pdq.jobs j
-             using unnest($1::uuid[], $2::uuid[], $3::uuid[]) as s(lease, cid, pid)
-             where j.lease_token = s.lease and j.state = 'running'
+             using unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[]) as s(id, lease, cid, pid)
+             where j.id = s.id and j.lease_token = s.lease and j.state = 'running'
              returning j.*, s.cid as resolved_cid, s.pid as resolved_pid
          ), released as (
-             delete from pdq.inflight where lease_token = any($1)
+             delete from pdq.inflight where lease_token = any($5)
          ), archived as (
              insert into pdq.finished_jobs (id, conversation_id, external_tag, participant_id,
                  participant_purpose, participant_external_contact_id, participant_name,
@@ -51,13 +62,15 @@ pub async fn succeed_batch(pool: &PgPool, done: &[Success]) -> Result<Vec<Uuid>,
          )
          select distinct lease_token from done",
     )
+    .bind(&ids)
     .bind(&leases)
-    .bind(done.iter().map(|s| s.conversation_id).collect::<Vec<_>>())
-    .bind(done.iter().map(|s| s.participant_id).collect::<Vec<_>>())
+    .bind(&cids)
+    .bind(&pids)
+    .bind(&units)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(leases
+    Ok(units
         .into_iter()
         .filter(|l| !finished.contains(l))
         .collect())
@@ -67,7 +80,7 @@ pub async fn succeed_batch(pool: &PgPool, done: &[Success]) -> Result<Vec<Uuid>,
 /// (a rate-limit wait, a shutdown) the attempt the claim counted is given back.
 pub async fn retry<'e>(
     db: impl PgExecutor<'e>,
-    lease: Uuid,
+    fence: &Fence,
     run_at: DateTime<Utc>,
     last_error: &serde_json::Value,
     spend_attempt: bool,
@@ -75,17 +88,18 @@ pub async fn retry<'e>(
     let changed: i64 = sqlx::query_scalar(
         "with retried as (
              update pdq.jobs
-             set state = 'pending', run_at = $2, lease_token = null, locked_until = null,
-                 locked_by = null, last_error = $3,
-                 attempts = attempts - case when $4 then 0 else 1 end
-             where lease_token = $1 and state = 'running'
+             set state = 'pending', run_at = $3, lease_token = null, locked_until = null,
+                 locked_by = null, last_error = $4,
+                 attempts = attempts - case when $5 then 0 else 1 end
+             where id = any($2) and lease_token = $1 and state = 'running'
              returning id
          ), released as (
              delete from pdq.inflight where lease_token = $1
          )
          select count(*) from retried",
     )
-    .bind(lease)
+    .bind(fence.lease)
+    .bind(&fence.job_ids)
     .bind(run_at)
     .bind(last_error)
     .bind(spend_attempt)
@@ -95,9 +109,9 @@ pub async fn retry<'e>(
 }
 
 /// Gives a unit back at once without spending an attempt (graceful shutdown).
-pub async fn release<'e>(db: impl PgExecutor<'e>, lease: Uuid) -> Result<(), Error> {
+pub async fn release<'e>(db: impl PgExecutor<'e>, fence: &Fence) -> Result<(), Error> {
     let note = serde_json::json!({ "reason": "released", "at": Utc::now() });
-    retry(db, lease, Utc::now(), &note, false).await
+    retry(db, fence, Utc::now(), &note, false).await
 }
 
 /// Everything recorded with a dead letter.
@@ -143,20 +157,20 @@ impl DeadLetterRecord {
     }
 }
 
-/// Moves jobs of a unit to `pdq.dead_letters`: all of them when `job_ids` is `None`, otherwise
-/// only those. `release_unit` ends the unit (set it when no job of the unit is left running).
-/// Returns how many jobs were dead-lettered.
+/// Moves the jobs of a unit to `pdq.dead_letters`: all of them when `only` is `None`, otherwise
+/// those of them named in `only`. `release_unit` ends the unit (set it when no job of the unit
+/// is left running). Returns how many jobs were dead-lettered.
 pub async fn dead_letter<'e>(
     db: impl PgExecutor<'e>,
-    lease: Uuid,
-    job_ids: Option<&[i64]>,
+    fence: &Fence,
+    only: Option<&[i64]>,
     record: &DeadLetterRecord,
     release_unit: bool,
 ) -> Result<u64, Error> {
     let moved: i64 = sqlx::query_scalar(
         "with dead as (
              delete from pdq.jobs
-             where lease_token = $1 and state = 'running' and ($2::bigint[] is null or id = any($2))
+             where id = any($2) and lease_token = $1 and state = 'running'
              returning *
          ), moved as (
              insert into pdq.dead_letters (id, conversation_id, external_tag, participant_id,
@@ -176,8 +190,15 @@ pub async fn dead_letter<'e>(
          )
          select count(*) from dead",
     )
-    .bind(lease)
-    .bind(job_ids)
+    .bind(fence.lease)
+    .bind(match only {
+        Some(ids) => ids
+            .iter()
+            .copied()
+            .filter(|id| fence.job_ids.contains(id))
+            .collect(),
+        None => fence.job_ids.clone(),
+    })
     .bind(record.reason.as_str())
     .bind(&record.detail)
     .bind(record.http_status.map(i32::from))
@@ -191,7 +212,7 @@ pub async fn dead_letter<'e>(
     .bind(release_unit)
     .fetch_one(db)
     .await?;
-    if moved == 0 && job_ids.is_none_or(|ids| !ids.is_empty()) {
+    if moved == 0 && only.is_none_or(|ids| !ids.is_empty()) {
         return Err(Error::LeaseLost);
     }
     Ok(moved as u64)
@@ -200,32 +221,35 @@ pub async fn dead_letter<'e>(
 /// Extends the leases of units still being worked on; returns the leases that were lost.
 pub async fn renew_leases<'e>(
     db: impl PgExecutor<'e>,
-    leases: &[Uuid],
+    units: &[Fence],
     lease: Duration,
 ) -> Result<Vec<Uuid>, Error> {
-    if leases.is_empty() {
+    if units.is_empty() {
         return Ok(Vec::new());
     }
+    let leases: Vec<Uuid> = units.iter().map(|f| f.lease).collect();
+    let ids: Vec<i64> = units
+        .iter()
+        .flat_map(|f| f.job_ids.iter().copied())
+        .collect();
     let held: Vec<Uuid> = sqlx::query_scalar(
         "with held as (
-             update pdq.inflight set locked_until = now() + $2 * interval '1 second'
+             update pdq.inflight set locked_until = now() + $3 * interval '1 second'
              where lease_token = any($1) and locked_until >= now()
              returning lease_token, locked_until
          ), jobs as (
              update pdq.jobs j set locked_until = h.locked_until
-             from held h where j.lease_token = h.lease_token and j.state = 'running'
+             from held h
+             where j.id = any($2) and j.lease_token = h.lease_token and j.state = 'running'
          )
          select lease_token from held",
     )
-    .bind(leases)
+    .bind(&leases)
+    .bind(&ids)
     .bind(lease.as_secs_f64())
     .fetch_all(db)
     .await?;
-    Ok(leases
-        .iter()
-        .filter(|l| !held.contains(l))
-        .copied()
-        .collect())
+    Ok(leases.into_iter().filter(|l| !held.contains(l)).collect())
 }
 
 /// Deletes archived jobs finished more than `retention` ago, at most `limit` rows per call.

@@ -3,8 +3,8 @@
 //! A job moves `pending → running → (finished | pending again | dead)`. Claims take whole
 //! *units*: the oldest pending job of a participant together with the due jobs queued behind it,
 //! under a lease that a second worker can never hold at the same time (`pdq.inflight`). Every
-//! finishing operation is fenced by the unit's lease token, so a worker whose lease expired
-//! cannot overwrite the newer attempt.
+//! finishing operation is fenced by the unit's [`Fence`] (lease token and job ids), so a worker
+//! whose lease expired cannot overwrite the newer attempt.
 
 pub mod budget;
 mod claim;
@@ -295,4 +295,23 @@ impl Unit {
     pub fn job_ids(&self) -> Vec<i64> {
         self.jobs.iter().map(|job| job.id).collect()
     }
+
+    /// What fences a finishing operation on the jobs this unit still holds.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            lease: self.lease,
+            job_ids: self.job_ids(),
+        }
+    }
+}
+
+/// Fences a finishing operation: it touches only these jobs, and only while they still run
+/// under this lease. Finishes find the jobs by primary key, so the claim path maintains no
+/// index on the lease token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The unit's lease token.
+    pub lease: Uuid,
+    /// The jobs the unit holds.
+    pub job_ids: Vec<i64>,
 }

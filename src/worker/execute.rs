@@ -127,7 +127,7 @@ pub async fn run_unit(
             jobs: 0,
         }),
     };
-    inner.track(lease, false);
+    inner.untrack(lease);
     match outcome {
         Err(queue::Error::LeaseLost) => Ok(UnitOutcome::LeaseLost),
         other => other,
@@ -137,6 +137,7 @@ pub async fn run_unit(
 /// Dead-letters the jobs whose `expires_at` passed; returns what is left to apply.
 async fn drop_expired(inner: &Inner, mut unit: Unit) -> Result<Option<Unit>, queue::Error> {
     let now = Utc::now();
+    let fence = unit.fence();
     let (expired, live): (Vec<Job>, Vec<Job>) = unit
         .jobs
         .drain(..)
@@ -147,14 +148,7 @@ async fn drop_expired(inner: &Inner, mut unit: Unit) -> Result<Option<Unit>, que
             DeadReason::Expired,
             "expires_at passed before the update could be applied",
         );
-        queue::dead_letter(
-            &inner.pool,
-            unit.lease,
-            Some(&ids),
-            &record,
-            live.is_empty(),
-        )
-        .await?;
+        queue::dead_letter(&inner.pool, &fence, Some(&ids), &record, live.is_empty()).await?;
         inner
             .metrics
             .outcomes
@@ -179,7 +173,7 @@ async fn apply_or_decide(
             inner.forbidden_streak.store(0, Ordering::Relaxed);
             record_applied(inner, &unit);
             let success = Success {
-                lease: unit.lease,
+                fence: unit.fence(),
                 conversation_id: Some(target.conversation_id),
                 participant_id: Some(target.participant_id),
             };
@@ -384,7 +378,7 @@ async fn on_failure(
                 "failure": format!("{:?}", failed.failure), "detail": failed.detail,
                 "status": failed.api.as_ref().and_then(|e| e.status), "at": Utc::now(),
             });
-            queue::retry(&inner.pool, unit.lease, at, &note, spend_attempt).await?;
+            queue::retry(&inner.pool, &unit.fence(), at, &note, spend_attempt).await?;
             inner.metrics.outcomes.add(
                 &format!("retry:{}", failure_label(&failed.failure)),
                 jobs as u64,
@@ -396,7 +390,7 @@ async fn on_failure(
         }
         Decision::DeadLetter(reason) => {
             let record = dead_letter_record(reason, failed);
-            queue::dead_letter(&inner.pool, unit.lease, None, &record, true).await?;
+            queue::dead_letter(&inner.pool, &unit.fence(), None, &record, true).await?;
             inner
                 .metrics
                 .outcomes
@@ -406,9 +400,9 @@ async fn on_failure(
         Decision::Pause => {
             tracing::error!(detail = %failed.detail, "configuration problem: pausing the worker (no job is dead-lettered)");
             inner.health.fail(failed.detail);
-            queue::release(&inner.pool, unit.lease).await?;
+            queue::release(&inner.pool, &unit.fence()).await?;
             for waiting in inner.buffer.take_all() {
-                inner.release(waiting.lease).await;
+                inner.release(waiting.fence()).await;
             }
             Ok(UnitOutcome::Paused)
         }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::Inner;
 use crate::queue;
@@ -41,8 +40,8 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
 }
 
 async fn renew(inner: &Inner) {
-    let leases: Vec<Uuid> = inner.in_flight.lock().unwrap().iter().copied().collect();
-    match queue::renew_leases(&inner.pool, &leases, inner.config.lease).await {
+    let units: Vec<queue::Fence> = inner.in_flight.lock().unwrap().values().cloned().collect();
+    match queue::renew_leases(&inner.pool, &units, inner.config.lease).await {
         Ok(lost) => {
             for lease in lost {
                 tracing::warn!(%lease, "lease lost; the unit will be retried elsewhere");

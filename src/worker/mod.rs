@@ -16,7 +16,7 @@ pub mod pacer;
 pub mod resolve;
 mod wakeup;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::metrics::{Health, Metrics};
-use crate::queue::{self, ClaimOptions};
+use crate::queue::{self, ClaimOptions, Fence, Unit};
 pub use api::Api;
 pub use backoff::Backoff;
 pub use execute::UnitOutcome;
@@ -99,7 +99,7 @@ struct Inner {
     pacer: Pacer,
     buffer: buffer::Buffer,
     cache: resolve::ConversationCache,
-    in_flight: Mutex<HashSet<Uuid>>,
+    in_flight: Mutex<HashMap<Uuid, Fence>>,
     completer: completer::Completer,
     forbidden_streak: AtomicU32,
     rng: Mutex<SmallRng>,
@@ -123,7 +123,7 @@ impl Worker {
                 api,
                 cache: resolve::ConversationCache::new(config.conversation_cache_ttl),
                 buffer: buffer::Buffer::new(capacity),
-                in_flight: Mutex::new(HashSet::new()),
+                in_flight: Mutex::new(HashMap::new()),
                 forbidden_streak: AtomicU32::new(0),
                 rng: Mutex::new(rng),
                 metrics: Arc::new(Metrics::default()),
@@ -159,7 +159,7 @@ impl Worker {
         .await?;
         let mut outcomes = Vec::with_capacity(units.len());
         for unit in units {
-            self.inner.track(unit.lease, true);
+            self.inner.track(&unit);
             outcomes.push(execute::run_unit(&self.inner, unit, false).await?);
         }
         self.inner.completer.flush().await?;
@@ -197,23 +197,23 @@ impl Worker {
         tracing::info!("shutting down: no new claims, finishing in-flight units");
         stop_claiming.cancel();
         for unit in self.inner.buffer.take_all() {
-            self.inner.release(unit.lease).await;
+            self.inner.release(unit.fence()).await;
         }
         let grace = self.inner.config.shutdown_grace;
         stop_executors.cancel();
         if tokio::time::timeout(grace, executors.wait()).await.is_err() {
             tracing::warn!("grace period over; releasing the units still running");
         }
-        let leftover: Vec<Uuid> = self
+        let leftover: Vec<Fence> = self
             .inner
             .in_flight
             .lock()
             .unwrap()
-            .iter()
-            .copied()
+            .values()
+            .cloned()
             .collect();
-        for lease in leftover {
-            self.inner.release(lease).await;
+        for fence in leftover {
+            self.inner.release(fence).await;
         }
         stop_background.cancel();
         tasks.close();
@@ -232,19 +232,22 @@ impl Worker {
 }
 
 impl Inner {
-    fn track(&self, lease: Uuid, running: bool) {
-        let mut in_flight = self.in_flight.lock().unwrap();
-        if running {
-            in_flight.insert(lease);
-        } else {
-            in_flight.remove(&lease);
-        }
+    /// Remembers a claimed unit until it ends, for lease renewal and shutdown.
+    fn track(&self, unit: &Unit) {
+        self.in_flight
+            .lock()
+            .unwrap()
+            .insert(unit.lease, unit.fence());
     }
 
-    async fn release(&self, lease: Uuid) {
-        self.track(lease, false);
-        if let Err(error) = queue::release(&self.pool, lease).await {
-            tracing::warn!(%error, %lease, "could not release unit; its lease will expire");
+    fn untrack(&self, lease: Uuid) {
+        self.in_flight.lock().unwrap().remove(&lease);
+    }
+
+    async fn release(&self, fence: Fence) {
+        self.untrack(fence.lease);
+        if let Err(error) = queue::release(&self.pool, &fence).await {
+            tracing::warn!(%error, lease = %fence.lease, "could not release unit; its lease will expire");
         }
     }
 }
@@ -292,7 +295,7 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
                     .claims
                     .fetch_add(units.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 for unit in &units {
-                    inner.track(unit.lease, true);
+                    inner.track(unit);
                     if unit.head().priority == crate::queue::Priority::Live {
                         inner.pacer.note_live();
                     }

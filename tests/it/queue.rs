@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use pdq::queue::{
-    self, ClaimOptions, DeadLetterFilter, DeadLetterRecord, DeadReason, NewJob, Priority, Success,
+    self, ClaimOptions, DeadLetterFilter, DeadLetterRecord, DeadReason, Fence, NewJob, Priority,
+    Success,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -44,7 +45,7 @@ fn options(units: u32) -> ClaimOptions {
 
 fn success(unit: &queue::Unit) -> Success {
     Success {
-        lease: unit.lease,
+        fence: unit.fence(),
         conversation_id: unit.head().conversation_id,
         participant_id: unit.head().participant_id,
     }
@@ -128,10 +129,10 @@ async fn expired_lease_is_claimed_by_another_worker_and_the_late_finish_is_refus
         .await
         .unwrap();
     assert_eq!(lost, vec![first[0].lease], "the late finish is refused");
-    let late_retry = queue::retry(&db.pool, first[0].lease, Utc::now(), &json!({}), true).await;
+    let late_retry = queue::retry(&db.pool, &first[0].fence(), Utc::now(), &json!({}), true).await;
     assert!(matches!(late_retry, Err(queue::Error::LeaseLost)));
     let record = DeadLetterRecord::new(DeadReason::NotFound, "late");
-    let late_dead = queue::dead_letter(&db.pool, first[0].lease, None, &record, true).await;
+    let late_dead = queue::dead_letter(&db.pool, &first[0].fence(), None, &record, true).await;
     assert!(matches!(late_dead, Err(queue::Error::LeaseLost)));
     assert_eq!(db.count("pdq.dead_letters").await, 0);
 
@@ -140,6 +141,56 @@ async fn expired_lease_is_claimed_by_another_worker_and_the_late_finish_is_refus
         .unwrap();
     assert!(lost.is_empty(), "the current owner finishes normally");
     assert_eq!(db.count("pdq.finished_jobs").await, 1);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_finish_touches_only_the_jobs_its_fence_names() {
+    let db = TestDb::new().await;
+    for _ in 0..2 {
+        queue::enqueue(
+            &db.pool,
+            &job_for(Uuid::new_v4(), Uuid::new_v4(), json!({"k": "v"})),
+        )
+        .await
+        .unwrap();
+    }
+    let units = queue::claim(&db.pool, &options(10)).await.unwrap();
+    assert_eq!(units.len(), 2);
+    let (a, b) = (&units[0], &units[1]);
+
+    let foreign_jobs = Fence {
+        lease: a.lease,
+        job_ids: b.job_ids(),
+    };
+    let refused = queue::retry(&db.pool, &foreign_jobs, Utc::now(), &json!({}), true).await;
+    assert!(matches!(refused, Err(queue::Error::LeaseLost)));
+    let wrong_lease = Success {
+        fence: Fence {
+            lease: Uuid::new_v4(),
+            job_ids: a.job_ids(),
+        },
+        ..success(a)
+    };
+    let lost = queue::succeed_batch(&db.pool, std::slice::from_ref(&wrong_lease))
+        .await
+        .unwrap();
+    assert_eq!(lost, vec![wrong_lease.fence.lease]);
+    assert_eq!(db.count("pdq.finished_jobs").await, 0);
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("select count(*) from pdq.jobs where state = 'running'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+        2,
+        "both units still run under their own leases"
+    );
+
+    let lost = queue::succeed_batch(&db.pool, &[success(a), success(b)])
+        .await
+        .unwrap();
+    assert!(lost.is_empty());
+    assert_eq!(db.count("pdq.finished_jobs").await, 2);
     db.drop_database().await;
 }
 
@@ -159,7 +210,7 @@ async fn lease_renewal_keeps_a_slow_unit_from_being_rescued() {
     let unit = queue::claim(&db.pool, &short).await.unwrap().remove(0);
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let lost = queue::renew_leases(&db.pool, &[unit.lease], Duration::from_millis(1_000))
+        let lost = queue::renew_leases(&db.pool, &[unit.fence()], Duration::from_millis(1_000))
             .await
             .unwrap();
         assert!(lost.is_empty());
@@ -448,7 +499,7 @@ async fn dead_letter_then_requeue_makes_the_job_claimable_again_with_history_kep
         ..DeadLetterRecord::new(DeadReason::NotFound, "participant not found")
     };
     assert_eq!(
-        queue::dead_letter(&db.pool, unit.lease, None, &record, true)
+        queue::dead_letter(&db.pool, &unit.fence(), None, &record, true)
             .await
             .unwrap(),
         1
@@ -517,9 +568,15 @@ async fn a_retried_unit_waits_for_its_run_at_and_a_snooze_spends_no_attempt() {
     .unwrap();
     let unit = queue::claim(&db.pool, &options(1)).await.unwrap().remove(0);
     let later = Utc::now() + chrono::Duration::milliseconds(300);
-    queue::retry(&db.pool, unit.lease, later, &json!({"status": 429}), false)
-        .await
-        .unwrap();
+    queue::retry(
+        &db.pool,
+        &unit.fence(),
+        later,
+        &json!({"status": 429}),
+        false,
+    )
+    .await
+    .unwrap();
     assert!(
         queue::claim(&db.pool, &options(1))
             .await
@@ -534,7 +591,7 @@ async fn a_retried_unit_waits_for_its_run_at_and_a_snooze_spends_no_attempt() {
         1,
         "the rate-limit wait gave its attempt back"
     );
-    queue::release(&db.pool, again.lease).await.unwrap();
+    queue::release(&db.pool, &again.fence()).await.unwrap();
     let third = queue::claim(&db.pool, &options(1)).await.unwrap().remove(0);
     assert_eq!(
         third.head().attempts,
@@ -555,7 +612,7 @@ async fn status_reports_depth_age_and_dead_letters() {
         .unwrap();
     let unit = queue::claim(&db.pool, &options(1)).await.unwrap().remove(0);
     let record = DeadLetterRecord::new(DeadReason::ConversationEnded, "ended");
-    queue::dead_letter(&db.pool, unit.lease, None, &record, true)
+    queue::dead_letter(&db.pool, &unit.fence(), None, &record, true)
         .await
         .unwrap();
 
