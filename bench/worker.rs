@@ -1,6 +1,6 @@
 //! Worker benchmark: the real `pdq run` binary against the emulator (in this process) and a
-//! fresh database. Drain throughput, pickup latency, API calls per update, worker RSS, and
-//! (with `--utilization`) rate-limit utilisation over two minutes.
+//! fresh database. Drain throughput, pickup latency, live latency under a backfill, API calls
+//! per update, worker RSS, and (with `--utilization`) rate-limit utilisation over two minutes.
 //!
 //! `cargo bench --bench worker [-- --utilization]`
 
@@ -33,6 +33,7 @@ async fn main() {
     }
     let (mut rates, mut rss, mut p50s, mut p95s, mut p99s) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut live_p50s, mut live_p99s, mut backfill_rates) = (vec![], vec![], vec![]);
     for _ in 0..runs {
         let (rate, peak) = drain(drain_jobs, 32).await;
         rates.push(rate);
@@ -41,6 +42,10 @@ async fn main() {
         p50s.push(p50);
         p95s.push(p95);
         p99s.push(p99);
+        let under = live_under_backfill(if full { 20_000 } else { 500 }, steady_secs).await;
+        live_p50s.push(under.live_p50_ms);
+        live_p99s.push(under.live_p99_ms);
+        backfill_rates.push(under.backfill_per_s);
     }
     let (_, rss_64) = drain(drain_jobs, 64).await;
     let (single, burst) = calls_per_update().await;
@@ -52,6 +57,10 @@ async fn main() {
         "pickup_p95_ms": median(&mut p95s),
         "pickup_p99_ms": median(&mut p99s),
         "pickup_p50_ms_min_max": [min(&p50s), max(&p50s)],
+        "live_under_backfill_p50_ms": median(&mut live_p50s),
+        "live_under_backfill_p99_ms": median(&mut live_p99s),
+        "live_under_backfill_p99_ms_min_max": [min(&live_p99s), max(&live_p99s)],
+        "live_under_backfill_backfill_per_s": median(&mut backfill_rates),
         "calls_per_update_both_ids": single,
         "calls_per_update_bursts_of_10": burst,
         "worker_peak_rss_mb_32_executors": median(&mut rss),
@@ -227,6 +236,64 @@ async fn pickup(secs: u64) -> (f64, f64, f64) {
         ms(percentile(&mut latencies, 95.0)),
         ms(percentile(&mut latencies, 99.0)),
     )
+}
+
+/// What a live update sees while a big backfill drains under a rate limit.
+struct LiveUnderBackfill {
+    live_p50_ms: f64,
+    live_p99_ms: f64,
+    backfill_per_s: f64,
+}
+
+/// With `backfill` jobs pending under a 1,200/min budget (backfill share 0.5), inserts four live
+/// updates a second for `secs` seconds; returns their latency from just before the INSERT to
+/// the PATCH arriving, and the backfill's rate meanwhile. One token interval is 50 ms.
+async fn live_under_backfill(backfill: usize, secs: u64) -> LiveUnderBackfill {
+    let db = BenchDb::create(4).await;
+    let emulator = emulator(None).await;
+    let backlog = targets(&emulator, backfill);
+    enqueue(&db, &backlog, "backfill").await;
+    let live = targets(&emulator, (secs * 4) as usize);
+    let worker = spawn_worker(&db, &emulator, 16, 1_200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let backfill_before = emulator.count(PATCH, Some(202));
+    let mut sent = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    for target in &live {
+        tick.tick().await;
+        sent.push((*target, chrono::Utc::now()));
+        enqueue(&db, std::slice::from_ref(target), "live").await;
+    }
+    let all_seen = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < all_seen
+        && live
+            .iter()
+            .any(|(cid, pid)| emulator.patch_history(*cid, *pid).is_empty())
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let patched = emulator.count(PATCH, Some(202)) - backfill_before;
+    stop(worker);
+    let mut latencies: Vec<Duration> = sent
+        .iter()
+        .map(|((cid, pid), at)| {
+            let arrived = emulator
+                .patch_history(*cid, *pid)
+                .first()
+                .expect("every live update applied")
+                .at;
+            (arrived - *at).to_std().unwrap_or_default()
+        })
+        .collect();
+    db.drop().await;
+    LiveUnderBackfill {
+        live_p50_ms: ms(percentile(&mut latencies, 50.0)),
+        live_p99_ms: ms(percentile(&mut latencies, 99.0)),
+        backfill_per_s: (patched.saturating_sub(live.len() as u64) as f64 / elapsed * 10.0).round()
+            / 10.0,
+    }
 }
 
 /// API calls per applied update: one job per participant, then bursts of ten per participant.

@@ -89,6 +89,7 @@ pub fn record(benchmark: &str, figures: serde_json::Value) {
         "benchmark": benchmark,
         "date": chrono::Utc::now().to_rfc3339(),
         "machine": machine(),
+        "commit": commit(),
         "figures": figures,
     });
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results.jsonl");
@@ -98,6 +99,22 @@ pub fn record(benchmark: &str, figures: serde_json::Value) {
         .open(path)
         .unwrap();
     writeln!(file, "{line}").unwrap();
+}
+
+/// The commit measured, marked `-dirty` when the work tree has changes.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    format!("{head}{}", if dirty { "-dirty" } else { "" })
 }
 
 fn machine() -> String {
