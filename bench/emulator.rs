@@ -54,10 +54,24 @@ async fn main() {
         "emulator_peak_rss_mb": common::median(&mut peak_rss),
         "samples": samples,
     });
-    println!(
-        "emulator benchmark: {}",
-        serde_json::to_string_pretty(&figures).unwrap()
-    );
+    println!("emulator benchmark ({total} PATCHes per run, {CONNECTIONS} connections, median of {runs} runs)");
+    for (name, value) in figures.as_object().unwrap() {
+        if name != "samples" {
+            println!("  {name:<28} {value}");
+        }
+    }
+    println!("  {:<5} {:>10} {:>12} {:>10}", "run", "requests", "PATCH/s", "RSS MB");
+    for (run, run_samples) in figures["samples"].as_array().unwrap().iter().enumerate() {
+        for sample in run_samples.as_array().unwrap() {
+            println!(
+                "  {:<5} {:>10} {:>12} {:>10}",
+                run + 1,
+                sample["requests"],
+                sample["patch_per_s"],
+                sample["emulator_rss_mb"]
+            );
+        }
+    }
     if full {
         common::record("emulator", figures);
     }
