@@ -60,15 +60,18 @@ async fn main() {
             println!("  {name:<28} {value}");
         }
     }
-    println!("  {:<5} {:>10} {:>12} {:>10}", "run", "requests", "PATCH/s", "RSS MB");
+    println!(
+        "  {:<5} {:>10} {:>12} {:>10}",
+        "run", "requests", "PATCH/s", "RSS MB"
+    );
     for (run, run_samples) in figures["samples"].as_array().unwrap().iter().enumerate() {
         for sample in run_samples.as_array().unwrap() {
             println!(
                 "  {:<5} {:>10} {:>12} {:>10}",
                 run + 1,
-                sample["requests"],
-                sample["patch_per_s"],
-                sample["emulator_rss_mb"]
+                sample["requests"].to_string(),
+                sample["patch_per_s"].to_string(),
+                sample["emulator_rss_mb"].to_string()
             );
         }
     }

@@ -2,7 +2,7 @@
 //! fresh database. Drain throughput, pickup latency, live latency under a backfill, API calls
 //! per update, worker RSS, and (with `--utilization`) rate-limit utilisation over two minutes.
 //!
-//! `cargo bench --bench worker [-- --utilization]`
+//! `cargo bench --bench worker [-- --utilization]` (or `-- --drain-only`, `-- --utilization-only`)
 
 mod common;
 
@@ -25,6 +25,11 @@ async fn main() {
     let drain_jobs = if full { 20_000 } else { 300 };
     let steady_secs = if full { 10 } else { 1 };
 
+    if std::env::args().any(|a| a == "--utilization-only") {
+        let (share, too_many) = utilization(if full { 120 } else { 5 }).await;
+        println!("utilisation: {share} of the budget, {too_many} × 429");
+        return;
+    }
     if std::env::args().any(|a| a == "--drain-only") {
         for _ in 0..runs {
             println!("drain: {:.0} jobs/s", drain(drain_jobs, 32).await.0);

@@ -120,6 +120,10 @@ fn group_into_units(mut rows: Vec<ClaimedRow>) -> Vec<Unit> {
 
 /// Puts the jobs of every expired lease back to pending, so a killed worker's units run again.
 /// The attempt the dead worker spent stays counted. Returns how many jobs were recovered.
+///
+/// A lease is expired when its `pdq.inflight` row (which renewals extend) has run out, or when
+/// that row is gone (it is unlogged, so a Postgres crash empties it) and the jobs' claim-time
+/// lease has run out.
 pub async fn rescue_expired_leases<'e>(db: impl PgExecutor<'e>) -> Result<u64, Error> {
     let recovered: i64 = sqlx::query_scalar(
         "with released as (
@@ -130,6 +134,9 @@ pub async fn rescue_expired_leases<'e>(db: impl PgExecutor<'e>) -> Result<u64, E
                  last_error = jsonb_build_object('reason', 'lease_expired', 'at', now(),
                                                  'worker', locked_by)
              where state = 'running' and locked_until < now()
+               and not exists (select 1 from pdq.inflight i
+                               where i.lease_token = pdq.jobs.lease_token
+                                 and i.locked_until >= now())
              returning id
          )
          select count(*) from recovered",

@@ -219,6 +219,10 @@ pub async fn dead_letter<'e>(
 }
 
 /// Extends the leases of units still being worked on; returns the leases that were lost.
+///
+/// Only `pdq.inflight` holds the renewed lease: the jobs keep their claim-time `locked_until`,
+/// and lease recovery consults `pdq.inflight` first. Renewal therefore never locks job rows, so
+/// it cannot deadlock with a finish (which deletes jobs, then the unit's `pdq.inflight` row).
 pub async fn renew_leases<'e>(
     db: impl PgExecutor<'e>,
     units: &[Fence],
@@ -228,24 +232,12 @@ pub async fn renew_leases<'e>(
         return Ok(Vec::new());
     }
     let leases: Vec<Uuid> = units.iter().map(|f| f.lease).collect();
-    let ids: Vec<i64> = units
-        .iter()
-        .flat_map(|f| f.job_ids.iter().copied())
-        .collect();
     let held: Vec<Uuid> = sqlx::query_scalar(
-        "with held as (
-             update pdq.inflight set locked_until = now() + $3 * interval '1 second'
-             where lease_token = any($1) and locked_until >= now()
-             returning lease_token, locked_until
-         ), jobs as (
-             update pdq.jobs j set locked_until = h.locked_until
-             from held h
-             where j.id = any($2) and j.lease_token = h.lease_token and j.state = 'running'
-         )
-         select lease_token from held",
+        "update pdq.inflight set locked_until = now() + $2 * interval '1 second'
+         where lease_token = any($1) and locked_until >= now()
+         returning lease_token",
     )
     .bind(&leases)
-    .bind(&ids)
     .bind(lease.as_secs_f64())
     .fetch_all(db)
     .await?;

@@ -145,6 +145,37 @@ async fn expired_lease_is_claimed_by_another_worker_and_the_late_finish_is_refus
 }
 
 #[tokio::test]
+async fn units_are_recovered_when_a_crash_emptied_the_unlogged_lease_table() {
+    let db = TestDb::new().await;
+    queue::enqueue(
+        &db.pool,
+        &job_for(Uuid::new_v4(), Uuid::new_v4(), json!({"k": "v"})),
+    )
+    .await
+    .unwrap();
+    let short = ClaimOptions {
+        lease: Duration::from_millis(300),
+        ..options(1)
+    };
+    let unit = queue::claim(&db.pool, &short).await.unwrap().remove(0);
+    // What crash recovery does to an unlogged table.
+    sqlx::query("truncate pdq.inflight")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        queue::rescue_expired_leases(&db.pool).await.unwrap(),
+        0,
+        "the claim-time lease still runs"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(queue::rescue_expired_leases(&db.pool).await.unwrap(), 1);
+    let again = queue::claim(&db.pool, &options(1)).await.unwrap();
+    assert_eq!(again[0].job_ids(), unit.job_ids());
+    db.drop_database().await;
+}
+
+#[tokio::test]
 async fn a_finish_touches_only_the_jobs_its_fence_names() {
     let db = TestDb::new().await;
     for _ in 0..2 {
