@@ -58,6 +58,8 @@ async fn main() {
         "enqueue_rows_per_s_1m": large_enqueue.round(),
         "claim_finish_jobs_per_s_10k": median(&mut rates).round(),
         "claim_finish_jobs_per_s_at_1m_pending": median(&mut large_rates).round(),
+        "claim_finish_jobs_per_s_10k_min_max": common::min_max(&rates),
+        "claim_finish_jobs_per_s_1m_min_max": common::min_max(&large_rates),
         "claim_p50_ms_10k": small_claim,
         "claim_p50_ms_1m": large_claim,
         "claim_cost_ratio_1m_vs_10k": (large_claim / small_claim * 100.0).round() / 100.0,

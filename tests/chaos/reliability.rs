@@ -11,6 +11,17 @@ const BEGIN: &str = "<!-- reliability-table:begin -->";
 const END: &str = "<!-- reliability-table:end -->";
 const HEADER: &str = "| scenario | run | jobs | lost | duplicates applied | dead-lettered (by reason) | time to drain | notes |\n|---|---|---|---|---|---|---|---|";
 
+/// The table lists scenarios in this order (the order of the suite's brief); others go last.
+const ORDER: &[&str] = &[
+    "kill -9 ×3 mid-drain, restarted",
+    "3 workers: one kill -9, one SIGTERM",
+    "Postgres restarted mid-drain",
+    "API faults: 10% 5xx, 5% resets, 2% hangs, 429 storm, token revocation",
+    "conversations ending mid-run",
+    "generated bad rows (proptest), good rows sent between them",
+    "big backfill in one INSERT while live updates arrive",
+];
+
 /// Scenarios run in parallel threads of one process; they take turns with the README.
 static README: Mutex<()> = Mutex::new(());
 
@@ -84,6 +95,12 @@ fn with_row(readme: &str, scenario: &str, line: &str) -> String {
         Some(existing) => *existing = line.to_owned(),
         None => rows.push(line.to_owned()),
     }
+    rows.sort_by_key(|row| {
+        ORDER
+            .iter()
+            .position(|name| row.starts_with(&format!("| {name} |")))
+            .unwrap_or(ORDER.len())
+    });
     format!(
         "{}{BEGIN}\n{HEADER}\n{}\n{}",
         &readme[..begin],
@@ -103,4 +120,9 @@ fn a_row_replaces_its_scenario_and_keeps_the_others() {
     let appended = with_row(&replaced, "c", "| c | added |");
     assert!(appended.contains("| b | kept |\n| c | added |\n<!--"));
     assert_eq!(appended.matches(HEADER).count(), 1);
+    let first = with_row(&appended, ORDER[0], &format!("| {} | x |", ORDER[0]));
+    assert!(
+        first.contains(&format!("{HEADER}\n| {} | x |\n| a |", ORDER[0])),
+        "known scenarios come first, in the brief's order"
+    );
 }
