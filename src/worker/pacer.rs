@@ -133,7 +133,9 @@ impl Pacer {
         if lane == Priority::Live {
             *self.live_seen.lock().unwrap() = Some(Instant::now());
         }
-        self.wait_for_pause().await;
+        // Sit out a pause before taking a token; the probe is handed out only at the end, to the
+        // request that is about to be sent (it must not wait behind its own probe).
+        self.wait_out_pause().await;
         if lane == Priority::Backfill {
             self.wait_behind_live().await;
         }
@@ -191,6 +193,17 @@ impl Pacer {
             pending: true,
             in_flight_since: None,
         };
+    }
+
+    /// Waits until no pause is in force (the probe is left alone).
+    async fn wait_out_pause(&self) {
+        loop {
+            let until = *self.paused_until.lock().unwrap();
+            match until.filter(|until| *until > Instant::now()) {
+                Some(until) => tokio::time::sleep_until(until.into()).await,
+                None => return,
+            }
+        }
     }
 
     /// Waits out a pause; afterwards one request probes the API alone, and the others follow
@@ -320,5 +333,38 @@ impl<'a> LiveWaiter<'a> {
 impl Drop for LiveWaiter<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_probe_after_a_pause_goes_out_when_the_pause_ends() {
+        let pacer = Pacer::new(
+            &Budget {
+                per_minute: 6_000,
+                shared: false,
+                ..Budget::default()
+            },
+            None,
+        );
+        pacer.acquire(Priority::Live).await;
+        pacer.pause_for(Duration::from_millis(200));
+        let started = Instant::now();
+        let probe = tokio::time::timeout(PROBE_TIMEOUT / 2, pacer.acquire(Priority::Live)).await;
+        assert!(probe.is_ok(), "the probe waited on itself");
+        assert!(
+            started.elapsed() >= Duration::from_millis(190),
+            "the pause held"
+        );
+
+        let others =
+            tokio::time::timeout(Duration::from_millis(300), pacer.acquire(Priority::Live));
+        assert!(others.await.is_err(), "others wait for the probe's answer");
+        pacer.observe(202, None, None).await;
+        let after_answer = tokio::time::timeout(PROBE_TIMEOUT / 2, pacer.acquire(Priority::Live));
+        assert!(after_answer.await.is_ok(), "the answer lets the others go");
     }
 }
