@@ -52,8 +52,13 @@ async fn main() {
         live_p99s.push(under.live_p99_ms);
         backfill_rates.push(under.backfill_per_s);
     }
-    let (_, rss_64) = drain(drain_jobs, 64).await;
-    let (single, burst) = calls_per_update().await;
+    let (mut rss_64, mut singles, mut bursts) = (vec![], vec![], vec![]);
+    for _ in 0..runs {
+        rss_64.push(drain(drain_jobs, 64).await.1);
+        let (single, burst) = calls_per_update().await;
+        singles.push(single);
+        bursts.push(burst);
+    }
     let mut figures = json!({
         "drain_jobs": drain_jobs,
         "drain_jobs_per_s_32_executors": median(&mut rates).round(),
@@ -66,16 +71,24 @@ async fn main() {
         "live_under_backfill_p99_ms": median(&mut live_p99s),
         "live_under_backfill_p99_ms_min_max": [min(&live_p99s), max(&live_p99s)],
         "live_under_backfill_backfill_per_s": median(&mut backfill_rates),
-        "calls_per_update_both_ids": single,
-        "calls_per_update_bursts_of_10": burst,
+        "calls_per_update_both_ids": median(&mut singles),
+        "calls_per_update_bursts_of_10": median(&mut bursts),
+        "calls_per_update_bursts_of_10_min_max": [min(&bursts), max(&bursts)],
         "worker_peak_rss_mb_32_executors": median(&mut rss),
-        "worker_peak_rss_mb_64_executors": rss_64,
+        "worker_peak_rss_mb_64_executors": median(&mut rss_64),
+        "worker_peak_rss_mb_64_executors_min_max": [min(&rss_64), max(&rss_64)],
         "runs": runs,
     });
     if std::env::args().any(|a| a == "--utilization") {
-        let (share, too_many) = utilization(if full { 120 } else { 5 }).await;
-        figures["rate_utilisation_3000_per_min"] = json!(share);
-        figures["rate_utilisation_429s"] = json!(too_many);
+        let (mut shares, mut too_many) = (vec![], 0);
+        for _ in 0..runs {
+            let (share, rejected) = utilization(if full { 120 } else { 5 }).await;
+            shares.push(share);
+            too_many += rejected;
+        }
+        figures["rate_utilisation_3000_per_min"] = json!(median(&mut shares));
+        figures["rate_utilisation_min_max"] = json!([min(&shares), max(&shares)]);
+        figures["rate_utilisation_429s_all_runs"] = json!(too_many);
     }
     println!("worker benchmark (median of {runs} runs)");
     for (name, value) in figures.as_object().unwrap() {
