@@ -144,20 +144,25 @@ async fn expired_lease_is_claimed_by_another_worker_and_the_late_finish_is_refus
     db.drop_database().await;
 }
 
-#[tokio::test]
-async fn units_are_recovered_when_a_crash_emptied_the_unlogged_lease_table() {
-    let db = TestDb::new().await;
+/// Enqueues one job and claims it under a lease of `lease`.
+async fn one_claimed_unit(db: &TestDb, lease: Duration) -> queue::Unit {
     queue::enqueue(
         &db.pool,
         &job_for(Uuid::new_v4(), Uuid::new_v4(), json!({"k": "v"})),
     )
     .await
     .unwrap();
-    let short = ClaimOptions {
-        lease: Duration::from_millis(300),
+    let options = ClaimOptions {
+        lease,
         ..options(1)
     };
-    let unit = queue::claim(&db.pool, &short).await.unwrap().remove(0);
+    queue::claim(&db.pool, &options).await.unwrap().remove(0)
+}
+
+#[tokio::test]
+async fn units_are_recovered_when_a_crash_emptied_the_unlogged_lease_table() {
+    let db = TestDb::new().await;
+    let unit = one_claimed_unit(&db, Duration::from_millis(300)).await;
     // What crash recovery does to an unlogged table.
     sqlx::query("truncate pdq.inflight")
         .execute(&db.pool)
@@ -228,17 +233,7 @@ async fn a_finish_touches_only_the_jobs_its_fence_names() {
 #[tokio::test]
 async fn lease_renewal_keeps_a_slow_unit_from_being_rescued() {
     let db = TestDb::new().await;
-    queue::enqueue(
-        &db.pool,
-        &job_for(Uuid::new_v4(), Uuid::new_v4(), json!({"k": "v"})),
-    )
-    .await
-    .unwrap();
-    let short = ClaimOptions {
-        lease: Duration::from_millis(1_000),
-        ..options(1)
-    };
-    let unit = queue::claim(&db.pool, &short).await.unwrap().remove(0);
+    let unit = one_claimed_unit(&db, Duration::from_millis(1_000)).await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         let lost = queue::renew_leases(&db.pool, &[unit.fence()], Duration::from_millis(1_000))
