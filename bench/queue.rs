@@ -123,8 +123,8 @@ async fn drain(db: &BenchDb, claimers: usize, batch: u32, jobs: usize) -> (f64, 
                     .iter()
                     .map(|u| Success {
                         fence: u.fence(),
-                        conversation_id: u.head().conversation_id,
-                        participant_id: u.head().participant_id,
+                        conversation_id: u.head().locators.conversation_id,
+                        participant_id: u.head().locators.participant_id,
                     })
                     .collect();
                 queue::succeed_batch(&pool, &finished).await.unwrap();

@@ -5,25 +5,17 @@ use serde::Serialize;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::Error;
+use super::{Error, Locators};
 
 /// A dead-lettered job with the reason and the API's answer.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
 pub struct DeadLetter {
     /// The job id.
     pub id: i64,
-    /// The job's conversation id, as inserted.
-    pub conversation_id: Option<Uuid>,
-    /// The job's external tag, as inserted.
-    pub external_tag: Option<String>,
-    /// The job's participant id, as inserted.
-    pub participant_id: Option<Uuid>,
-    /// The job's participant purpose, as inserted.
-    pub participant_purpose: Option<String>,
-    /// The job's participant external contact id, as inserted.
-    pub participant_external_contact_id: Option<String>,
-    /// The job's participant name, as inserted.
-    pub participant_name: Option<String>,
+    /// The job's locators, as inserted.
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub locators: Locators,
     /// The attributes, as inserted.
     pub attributes: serde_json::Value,
     /// `live` or `backfill`.

@@ -3,25 +3,15 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::PgExecutor;
-use uuid::Uuid;
 
-use super::{Error, Priority};
+use super::{Error, Locators, Priority};
 
 /// One update to enqueue, named after the columns of `pdq.jobs`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct NewJob {
-    /// The conversation, when known.
-    pub conversation_id: Option<Uuid>,
-    /// Otherwise the conversation's external tag.
-    pub external_tag: Option<String>,
-    /// The participant, when known.
-    pub participant_id: Option<Uuid>,
-    /// Otherwise the participant's purpose (`customer` when no locator is given).
-    pub participant_purpose: Option<String>,
-    /// Or the participant's external contact id.
-    pub participant_external_contact_id: Option<String>,
-    /// Or the participant's name.
-    pub participant_name: Option<String>,
+    /// Where the update goes.
+    #[serde(flatten)]
+    pub locators: Locators,
     /// The attributes: a JSON object of string keys to string values.
     pub attributes: serde_json::Value,
     /// `live` (default) or `backfill`.
@@ -47,12 +37,12 @@ pub async fn enqueue<'e>(db: impl PgExecutor<'e>, job: &NewJob) -> Result<Option
             expires_at => $10, idempotency_key => $11, max_attempts => $12)",
     )
     .bind(&job.attributes)
-    .bind(job.conversation_id)
-    .bind(&job.external_tag)
-    .bind(job.participant_id)
-    .bind(&job.participant_purpose)
-    .bind(&job.participant_external_contact_id)
-    .bind(&job.participant_name)
+    .bind(job.locators.conversation_id)
+    .bind(&job.locators.external_tag)
+    .bind(job.locators.participant_id)
+    .bind(&job.locators.participant_purpose)
+    .bind(&job.locators.participant_external_contact_id)
+    .bind(&job.locators.participant_name)
     .bind(job.priority.unwrap_or(Priority::Live).as_str())
     .bind(job.run_at)
     .bind(job.expires_at)
@@ -85,12 +75,22 @@ pub async fn enqueue_many<'e>(db: impl PgExecutor<'e>, jobs: &[NewJob]) -> Resul
             .map(|j| j.attributes.clone())
             .collect::<Vec<_>>(),
     )
-    .bind(jobs.iter().map(|j| j.conversation_id).collect::<Vec<_>>())
-    .bind(column(|j| j.external_tag.clone()))
-    .bind(jobs.iter().map(|j| j.participant_id).collect::<Vec<_>>())
-    .bind(column(|j| j.participant_purpose.clone()))
-    .bind(column(|j| j.participant_external_contact_id.clone()))
-    .bind(column(|j| j.participant_name.clone()))
+    .bind(
+        jobs.iter()
+            .map(|j| j.locators.conversation_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|j| j.locators.external_tag.clone()))
+    .bind(
+        jobs.iter()
+            .map(|j| j.locators.participant_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|j| j.locators.participant_purpose.clone()))
+    .bind(column(|j| {
+        j.locators.participant_external_contact_id.clone()
+    }))
+    .bind(column(|j| j.locators.participant_name.clone()))
     .bind(priorities)
     .bind(jobs.iter().map(|j| j.run_at).collect::<Vec<_>>())
     .bind(jobs.iter().map(|j| j.expires_at).collect::<Vec<_>>())

@@ -11,6 +11,7 @@ mod claim;
 pub mod dlq;
 mod enqueue;
 mod finish;
+mod locators;
 mod stats;
 
 use chrono::{DateTime, Utc};
@@ -25,6 +26,7 @@ pub use finish::{
     dead_letter, prune_finished, release, renew_leases, retry, succeed_batch, DeadLetterRecord,
     Success,
 };
+pub use locators::Locators;
 pub use stats::{pending_count, status, DeadReasonCount, DepthRow, QueueStatus};
 
 /// Opens a transaction whose plans walk the queue's indexes.
@@ -227,18 +229,10 @@ impl DeadReason {
 pub struct Job {
     /// The job id (`pdq.jobs.id`).
     pub id: i64,
-    /// The conversation, when the producer knew it.
-    pub conversation_id: Option<Uuid>,
-    /// Otherwise the conversation's external tag.
-    pub external_tag: Option<String>,
-    /// The participant, when the producer knew it.
-    pub participant_id: Option<Uuid>,
-    /// Otherwise the participant's purpose (default `customer`).
-    pub participant_purpose: Option<String>,
-    /// Or the participant's external contact id.
-    pub participant_external_contact_id: Option<String>,
-    /// Or the participant's name.
-    pub participant_name: Option<String>,
+    /// Its conversation and participant locators.
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub locators: Locators,
     /// The attributes to merge: a JSON object of strings.
     pub attributes: serde_json::Value,
     /// Live or backfill.

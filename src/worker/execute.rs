@@ -250,7 +250,7 @@ fn warn_on_long_values(inner: &Inner, attributes: &Map<String, Value>, unit: &Un
 
 async fn resolve(calls: &mut Calls<'_>, unit: &Unit) -> Result<Target, Failed> {
     let head = unit.head();
-    let conversation_id = match (head.conversation_id, &head.external_tag) {
+    let conversation_id = match (head.locators.conversation_id, &head.locators.external_tag) {
         (Some(id), _) => id,
         (None, Some(tag)) => find_by_tag(calls, unit, tag).await?,
         (None, None) => {
@@ -260,7 +260,7 @@ async fn resolve(calls: &mut Calls<'_>, unit: &Unit) -> Result<Target, Failed> {
             ))
         }
     };
-    let locator = ParticipantLocator::of(head);
+    let locator = ParticipantLocator::of(&head.locators);
     if let ParticipantLocator::Id(participant_id) = locator {
         return Ok(Target {
             conversation_id,

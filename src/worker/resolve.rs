@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::api::{ConversationView, ParticipantView};
-use crate::queue::{DeadReason, Job};
+use crate::queue::{DeadReason, Locators};
 
 /// Where an update goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,16 +32,19 @@ pub enum ParticipantLocator {
 }
 
 impl ParticipantLocator {
-    /// The locator of a job (`customer` purpose when it names none).
-    pub fn of(job: &Job) -> ParticipantLocator {
-        if let Some(id) = job.participant_id {
+    /// The participant locator among a job's locators (`customer` purpose when it names none).
+    pub fn of(locators: &Locators) -> ParticipantLocator {
+        if let Some(id) = locators.participant_id {
             ParticipantLocator::Id(id)
-        } else if let Some(id) = &job.participant_external_contact_id {
+        } else if let Some(id) = &locators.participant_external_contact_id {
             ParticipantLocator::ExternalContactId(id.clone())
-        } else if let Some(name) = &job.participant_name {
+        } else if let Some(name) = &locators.participant_name {
             ParticipantLocator::Name(name.clone())
         } else {
-            let purpose = job.participant_purpose.as_deref().unwrap_or("customer");
+            let purpose = locators
+                .participant_purpose
+                .as_deref()
+                .unwrap_or("customer");
             ParticipantLocator::Purpose(purpose.to_owned())
         }
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use pdq::queue::{
-    self, ClaimOptions, DeadLetterFilter, DeadLetterRecord, DeadReason, Fence, NewJob, Priority,
-    Success,
+    self, ClaimOptions, DeadLetterFilter, DeadLetterRecord, DeadReason, Fence, Locators, NewJob,
+    Priority, Success,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -16,8 +16,7 @@ use crate::helpers::TestDb;
 
 fn job_for(conversation: Uuid, participant: Uuid, attributes: serde_json::Value) -> NewJob {
     NewJob {
-        conversation_id: Some(conversation),
-        participant_id: Some(participant),
+        locators: Locators::ids(conversation, participant),
         attributes,
         ..NewJob::default()
     }
@@ -46,8 +45,8 @@ fn options(units: u32) -> ClaimOptions {
 fn success(unit: &queue::Unit) -> Success {
     Success {
         fence: unit.fence(),
-        conversation_id: unit.head().conversation_id,
-        participant_id: unit.head().participant_id,
+        conversation_id: unit.head().locators.conversation_id,
+        participant_id: unit.head().locators.participant_id,
     }
 }
 
@@ -369,7 +368,7 @@ async fn five_queued_updates_to_one_participant_coalesce_with_the_last_value_win
     assert_eq!(units.len(), 2, "one unit per participant");
     let unit = units
         .iter()
-        .find(|u| u.head().participant_id == Some(p))
+        .find(|u| u.head().locators.participant_id == Some(p))
         .unwrap();
     assert_eq!(unit.jobs.len(), 5);
     assert_eq!(
@@ -459,7 +458,7 @@ async fn every_bad_row_rule_refuses_the_insert_with_its_named_constraint() {
     );
     // The library maps the refusal to a readable error.
     let bad = NewJob {
-        conversation_id: Some(Uuid::new_v4()),
+        locators: Locators::conversation(Uuid::new_v4()),
         attributes: json!({"a": 1}),
         ..NewJob::default()
     };

@@ -6,7 +6,7 @@ use pdq::emulator::{
     ConversationSpec, Emulator, EmulatorConfig, EmulatorHandle, Faults, ParticipantSpec,
 };
 use pdq::genesys::{GenesysClient, GenesysSettings};
-use pdq::queue::{self, NewJob};
+use pdq::queue::{self, Locators, NewJob};
 use pdq::worker::{Api, Backoff, Budget, Worker, WorkerConfig};
 use secrecy::SecretString;
 use serde_json::json;
@@ -96,8 +96,9 @@ fn fast() -> WorkerConfig {
     }
 }
 
-fn job(attributes: serde_json::Value) -> NewJob {
+fn job(locators: Locators, attributes: serde_json::Value) -> NewJob {
     NewJob {
+        locators,
         attributes,
         ..NewJob::default()
     }
@@ -123,30 +124,20 @@ async fn every_locator_kind_applies_and_is_visible_on_the_emulator() {
         conversation.participant("agent").unwrap(),
     );
     let jobs = [
-        NewJob {
-            conversation_id: Some(cid),
-            participant_id: Some(agent),
-            ..job(json!({"byId": "yes"}))
-        },
-        NewJob {
-            conversation_id: Some(cid),
-            participant_purpose: Some("customer".into()),
-            ..job(json!({"byPurpose": "yes"}))
-        },
-        NewJob {
-            conversation_id: Some(cid),
-            participant_external_contact_id: Some("crm-77".into()),
-            ..job(json!({"byContact": "yes"}))
-        },
-        NewJob {
-            conversation_id: Some(cid),
-            participant_name: Some("Jane Doe".into()),
-            ..job(json!({"byName": "yes"}))
-        },
-        NewJob {
-            external_tag: Some("ORDER-42".into()),
-            ..job(json!({"byTag": "yes"}))
-        },
+        job(Locators::ids(cid, agent), json!({"byId": "yes"})),
+        job(
+            Locators::conversation(cid).purpose("customer"),
+            json!({"byPurpose": "yes"}),
+        ),
+        job(
+            Locators::conversation(cid).external_contact_id("crm-77"),
+            json!({"byContact": "yes"}),
+        ),
+        job(
+            Locators::conversation(cid).name("Jane Doe"),
+            json!({"byName": "yes"}),
+        ),
+        job(Locators::external_tag("ORDER-42"), json!({"byTag": "yes"})),
     ];
     for new in jobs {
         app.enqueue(new).await;
@@ -185,11 +176,7 @@ async fn both_ids_cost_one_call_and_a_burst_coalesces_into_one_patch() {
         conversation.participant("customer").unwrap(),
     );
     for i in 1..=10 {
-        let new = NewJob {
-            conversation_id: Some(cid),
-            participant_id: Some(pid),
-            ..job(json!({ "step": i.to_string() }))
-        };
+        let new = job(Locators::ids(cid, pid), json!({ "step": i.to_string() }));
         app.enqueue(new).await;
     }
     let worker = app.worker(fast());
@@ -225,30 +212,22 @@ async fn permanent_failures_are_dead_lettered_with_the_reason_and_the_api_code()
         .emulator
         .create_conversation(ConversationSpec::voice().customer("C").customer("D"));
     let cases = [
+        job(Locators::ids(live.id, Uuid::new_v4()), json!({"k": "404"})),
+        job(
+            Locators::ids(ended.id, ended.participant("customer").unwrap()),
+            json!({"k": "409"}),
+        ),
+        job(
+            Locators::conversation(twins.id).purpose("customer"),
+            json!({"k": "twins"}),
+        ),
+        job(Locators::external_tag("NO-SUCH-TAG"), json!({"k": "tag"})),
         NewJob {
-            conversation_id: Some(live.id),
-            participant_id: Some(Uuid::new_v4()),
-            ..job(json!({"k": "404"}))
-        },
-        NewJob {
-            conversation_id: Some(ended.id),
-            participant_id: ended.participant("customer"),
-            ..job(json!({"k": "409"}))
-        },
-        NewJob {
-            conversation_id: Some(twins.id),
-            participant_purpose: Some("customer".into()),
-            ..job(json!({"k": "twins"}))
-        },
-        NewJob {
-            external_tag: Some("NO-SUCH-TAG".into()),
-            ..job(json!({"k": "tag"}))
-        },
-        NewJob {
-            conversation_id: Some(live.id),
-            participant_id: live.participant("customer"),
             expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
-            ..job(json!({"k": "late"}))
+            ..job(
+                Locators::ids(live.id, live.participant("customer").unwrap()),
+                json!({"k": "late"}),
+            )
         },
     ];
     for new in cases {
@@ -299,12 +278,8 @@ async fn server_errors_resets_and_hangs_are_retried_until_everything_applies() {
             .emulator
             .create_conversation(ConversationSpec::voice().customer("X").agent());
         let pid = c.participant("customer").unwrap();
-        app.enqueue(NewJob {
-            conversation_id: Some(c.id),
-            participant_id: Some(pid),
-            ..job(json!({ "n": i.to_string() }))
-        })
-        .await;
+        app.enqueue(job(Locators::ids(c.id, pid), json!({ "n": i.to_string() })))
+            .await;
         targets.push((c.id, pid));
     }
     let worker = app.worker(fast());
@@ -333,12 +308,8 @@ async fn a_429_storm_pauses_every_executor_until_retry_after_and_nothing_fails()
             .emulator
             .create_conversation(ConversationSpec::voice().customer("X"));
         let pid = c.participant("customer").unwrap();
-        app.enqueue(NewJob {
-            conversation_id: Some(c.id),
-            participant_id: Some(pid),
-            ..job(json!({ "n": i.to_string() }))
-        })
-        .await;
+        app.enqueue(job(Locators::ids(c.id, pid), json!({ "n": i.to_string() })))
+            .await;
         targets.push((c.id, pid));
     }
     app.emulator.set_faults(Faults {
@@ -397,11 +368,10 @@ async fn token_expiry_and_revocation_mid_run_renew_the_token_and_fail_nothing() 
                 .emulator
                 .create_conversation(ConversationSpec::voice().customer("X"));
             let pid = c.participant("customer").unwrap();
-            app.enqueue(NewJob {
-                conversation_id: Some(c.id),
-                participant_id: Some(pid),
-                ..job(json!({ "n": format!("{round}-{i}") }))
-            })
+            app.enqueue(job(
+                Locators::ids(c.id, pid),
+                json!({ "n": format!("{round}-{i}") }),
+            ))
             .await;
             targets.push((c.id, pid));
         }
@@ -430,12 +400,8 @@ async fn bad_credentials_pause_the_worker_dead_letter_nothing_and_resume_once_fi
             .emulator
             .create_conversation(ConversationSpec::voice().customer("X"));
         let pid = c.participant("customer").unwrap();
-        app.enqueue(NewJob {
-            conversation_id: Some(c.id),
-            participant_id: Some(pid),
-            ..job(json!({ "n": i.to_string() }))
-        })
-        .await;
+        app.enqueue(job(Locators::ids(c.id, pid), json!({ "n": i.to_string() })))
+            .await;
         targets.push((c.id, pid));
     }
     let api = Api::new(app.client("rotated-secret", Duration::from_millis(500)));
@@ -510,12 +476,8 @@ async fn a_live_job_overtakes_twenty_thousand_pending_backfill_jobs_under_a_rate
         .create_conversation(ConversationSpec::voice().customer("VIP"));
     let pid = live.participant("customer").unwrap();
     let inserted = chrono::Utc::now();
-    app.enqueue(NewJob {
-        conversation_id: Some(live.id),
-        participant_id: Some(pid),
-        ..job(json!({"vip": "yes"}))
-    })
-    .await;
+    app.enqueue(job(Locators::ids(live.id, pid), json!({"vip": "yes"})))
+        .await;
     let applied = wait_until(Duration::from_secs(5), || async {
         !app.emulator.patch_history(live.id, pid).is_empty()
     })
@@ -539,12 +501,8 @@ async fn two_workers_share_one_budget_through_postgres() {
         let c = app
             .emulator
             .create_conversation(ConversationSpec::voice().customer("X"));
-        let pid = c.participant("customer");
-        let new = NewJob {
-            conversation_id: Some(c.id),
-            participant_id: pid,
-            ..job(json!({ "n": i.to_string() }))
-        };
+        let pid = c.participant("customer").unwrap();
+        let new = job(Locators::ids(c.id, pid), json!({ "n": i.to_string() }));
         app.enqueue(new).await;
     }
     let budget = Budget {

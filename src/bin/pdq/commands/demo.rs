@@ -12,7 +12,7 @@ use pdq::emulator::{
     RateLimit, RateLimitScope, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET,
 };
 use pdq::genesys::{GenesysClient, GenesysSettings};
-use pdq::queue::{self, NewJob, Priority};
+use pdq::queue::{self, Locators, NewJob, Priority};
 use pdq::worker::{Api, Budget, Worker, WorkerConfig};
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -162,9 +162,9 @@ fn client(emulator: &EmulatorHandle) -> anyhow::Result<GenesysClient> {
     Ok(GenesysClient::new(settings)?)
 }
 
-fn update(cid: Option<Uuid>, attributes: Value) -> NewJob {
+fn update(locators: Locators, attributes: Value) -> NewJob {
     NewJob {
-        conversation_id: cid,
+        locators,
         attributes,
         ..NewJob::default()
     }
@@ -178,39 +178,35 @@ async fn enqueue_mix(
 ) -> anyhow::Result<usize> {
     let mut jobs = Vec::new();
     for (i, c) in conversations.iter().enumerate() {
-        let customer = c.participant("customer");
-        jobs.push(NewJob {
-            participant_id: customer,
-            ..update(
-                Some(c.id),
-                json!({"orderStatus": "shipped", "n": i.to_string()}),
-            )
-        });
-        jobs.push(NewJob {
-            participant_purpose: Some("customer".into()),
-            ..update(
-                Some(c.id),
-                json!({"vip": if i % 3 == 0 { "gold" } else { "silver" }}),
-            )
-        });
+        let customer = Locators {
+            participant_id: c.participant("customer"),
+            ..Locators::conversation(c.id)
+        };
+        jobs.push(update(
+            customer.clone(),
+            json!({"orderStatus": "shipped", "n": i.to_string()}),
+        ));
+        jobs.push(update(
+            Locators::conversation(c.id).purpose("customer"),
+            json!({"vip": if i % 3 == 0 { "gold" } else { "silver" }}),
+        ));
         if i % 4 == 0 {
-            jobs.push(NewJob {
-                external_tag: Some(format!("ORDER-{i}")),
-                ..update(None, json!({"screenPop": format!("crm://order/{i}")}))
-            });
+            jobs.push(update(
+                Locators::external_tag(format!("ORDER-{i}")),
+                json!({"screenPop": format!("crm://order/{i}")}),
+            ));
         }
         if i < 5 {
             for step in 1..=10 {
-                jobs.push(NewJob {
-                    participant_id: customer,
-                    ..update(Some(c.id), json!({"routingHint": format!("step-{step}")}))
-                });
+                jobs.push(update(
+                    customer.clone(),
+                    json!({"routingHint": format!("step-{step}")}),
+                ));
             }
         }
         jobs.push(NewJob {
-            participant_id: customer,
             priority: Some(Priority::Backfill),
-            ..update(Some(c.id), json!({"segment": "loyal", "backfilled": "yes"}))
+            ..update(customer, json!({"segment": "loyal", "backfilled": "yes"}))
         });
     }
     let gone = emulator.create_conversation(ConversationSpec::voice().customer("Gone"));
@@ -221,33 +217,39 @@ async fn enqueue_mix(
             .customer("Twin B"),
     );
     let first = &conversations[0];
-    for _ in 0..3 {
-        jobs.push(NewJob {
-            participant_id: Some(Uuid::new_v4()),
-            ..update(Some(first.id), json!({"x": "unknown participant"}))
-        });
-    }
-    jobs.push(NewJob {
-        participant_id: gone.participant("customer"),
-        ..update(Some(gone.id), json!({"x": "ended"}))
-    });
-    jobs.push(NewJob {
-        participant_purpose: Some("customer".into()),
-        ..update(Some(twins.id), json!({"x": "ambiguous"}))
-    });
-    jobs.push(NewJob {
-        external_tag: Some("NO-SUCH-ORDER".into()),
-        ..update(None, json!({"x": "no tag"}))
-    });
-    jobs.push(NewJob {
+    let first_customer = Locators {
         participant_id: first.participant("customer"),
+        ..Locators::conversation(first.id)
+    };
+    for _ in 0..3 {
+        jobs.push(update(
+            Locators::ids(first.id, Uuid::new_v4()),
+            json!({"x": "unknown participant"}),
+        ));
+    }
+    jobs.push(update(
+        Locators {
+            participant_id: gone.participant("customer"),
+            ..Locators::conversation(gone.id)
+        },
+        json!({"x": "ended"}),
+    ));
+    jobs.push(update(
+        Locators::conversation(twins.id).purpose("customer"),
+        json!({"x": "ambiguous"}),
+    ));
+    jobs.push(update(
+        Locators::external_tag("NO-SUCH-ORDER"),
+        json!({"x": "no tag"}),
+    ));
+    jobs.push(NewJob {
         expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(5)),
-        ..update(Some(first.id), json!({"x": "too late"}))
+        ..update(first_customer, json!({"x": "too late"}))
     });
     queue::enqueue_many(pool, &jobs).await?;
     let mut refused = 0;
     for bad in [json!({"vip": true}), json!({"context.firstName": "Eve"})] {
-        if queue::enqueue(pool, &update(Some(first.id), bad))
+        if queue::enqueue(pool, &update(Locators::conversation(first.id), bad))
             .await
             .is_err()
         {

@@ -27,7 +27,7 @@ pub async fn run(db: &Database, command: DlqCommand, json: bool) -> anyhow::Resu
                             d.reason.clone(),
                             cell(&d.http_status),
                             cell(&d.error_code),
-                            cell(&d.conversation_id.or(d.resolved_conversation_id)),
+                            cell(&d.locators.conversation_id.or(d.resolved_conversation_id)),
                             d.attempts.to_string(),
                         ]
                     })

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use pdq::queue::{self, NewJob};
+use pdq::queue::{self, Locators, NewJob};
 use serde_json::{Map, Value};
 
 use super::Database;
@@ -34,12 +34,14 @@ pub async fn run(db: &Database, args: EnqueueArgs, json: bool) -> anyhow::Result
 fn new_job(args: EnqueueArgs) -> anyhow::Result<NewJob> {
     Ok(NewJob {
         attributes: attributes(args.attributes.as_deref(), &args.attr)?,
-        conversation_id: args.conversation_id,
-        external_tag: args.external_tag,
-        participant_id: args.participant_id,
-        participant_purpose: args.participant_purpose,
-        participant_external_contact_id: args.participant_external_contact_id,
-        participant_name: args.participant_name,
+        locators: Locators {
+            conversation_id: args.conversation_id,
+            external_tag: args.external_tag,
+            participant_id: args.participant_id,
+            participant_purpose: args.participant_purpose,
+            participant_external_contact_id: args.participant_external_contact_id,
+            participant_name: args.participant_name,
+        },
         priority: Some(args.priority),
         run_at: args.run_at,
         expires_at: args.expires_at,
