@@ -539,6 +539,13 @@ async fn dead_letter_then_requeue_makes_the_job_claimable_again_with_history_kep
     assert_eq!(dead[0].http_status, Some(404));
     assert_eq!(dead[0].error_code.as_deref(), Some("not.found"));
     assert_eq!(dead[0].attempts, 1);
+    assert_eq!(dead[0].locators, Locators::ids(c, p));
+    let shown = serde_json::to_value(&dead[0]).unwrap();
+    assert_eq!(
+        (shown["conversation_id"].as_str(), shown["reason"].as_str()),
+        (Some(c.to_string().as_str()), Some("not_found")),
+        "`pdq dlq show` and `dlq list --json` keep the contract's column names at the top level"
+    );
 
     let filter = DeadLetterFilter {
         reason: Some("not_found".into()),
