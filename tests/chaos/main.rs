@@ -255,14 +255,16 @@ async fn workers_killed_and_stopped_while_others_drain_lose_nothing() {
 
 #[tokio::test]
 async fn conversations_ending_while_updates_queue_dead_letter_only_theirs() {
-    let (db, emulator, targets) = setup(40).await;
-    let rounds = 10;
+    let (db, emulator, targets) = setup(if long_mode() { 200 } else { 40 }).await;
+    let rounds = if long_mode() { 30 } else { 10 };
     let started = Instant::now();
     let mut worker = spawn_worker(&db, &emulator);
-    let ending: Vec<(Uuid, Uuid)> = targets[..10].to_vec();
+    let ending: Vec<(Uuid, Uuid)> = targets[..targets.len() / 4].to_vec();
     let producing = produce(&db, &targets, rounds, Duration::from_millis(100));
     let chaos = async {
-        tokio::time::sleep(Duration::from_millis(450)).await;
+        // About halfway through the producing, so each ended conversation has updates both
+        // applied before its end and queued after it.
+        tokio::time::sleep(Duration::from_millis(rounds as u64 * 45)).await;
         for (cid, _) in &ending {
             emulator.end_conversation(*cid);
         }
@@ -300,7 +302,11 @@ async fn conversations_ending_while_updates_queue_dead_letter_only_theirs() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(applied_others, 30 * rounds as i64, "the rest unaffected");
+    assert_eq!(
+        applied_others,
+        ((targets.len() - ending.len()) * rounds) as i64,
+        "the rest unaffected"
+    );
     db.drop_database().await;
 }
 
