@@ -168,6 +168,16 @@ fn report(name: &'static str, ledger: &Ledger, elapsed: Duration) {
 
 async fn setup(participants: usize) -> (TestDb, EmulatorHandle, Vec<(Uuid, Uuid)>) {
     let db = TestDb::with_connections(4).await;
+    let (emulator, targets) = emulator_with(participants, 3).await;
+    (db, emulator, targets)
+}
+
+/// An emulator without a rate limit, answering after `latency_ms`, with one live conversation
+/// per participant; returns it and the (conversation, customer) pairs.
+async fn emulator_with(
+    participants: usize,
+    latency_ms: u64,
+) -> (EmulatorHandle, Vec<(Uuid, Uuid)>) {
     let emulator = Emulator::start(EmulatorConfig {
         rate_limit: None,
         ..EmulatorConfig::default()
@@ -175,7 +185,7 @@ async fn setup(participants: usize) -> (TestDb, EmulatorHandle, Vec<(Uuid, Uuid)
     .await
     .unwrap();
     emulator.set_faults(Faults {
-        latency_ms: 3,
+        latency_ms,
         ..Faults::default()
     });
     let targets = (0..participants)
@@ -184,7 +194,7 @@ async fn setup(participants: usize) -> (TestDb, EmulatorHandle, Vec<(Uuid, Uuid)
             (c.id, c.participant("customer").unwrap())
         })
         .collect();
-    (db, emulator, targets)
+    (emulator, targets)
 }
 
 async fn settle(db: &TestDb) {
@@ -368,23 +378,7 @@ async fn a_postgres_restart_mid_drain_delays_jobs_and_workers_reconnect_alone() 
         panic!("the Postgres server binaries (pg_config --bindir) are needed for this scenario");
     };
     let db = TestDb::on_server(&cluster.url(), 4).await;
-    let emulator = Emulator::start(EmulatorConfig {
-        rate_limit: None,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
-    emulator.set_faults(Faults {
-        latency_ms: 20,
-        ..Faults::default()
-    });
-    let count = if long_mode() { 5_000 } else { 1_500 };
-    let targets: Vec<(Uuid, Uuid)> = (0..count)
-        .map(|_| {
-            let c = emulator.create_conversation(ConversationSpec::voice().customer("X"));
-            (c.id, c.participant("customer").unwrap())
-        })
-        .collect();
+    let (emulator, targets) = emulator_with(if long_mode() { 5_000 } else { 1_500 }, 20).await;
     produce(&db, &targets, 1, Duration::ZERO).await;
     let started = Instant::now();
     let mut worker = spawn_worker(&db, &emulator);
@@ -395,7 +389,7 @@ async fn a_postgres_restart_mid_drain_delays_jobs_and_workers_reconnect_alone() 
     signal(&worker, "-TERM");
     let _ = worker.wait();
     assert!(remaining_before > 0, "the restart happened mid-drain");
-    let ledger = ledger(&db, &emulator, &targets, count as i64).await;
+    let ledger = ledger(&db, &emulator, &targets, targets.len() as i64).await;
     report("Postgres restarted mid-drain", &ledger, started.elapsed());
     assert_eq!(ledger.applied, ledger.jobs);
     db.drop_database().await;
