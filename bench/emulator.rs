@@ -41,16 +41,13 @@ async fn main() {
         );
         samples.push(json!(run_samples));
     }
-    let (low, high) = (
-        overall.iter().copied().fold(f64::MAX, f64::min),
-        overall.iter().copied().fold(0.0, f64::max),
-    );
+    let range = common::min_max(&overall).map(f64::round);
     let figures = json!({
         "requests_per_run": total,
         "connections": CONNECTIONS,
         "runs": runs,
         "patch_per_s_overall": common::median(&mut overall).round(),
-        "patch_per_s_min_max": [low.round(), high.round()],
+        "patch_per_s_min_max": range,
         "emulator_peak_rss_mb": common::median(&mut peak_rss),
         "samples": samples,
     });

@@ -62,21 +62,21 @@ async fn main() {
     let mut figures = json!({
         "drain_jobs": drain_jobs,
         "drain_jobs_per_s_32_executors": median(&mut rates).round(),
-        "drain_jobs_per_s_min_max": [min(&rates).round(), max(&rates).round()],
+        "drain_jobs_per_s_min_max": common::min_max(&rates).map(f64::round),
         "pickup_p50_ms": median(&mut p50s),
         "pickup_p95_ms": median(&mut p95s),
         "pickup_p99_ms": median(&mut p99s),
-        "pickup_p50_ms_min_max": [min(&p50s), max(&p50s)],
+        "pickup_p50_ms_min_max": common::min_max(&p50s),
         "live_under_backfill_p50_ms": median(&mut live_p50s),
         "live_under_backfill_p99_ms": median(&mut live_p99s),
-        "live_under_backfill_p99_ms_min_max": [min(&live_p99s), max(&live_p99s)],
+        "live_under_backfill_p99_ms_min_max": common::min_max(&live_p99s),
         "live_under_backfill_backfill_per_s": median(&mut backfill_rates),
         "calls_per_update_both_ids": median(&mut singles),
         "calls_per_update_bursts_of_10": median(&mut bursts),
-        "calls_per_update_bursts_of_10_min_max": [min(&bursts), max(&bursts)],
+        "calls_per_update_bursts_of_10_min_max": common::min_max(&bursts),
         "worker_peak_rss_mb_32_executors": median(&mut rss),
         "worker_peak_rss_mb_64_executors": median(&mut rss_64),
-        "worker_peak_rss_mb_64_executors_min_max": [min(&rss_64), max(&rss_64)],
+        "worker_peak_rss_mb_64_executors_min_max": common::min_max(&rss_64),
         "runs": runs,
     });
     if std::env::args().any(|a| a == "--utilization") {
@@ -87,7 +87,7 @@ async fn main() {
             too_many += rejected;
         }
         figures["rate_utilisation_3000_per_min"] = json!(median(&mut shares));
-        figures["rate_utilisation_min_max"] = json!([min(&shares), max(&shares)]);
+        figures["rate_utilisation_min_max"] = json!(common::min_max(&shares));
         figures["rate_utilisation_429s_all_runs"] = json!(too_many);
     }
     println!("worker benchmark (median of {runs} runs)");
@@ -97,14 +97,6 @@ async fn main() {
     if full {
         common::record("worker", figures);
     }
-}
-
-fn min(values: &[f64]) -> f64 {
-    values.iter().cloned().fold(f64::INFINITY, f64::min)
-}
-
-fn max(values: &[f64]) -> f64 {
-    values.iter().cloned().fold(0.0, f64::max)
 }
 
 async fn emulator(rate_limit: Option<RateLimit>) -> EmulatorHandle {

@@ -101,11 +101,11 @@ pub fn record(benchmark: &str, figures: serde_json::Value) {
     writeln!(file, "{line}").unwrap();
 }
 
-/// The smallest and largest of `values`, rounded.
+/// The smallest and largest of `values`.
 pub fn min_max(values: &[f64]) -> [f64; 2] {
     let low = values.iter().copied().fold(f64::INFINITY, f64::min);
     let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    [low.round(), high.round()]
+    [low, high]
 }
 
 /// The commit measured, marked `-dirty` when the work tree has changes.

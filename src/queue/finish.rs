@@ -225,23 +225,26 @@ pub async fn dead_letter<'e>(
 /// it cannot deadlock with a finish (which deletes jobs, then the unit's `pdq.inflight` row).
 pub async fn renew_leases<'e>(
     db: impl PgExecutor<'e>,
-    units: &[Fence],
+    leases: &[Uuid],
     lease: Duration,
 ) -> Result<Vec<Uuid>, Error> {
-    if units.is_empty() {
+    if leases.is_empty() {
         return Ok(Vec::new());
     }
-    let leases: Vec<Uuid> = units.iter().map(|f| f.lease).collect();
     let held: Vec<Uuid> = sqlx::query_scalar(
         "update pdq.inflight set locked_until = now() + $2 * interval '1 second'
          where lease_token = any($1) and locked_until >= now()
          returning lease_token",
     )
-    .bind(&leases)
+    .bind(leases)
     .bind(lease.as_secs_f64())
     .fetch_all(db)
     .await?;
-    Ok(leases.into_iter().filter(|l| !held.contains(l)).collect())
+    Ok(leases
+        .iter()
+        .filter(|l| !held.contains(l))
+        .copied()
+        .collect())
 }
 
 /// Deletes archived jobs finished more than `retention` ago, at most `limit` rows per call.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::Inner;
 use crate::queue;
@@ -40,8 +41,8 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
 }
 
 async fn renew(inner: &Inner) {
-    let units: Vec<queue::Fence> = inner.in_flight.lock().unwrap().values().cloned().collect();
-    match queue::renew_leases(&inner.pool, &units, inner.config.lease).await {
+    let leases: Vec<Uuid> = inner.in_flight.lock().unwrap().keys().copied().collect();
+    match queue::renew_leases(&inner.pool, &leases, inner.config.lease).await {
         Ok(lost) => {
             for lease in lost {
                 tracing::warn!(%lease, "lease lost; the unit will be retried elsewhere");

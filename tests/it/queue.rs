@@ -235,7 +235,7 @@ async fn lease_renewal_keeps_a_slow_unit_from_being_rescued() {
     let unit = one_claimed_unit(&db, Duration::from_millis(1_000)).await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let lost = queue::renew_leases(&db.pool, &[unit.fence()], Duration::from_millis(1_000))
+        let lost = queue::renew_leases(&db.pool, &[unit.lease], Duration::from_millis(1_000))
             .await
             .unwrap();
         assert!(lost.is_empty());
