@@ -125,6 +125,8 @@ async fn drain(db: &BenchDb, claimers: usize, batch: u32, jobs: usize) -> (f64, 
                         fence: u.fence(),
                         conversation_id: u.head().locators.conversation_id,
                         participant_id: u.head().locators.participant_id,
+                        key_versions: u.key_versions(),
+                        superseded: Vec::new(),
                     })
                     .collect();
                 queue::succeed_batch(&pool, &finished).await.unwrap();

@@ -24,9 +24,49 @@ pub enum Error {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database has no pdq schema yet.
+    #[error("the database has no pdq schema: run `pdq migrate` first")]
+    NotMigrated,
+    /// The database's schema is older than this binary.
+    #[error("the database schema (version {database}) is older than this binary's ({binary}): run `pdq migrate`")]
+    SchemaOlder {
+        /// The newest migration applied to the database.
+        database: i64,
+        /// The newest migration this binary carries.
+        binary: i64,
+    },
+    /// The database was migrated by a newer pdq than this binary.
+    #[error("the database schema (version {database}) is newer than this binary knows ({binary}): run a newer pdq")]
+    SchemaNewer {
+        /// The newest migration applied to the database.
+        database: i64,
+        /// The newest migration this binary carries.
+        binary: i64,
+    },
     /// Any other database error.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+}
+
+/// Checks that the database carries exactly the schema this binary was built for.
+pub async fn check_schema(pool: &PgPool) -> Result<(), Error> {
+    let binary = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let exists: bool = sqlx::query_scalar("select to_regclass('pdq._sqlx_migrations') is not null")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Err(Error::NotMigrated);
+    }
+    let database: Option<i64> =
+        sqlx::query_scalar("select max(version) from pdq._sqlx_migrations where success")
+            .fetch_one(pool)
+            .await?;
+    match database {
+        None => Err(Error::NotMigrated),
+        Some(database) if database < binary => Err(Error::SchemaOlder { database, binary }),
+        Some(database) if database > binary => Err(Error::SchemaNewer { database, binary }),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Parses a `postgres://` URL into connect options, naming the application `pdq`.

@@ -52,6 +52,7 @@ struct Inner {
     http: reqwest::Client,
     api_base: Url,
     auth: TokenCache,
+    request_timeout: Duration,
 }
 
 impl GenesysClient {
@@ -77,6 +78,7 @@ impl GenesysClient {
                 http,
                 api_base: settings.api_base,
                 auth,
+                request_timeout: settings.request_timeout,
             }),
         })
     }
@@ -145,6 +147,11 @@ impl GenesysClient {
     /// Obtains a token (or reuses the cached one): checks the credentials.
     pub async fn probe_token(&self) -> Result<(), Error> {
         self.inner.auth.token().await.map(|_| ())
+    }
+
+    /// The longest any one request may take (connect included) before it is abandoned.
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
     }
 
     /// How many OAuth tokens were fetched.

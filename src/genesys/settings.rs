@@ -73,7 +73,7 @@ impl GenesysSettings {
             client_id,
             client_secret,
             connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(20),
             token_renew_margin: Duration::from_secs(60),
         })
     }

@@ -1,10 +1,13 @@
 //! Claiming units of work and recovering the leases of workers that died.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sqlx::{PgExecutor, PgPool};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgExecutor, PgPool, Row};
+use uuid::Uuid;
 
-use super::{Error, Job, Unit};
+use super::{DbClock, DeadLetterRecord, DeadReason, Error, Fence, Job, Unit};
 
 /// How much to claim, and for how long.
 #[derive(Debug, Clone)]
@@ -34,10 +37,16 @@ impl Default for ClaimOptions {
 ///
 /// A unit is the oldest queued job of one participant (only the oldest may start, so a
 /// participant's updates apply in insertion order) plus the due jobs queued right behind it.
+/// A job the producer scheduled for later (never attempted, `run_at` in the future) does not
+/// hold back the due jobs behind it; a job waiting for its retry does.
 /// `pdq.inflight` guarantees that no two workers hold units of the same participant.
+///
+/// A claimed row the worker cannot decode (a value out of the range it can represent) is
+/// dead-lettered as `malformed_row` with the decode error instead of failing the claim.
 pub async fn claim(pool: &PgPool, options: &ClaimOptions) -> Result<Vec<Unit>, Error> {
+    let started = Instant::now();
     let mut tx = super::index_only_transaction(pool).await?;
-    let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM_SQL)
+    let rows: Vec<PgRow> = sqlx::query(CLAIM_SQL)
         .bind(i64::from(options.units))
         .bind(options.lease.as_secs_f64())
         .bind(&options.worker_id)
@@ -45,7 +54,21 @@ pub async fn claim(pool: &PgPool, options: &ClaimOptions) -> Result<Vec<Unit>, E
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(group_into_units(rows))
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut malformed = Vec::new();
+    for row in &rows {
+        match ClaimedRow::from_row(row) {
+            Ok(decoded) => claimed.push(decoded),
+            Err(error) => malformed.push(MalformedRow {
+                id: row.try_get("id")?,
+                lease: row.try_get("lease_token")?,
+                error: error.to_string(),
+            }),
+        }
+    }
+    let units = group_into_units(claimed, started + options.lease);
+    dead_letter_malformed(pool, &malformed, &units).await?;
+    Ok(units)
 }
 
 const CLAIM_SQL: &str = "
@@ -54,7 +77,9 @@ with candidates as materialized (
     from pdq.jobs j
     where j.state = 'pending' and j.run_at <= now()
       and not exists (select 1 from pdq.jobs o
-                      where o.participant_key = j.participant_key and o.id < j.id)
+                      where o.participant_key = j.participant_key and o.id < j.id
+                        and (o.state = 'running' or o.run_at <= now()
+                             or o.first_attempt_at is not null))
     order by j.priority_rank, j.run_at, j.id
     limit $1
     for update skip locked
@@ -67,12 +92,13 @@ with candidates as materialized (
 ), members as (
     select f.id, l.lease_token, l.locked_until
     from locked l
+    join candidates c on c.participant_key = l.participant_key
     cross join lateral (
         select f.id from pdq.jobs f
-        where f.participant_key = l.participant_key and f.state = 'pending'
+        where f.participant_key = l.participant_key and f.id >= c.id and f.state = 'pending'
           and f.run_at <= now()
           and f.id < coalesce((select min(b.id) from pdq.jobs b
-                               where b.participant_key = l.participant_key
+                               where b.participant_key = l.participant_key and b.id > c.id
                                  and (b.state <> 'pending' or b.run_at > now())),
                               9223372036854775807)
         order by f.id
@@ -88,17 +114,30 @@ where j.id = m.id
 returning j.id, j.conversation_id, j.external_tag, j.participant_id, j.participant_purpose,
     j.participant_external_contact_id, j.participant_name, j.attributes, j.priority, j.run_at,
     j.expires_at, j.idempotency_key, j.max_attempts, j.created_at, j.attempts,
-    j.first_attempt_at, j.participant_key, j.lease_token, j.locked_until";
+    j.first_attempt_at, j.participant_key, coalesce(j.seq, j.id) as seq,
+    array(select a.key
+          from jsonb_object_keys(j.attributes) as k(key)
+          join pdq.applied_keys a on a.target = j.participant_key and a.key = k.key
+          where a.seq > coalesce(j.seq, j.id)
+          order by a.key) as superseded,
+    j.lease_token, j.locked_until, now() as db_now";
 
 #[derive(sqlx::FromRow)]
 struct ClaimedRow {
     #[sqlx(flatten)]
     job: Job,
-    lease_token: uuid::Uuid,
-    locked_until: chrono::DateTime<chrono::Utc>,
+    lease_token: Uuid,
+    locked_until: DateTime<Utc>,
+    db_now: DateTime<Utc>,
 }
 
-fn group_into_units(mut rows: Vec<ClaimedRow>) -> Vec<Unit> {
+struct MalformedRow {
+    id: i64,
+    lease: Uuid,
+    error: String,
+}
+
+fn group_into_units(mut rows: Vec<ClaimedRow>, deadline: Instant) -> Vec<Unit> {
     rows.sort_by_key(|row| (row.lease_token, row.job.id));
     let mut units: Vec<Unit> = Vec::new();
     for row in rows {
@@ -107,6 +146,8 @@ fn group_into_units(mut rows: Vec<ClaimedRow>) -> Vec<Unit> {
             _ => units.push(Unit {
                 lease: row.lease_token,
                 locked_until: row.locked_until,
+                deadline,
+                clock: DbClock::new(row.db_now),
                 jobs: vec![row.job],
             }),
         }
@@ -116,6 +157,32 @@ fn group_into_units(mut rows: Vec<ClaimedRow>) -> Vec<Unit> {
         key(a).cmp(&key(b))
     });
     units
+}
+
+/// Dead-letters the claimed rows that could not be decoded. A malformed row that shares its
+/// unit with decodable jobs leaves that unit to them; a unit of malformed rows only is released.
+async fn dead_letter_malformed(
+    pool: &PgPool,
+    malformed: &[MalformedRow],
+    units: &[Unit],
+) -> Result<(), Error> {
+    for row in malformed {
+        let release_unit = !units.iter().any(|unit| unit.lease == row.lease);
+        let fence = Fence {
+            lease: row.lease,
+            job_ids: vec![row.id],
+        };
+        let record = DeadLetterRecord::new(
+            DeadReason::MalformedRow,
+            format!("the worker cannot read this row: {}", row.error),
+        );
+        tracing::error!(job.id = row.id, error = %row.error, "dead-lettering a row the worker cannot read");
+        match super::dead_letter(pool, &fence, None, &record, release_unit).await {
+            Ok(_) | Err(Error::LeaseLost) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// Puts the jobs of every expired lease back to pending, so a killed worker's units run again.

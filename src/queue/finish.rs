@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use std::collections::{HashMap, HashSet};
+
+use chrono::Utc;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::{DeadReason, Error, Fence};
+use super::{DeadReason, Error, Fence, Unit};
 
 /// A unit that was applied, with the ids the worker resolved it to.
 #[derive(Debug, Clone)]
@@ -18,10 +20,36 @@ pub struct Success {
     pub conversation_id: Option<Uuid>,
     /// The participant the update went to.
     pub participant_id: Option<Uuid>,
+    /// Each key sent, with the `seq` of the job whose value it carried.
+    pub key_versions: Vec<(String, i64)>,
+    /// Per job of the fence (same order), the keys it did not send because a newer job of
+    /// the participant had already written them.
+    pub superseded: Vec<Vec<String>>,
 }
 
-/// Archives the jobs of many applied units in one statement and releases their participants.
-/// Returns the leases that were no longer held (their jobs were left untouched).
+impl Success {
+    /// The unit applied to `conversation_id` / `participant_id` with every key it merged.
+    pub fn of(unit: &Unit, conversation_id: Uuid, participant_id: Uuid) -> Success {
+        Success {
+            fence: unit.fence(),
+            conversation_id: Some(conversation_id),
+            participant_id: Some(participant_id),
+            key_versions: unit.key_versions(),
+            superseded: unit.jobs.iter().map(|job| job.superseded.clone()).collect(),
+        }
+    }
+}
+
+/// The key `pdq.applied_keys` and `pdq.inflight` use for a resolved participant; the same
+/// text `pdq.participant_key` gives a job that names both ids.
+pub fn target_key(conversation_id: Uuid, participant_id: Uuid) -> String {
+    format!("c:{conversation_id}/p:{participant_id}")
+}
+
+/// Archives the jobs of many applied units in one statement, records which value of each key
+/// the API accepted (`pdq.applied_keys`) and releases their participants. Returns the leases
+/// that were no longer held (their jobs were left untouched). The statement's cost is linear
+/// in the number of jobs; callers bound how many units they pass at once.
 pub async fn succeed_batch(pool: &PgPool, done: &[Success]) -> Result<Vec<Uuid>, Error> {
     if done.is_empty() {
         return Ok(Vec::new());
@@ -29,67 +57,172 @@ pub async fn succeed_batch(pool: &PgPool, done: &[Success]) -> Result<Vec<Uuid>,
     let jobs: usize = done.iter().map(|s| s.fence.job_ids.len()).sum();
     let (mut ids, mut leases) = (Vec::with_capacity(jobs), Vec::with_capacity(jobs));
     let (mut cids, mut pids) = (Vec::with_capacity(jobs), Vec::with_capacity(jobs));
+    let (mut together, mut superseded) = (Vec::with_capacity(jobs), Vec::with_capacity(jobs));
+    let mut versions: HashMap<(String, String), i64> = HashMap::new();
     for success in done {
-        for &id in &success.fence.job_ids {
+        let size = success.fence.job_ids.len() as i32;
+        for (i, &id) in success.fence.job_ids.iter().enumerate() {
             ids.push(id);
             leases.push(success.fence.lease);
             cids.push(success.conversation_id);
             pids.push(success.participant_id);
+            together.push(size);
+            superseded.push(
+                success
+                    .superseded
+                    .get(i)
+                    .filter(|keys| !keys.is_empty())
+                    .map(|keys| serde_json::json!(keys).to_string()),
+            );
         }
+        if let (Some(cid), Some(pid)) = (success.conversation_id, success.participant_id) {
+            let target = target_key(cid, pid);
+            for (key, seq) in &success.key_versions {
+                let newest = versions
+                    .entry((target.clone(), key.clone()))
+                    .or_insert(*seq);
+                *newest = (*newest).max(*seq);
+            }
+        }
+    }
+    let (mut targets, mut keys, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
+    for ((target, key), seq) in versions {
+        targets.push(target);
+        keys.push(key);
+        seqs.push(seq);
     }
     let units: Vec<Uuid> = done.iter().map(|s| s.fence.lease).collect();
     let mut tx = super::index_only_transaction(pool).await?;
     let finished: Vec<Uuid> = sqlx::query_scalar(
         "with done as (
              delete from pdq.jobs j
-             using unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[]) as s(id, lease, cid, pid)
+             using unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::text[])
+                 as s(id, lease, cid, pid, together, superseded)
              where j.id = s.id and j.lease_token = s.lease and j.state = 'running'
-             returning j.*, s.cid as resolved_cid, s.pid as resolved_pid
+             returning j.*, s.cid as resolved_cid, s.pid as resolved_pid, s.together,
+                 s.superseded as superseded_json
          ), released as (
-             delete from pdq.inflight where lease_token = any($5)
+             delete from pdq.inflight where lease_token = any($7)
          ), archived as (
              insert into pdq.finished_jobs (id, conversation_id, external_tag, participant_id,
                  participant_purpose, participant_external_contact_id, participant_name,
                  attributes, priority, idempotency_key, created_at, run_at, attempts,
                  first_attempt_at, resolved_conversation_id, resolved_participant_id,
-                 coalesced_with, locked_by)
+                 coalesced_with, locked_by, seq, superseded_keys)
              select id, conversation_id, external_tag, participant_id, participant_purpose,
                  participant_external_contact_id, participant_name, attributes, priority,
                  idempotency_key, created_at, run_at, attempts, first_attempt_at,
                  coalesce(resolved_cid, conversation_id), coalesce(resolved_pid, participant_id),
-                 count(*) over (partition by lease_token), locked_by
+                 together, locked_by, coalesce(seq, id),
+                 case when superseded_json is not null then
+                     array(select jsonb_array_elements_text(superseded_json::jsonb)) end
              from done
+         ), versions as (
+             insert into pdq.applied_keys as a (target, key, seq)
+             select * from unnest($8::text[], $9::text[], $10::bigint[])
+             on conflict (target, key) do update
+                 set seq = greatest(a.seq, excluded.seq), applied_at = now()
          )
-         select distinct lease_token from done",
+         select lease_token from done",
     )
     .bind(&ids)
     .bind(&leases)
     .bind(&cids)
     .bind(&pids)
+    .bind(&together)
+    .bind(&superseded)
     .bind(&units)
+    .bind(&targets)
+    .bind(&keys)
+    .bind(&seqs)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
+    let finished: HashSet<Uuid> = finished.into_iter().collect();
     Ok(units
         .into_iter()
         .filter(|l| !finished.contains(l))
         .collect())
 }
 
-/// Puts a unit back to pending at `run_at`, recording `last_error`. With `spend_attempt` false
-/// (a rate-limit wait, a shutdown) the attempt the claim counted is given back.
+/// Whether a unit may send its PATCH to the participant it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetHold {
+    /// The unit now holds the resolved participant too; it must not send these keys, which a
+    /// newer job of that participant already wrote or is about to write.
+    Held {
+        /// Keys to leave out, with the newest value elsewhere.
+        superseded: Vec<String>,
+    },
+    /// Another unit holds that participant (or ran it before a crash): try again shortly.
+    Busy,
+}
+
+/// Takes the resolved participant `target` for a unit that was claimed under another key (an
+/// external tag, a purpose): two jobs that name one participant differently never run at the
+/// same time, and a unit learns which of its keys a newer job already wrote.
+///
+/// `keys` are the keys the unit would send, each with the `seq` of its value.
+pub async fn hold_target(
+    pool: &PgPool,
+    lease: Uuid,
+    target: &str,
+    keys: &[(String, i64)],
+) -> Result<TargetHold, Error> {
+    let (names, seqs): (Vec<String>, Vec<i64>) = keys.iter().cloned().unzip();
+    let (ours, held, superseded): (bool, bool, Vec<String>) = sqlx::query_as(
+        "with mine as (
+             select locked_until, locked_by from pdq.inflight
+             where lease_token = $1 and locked_until >= now()
+             limit 1
+         ), taken as (
+             insert into pdq.inflight as i (participant_key, lease_token, locked_until, locked_by)
+             select $2, $1, locked_until, locked_by from mine
+             where not exists (select 1 from pdq.jobs r
+                               where r.participant_key = $2 and r.state = 'running'
+                                 and r.lease_token is distinct from $1)
+             on conflict (participant_key) do update set locked_until = i.locked_until
+                 where i.lease_token = $1
+             returning 1
+         )
+         select exists (select 1 from mine), exists (select 1 from taken),
+             array(select v.key from unnest($3::text[], $4::bigint[]) as v(key, seq)
+                   where exists (select 1 from pdq.applied_keys a
+                                 where a.target = $2 and a.key = v.key and a.seq > v.seq)
+                      or exists (select 1 from pdq.jobs n
+                                 where n.participant_key = $2 and coalesce(n.seq, n.id) > v.seq
+                                   and (n.run_at <= now() or n.first_attempt_at is not null)
+                                   and n.attributes ? v.key)
+                   order by v.key)",
+    )
+    .bind(lease)
+    .bind(target)
+    .bind(&names)
+    .bind(&seqs)
+    .fetch_one(pool)
+    .await?;
+    match (ours, held) {
+        (false, _) => Err(Error::LeaseLost),
+        (true, false) => Ok(TargetHold::Busy),
+        (true, true) => Ok(TargetHold::Held { superseded }),
+    }
+}
+
+/// Puts a unit back to pending `after` from now (database clock), recording `last_error`.
+/// With `spend_attempt` false (a rate-limit wait, an outage, a shutdown) the attempt the claim
+/// counted is given back.
 pub async fn retry<'e>(
     db: impl PgExecutor<'e>,
     fence: &Fence,
-    run_at: DateTime<Utc>,
+    after: Duration,
     last_error: &serde_json::Value,
     spend_attempt: bool,
 ) -> Result<(), Error> {
     let changed: i64 = sqlx::query_scalar(
         "with retried as (
              update pdq.jobs
-             set state = 'pending', run_at = $3, lease_token = null, locked_until = null,
-                 locked_by = null, last_error = $4,
+             set state = 'pending', run_at = now() + $3 * interval '1 second', lease_token = null,
+                 locked_until = null, locked_by = null, last_error = $4,
                  attempts = attempts - case when $5 then 0 else 1 end
              where id = any($2) and lease_token = $1 and state = 'running'
              returning id
@@ -100,7 +233,7 @@ pub async fn retry<'e>(
     )
     .bind(fence.lease)
     .bind(&fence.job_ids)
-    .bind(run_at)
+    .bind(after.as_secs_f64().min(MAX_DELAY_SECS))
     .bind(last_error)
     .bind(spend_attempt)
     .fetch_one(db)
@@ -108,10 +241,23 @@ pub async fn retry<'e>(
     fenced(changed)
 }
 
+/// No retry is scheduled further out than this (a year): the interval arithmetic stays finite.
+const MAX_DELAY_SECS: f64 = 365.0 * 86_400.0;
+
+/// Ends a unit whose jobs were all finished one by one (nothing of it is left running): frees
+/// its participants for the next unit.
+pub async fn end_lease<'e>(db: impl PgExecutor<'e>, lease: Uuid) -> Result<(), Error> {
+    sqlx::query("delete from pdq.inflight where lease_token = $1")
+        .bind(lease)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// Gives a unit back at once without spending an attempt (graceful shutdown).
 pub async fn release<'e>(db: impl PgExecutor<'e>, fence: &Fence) -> Result<(), Error> {
     let note = serde_json::json!({ "reason": "released", "at": Utc::now() });
-    retry(db, fence, Utc::now(), &note, false).await
+    retry(db, fence, Duration::ZERO, &note, false).await
 }
 
 /// Everything recorded with a dead letter.
@@ -178,12 +324,12 @@ pub async fn dead_letter<'e>(
                  attributes, priority, run_at, expires_at, idempotency_key, max_attempts,
                  created_at, attempts, first_attempt_at, last_attempt_at, reason, detail,
                  http_status, error_code, error_message, context_id, correlation_id, error_body,
-                 resolved_conversation_id, resolved_participant_id, locked_by)
+                 resolved_conversation_id, resolved_participant_id, locked_by, seq)
              select id, conversation_id, external_tag, participant_id, participant_purpose,
                  participant_external_contact_id, participant_name, attributes, priority, run_at,
                  expires_at, idempotency_key, max_attempts, created_at, attempts,
                  first_attempt_at, last_attempt_at, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                 locked_by
+                 locked_by, coalesce(seq, id)
              from dead
          ), released as (
              delete from pdq.inflight where lease_token = $1 and $13
@@ -231,7 +377,7 @@ pub async fn renew_leases<'e>(
     if leases.is_empty() {
         return Ok(Vec::new());
     }
-    let held: Vec<Uuid> = sqlx::query_scalar(
+    let held: HashSet<Uuid> = sqlx::query_scalar(
         "update pdq.inflight set locked_until = now() + $2 * interval '1 second'
          where lease_token = any($1) and locked_until >= now()
          returning lease_token",
@@ -239,7 +385,9 @@ pub async fn renew_leases<'e>(
     .bind(leases)
     .bind(lease.as_secs_f64())
     .fetch_all(db)
-    .await?;
+    .await?
+    .into_iter()
+    .collect();
     Ok(leases
         .iter()
         .filter(|l| !held.contains(l))
@@ -258,6 +406,26 @@ pub async fn prune_finished<'e>(
              select id from pdq.finished_jobs
              where finished_at < now() - $1 * interval '1 second'
              order by finished_at limit $2)",
+    )
+    .bind(retention.as_secs_f64())
+    .bind(limit)
+    .execute(db)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Forgets which value of a key was applied when that happened more than `retention` ago, at
+/// most `limit` rows per call. Jobs older than that are not expected to arrive any more.
+pub async fn prune_applied_keys<'e>(
+    db: impl PgExecutor<'e>,
+    retention: Duration,
+    limit: i64,
+) -> Result<u64, Error> {
+    let result = sqlx::query(
+        "delete from pdq.applied_keys where (target, key) in (
+             select target, key from pdq.applied_keys
+             where applied_at < now() - $1 * interval '1 second'
+             order by applied_at limit $2)",
     )
     .bind(retention.as_secs_f64())
     .bind(limit)

@@ -14,6 +14,8 @@ mod finish;
 mod locators;
 mod stats;
 
+use std::time::Instant;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
@@ -23,8 +25,8 @@ pub use claim::{claim, rescue_expired_leases, ClaimOptions};
 pub use dlq::{DeadLetter, DeadLetterFilter};
 pub use enqueue::{enqueue, enqueue_many, NewJob};
 pub use finish::{
-    dead_letter, prune_finished, release, renew_leases, retry, succeed_batch, DeadLetterRecord,
-    Success,
+    dead_letter, end_lease, hold_target, prune_applied_keys, prune_finished, release, renew_leases,
+    retry, succeed_batch, target_key, DeadLetterRecord, Success, TargetHold,
 };
 pub use locators::Locators;
 pub use stats::{pending_count, status, DeadReasonCount, DepthRow, QueueStatus};
@@ -198,6 +200,8 @@ pub enum DeadReason {
     Expired,
     /// Any other permanent API error.
     Rejected,
+    /// The row holds a value the worker cannot represent (e.g. a timestamp past year 262143).
+    MalformedRow,
 }
 
 impl DeadReason {
@@ -220,6 +224,7 @@ impl DeadReason {
             DeadReason::RetriesExhausted => "retries_exhausted",
             DeadReason::Expired => "expired",
             DeadReason::Rejected => "rejected",
+            DeadReason::MalformedRow => "malformed_row",
         }
     }
 }
@@ -253,6 +258,11 @@ pub struct Job {
     pub first_attempt_at: Option<DateTime<Utc>>,
     /// Which participant the job is for; jobs with equal keys apply one at a time, in order.
     pub participant_key: String,
+    /// The job's place in its participant's history: its id, or for a requeued dead letter
+    /// the id of the job it came from. Of two values for one key, the higher `seq` wins.
+    pub seq: i64,
+    /// Keys a newer job of the same participant already wrote: this job does not send them.
+    pub superseded: Vec<String>,
 }
 
 /// A claimed unit of work: one participant's due jobs, oldest first, under one lease.
@@ -260,8 +270,13 @@ pub struct Job {
 pub struct Unit {
     /// Fences every finishing operation on this unit.
     pub lease: Uuid,
-    /// When the lease runs out unless renewed.
+    /// When the lease runs out unless renewed (database clock).
     pub locked_until: DateTime<Utc>,
+    /// When the lease runs out unless renewed, on this process's monotonic clock, measured
+    /// from before the claim was sent (so it errs early, never late).
+    pub deadline: Instant,
+    /// The database's clock, as seen when the unit was claimed.
+    pub clock: DbClock,
     /// The jobs, in insertion order (ascending id); never empty.
     pub jobs: Vec<Job>,
 }
@@ -272,13 +287,34 @@ impl Unit {
         &self.jobs[0]
     }
 
-    /// The attributes of every job merged oldest to newest: the newest value wins per key.
+    /// The attributes of every job merged oldest to newest (by `seq`): the newest value wins
+    /// per key. Keys a newer job already wrote (`Job::superseded`) are left out.
     pub fn merged_attributes(&self) -> serde_json::Map<String, serde_json::Value> {
-        let mut merged = serde_json::Map::new();
-        for job in &self.jobs {
+        self.merged()
+            .into_iter()
+            .map(|(k, (v, _))| (k, v))
+            .collect()
+    }
+
+    /// Each key this unit sends, with the `seq` of the job whose value it carries.
+    pub fn key_versions(&self) -> Vec<(String, i64)> {
+        self.merged()
+            .into_iter()
+            .map(|(k, (_, seq))| (k, seq))
+            .collect()
+    }
+
+    fn merged(&self) -> std::collections::BTreeMap<String, (serde_json::Value, i64)> {
+        let mut jobs: Vec<&Job> = self.jobs.iter().collect();
+        jobs.sort_by_key(|job| (job.seq, job.id));
+        let mut merged = std::collections::BTreeMap::new();
+        for job in jobs {
             if let serde_json::Value::Object(attributes) = &job.attributes {
                 for (key, value) in attributes {
-                    merged.insert(key.clone(), value.clone());
+                    if job.superseded.contains(key) {
+                        continue;
+                    }
+                    merged.insert(key.clone(), (value.clone(), job.seq));
                 }
             }
         }
@@ -296,6 +332,30 @@ impl Unit {
             lease: self.lease,
             job_ids: self.job_ids(),
         }
+    }
+}
+
+/// The database's clock, read from this process: every time pdq compares with a deadline the
+/// database stores (`expires_at`, the lookup window) is on the database's clock, not the host's.
+#[derive(Debug, Clone, Copy)]
+pub struct DbClock {
+    at: DateTime<Utc>,
+    seen: Instant,
+}
+
+impl DbClock {
+    /// The database said `now()` was `at`, just now.
+    pub fn new(at: DateTime<Utc>) -> DbClock {
+        DbClock {
+            at,
+            seen: Instant::now(),
+        }
+    }
+
+    /// The database's time now.
+    pub fn now(&self) -> DateTime<Utc> {
+        let elapsed = chrono::Duration::from_std(self.seen.elapsed()).unwrap_or_default();
+        self.at.checked_add_signed(elapsed).unwrap_or(self.at)
     }
 }
 

@@ -148,6 +148,11 @@ impl Api {
         self.client.probe_token().await.map_err(|e| e.to_string())
     }
 
+    /// The longest one API request may take.
+    pub fn request_timeout(&self) -> Duration {
+        self.client.request_timeout()
+    }
+
     /// OAuth token renewals so far.
     pub fn token_renewals(&self) -> u64 {
         self.client.token_renewals()

@@ -1,10 +1,15 @@
 //! Archives applied units in batches: one statement for many units, not one per unit.
+//!
+//! Applied-but-unrecorded units are the ones a crash would send again, so their number is
+//! bounded: an executor that applied a unit waits here while [`MAX_UNRECORDED`] units are
+//! already waiting, and every statement records at most [`STATEMENT_UNITS`] units (its cost is
+//! linear in its size).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
@@ -14,11 +19,16 @@ use crate::queue::{self, Success};
 pub struct Completer {
     pool: PgPool,
     pending: Mutex<Vec<Success>>,
-    ready: tokio::sync::Notify,
+    ready: Notify,
+    recorded: Notify,
 }
 
 /// Flush once this many units are waiting, or after [`FLUSH_EVERY`].
 const BATCH: usize = 128;
+/// At most this many units per finishing statement.
+pub const STATEMENT_UNITS: usize = 256;
+/// At most this many applied units wait to be recorded; further executors wait.
+pub const MAX_UNRECORDED: usize = 1_024;
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
 
 impl Completer {
@@ -27,36 +37,50 @@ impl Completer {
         Completer {
             pool,
             pending: Mutex::new(Vec::new()),
-            ready: tokio::sync::Notify::new(),
+            ready: Notify::new(),
+            recorded: Notify::new(),
         }
     }
 
-    /// Queues one applied unit.
+    /// Queues one applied unit; waits first while the backlog is at its bound.
     pub async fn push(&self, success: Success) {
-        let len = {
-            let mut pending = self.pending.lock().await;
-            pending.push(success);
-            pending.len()
-        };
-        if len >= BATCH {
+        loop {
+            let recorded = self.recorded.notified();
+            {
+                let mut pending = self.pending.lock().await;
+                if pending.len() < MAX_UNRECORDED {
+                    pending.push(success);
+                    if pending.len() >= BATCH {
+                        self.ready.notify_one();
+                    }
+                    return;
+                }
+            }
             self.ready.notify_one();
+            recorded.await;
         }
     }
 
-    /// Writes everything queued; retries a failed write so no success is forgotten.
+    /// Writes everything queued, [`STATEMENT_UNITS`] units per statement; retries a failed
+    /// write so no success is forgotten.
     pub async fn flush(&self) -> Result<(), queue::Error> {
         let batch = std::mem::take(&mut *self.pending.lock().await);
-        if batch.is_empty() {
-            return Ok(());
+        for chunk in batch.chunks(STATEMENT_UNITS) {
+            self.record(chunk).await;
         }
+        self.recorded.notify_waiters();
+        Ok(())
+    }
+
+    async fn record(&self, chunk: &[Success]) {
         let mut delay = Duration::from_millis(50);
         loop {
-            match queue::succeed_batch(&self.pool, &batch).await {
+            match queue::succeed_batch(&self.pool, chunk).await {
                 Ok(lost) => {
                     for lease in lost {
-                        tracing::warn!(%lease, "applied unit had lost its lease; another worker may apply it again");
+                        tracing::warn!(%lease, "an applied unit had lost its lease; another worker may apply it again");
                     }
-                    return Ok(());
+                    return;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "recording applied units failed; retrying");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-use super::backoff::Backoff;
+use super::backoff::{jitter, Backoff};
 use crate::queue::DeadReason;
 
 /// Why an attempt failed, as far as the policy cares.
@@ -16,8 +16,13 @@ pub enum Failure {
         /// The server's `Retry-After`, if any.
         retry_after: Option<Duration>,
     },
-    /// 408, 5xx, connect errors, timeouts, resets: try again later.
+    /// 408, 5xx, timeouts, resets on a call about one conversation: try again later.
     Transient,
+    /// Not the job's fault: the API or its login host cannot be reached, or most calls fail
+    /// across conversations. The fleet pauses; no attempt is spent.
+    Outage,
+    /// Another unit holds the participant this unit resolved to: try again shortly, free.
+    Busy,
     /// A lookup found nothing yet (analytics lags live data); retry inside the lookup window.
     NotYetVisible {
         /// When the lookup window closes.
@@ -62,6 +67,9 @@ pub struct Attempt {
     pub consecutive_forbidden: u32,
 }
 
+/// How soon a unit whose participant another unit holds tries again (plus jitter up to as much).
+pub const BUSY_RETRY: Duration = Duration::from_millis(200);
+
 /// After this many 403s in a row the worker assumes a missing permission and pauses rather
 /// than dead-letter the queue.
 pub const FORBIDDEN_PAUSE_THRESHOLD: u32 = 5;
@@ -92,6 +100,8 @@ pub fn decide<R: Rng>(
             retry(backoff.delay(attempt_number, *retry_after, rng), false)
         }
         Failure::Transient => retry(backoff.delay(attempt_number, None, rng), true),
+        Failure::Outage => retry(backoff.delay(attempt_number, None, rng), false),
+        Failure::Busy => retry(BUSY_RETRY + jitter(BUSY_RETRY, rng), false),
         Failure::NotYetVisible {
             window_ends,
             reason,

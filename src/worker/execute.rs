@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::api::CallError;
 use super::decide::{decide, Attempt, Decision, Failure};
 use super::resolve::{pick_participant, ParticipantLocator, Target};
-use super::Inner;
+use super::{outage, Inner};
 use crate::queue::{self, DeadLetterRecord, DeadReason, Job, Priority, Success, Unit};
 
 /// What happened to a unit.
@@ -40,8 +40,41 @@ pub enum UnitOutcome {
     },
     /// The worker paused on a configuration problem; the unit was given back.
     Paused,
-    /// Another worker took the unit over (our lease had expired).
+    /// Another worker took the unit over (our lease had expired), or the lease was too close
+    /// to its end to send the PATCH: nothing was sent, nothing recorded.
     LeaseLost,
+    /// The API refused the merged PATCH of several jobs (400/413): they were sent one at a time
+    /// and only the jobs the API refused on their own were dead-lettered.
+    Split {
+        /// Jobs applied.
+        applied: usize,
+        /// Jobs dead-lettered.
+        dead_lettered: usize,
+        /// Jobs given back for a later retry (the one-at-a-time pass hit a retryable error).
+        retried: usize,
+    },
+}
+
+/// Why applying a unit stopped short of a PATCH the API accepted.
+enum Stop {
+    /// An API call failed (or a lookup found nothing yet): the outcome table decides.
+    Failed(Box<Failed>),
+    /// Recording in Postgres failed, or the lease was lost: nothing more to do here.
+    Queue(queue::Error),
+    /// The merged PATCH was refused and the unit was split (already finished).
+    Split(UnitOutcome),
+}
+
+impl From<Failed> for Stop {
+    fn from(failed: Failed) -> Self {
+        Stop::Failed(Box::new(failed))
+    }
+}
+
+impl From<queue::Error> for Stop {
+    fn from(error: queue::Error) -> Self {
+        Stop::Queue(error)
+    }
 }
 
 /// A failed attempt with what the dead-letter record needs.
@@ -70,6 +103,11 @@ impl Failed {
             target: None,
         }
     }
+
+    fn with_target(mut self, target: Target) -> Failed {
+        self.target = Some(target);
+        self
+    }
 }
 
 /// One executor: takes the most urgent unit once it holds a request token, runs it, repeats.
@@ -79,7 +117,7 @@ pub async fn executor(inner: Arc<Inner>, stop: CancellationToken) {
         if stop.is_cancelled() {
             return;
         }
-        if inner.health.is_unhealthy() {
+        if inner.health.is_paused() {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
                 _ = stop.cancelled() => return,
@@ -106,37 +144,51 @@ pub async fn executor(inner: Arc<Inner>, stop: CancellationToken) {
                 inner.pacer.note_live();
             }
             if let Err(error) = run_unit(&inner, unit, true).await {
-                tracing::warn!(%error, "recording an outcome failed; the lease will expire and the unit retry");
+                tracing::warn!(%error, "recording an outcome failed; the lease will expire and the unit run again");
             }
         }
     }
 }
 
 /// Runs one claimed unit to an outcome. With `prepaid`, the first API call already holds a
-/// request token.
+/// request token. However it ends, the unit is no longer tracked afterwards (its lease is not
+/// renewed again).
 pub async fn run_unit(
     inner: &Inner,
     unit: Unit,
     prepaid: bool,
 ) -> Result<UnitOutcome, queue::Error> {
     let lease = unit.lease;
-    let outcome = match drop_expired(inner, unit).await? {
-        Some(unit) => apply_or_decide(inner, unit, prepaid).await,
-        None => Ok(UnitOutcome::DeadLettered {
-            reason: DeadReason::Expired,
-            jobs: 0,
-        }),
-    };
+    let outcome = run_tracked(inner, unit, prepaid).await;
     inner.untrack(lease);
     match outcome {
-        Err(queue::Error::LeaseLost) => Ok(UnitOutcome::LeaseLost),
+        Err(queue::Error::LeaseLost) => {
+            inner.metrics.outcomes.add("lease_lost", 1);
+            Ok(UnitOutcome::LeaseLost)
+        }
         other => other,
     }
 }
 
-/// Dead-letters the jobs whose `expires_at` passed; returns what is left to apply.
+async fn run_tracked(
+    inner: &Inner,
+    unit: Unit,
+    prepaid: bool,
+) -> Result<UnitOutcome, queue::Error> {
+    let jobs = unit.jobs.len();
+    match drop_expired(inner, unit).await? {
+        Some(unit) => apply_or_decide(inner, unit, prepaid).await,
+        None => Ok(UnitOutcome::DeadLettered {
+            reason: DeadReason::Expired,
+            jobs,
+        }),
+    }
+}
+
+/// Dead-letters the jobs whose `expires_at` passed (on the database's clock); returns what is
+/// left to apply.
 async fn drop_expired(inner: &Inner, mut unit: Unit) -> Result<Option<Unit>, queue::Error> {
-    let now = Utc::now();
+    let now = unit.clock.now();
     let fence = unit.fence();
     let (expired, live): (Vec<Job>, Vec<Job>) = unit
         .jobs
@@ -160,7 +212,7 @@ async fn drop_expired(inner: &Inner, mut unit: Unit) -> Result<Option<Unit>, que
 
 async fn apply_or_decide(
     inner: &Inner,
-    unit: Unit,
+    mut unit: Unit,
     prepaid: bool,
 ) -> Result<UnitOutcome, queue::Error> {
     let mut calls = Calls {
@@ -168,22 +220,20 @@ async fn apply_or_decide(
         lane: unit.head().priority,
         prepaid,
     };
-    match apply(&mut calls, &unit).await {
+    match apply(&mut calls, &mut unit).await {
         Ok(target) => {
             inner.forbidden_streak.store(0, Ordering::Relaxed);
             record_applied(inner, &unit);
-            let success = Success {
-                fence: unit.fence(),
-                conversation_id: Some(target.conversation_id),
-                participant_id: Some(target.participant_id),
-            };
+            let success = Success::of(&unit, target.conversation_id, target.participant_id);
             inner.completer.push(success).await;
             Ok(UnitOutcome::Applied {
                 jobs: unit.jobs.len(),
                 target,
             })
         }
-        Err(failed) => on_failure(inner, &unit, failed).await,
+        Err(Stop::Failed(failed)) => on_failure(inner, &unit, *failed).await,
+        Err(Stop::Queue(error)) => Err(error),
+        Err(Stop::Split(outcome)) => Ok(outcome),
     }
 }
 
@@ -199,18 +249,160 @@ fn record_applied(inner: &Inner, unit: &Unit) {
         .add("applied", unit.jobs.len() as u64);
 }
 
-async fn apply(calls: &mut Calls<'_>, unit: &Unit) -> Result<Target, Failed> {
+async fn apply(calls: &mut Calls<'_>, unit: &mut Unit) -> Result<Target, Stop> {
     let target = resolve(calls, unit).await?;
+    hold_target(calls.inner, unit, target).await?;
     let attributes = unit.merged_attributes();
     warn_on_long_values(calls.inner, &attributes, unit);
-    for chunk in chunks(attributes, MAX_BODY_BYTES) {
-        if let Err(error) = calls.patch(target, &chunk).await {
-            let mut failed = explain_refusal(calls, target, error).await;
-            failed.target = Some(target);
-            return Err(failed);
+    if let Err(error) = send(calls, unit, target, attributes).await {
+        let Stop::Failed(failed) = error else {
+            return Err(error);
+        };
+        let failed = match failed.api {
+            Some(api) => explain_refusal(calls, target, api).await,
+            None => *failed,
+        };
+        let refused = matches!(
+            failed.failure,
+            Failure::Permanent(DeadReason::BadRequest | DeadReason::PayloadTooLarge)
+        );
+        if refused && unit.jobs.len() > 1 {
+            return Err(Stop::Split(split(calls, unit, target).await?));
         }
+        return Err(failed.with_target(target).into());
     }
     Ok(target)
+}
+
+/// Sends `attributes` in bodies under the size limit, each only while the lease outlasts it.
+async fn send(
+    calls: &mut Calls<'_>,
+    unit: &Unit,
+    target: Target,
+    attributes: Map<String, Value>,
+) -> Result<(), Stop> {
+    if attributes.is_empty() {
+        return Ok(());
+    }
+    for chunk in chunks(attributes, MAX_BODY_BYTES) {
+        calls.inner.may_send(unit.lease).await?;
+        calls
+            .patch(target, &chunk)
+            .await
+            .map_err(|error| Failed::from_call(error).with_target(target))?;
+    }
+    Ok(())
+}
+
+/// A unit claimed under an external tag or a purpose resolved to a participant that a job
+/// naming it by ids (or another way) may also update: take that participant too, so the two
+/// never run at once, and leave out the keys a newer job of it already wrote.
+async fn hold_target(inner: &Inner, unit: &mut Unit, target: Target) -> Result<(), Stop> {
+    let key = queue::target_key(target.conversation_id, target.participant_id);
+    if unit.head().participant_key == key {
+        return Ok(());
+    }
+    match queue::hold_target(&inner.pool, unit.lease, &key, &unit.key_versions()).await? {
+        queue::TargetHold::Held { superseded } => {
+            for job in &mut unit.jobs {
+                let written: Vec<String> = superseded
+                    .iter()
+                    .filter(|k| job.attributes.get(k.as_str()).is_some())
+                    .filter(|k| !job.superseded.contains(k))
+                    .cloned()
+                    .collect();
+                job.superseded.extend(written);
+            }
+            Ok(())
+        }
+        queue::TargetHold::Busy => Err(Stop::from(Failed {
+            failure: Failure::Busy,
+            detail: format!(
+                "participant {} is being updated by another unit",
+                target.participant_id
+            ),
+            api: None,
+            target: Some(target),
+        })),
+    }
+}
+
+/// The API refused the merged PATCH of several jobs: sends them one at a time, oldest first,
+/// so only the jobs it refuses on their own are dead-lettered. A retryable failure on the way
+/// gives the jobs not yet sent back for a later retry.
+async fn split(calls: &mut Calls<'_>, unit: &Unit, target: Target) -> Result<UnitOutcome, Stop> {
+    let inner = calls.inner;
+    let mut jobs: Vec<&Job> = unit.jobs.iter().collect();
+    jobs.sort_by_key(|job| (job.seq, job.id));
+    let (mut applied, mut dead, mut rest) = (Vec::new(), 0usize, Vec::new());
+    let mut stopped: Option<Failed> = None;
+    for job in jobs {
+        if stopped.is_some() {
+            rest.push(job.clone());
+            continue;
+        }
+        let alone = Unit {
+            jobs: vec![job.clone()],
+            ..unit.clone()
+        };
+        match send(calls, &alone, target, alone.merged_attributes()).await {
+            Ok(()) => applied.push(job.clone()),
+            Err(Stop::Failed(failed))
+                if matches!(failed.api.as_ref().and_then(|e| e.status), Some(400 | 413)) =>
+            {
+                let reason = match failed.failure {
+                    Failure::Permanent(reason) => reason,
+                    _ => DeadReason::BadRequest,
+                };
+                let record = dead_letter_record(reason, (*failed).with_target(target));
+                queue::dead_letter(&inner.pool, &unit.fence(), Some(&[job.id]), &record, false)
+                    .await?;
+                inner
+                    .metrics
+                    .outcomes
+                    .add(&format!("dead_letter:{}", reason.as_str()), 1);
+                dead += 1;
+            }
+            Err(Stop::Failed(failed)) => {
+                stopped = Some(*failed);
+                rest.push(job.clone());
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    let counts = (applied.len(), dead, rest.len());
+    tracing::info!(
+        job.id = unit.head().id,
+        applied = counts.0,
+        dead_lettered = counts.1,
+        retried = counts.2,
+        "the API refused a merged update; sent its jobs one at a time"
+    );
+    if !applied.is_empty() {
+        let applied_unit = Unit {
+            jobs: applied,
+            ..unit.clone()
+        };
+        record_applied(inner, &applied_unit);
+        let success = Success::of(&applied_unit, target.conversation_id, target.participant_id);
+        inner.completer.push(success).await;
+    }
+    match stopped {
+        Some(failed) => {
+            let rest_unit = Unit {
+                jobs: rest,
+                ..unit.clone()
+            };
+            on_failure(inner, &rest_unit, failed).await?;
+        }
+        None if counts.0 == 0 => queue::end_lease(&inner.pool, unit.lease).await?,
+        None => {}
+    }
+    Ok(UnitOutcome::Split {
+        applied: counts.0,
+        dead_lettered: counts.1,
+        retried: counts.2,
+    })
 }
 
 /// The API's request size limit (`request.bytes.max`).
@@ -345,10 +537,21 @@ async fn explain_refusal(calls: &mut Calls<'_>, target: Target, error: CallError
 async fn on_failure(
     inner: &Inner,
     unit: &Unit,
-    failed: Failed,
+    mut failed: Failed,
 ) -> Result<UnitOutcome, queue::Error> {
     if failed.failure == Failure::Forbidden {
         inner.forbidden_streak.fetch_add(1, Ordering::Relaxed);
+    }
+    if failed.failure == Failure::Transient && inner.outage.is_widespread() {
+        failed.failure = Failure::Outage;
+        failed.detail = format!(
+            "most calls across conversations fail ({}); the last: {}",
+            inner.outage.summary(),
+            failed.detail
+        );
+    }
+    if failed.failure == Failure::Outage {
+        outage::pause_fleet(inner, &failed.detail).await;
     }
     let attempt = Attempt {
         attempts: unit.jobs.iter().map(|j| j.attempts).max().unwrap_or(1),
@@ -361,24 +564,30 @@ async fn on_failure(
         decide(
             &failed.failure,
             attempt,
-            Utc::now(),
+            unit.clock.now(),
             &inner.config.backoff,
             &mut *rng,
         )
     };
     let jobs = unit.jobs.len();
-    tracing::info!(job.id = unit.head().id, jobs, decision = ?decision, detail = %failed.detail, "attempt failed");
     match decision {
         Decision::Retry {
             after,
             spend_attempt,
         } => {
-            let at = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
+            tracing::info!(
+                job.id = unit.head().id,
+                jobs,
+                retry_in_ms = after.as_millis() as u64,
+                spend_attempt,
+                detail = %failed.detail,
+                "attempt failed; retrying"
+            );
             let note = serde_json::json!({
-                "failure": format!("{:?}", failed.failure), "detail": failed.detail,
-                "status": failed.api.as_ref().and_then(|e| e.status), "at": Utc::now(),
+                "failure": failure_label(&failed.failure), "detail": failed.detail,
+                "status": failed.api.as_ref().and_then(|e| e.status), "at": unit.clock.now(),
             });
-            queue::retry(&inner.pool, &unit.fence(), at, &note, spend_attempt).await?;
+            queue::retry(&inner.pool, &unit.fence(), after, &note, spend_attempt).await?;
             inner.metrics.outcomes.add(
                 &format!("retry:{}", failure_label(&failed.failure)),
                 jobs as u64,
@@ -389,6 +598,7 @@ async fn on_failure(
             })
         }
         Decision::DeadLetter(reason) => {
+            tracing::info!(job.id = unit.head().id, jobs, reason = reason.as_str(), detail = %failed.detail, "dead-lettered");
             let record = dead_letter_record(reason, failed);
             queue::dead_letter(&inner.pool, &unit.fence(), None, &record, true).await?;
             inner
@@ -414,7 +624,11 @@ fn failure_label(failure: &Failure) -> &'static str {
         Failure::RateLimited { .. } => "rate_limited",
         Failure::Transient => "transient",
         Failure::NotYetVisible { .. } => "not_yet_visible",
-        _ => "other",
+        Failure::Outage => "outage",
+        Failure::Busy => "participant_busy",
+        Failure::Configuration => "configuration",
+        Failure::Forbidden => "forbidden",
+        Failure::Permanent(_) => "permanent",
     }
 }
 
@@ -473,14 +687,14 @@ impl Calls<'_> {
     ) -> Result<super::api::ConversationView, CallError> {
         self.before().await;
         let result = self.inner.api.conversation(id).await;
-        self.report(&result).await;
+        self.report(&result, Some(id)).await;
         result.map(|(view, _)| view)
     }
 
     async fn find_by_tag(&mut self, tag: &str) -> Result<Vec<uuid::Uuid>, CallError> {
         self.before().await;
         let result = self.inner.api.find_by_tag(tag).await;
-        self.report(&result).await;
+        self.report(&result, None).await;
         result.map(|(ids, _)| ids)
     }
 
@@ -496,14 +710,28 @@ impl Calls<'_> {
             .patch(target.conversation_id, target.participant_id, attributes)
             .await
             .map(|meta| ((), meta));
-        self.report(&result).await;
+        self.report(&result, Some(target.conversation_id)).await;
         result.map(|_| ())
     }
 
-    async fn report<T>(&self, result: &Result<(T, super::api::CallMeta), CallError>) {
+    async fn report<T>(
+        &self,
+        result: &Result<(T, super::api::CallMeta), CallError>,
+        conversation: Option<uuid::Uuid>,
+    ) {
         match result {
-            Ok((_, meta)) => self.after(Some(meta.status), Some(meta), None).await,
-            Err(error) => self.after(error.status, None, Some(error)).await,
+            Ok((_, meta)) => {
+                self.after(Some(meta.status), Some(meta), None).await;
+                outage::answered(self.inner, conversation);
+            }
+            Err(error) => {
+                self.after(error.status, None, Some(error)).await;
+                match error.failure {
+                    Failure::Transient => self.inner.outage.record(conversation, true),
+                    Failure::Outage => {}
+                    _ => outage::answered(self.inner, conversation),
+                }
+            }
         }
         self.inner
             .metrics

@@ -20,7 +20,7 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.cancelled() => return,
         }
-        if last_renew.elapsed() >= inner.config.lease / 3 {
+        if last_renew.elapsed() >= inner.config.lease / 4 {
             renew(&inner).await;
             last_renew = Instant::now();
         }
@@ -32,6 +32,7 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
         }
         if last_prune.elapsed() >= Duration::from_secs(3_600) {
             let _ = queue::prune_finished(&inner.pool, inner.config.retention, 10_000).await;
+            let _ = queue::prune_applied_keys(&inner.pool, inner.config.retention, 10_000).await;
             last_prune = Instant::now();
         }
         if let Ok(depth) = queue::pending_count(&inner.pool).await {
@@ -42,10 +43,13 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
 
 async fn renew(inner: &Inner) {
     let leases: Vec<Uuid> = inner.in_flight.lock().unwrap().keys().copied().collect();
+    let from = Instant::now();
     match queue::renew_leases(&inner.pool, &leases, inner.config.lease).await {
         Ok(lost) => {
+            let held: Vec<Uuid> = leases.into_iter().filter(|l| !lost.contains(l)).collect();
+            inner.renewed(&held, &lost, from);
             for lease in lost {
-                tracing::warn!(%lease, "lease lost; the unit will be retried elsewhere");
+                tracing::warn!(%lease, "lease lost; the unit will not be sent and runs again elsewhere");
             }
         }
         Err(error) => tracing::warn!(%error, "lease renewal failed"),
@@ -53,26 +57,43 @@ async fn renew(inner: &Inner) {
 }
 
 /// While paused, checks now and then (backing off) whether the API takes our credentials again.
+/// The backoff survives a resume that is followed by another pause soon after (a token that is
+/// accepted by the login host but refused by the API), so a persistent problem is probed ever
+/// less often instead of every few seconds.
 struct Probe {
     next: Instant,
     delay: Duration,
+    healthy_since: Option<Instant>,
 }
+
+/// The first probe delay; it doubles up to [`PROBE_MAX`].
+const PROBE_FIRST: Duration = Duration::from_secs(2);
+/// The longest delay between two credential probes.
+const PROBE_MAX: Duration = Duration::from_secs(300);
+/// A resume that holds this long resets the probe backoff.
+const PROBE_RESET_AFTER: Duration = Duration::from_secs(600);
 
 impl Default for Probe {
     fn default() -> Self {
         Probe {
             next: Instant::now(),
-            delay: Duration::from_secs(2),
+            delay: PROBE_FIRST,
+            healthy_since: Some(Instant::now()),
         }
     }
 }
 
 impl Probe {
     async fn maybe_resume(&mut self, inner: &Inner) {
-        if !inner.health.is_unhealthy() {
-            self.delay = Duration::from_secs(2);
-            self.next = Instant::now();
+        if !inner.health.is_paused() {
+            let since = *self.healthy_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= PROBE_RESET_AFTER {
+                self.delay = PROBE_FIRST;
+            }
             return;
+        }
+        if self.healthy_since.take().is_some() {
+            self.next = Instant::now() + self.delay;
         }
         if Instant::now() < self.next {
             return;
@@ -84,7 +105,7 @@ impl Probe {
             }
             Err(error) => tracing::warn!(%error, "still paused"),
         }
+        self.delay = (self.delay * 2).min(PROBE_MAX);
         self.next = Instant::now() + self.delay;
-        self.delay = (self.delay * 2).min(Duration::from_secs(30));
     }
 }

@@ -12,6 +12,7 @@ mod completer;
 pub mod decide;
 mod execute;
 mod maintenance;
+mod outage;
 pub mod pacer;
 pub mod resolve;
 mod wakeup;
@@ -19,16 +20,15 @@ mod wakeup;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::metrics::{Health, Metrics};
+use crate::metrics::{Condition, Health, Metrics};
 use crate::queue::{self, ClaimOptions, Fence, Unit};
 pub use api::Api;
 pub use backoff::Backoff;
@@ -56,7 +56,8 @@ pub struct WorkerConfig {
     pub backoff: Backoff,
     /// The request budget.
     pub budget: Budget,
-    /// How long in-flight units may finish after shutdown is asked for.
+    /// How long in-flight units may finish after shutdown is asked for; at least the API
+    /// request timeout, so no request is still on the wire when the rest are given back.
     pub shutdown_grace: Duration,
     /// How long applied jobs stay in `pdq.finished_jobs`.
     pub retention: Duration,
@@ -64,6 +65,29 @@ pub struct WorkerConfig {
     pub worker_id: String,
     /// Seed for jitter (tests and the demo repeat).
     pub seed: Option<u64>,
+}
+
+impl WorkerConfig {
+    /// Checks the timing rules that keep a PATCH inside its lease: the API request timeout
+    /// must be under half the lease, and the shutdown grace at least the request timeout.
+    pub fn check_timing(&self, request_timeout: Duration) -> Result<(), String> {
+        if request_timeout >= self.lease / 2 {
+            return Err(format!(
+                "the API request timeout ({} ms) must be under half the lease ({} s): raise \
+                 --lease-secs or lower GENESYS_REQUEST_TIMEOUT_MS",
+                request_timeout.as_millis(),
+                self.lease.as_secs_f64()
+            ));
+        }
+        if self.shutdown_grace < request_timeout {
+            return Err(format!(
+                "the shutdown grace ({} s) must be at least the API request timeout ({} ms)",
+                self.shutdown_grace.as_secs_f64(),
+                request_timeout.as_millis()
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for WorkerConfig {
@@ -78,7 +102,7 @@ impl Default for WorkerConfig {
             conversation_cache_ttl: Duration::from_secs(2),
             backoff: Backoff::default(),
             budget: Budget::default(),
-            shutdown_grace: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(25),
             retention: Duration::from_secs(7 * 86_400),
             worker_id: format!("pdq-{}", std::process::id()),
             seed: None,
@@ -99,7 +123,10 @@ struct Inner {
     pacer: Pacer,
     buffer: buffer::Buffer,
     cache: resolve::ConversationCache,
-    in_flight: Mutex<HashMap<Uuid, Fence>>,
+    in_flight: Mutex<HashMap<Uuid, Held>>,
+    /// After shutdown began, no request may start that could end after this instant.
+    cutoff: Mutex<Option<Instant>>,
+    outage: outage::Detector,
     completer: completer::Completer,
     forbidden_streak: AtomicU32,
     rng: Mutex<SmallRng>,
@@ -124,6 +151,8 @@ impl Worker {
                 cache: resolve::ConversationCache::new(config.conversation_cache_ttl),
                 buffer: buffer::Buffer::new(capacity),
                 in_flight: Mutex::new(HashMap::new()),
+                cutoff: Mutex::new(None),
+                outage: outage::Detector::default(),
                 forbidden_streak: AtomicU32::new(0),
                 rng: Mutex::new(rng),
                 metrics: Arc::new(Metrics::default()),
@@ -168,57 +197,101 @@ impl Worker {
 
     /// Runs until `shutdown` is cancelled: then stops claiming, lets in-flight units finish
     /// within the grace period and gives the rest back without spending an attempt.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), queue::Error> {
-        let tasks = TaskTracker::new();
+    ///
+    /// Every task is supervised: if the claimer, the completer, the maintenance task, the
+    /// wake-up listener or an executor stops on its own (a panic), `/healthz` names it, the
+    /// worker shuts down as above and this returns [`RunError::TaskStopped`].
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
         let stop_claiming = shutdown.child_token();
         let stop_executors = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let wake = Arc::new(tokio::sync::Notify::new());
-        tasks.spawn(wakeup::listen(
-            self.inner.pool.clone(),
-            wake.clone(),
-            stop_background.clone(),
+        let mut background = tokio::task::JoinSet::new();
+        let inner = &self.inner;
+        background.spawn(named(
+            "wake-up listener",
+            wakeup::listen(inner.pool.clone(), wake.clone(), stop_background.clone()),
         ));
-        tasks.spawn(claimer(self.clone(), wake, stop_claiming.clone()));
-        tasks.spawn(maintenance::run(
-            self.inner.clone(),
-            stop_background.clone(),
+        background.spawn(named(
+            "claimer",
+            claimer(self.clone(), wake, stop_claiming.clone()),
         ));
-        tasks.spawn(completer::run(self.inner.clone(), stop_background.clone()));
-        let executors = TaskTracker::new();
-        for _ in 0..self.inner.config.executors {
-            executors.spawn(execute::executor(
-                self.inner.clone(),
-                stop_executors.clone(),
+        background.spawn(named(
+            "maintenance",
+            maintenance::run(inner.clone(), stop_background.clone()),
+        ));
+        background.spawn(named(
+            "completer",
+            completer::run(inner.clone(), stop_background.clone()),
+        ));
+        let mut executors = tokio::task::JoinSet::new();
+        for _ in 0..inner.config.executors {
+            executors.spawn(named(
+                "executor",
+                execute::executor(inner.clone(), stop_executors.clone()),
             ));
         }
-        executors.close();
-        shutdown.cancelled().await;
+        let stopped = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => None,
+            Some(ended) = background.join_next() => Some(task_ended(ended)),
+            Some(ended) = executors.join_next() => Some(task_ended(ended)),
+        };
+        // The claimer stops with the shutdown token: ending then is not a failure.
+        let stopped = stopped.filter(|_| !shutdown.is_cancelled());
+        if let Some(why) = &stopped {
+            tracing::error!(task = %why, "a worker task stopped; shutting down");
+            inner.health.set(Condition::Task, why.clone());
+        }
         tracing::info!("shutting down: no new claims, finishing in-flight units");
+        let grace = inner.config.shutdown_grace;
+        *inner.cutoff.lock().unwrap() = Some(Instant::now() + grace);
         stop_claiming.cancel();
-        for unit in self.inner.buffer.take_all() {
-            self.inner.release(unit.fence()).await;
-        }
-        let grace = self.inner.config.shutdown_grace;
         stop_executors.cancel();
-        if tokio::time::timeout(grace, executors.wait()).await.is_err() {
-            tracing::warn!("grace period over; releasing the units still running");
+        let waiting = inner.buffer.take_all();
+        let _ = tokio::time::timeout(SHUTDOWN_DB_BOUND, async {
+            for unit in waiting {
+                inner.release(unit.fence()).await;
+            }
+        })
+        .await;
+        let finished = tokio::time::timeout(grace, async {
+            while executors.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!("grace period over; giving back the units still running");
         }
-        let leftover: Vec<Fence> = self
-            .inner
+        let leftover: Vec<Fence> = inner
             .in_flight
             .lock()
             .unwrap()
-            .values()
-            .cloned()
+            .drain()
+            .map(|(_, held)| held.fence)
             .collect();
-        for fence in leftover {
-            self.inner.release(fence).await;
-        }
+        let bounded = tokio::time::timeout(SHUTDOWN_DB_BOUND, async {
+            for fence in leftover {
+                if let Err(error) = queue::release(&inner.pool, &fence).await {
+                    tracing::warn!(%error, lease = %fence.lease, "could not give a unit back; its lease will expire");
+                }
+            }
+            inner.completer.flush().await
+        })
+        .await;
+        executors.abort_all();
         stop_background.cancel();
-        tasks.close();
-        tasks.wait().await;
-        self.inner.completer.flush().await
+        let _ = tokio::time::timeout(SHUTDOWN_DB_BOUND, async {
+            while background.join_next().await.is_some() {}
+        })
+        .await;
+        background.abort_all();
+        if bounded.is_err() {
+            tracing::warn!("Postgres did not answer in time at shutdown; unrecorded units will run again after their lease");
+        }
+        match stopped {
+            Some(why) => Err(RunError::TaskStopped(why)),
+            None => Ok(()),
+        }
     }
 
     fn claim_options(&self, units: u32) -> ClaimOptions {
@@ -231,17 +304,113 @@ impl Worker {
     }
 }
 
+/// A unit this process holds, with the instant its lease runs out (monotonic clock).
+struct Held {
+    fence: Fence,
+    deadline: Instant,
+}
+
+/// At shutdown, each step that needs Postgres gets at most this long, so SIGTERM ends within
+/// the grace plus a bound whatever Postgres does.
+const SHUTDOWN_DB_BOUND: Duration = Duration::from_secs(5);
+
+/// A PATCH leaves only if the lease has at least the request timeout plus this margin left.
+const LEASE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Why [`Worker::run`] ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A task of the worker stopped on its own (a panic); the others were shut down.
+    #[error("worker task stopped: {0}")]
+    TaskStopped(String),
+}
+
+async fn named<F: std::future::Future<Output = ()>>(name: &'static str, task: F) -> &'static str {
+    task.await;
+    name
+}
+
+fn task_ended(ended: Result<&'static str, tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(name) => format!("the {name} returned before shutdown"),
+        Err(error) if error.is_panic() => {
+            let payload = error.into_panic();
+            let text = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "no message".to_owned());
+            format!("a worker task panicked: {text}")
+        }
+        Err(_) => "a worker task was cancelled".to_owned(),
+    }
+}
+
 impl Inner {
     /// Remembers a claimed unit until it ends, for lease renewal and shutdown.
     fn track(&self, unit: &Unit) {
-        self.in_flight
-            .lock()
-            .unwrap()
-            .insert(unit.lease, unit.fence());
+        self.in_flight.lock().unwrap().insert(
+            unit.lease,
+            Held {
+                fence: unit.fence(),
+                deadline: unit.deadline,
+            },
+        );
     }
 
     fn untrack(&self, lease: Uuid) {
         self.in_flight.lock().unwrap().remove(&lease);
+    }
+
+    /// Records renewal results: held leases run until `from + lease`, lost ones end now.
+    fn renewed(&self, held: &[Uuid], lost: &[Uuid], from: Instant) {
+        let mut in_flight = self.in_flight.lock().unwrap();
+        for lease in held {
+            if let Some(unit) = in_flight.get_mut(lease) {
+                unit.deadline = from + self.config.lease;
+            }
+        }
+        for lease in lost {
+            if let Some(unit) = in_flight.get_mut(lease) {
+                unit.deadline = from;
+            }
+        }
+    }
+
+    /// How long a request may take from now and still end before the unit's lease does (and,
+    /// during shutdown, before the grace period ends). `None`: the unit is no longer ours.
+    fn time_left(&self, lease: Uuid) -> Option<Duration> {
+        let deadline = self.in_flight.lock().unwrap().get(&lease)?.deadline;
+        let cutoff = *self.cutoff.lock().unwrap();
+        let end = cutoff.map_or(deadline, |cutoff| cutoff.min(deadline));
+        Some(end.saturating_duration_since(Instant::now()))
+    }
+
+    /// Confirms that a PATCH for this unit may leave now: the lease must outlast the request.
+    /// When it is too close to its end, the lease is renewed first; a lease that is lost (or
+    /// a shutdown that is too close) means the PATCH is not sent.
+    async fn may_send(&self, lease: Uuid) -> Result<(), queue::Error> {
+        let needed = self.api.request_timeout() + LEASE_MARGIN;
+        match self.time_left(lease) {
+            None => return Err(queue::Error::LeaseLost),
+            Some(left) if left >= needed => return Ok(()),
+            Some(_) => {}
+        }
+        if self.cutoff.lock().unwrap().is_some() {
+            return Err(queue::Error::LeaseLost);
+        }
+        let from = Instant::now();
+        let lost = queue::renew_leases(&self.pool, &[lease], self.config.lease).await?;
+        if lost.is_empty() {
+            self.renewed(&[lease], &[], from);
+        } else {
+            self.renewed(&[], &lost, from);
+            tracing::warn!(%lease, "lease lost before the PATCH; not sending it");
+        }
+        match self.time_left(lease) {
+            Some(left) if left >= needed => Ok(()),
+            _ => Err(queue::Error::LeaseLost),
+        }
     }
 
     async fn release(&self, fence: Fence) {
@@ -263,19 +432,25 @@ fn buffer_capacity(config: &WorkerConfig, pacer: &Pacer) -> usize {
     (per_second as usize).clamp(1, config.executors * 2)
 }
 
+/// After this many claims in a row fail, `/healthz` reports it.
+const CLAIM_FAILURES_UNHEALTHY: u32 = 3;
+/// The pause between two failed claims.
+const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(500);
+
 /// Keeps the buffer topped up: claims in batches when half of it is free, and on every
 /// wake-up (a NOTIFY, the poll) claims at least one unit even when it is full, unless a live unit
 /// already waits: the claim order puts a new live job first, so it never queues behind backfill.
 async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: CancellationToken) {
     let inner = &worker.inner;
     let mut nudged = true;
+    let mut failures = 0u32;
     loop {
         if stop.is_cancelled() {
             return;
         }
         let live_waiting = inner.buffer.next_lane() == Some(crate::queue::Priority::Live);
         let claim_now = inner.buffer.wants_refill() || (nudged && !live_waiting);
-        if inner.health.is_unhealthy() || !claim_now {
+        if inner.health.is_paused() || !claim_now {
             tokio::select! {
                 _ = wake.notified() => nudged = true,
                 _ = inner.buffer.drained.notified() => {}
@@ -289,6 +464,10 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
         nudged = false;
         match queue::claim(&inner.pool, &worker.claim_options(wanted)).await {
             Ok(units) if !units.is_empty() => {
+                if failures > 0 {
+                    failures = 0;
+                    inner.health.clear(Condition::Claims);
+                }
                 let full = units.len() as u32 == wanted;
                 inner
                     .metrics
@@ -307,10 +486,24 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
             }
             Ok(_) => {}
             Err(error) => {
-                tracing::warn!(%error, "claim failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                failures += 1;
+                tracing::warn!(%error, failures, "claim failed; retrying");
+                if failures >= CLAIM_FAILURES_UNHEALTHY {
+                    inner.health.set(
+                        Condition::Claims,
+                        format!("the last {failures} claims failed: {error}"),
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(CLAIM_RETRY_DELAY) => {}
+                    _ = stop.cancelled() => return,
+                }
                 continue;
             }
+        }
+        if failures > 0 {
+            failures = 0;
+            inner.health.clear(Condition::Claims);
         }
         tokio::select! {
             _ = wake.notified() => nudged = true,

@@ -4,7 +4,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use pdq::queue::{
     self, ClaimOptions, DeadLetterFilter, DeadLetterRecord, DeadReason, Fence, Locators, NewJob,
     Priority, Success,
@@ -47,6 +46,8 @@ fn success(unit: &queue::Unit) -> Success {
         fence: unit.fence(),
         conversation_id: unit.head().locators.conversation_id,
         participant_id: unit.head().locators.participant_id,
+        key_versions: unit.key_versions(),
+        superseded: Vec::new(),
     }
 }
 
@@ -128,7 +129,14 @@ async fn expired_lease_is_claimed_by_another_worker_and_the_late_finish_is_refus
         .await
         .unwrap();
     assert_eq!(lost, vec![first[0].lease], "the late finish is refused");
-    let late_retry = queue::retry(&db.pool, &first[0].fence(), Utc::now(), &json!({}), true).await;
+    let late_retry = queue::retry(
+        &db.pool,
+        &first[0].fence(),
+        Duration::ZERO,
+        &json!({}),
+        true,
+    )
+    .await;
     assert!(matches!(late_retry, Err(queue::Error::LeaseLost)));
     let record = DeadLetterRecord::new(DeadReason::NotFound, "late");
     let late_dead = queue::dead_letter(&db.pool, &first[0].fence(), None, &record, true).await;
@@ -198,7 +206,7 @@ async fn a_finish_touches_only_the_jobs_its_fence_names() {
         lease: a.lease,
         job_ids: b.job_ids(),
     };
-    let refused = queue::retry(&db.pool, &foreign_jobs, Utc::now(), &json!({}), true).await;
+    let refused = queue::retry(&db.pool, &foreign_jobs, Duration::ZERO, &json!({}), true).await;
     assert!(matches!(refused, Err(queue::Error::LeaseLost)));
     let wrong_lease = Success {
         fence: Fence {
@@ -599,11 +607,10 @@ async fn a_retried_unit_waits_for_its_run_at_and_a_snooze_spends_no_attempt() {
     .await
     .unwrap();
     let unit = queue::claim(&db.pool, &options(1)).await.unwrap().remove(0);
-    let later = Utc::now() + chrono::Duration::milliseconds(300);
     queue::retry(
         &db.pool,
         &unit.fence(),
-        later,
+        Duration::from_millis(300),
         &json!({"status": 429}),
         false,
     )

@@ -25,7 +25,7 @@ pub struct GenesysArgs {
     #[arg(long, env = "GENESYS_CLIENT_SECRET", hide_env_values = true)]
     pub client_secret: Option<SecretString>,
     /// Whole-request timeout in milliseconds.
-    #[arg(long, env = "GENESYS_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "GENESYS_REQUEST_TIMEOUT_MS", default_value_t = 20_000)]
     pub request_timeout_ms: u64,
     /// Connect timeout in milliseconds.
     #[arg(long, env = "GENESYS_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]

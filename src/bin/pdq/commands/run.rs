@@ -44,7 +44,7 @@ pub struct RunArgs {
     #[arg(long, env = "PDQ_LOOKUP_WINDOW_SECS", default_value_t = 60)]
     pub lookup_window_secs: u64,
     /// Grace period for in-flight units at shutdown, in seconds.
-    #[arg(long, env = "PDQ_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    #[arg(long, env = "PDQ_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
     /// Days applied jobs stay in pdq.finished_jobs.
     #[arg(long, env = "PDQ_RETENTION_DAYS", default_value_t = 7)]
@@ -90,13 +90,18 @@ pub async fn run(
         .genesys
         .settings()
         .context("Genesys Cloud configuration")?;
+    let request_timeout = settings.request_timeout;
     let client = GenesysClient::new(settings).context("building the API client")?;
     let options = db.options()?;
     if args.migrate {
         pdq::db::migrate(&options).await?;
     }
     let config = args.config();
+    config
+        .check_timing(request_timeout)
+        .map_err(anyhow::Error::msg)?;
     let pool = pdq::db::connect(options, config.executors as u32 + 6).await?;
+    pdq::db::check_schema(&pool).await?;
     let worker = Worker::new(pool, Api::new(client), config);
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
