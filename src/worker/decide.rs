@@ -16,8 +16,11 @@ pub enum Failure {
         /// The server's `Retry-After`, if any.
         retry_after: Option<Duration>,
     },
-    /// 408, 5xx, connect errors, timeouts, resets: try again later.
+    /// 408, 5xx, a timeout or reset of this request: try again later.
     Transient,
+    /// Not the job's fault: Genesys Cloud or the way to it is down (DNS, connect, TLS, the
+    /// login host). The fleet pauses (wired where the worker sees it); the attempt is not spent.
+    Outage,
     /// A lookup found nothing yet (analytics lags live data); retry inside the lookup window.
     NotYetVisible {
         /// When the lookup window closes.
@@ -76,9 +79,14 @@ pub fn decide<R: Rng>(
 ) -> Decision {
     let retry = |after: Duration, spend_attempt: bool| {
         let exhausted = spend_attempt && attempt.attempts >= attempt.max_attempts;
-        let at = now + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+        // `None`: beyond any date chrono can hold, so past every deadline (no panic).
+        let at = chrono::Duration::from_std(after)
+            .ok()
+            .and_then(|after| now.checked_add_signed(after));
         match attempt.expires_at {
-            Some(deadline) if at > deadline => Decision::DeadLetter(DeadReason::Expired),
+            Some(deadline) if at.is_none_or(|at| at > deadline) => {
+                Decision::DeadLetter(DeadReason::Expired)
+            }
             _ if exhausted => Decision::DeadLetter(DeadReason::RetriesExhausted),
             _ => Decision::Retry {
                 after,
@@ -92,6 +100,7 @@ pub fn decide<R: Rng>(
             retry(backoff.delay(attempt_number, *retry_after, rng), false)
         }
         Failure::Transient => retry(backoff.delay(attempt_number, None, rng), true),
+        Failure::Outage => retry(backoff.delay(attempt_number, None, rng), false),
         Failure::NotYetVisible {
             window_ends,
             reason,
@@ -153,6 +162,9 @@ mod tests {
             ),
             (Failure::Transient, attempt(1), "retry spent"),
             (Failure::Transient, attempt(5), "dead retries_exhausted"),
+            (Failure::Outage, attempt(1), "retry free"),
+            (Failure::Outage, attempt(5), "retry free"),
+            (Failure::Outage, attempt(50), "retry free"),
             (Failure::Configuration, attempt(1), "pause"),
             (Failure::Forbidden, attempt(1), "dead forbidden"),
             (
@@ -225,6 +237,38 @@ mod tests {
             panic!("{decision:?}")
         };
         assert!(after >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn an_outage_waits_with_backoff_and_never_spends_an_attempt() {
+        let Decision::Retry {
+            after,
+            spend_attempt,
+        } = run(Failure::Outage, attempt(5))
+        else {
+            panic!("an outage retries")
+        };
+        assert!(!spend_attempt);
+        assert!(after <= Backoff::default().ceiling(5));
+    }
+
+    #[test]
+    fn an_absurd_delay_does_not_panic() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let huge = Backoff {
+            base: Duration::MAX,
+            cap: Duration::MAX,
+        };
+        let deadline = Attempt {
+            expires_at: Some(Utc::now() + chrono::Duration::days(1)),
+            ..attempt(1)
+        };
+        for now in [Utc::now(), DateTime::<Utc>::MAX_UTC] {
+            let decision = decide(&Failure::Transient, deadline, now, &huge, &mut rng);
+            assert_eq!(decision, Decision::DeadLetter(DeadReason::Expired));
+            let free = decide(&Failure::Outage, attempt(1), now, &huge, &mut rng);
+            assert!(matches!(free, Decision::Retry { .. }), "{free:?}");
+        }
     }
 
     #[test]
