@@ -7,7 +7,9 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::error::{parse_retry_after, TransportKind};
+use reqwest::header::{HeaderMap, LOCATION};
+
+use super::error::{parse_retry_after, TransportKind, TOKEN_ENDPOINT};
 use super::model::{OAuthError, TokenResponse};
 use super::Error;
 
@@ -98,8 +100,11 @@ impl TokenCache {
             .form(&[("grant_type", "client_credentials")])
             .send()
             .await
-            .map_err(|e| transport("POST /oauth/token", &e))?;
+            .map_err(|e| transport(TOKEN_ENDPOINT, &e))?;
         let status = response.status().as_u16();
+        if (300..400).contains(&status) {
+            return Err(redirected(TOKEN_ENDPOINT, status, response.headers()));
+        }
         let retry_after = response
             .headers()
             .get("retry-after")
@@ -108,7 +113,7 @@ impl TokenCache {
         let body = response
             .bytes()
             .await
-            .map_err(|e| transport("POST /oauth/token", &e))?;
+            .map_err(|e| transport(TOKEN_ENDPOINT, &e))?;
         if status != 200 {
             let error: OAuthError = serde_json::from_slice(&body).unwrap_or_default();
             return Err(Error::OAuth {
@@ -119,12 +124,12 @@ impl TokenCache {
         }
         let parsed: TokenResponse =
             serde_json::from_slice(&body).map_err(|e| Error::NotGenesys {
-                endpoint: "POST /oauth/token",
+                endpoint: TOKEN_ENDPOINT,
                 detail: format!("token response is not OAuth JSON: {e}"),
             })?;
         self.renewals.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(expires_in = parsed.expires_in, "obtained an OAuth token");
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(86_400));
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(86_400)).min(MAX_LIFETIME);
         Ok(Token {
             secret: SecretString::from(parsed.access_token),
             expires_at: Instant::now() + lifetime,
@@ -133,25 +138,90 @@ impl TokenCache {
     }
 }
 
-/// A reqwest failure as a transport error (the URL never carries a secret).
+/// A token is renewed after a day at the latest, whatever `expires_in` said (and an absurd
+/// `expires_in` cannot overflow the clock).
+const MAX_LIFETIME: Duration = Duration::from_secs(86_400);
+
+/// A reqwest failure as a transport error: the kind, and the root cause's own words (never the
+/// URL, never a header).
 pub fn transport(endpoint: &'static str, error: &reqwest::Error) -> Error {
+    let causes = causes(error);
+    let mentions = |needles: &[&str]| {
+        causes.iter().any(|cause| {
+            let cause = cause.to_ascii_lowercase();
+            needles.iter().any(|needle| cause.contains(needle))
+        })
+    };
     let kind = if error.is_timeout() {
         TransportKind::Timeout
+    } else if mentions(&[
+        "dns error",
+        "failed to lookup address",
+        "name or service not known",
+        "name resolution",
+        "no address associated",
+        "nodename nor servname",
+    ]) {
+        TransportKind::Dns
+    } else if mentions(&["tls", "certificate", "handshake", "rustls"]) {
+        TransportKind::Tls
     } else if error.is_connect() {
         TransportKind::Connect
     } else {
         TransportKind::Other
     };
-    let mut detail = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        detail.push_str(": ");
-        detail.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let detail = causes
+        .last()
+        .cloned()
+        .unwrap_or_else(|| "no detail".to_owned());
     Error::Transport {
         endpoint,
         kind,
-        detail,
+        detail: without_url(&detail),
+    }
+}
+
+/// The texts of `error` and its sources, outermost first.
+fn causes(error: &reqwest::Error) -> Vec<String> {
+    let mut texts = vec![error.to_string()];
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        texts.push(cause.to_string());
+        source = cause.source();
+    }
+    texts
+}
+
+/// reqwest's own text names the URL ("error sending request for url (…)"); keep only the rest.
+fn without_url(text: &str) -> String {
+    match text.split_once(" for url (") {
+        Some((head, _)) => head.to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+/// A 3xx answer as an error naming the status and the host of its `Location` (not the path or
+/// query, which may carry anything).
+pub fn redirected(endpoint: &'static str, status: u16, headers: &HeaderMap) -> Error {
+    let location_host = headers
+        .get(LOCATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| Url::parse(value).ok())
+        .and_then(|url| {
+            let host = url.host_str()?.to_owned();
+            Some(match url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            })
+        })
+        .or_else(|| {
+            headers
+                .contains_key(LOCATION)
+                .then(|| "the same host".to_owned())
+        });
+    Error::Redirected {
+        endpoint,
+        status,
+        location_host,
     }
 }

@@ -4,6 +4,15 @@ use std::time::Duration;
 
 use super::model::{ErrorBody, OAuthError};
 
+/// The longest wait a server's `Retry-After` (seconds or HTTP date) or `inin-ratelimit-reset`
+/// can impose: 180 s, where the official Genesys Cloud SDKs give up waiting. A longer value is
+/// a misbehaving proxy or server, not a reason to stop the fleet for hours; the worker waits
+/// this long, then one probe request asks again.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(180);
+
+/// The token endpoint's name in errors (and how [`Error::class`] recognises its failures).
+pub const TOKEN_ENDPOINT: &str = "POST /oauth/token";
+
 /// The `inin-ratelimit-*` headers of a response.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RateLimitInfo {
@@ -11,15 +20,28 @@ pub struct RateLimitInfo {
     pub count: Option<u64>,
     /// `inin-ratelimit-allowed`: the window's limit.
     pub allowed: Option<u64>,
-    /// `inin-ratelimit-reset`: seconds until the window resets.
+    /// `inin-ratelimit-reset`: seconds until the window resets (at most
+    /// [`MAX_RETRY_AFTER`]).
     pub reset_secs: Option<u64>,
+}
+
+impl RateLimitInfo {
+    /// The wait until the window resets, capped at [`MAX_RETRY_AFTER`].
+    pub fn reset(&self) -> Option<Duration> {
+        self.reset_secs
+            .map(|secs| cap_wait(Duration::from_secs(secs)))
+    }
 }
 
 /// How the worker's outcome table treats an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// Retry with backoff (408, 5xx, connect errors, timeouts, resets).
+    /// Retry with backoff: this call failed (408, 5xx, a timeout or reset of one request).
     Transient,
+    /// Not the job's fault: Genesys Cloud or the way to it is down (DNS, connect and TLS
+    /// failures on any call, a token endpoint answering 5xx or unreachable). The fleet pauses
+    /// like after a 429 and the job's attempt is not spent.
+    Outage,
     /// 429: wait for `Retry-After`.
     RateLimited {
         /// The server's `Retry-After`.
@@ -29,7 +51,8 @@ pub enum ErrorClass {
     Unauthorized,
     /// This request can never succeed (400, 404, 409, 413, 415, a 403 on one resource…).
     Permanent,
-    /// The setup is wrong: credentials, base URL, a permission every request needs.
+    /// The setup is wrong: credentials, base URL, a permission every request needs, a proxy or
+    /// redirect between pdq and the API.
     Configuration,
 }
 
@@ -57,15 +80,44 @@ pub enum Error {
         /// What was wrong with it.
         detail: String,
     },
-    /// No response: connect error, timeout, reset.
-    #[error("{endpoint}: {kind:?} error: {detail}")]
+    /// No response: DNS, connect, TLS, timeout, reset.
+    #[error("{endpoint}: {kind}: {detail}")]
     Transport {
         /// Which call.
         endpoint: &'static str,
-        /// Connect, timeout or other.
+        /// DNS, connect, TLS, timeout or other.
         kind: TransportKind,
-        /// The underlying error's text.
+        /// The root cause's text (no URL, no secret).
         detail: String,
+    },
+    /// The server answered with a redirect; pdq never follows one (a PATCH must not be turned
+    /// into a GET, nor a body or token sent to another host).
+    #[error(
+        "{endpoint} answered {status} (a redirect to {}): pdq does not follow redirects; \
+         check the base URL or proxy",
+        .location_host.as_deref().unwrap_or("no location")
+    )]
+    Redirected {
+        /// Which call.
+        endpoint: &'static str,
+        /// The 3xx status.
+        status: u16,
+        /// The host the `Location` header names (never its path or query).
+        location_host: Option<String>,
+    },
+    /// A success status the endpoint never sends (the attributes PATCH answers 202 only): the
+    /// answer came from something else, and the update is not known to be applied.
+    #[error(
+        "{endpoint}: the attributes endpoint answered {status}, not {expected}: check the base \
+         URL or proxy"
+    )]
+    UnexpectedSuccess {
+        /// Which call.
+        endpoint: &'static str,
+        /// The status received.
+        status: u16,
+        /// The status the endpoint answers.
+        expected: u16,
     },
     /// The client is misconfigured (unknown region, missing credentials, bad URL).
     #[error("configuration: {0}")]
@@ -94,12 +146,28 @@ pub struct HttpFailure {
 /// Which kind of transport failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
+    /// The host name did not resolve.
+    Dns,
     /// The connection could not be made.
     Connect,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
     /// The request timed out.
     Timeout,
     /// Anything else (reset, malformed response).
     Other,
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::Dns => "the host name did not resolve",
+            TransportKind::Connect => "could not connect",
+            TransportKind::Tls => "the TLS handshake failed",
+            TransportKind::Timeout => "no answer in time",
+            TransportKind::Other => "the connection failed",
+        })
+    }
 }
 
 fn describe(body: &Option<ErrorBody>) -> String {
@@ -144,11 +212,20 @@ impl Error {
                 429 => ErrorClass::RateLimited {
                     retry_after: *retry_after,
                 },
-                408 | 500..=599 => ErrorClass::Transient,
+                408 | 500..=599 => ErrorClass::Outage,
                 _ => ErrorClass::Configuration,
             },
-            Error::Transport { .. } => ErrorClass::Transient,
-            Error::NotGenesys { .. } | Error::Settings(_) => ErrorClass::Configuration,
+            Error::Transport { endpoint, kind, .. } => match kind {
+                TransportKind::Dns | TransportKind::Connect | TransportKind::Tls => {
+                    ErrorClass::Outage
+                }
+                _ if *endpoint == TOKEN_ENDPOINT => ErrorClass::Outage,
+                TransportKind::Timeout | TransportKind::Other => ErrorClass::Transient,
+            },
+            Error::NotGenesys { .. }
+            | Error::Redirected { .. }
+            | Error::UnexpectedSuccess { .. }
+            | Error::Settings(_) => ErrorClass::Configuration,
         }
     }
 
@@ -156,7 +233,9 @@ impl Error {
     pub fn status(&self) -> Option<u16> {
         match self {
             Error::Http(http) => Some(http.status),
-            Error::OAuth { status, .. } => Some(*status),
+            Error::OAuth { status, .. }
+            | Error::Redirected { status, .. }
+            | Error::UnexpectedSuccess { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -249,18 +328,27 @@ fn is_missing_permission(body: &Option<ErrorBody>) -> bool {
     )
 }
 
-/// Parses `Retry-After`: integer seconds, or an HTTP date.
+/// Parses `Retry-After`: integer seconds, or an HTTP date; capped at [`MAX_RETRY_AFTER`].
+/// Never panics, whatever the text.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits for a u64 is still "a very long wait", not "no header".
+        let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(cap_wait(Duration::from_secs(seconds)));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-            .to_std()
-            .unwrap_or_default(),
-    )
+    let wait = at
+        .with_timezone(&chrono::Utc)
+        .signed_duration_since(chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    Some(cap_wait(wait))
+}
+
+/// `wait`, at most [`MAX_RETRY_AFTER`].
+pub fn cap_wait(wait: Duration) -> Duration {
+    wait.min(MAX_RETRY_AFTER)
 }
 
 #[cfg(test)]
@@ -328,6 +416,145 @@ mod tests {
             detail: "timed out".into(),
         };
         assert_eq!(timeout.class(), Transient);
+    }
+
+    fn transport(endpoint: &'static str, kind: TransportKind) -> Error {
+        Error::Transport {
+            endpoint,
+            kind,
+            detail: "Connection refused (os error 111)".into(),
+        }
+    }
+
+    fn oauth(status: u16, code: &str) -> Error {
+        Error::OAuth {
+            status,
+            error: OAuthError {
+                error: Some(code.into()),
+                ..OAuthError::default()
+            },
+            retry_after: Some(Duration::from_secs(4)),
+        }
+    }
+
+    #[test]
+    fn outages_are_told_apart_from_a_failed_request() {
+        use ErrorClass::*;
+        use TransportKind::*;
+        let api = "GET conversation";
+        let table = [
+            (transport(api, Dns), Outage),
+            (transport(api, Connect), Outage),
+            (transport(api, Tls), Outage),
+            (transport(api, Timeout), Transient),
+            (transport(api, Other), Transient),
+            (transport(TOKEN_ENDPOINT, Dns), Outage),
+            (transport(TOKEN_ENDPOINT, Timeout), Outage),
+            (transport(TOKEN_ENDPOINT, Other), Outage),
+            (oauth(500, "server_error"), Outage),
+            (oauth(503, "temporarily_unavailable"), Outage),
+            (oauth(408, "timeout"), Outage),
+            (
+                oauth(429, "too_many_requests"),
+                RateLimited {
+                    retry_after: Some(Duration::from_secs(4)),
+                },
+            ),
+            (oauth(401, "invalid_client"), Configuration),
+            (oauth(400, "unauthorized_client"), Configuration),
+            (http(503, None), Transient),
+            (
+                Error::Redirected {
+                    endpoint: api,
+                    status: 303,
+                    location_host: Some("proxy.example".into()),
+                },
+                Configuration,
+            ),
+            (
+                Error::UnexpectedSuccess {
+                    endpoint: api,
+                    status: 200,
+                    expected: 202,
+                },
+                Configuration,
+            ),
+        ];
+        for (error, class) in table {
+            assert_eq!(error.class(), class, "{error}");
+        }
+    }
+
+    #[test]
+    fn error_texts_are_plain_sentences() {
+        let texts = [
+            transport("GET conversation", TransportKind::Connect).to_string(),
+            transport("GET conversation", TransportKind::Dns).to_string(),
+            transport("GET conversation", TransportKind::Tls).to_string(),
+            transport("GET conversation", TransportKind::Timeout).to_string(),
+            transport("GET conversation", TransportKind::Other).to_string(),
+            Error::Redirected {
+                endpoint: "PATCH participant attributes",
+                status: 307,
+                location_host: Some("elsewhere.example:8443".into()),
+            }
+            .to_string(),
+            Error::UnexpectedSuccess {
+                endpoint: "PATCH participant attributes",
+                status: 200,
+                expected: 202,
+            }
+            .to_string(),
+            oauth(503, "temporarily_unavailable").to_string(),
+            http(404, Some("not.found")).to_string(),
+        ];
+        for text in &texts {
+            let words: Vec<&str> = text.split(|c: char| !c.is_alphanumeric()).collect();
+            for debug in ["Connect", "Dns", "Tls", "Timeout", "Other", "Some", "None"] {
+                assert!(
+                    !words.contains(&debug),
+                    "{debug:?} (Debug output) in {text:?}"
+                );
+            }
+            assert!(!text.contains('{'), "Debug output in {text:?}");
+        }
+        assert_eq!(
+            texts[0],
+            "GET conversation: could not connect: Connection refused (os error 111)"
+        );
+        assert!(texts[5].contains("307") && texts[5].contains("elsewhere.example:8443"));
+        assert_eq!(
+            texts[6],
+            "PATCH participant attributes: the attributes endpoint answered 200, not 202: check \
+             the base URL or proxy"
+        );
+    }
+
+    #[test]
+    fn retry_after_and_window_resets_are_capped() {
+        assert_eq!(parse_retry_after("86400"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("18446744073709551615"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999999"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("180"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_retry_after("-5"), None);
+        assert_eq!(parse_retry_after(""), None);
+        let next_year = (chrono::Utc::now() + chrono::Duration::days(365)).to_rfc2822();
+        assert_eq!(parse_retry_after(&next_year), Some(MAX_RETRY_AFTER));
+        let far = "Fri, 31 Dec 9999 23:59:59 GMT";
+        assert_eq!(parse_retry_after(far), Some(MAX_RETRY_AFTER));
+        let past = "Thu, 01 Jan 1970 00:00:00 GMT";
+        assert_eq!(parse_retry_after(past), Some(Duration::ZERO));
+        let reset = RateLimitInfo {
+            reset_secs: Some(u64::MAX),
+            ..RateLimitInfo::default()
+        };
+        assert_eq!(reset.reset(), Some(MAX_RETRY_AFTER));
     }
 
     #[test]

@@ -21,10 +21,13 @@ use serde_json::{Map, Value};
 use url::Url;
 use uuid::Uuid;
 
-pub use error::{parse_retry_after, Error, ErrorClass, HttpFailure, RateLimitInfo, TransportKind};
+pub use error::{
+    cap_wait, parse_retry_after, Error, ErrorClass, HttpFailure, RateLimitInfo, TransportKind,
+    MAX_RETRY_AFTER,
+};
 pub use settings::{is_loopback, GenesysSettings};
 
-use auth::{transport, TokenCache};
+use auth::{redirected, transport, TokenCache};
 use model::{AnalyticsConversation, AnalyticsQueryResponse, Conversation, ErrorBody, TokenInfo};
 
 /// A successful response.
@@ -56,9 +59,11 @@ struct Inner {
 }
 
 impl GenesysClient {
-    /// Builds the client (rustls, certificate verification on, timeouts from the settings).
+    /// Builds the client (rustls, certificate verification on, timeouts from the settings,
+    /// redirects never followed: a 3xx is an error, for the token request too).
     pub fn new(settings: GenesysSettings) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
             .https_only(!is_loopback(&settings.api_base) || !is_loopback(&settings.login_base))
@@ -93,7 +98,8 @@ impl GenesysClient {
     }
 
     /// `PATCH /api/v2/conversations/{cid}/participants/{pid}/attributes` with
-    /// `{"attributes": {…}}`; the API answers 202 with an empty body.
+    /// `{"attributes": {…}}`; the API answers 202 with an empty body, and only a 202 means
+    /// applied (any other success is [`Error::UnexpectedSuccess`]).
     pub async fn patch_participant_attributes(
         &self,
         conversation_id: Uuid,
@@ -112,6 +118,13 @@ impl GenesysClient {
                 Some(&body),
             )
             .await?;
+        if response.status != 202 {
+            return Err(Error::UnexpectedSuccess {
+                endpoint: "PATCH participant attributes",
+                status: response.status,
+                expected: 202,
+            });
+        }
         Ok(response.map(|_| ()))
     }
 
@@ -208,6 +221,9 @@ impl GenesysClient {
                 continue;
             }
             let rate_limit = rate_limit_of(&headers);
+            if (300..400).contains(&status) {
+                return Err(redirected(endpoint, status, &headers));
+            }
             if !(200..300).contains(&status) {
                 return Err(http_error(
                     endpoint,
@@ -261,11 +277,11 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn rate_limit_of(headers: &HeaderMap) -> Option<RateLimitInfo> {
-    let number = |name: &str| header(headers, name)?.trim().parse().ok();
+    let number = |name: &str| header(headers, name)?.trim().parse::<u64>().ok();
     let info = RateLimitInfo {
         count: number("inin-ratelimit-count"),
         allowed: number("inin-ratelimit-allowed"),
-        reset_secs: number("inin-ratelimit-reset"),
+        reset_secs: number("inin-ratelimit-reset").map(|s| s.min(MAX_RETRY_AFTER.as_secs())),
     };
     (info != RateLimitInfo::default()).then_some(info)
 }

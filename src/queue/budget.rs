@@ -3,13 +3,67 @@
 //! `pdq.rate_budgets.next_slot` is a GCRA schedule: reserving `n` requests moves it `n`
 //! intervals ahead, and the caller may send them at the slots it got. A 429 moves the whole
 //! schedule past the server's `Retry-After`, so every process pauses, not only the one that saw it.
+//! A pause records its reason, is never longer than [`MAX_PAUSE`], and an operator can lift it
+//! ([`resume`], `pdq budget resume`).
 
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::PgPool;
 
 use super::Error;
+use crate::genesys::MAX_RETRY_AFTER;
+
+/// The longest shared pause one call can set (the cap on `Retry-After`): a longer one would
+/// stop every worker, across restarts, on one bad header.
+pub const MAX_PAUSE: Duration = MAX_RETRY_AFTER;
+
+/// Why the shared budget is paused (`pdq.rate_budgets.pause_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseReason {
+    /// A 429 with (or without) `Retry-After`.
+    RateLimited,
+    /// The `inin-ratelimit-*` headers said the window is used up.
+    WindowSpent,
+    /// Genesys Cloud or the way to it is down.
+    Outage,
+    /// An operator paused it.
+    Operator,
+}
+
+impl PauseReason {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseReason::RateLimited => "rate_limited",
+            PauseReason::WindowSpent => "window_spent",
+            PauseReason::Outage => "outage",
+            PauseReason::Operator => "operator",
+        }
+    }
+}
+
+/// One shared budget as operators see it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct BudgetState {
+    /// The schedule's name (one per OAuth client).
+    pub name: String,
+    /// The pause in force, if any (`None` once it has passed).
+    pub paused_until: Option<DateTime<Utc>>,
+    /// Why it is (or last was) paused.
+    pub pause_reason: Option<String>,
+    /// The earliest time the next request may go out.
+    pub next_slot: DateTime<Utc>,
+    /// Who lifted the last pause by hand.
+    pub resumed_by: Option<String>,
+    /// When the last pause was lifted by hand.
+    pub resumed_at: Option<DateTime<Utc>>,
+}
+
+const STATE_COLUMNS: &str =
+    "name, case when paused_until > now() then paused_until end as paused_until,
+     pause_reason, next_slot, resumed_by, resumed_at";
 
 /// Reserves `n` request slots `interval` apart; returns when each may be used.
 pub async fn reserve(
@@ -30,22 +84,93 @@ pub async fn reserve(
     .bind(span)
     .fetch_one(pool)
     .await?;
-    let start = Instant::now() + (first - db_now).to_std().unwrap_or_default();
-    Ok((0..n).map(|i| start + interval * i).collect())
+    let now = Instant::now();
+    let wait = (first - db_now).to_std().unwrap_or_default();
+    let start = now
+        .checked_add(wait)
+        .or_else(|| now.checked_add(MAX_PAUSE))
+        .unwrap_or(now);
+    Ok((0..n)
+        .map(|i| {
+            interval
+                .checked_mul(i)
+                .and_then(|offset| start.checked_add(offset))
+                .unwrap_or(start)
+        })
+        .collect())
 }
 
-/// Pauses the shared schedule for `duration` from now (after a 429).
-pub async fn pause(pool: &PgPool, name: &str, duration: Duration) -> Result<(), Error> {
+/// Pauses the shared schedule for `duration` (at most [`MAX_PAUSE`]) from now, for `reason`.
+/// A pause never shortens one already in force; the reason of the later end is kept.
+pub async fn pause(
+    pool: &PgPool,
+    name: &str,
+    duration: Duration,
+    reason: PauseReason,
+) -> Result<(), Error> {
     sqlx::query(
-        "insert into pdq.rate_budgets as b (name, next_slot, paused_until)
-         values ($1, now() + $2 * interval '1 second', now() + $2 * interval '1 second')
+        "insert into pdq.rate_budgets as b (name, next_slot, paused_until, pause_reason)
+         values ($1, now() + $2 * interval '1 second', now() + $2 * interval '1 second', $3)
          on conflict (name) do update
              set paused_until = greatest(b.paused_until, excluded.paused_until),
+                 pause_reason = case when excluded.paused_until >= b.paused_until
+                                     then excluded.pause_reason else b.pause_reason end,
                  next_slot = greatest(b.next_slot, excluded.next_slot), updated_at = now()",
     )
     .bind(name)
-    .bind(duration.as_secs_f64())
+    .bind(duration.min(MAX_PAUSE).as_secs_f64())
+    .bind(reason.as_str())
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Lifts the pause of budget `name` (every paused budget when `None`) now, recording `by`;
+/// returns the budgets as they were before (only those that were paused).
+pub async fn resume(
+    pool: &PgPool,
+    name: Option<&str>,
+    by: &str,
+) -> Result<Vec<BudgetState>, Error> {
+    let cleared = sqlx::query_as(
+        "with paused as (
+             select name, paused_until, pause_reason, next_slot, resumed_by, resumed_at
+             from pdq.rate_budgets
+             where ($1::text is null or name = $1) and paused_until > now()
+             for update
+         ), lifted as (
+             update pdq.rate_budgets b
+             set paused_until = now(), next_slot = least(b.next_slot, now()),
+                 resumed_by = $2, resumed_at = now(), updated_at = now()
+             from paused where b.name = paused.name
+         )
+         select name, paused_until, pause_reason, next_slot, resumed_by, resumed_at
+         from paused order by name",
+    )
+    .bind(name)
+    .bind(by)
+    .fetch_all(pool)
+    .await?;
+    Ok(cleared)
+}
+
+/// Every shared budget, by name.
+pub async fn states(pool: &PgPool) -> Result<Vec<BudgetState>, Error> {
+    let rows = sqlx::query_as(&format!(
+        "select {STATE_COLUMNS} from pdq.rate_budgets order by name"
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+/// One shared budget, if it exists (a running worker polls it to notice an operator resume).
+pub async fn state(pool: &PgPool, name: &str) -> Result<Option<BudgetState>, Error> {
+    let row = sqlx::query_as(&format!(
+        "select {STATE_COLUMNS} from pdq.rate_budgets where name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row)
 }

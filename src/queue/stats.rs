@@ -1,8 +1,9 @@
-//! What operators see in `pdq status`: depth, age, throughput and dead letters.
+//! What operators see in `pdq status`: depth, age, throughput, dead letters and budget pauses.
 
 use serde::Serialize;
 use sqlx::PgPool;
 
+use super::budget::BudgetState;
 use super::Error;
 
 /// Jobs by state and priority.
@@ -38,6 +39,8 @@ pub struct QueueStatus {
     pub applied_last_hour: i64,
     /// Dead letters by reason.
     pub dead_letters: Vec<DeadReasonCount>,
+    /// The shared API budgets: pause in force and its reason, next slot.
+    pub budgets: Vec<BudgetState>,
 }
 
 /// Reads the queue's status.
@@ -69,12 +72,14 @@ pub async fn status(pool: &PgPool) -> Result<QueueStatus, Error> {
     )
     .fetch_all(pool)
     .await?;
+    let budgets = super::budget::states(pool).await?;
     Ok(QueueStatus {
         depth,
         oldest_pending_age_secs,
         applied_last_minute,
         applied_last_hour,
         dead_letters,
+        budgets,
     })
 }
 

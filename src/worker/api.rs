@@ -174,6 +174,7 @@ fn classify(error: genesys::Error) -> CallError {
     let failure = match error.class() {
         ErrorClass::RateLimited { retry_after } => Failure::RateLimited { retry_after },
         ErrorClass::Transient => Failure::Transient,
+        ErrorClass::Outage => Failure::Outage,
         ErrorClass::Unauthorized | ErrorClass::Configuration => Failure::Configuration,
         ErrorClass::Permanent if status == Some(403) => Failure::Forbidden,
         ErrorClass::Permanent => Failure::Permanent(reason_for(status)),

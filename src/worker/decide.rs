@@ -16,10 +16,11 @@ pub enum Failure {
         /// The server's `Retry-After`, if any.
         retry_after: Option<Duration>,
     },
-    /// 408, 5xx, timeouts, resets on a call about one conversation: try again later.
+    /// 408, 5xx, a timeout or reset of a call about one conversation: try again later.
     Transient,
-    /// Not the job's fault: the API or its login host cannot be reached, or most calls fail
-    /// across conversations. The fleet pauses; no attempt is spent.
+    /// Not the job's fault: Genesys Cloud or the way to it is down (DNS, connect, TLS, the
+    /// login host), or most calls fail across conversations. The fleet pauses; no attempt is
+    /// spent.
     Outage,
     /// Another unit holds the participant this unit resolved to: try again shortly, free.
     Busy,
@@ -84,9 +85,14 @@ pub fn decide<R: Rng>(
 ) -> Decision {
     let retry = |after: Duration, spend_attempt: bool| {
         let exhausted = spend_attempt && attempt.attempts >= attempt.max_attempts;
-        let at = now + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+        // `None`: beyond any date chrono can hold, so past every deadline (no panic).
+        let at = chrono::Duration::from_std(after)
+            .ok()
+            .and_then(|after| now.checked_add_signed(after));
         match attempt.expires_at {
-            Some(deadline) if at > deadline => Decision::DeadLetter(DeadReason::Expired),
+            Some(deadline) if at.is_none_or(|at| at > deadline) => {
+                Decision::DeadLetter(DeadReason::Expired)
+            }
             _ if exhausted => Decision::DeadLetter(DeadReason::RetriesExhausted),
             _ => Decision::Retry {
                 after,
@@ -163,6 +169,9 @@ mod tests {
             ),
             (Failure::Transient, attempt(1), "retry spent"),
             (Failure::Transient, attempt(5), "dead retries_exhausted"),
+            (Failure::Outage, attempt(1), "retry free"),
+            (Failure::Outage, attempt(5), "retry free"),
+            (Failure::Outage, attempt(50), "retry free"),
             (Failure::Configuration, attempt(1), "pause"),
             (Failure::Forbidden, attempt(1), "dead forbidden"),
             (
@@ -235,6 +244,38 @@ mod tests {
             panic!("{decision:?}")
         };
         assert!(after >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn an_outage_waits_with_backoff_and_never_spends_an_attempt() {
+        let Decision::Retry {
+            after,
+            spend_attempt,
+        } = run(Failure::Outage, attempt(5))
+        else {
+            panic!("an outage retries")
+        };
+        assert!(!spend_attempt);
+        assert!(after <= Backoff::default().ceiling(5));
+    }
+
+    #[test]
+    fn an_absurd_delay_does_not_panic() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let huge = Backoff {
+            base: Duration::MAX,
+            cap: Duration::MAX,
+        };
+        let deadline = Attempt {
+            expires_at: Some(Utc::now() + chrono::Duration::days(1)),
+            ..attempt(1)
+        };
+        for now in [Utc::now(), DateTime::<Utc>::MAX_UTC] {
+            let decision = decide(&Failure::Transient, deadline, now, &huge, &mut rng);
+            assert_eq!(decision, Decision::DeadLetter(DeadReason::Expired));
+            let free = decide(&Failure::Outage, attempt(1), now, &huge, &mut rng);
+            assert!(matches!(free, Decision::Retry { .. }), "{free:?}");
+        }
     }
 
     #[test]

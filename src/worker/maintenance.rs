@@ -15,6 +15,7 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
     let mut last_prune = Instant::now() - Duration::from_secs(3_600);
     let mut last_renew = Instant::now();
     let mut probe = Probe::default();
+    let mut last_resume = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -25,6 +26,7 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             last_renew = Instant::now();
         }
         probe.maybe_resume(&inner).await;
+        follow_operator_resume(&inner, &mut last_resume).await;
         match queue::rescue_expired_leases(&inner.pool).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "recovered jobs whose worker lost its lease"),
@@ -38,6 +40,26 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
         if let Ok(depth) = queue::pending_count(&inner.pool).await {
             inner.metrics.queue_depth.store(depth, Ordering::Relaxed);
         }
+    }
+}
+
+/// An operator lifted the shared pause (`pdq budget resume`): lift this process's copy too.
+async fn follow_operator_resume(
+    inner: &Inner,
+    last_resume: &mut Option<Option<chrono::DateTime<chrono::Utc>>>,
+) {
+    if !inner.config.budget.shared {
+        return;
+    }
+    let Ok(Some(state)) = queue::budget::state(&inner.pool, &inner.config.budget.name).await else {
+        return;
+    };
+    let seen_before = last_resume.replace(state.resumed_at);
+    let changed = seen_before.is_some_and(|before| before != state.resumed_at);
+    if changed && state.paused_until.is_none() {
+        let by = state.resumed_by.as_deref().unwrap_or("an operator");
+        tracing::info!(by, "the budget pause was lifted by hand: resuming");
+        inner.pacer.clear_pause();
     }
 }
 

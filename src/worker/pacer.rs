@@ -15,7 +15,8 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sqlx::PgPool;
 
-use crate::genesys::RateLimitInfo;
+use crate::genesys::{cap_wait, RateLimitInfo};
+use crate::queue::budget::PauseReason;
 use crate::queue::{self, Priority};
 
 /// How the budget is configured.
@@ -167,23 +168,30 @@ impl Pacer {
         retry_after: Option<Duration>,
     ) {
         let pause = if status == 429 {
-            Some(retry_after.unwrap_or(Duration::from_secs(3)))
+            Some((
+                cap_wait(retry_after.unwrap_or(Duration::from_secs(3))),
+                PauseReason::RateLimited,
+            ))
         } else {
-            rate_limit.and_then(window_spent)
+            rate_limit
+                .and_then(window_spent)
+                .map(|wait| (wait, PauseReason::WindowSpent))
         };
         if status != 429 {
             self.probe.lock().unwrap().in_flight_since = None;
         }
-        let Some(pause) = pause else { return };
+        let Some((pause, reason)) = pause else { return };
         self.pause_for(pause);
         if let Some(shared) = &self.shared {
-            let _ = queue::budget::pause(&shared.pool, &shared.name, pause).await;
+            let _ = queue::budget::pause(&shared.pool, &shared.name, pause, reason).await;
         }
     }
 
-    /// Pauses every executor of this process for `duration`.
+    /// Pauses every executor of this process for `duration`, at most
+    /// [`crate::genesys::MAX_RETRY_AFTER`] (whatever the caller passes, nothing overflows).
     pub fn pause_for(&self, duration: Duration) {
-        let until = Instant::now() + duration;
+        let now = Instant::now();
+        let until = now.checked_add(cap_wait(duration)).unwrap_or(now);
         let mut paused = self.paused_until.lock().unwrap();
         if paused.is_none_or(|current| current < until) {
             *paused = Some(until);
@@ -193,6 +201,20 @@ impl Pacer {
             pending: true,
             in_flight_since: None,
         };
+    }
+
+    /// Lifts this process's pause at once (an operator resumed the shared budget): executors go
+    /// ahead without waiting for a probe.
+    pub fn clear_pause(&self) {
+        *self.paused_until.lock().unwrap() = None;
+        *self.probe.lock().unwrap() = Probe::default();
+    }
+
+    /// When this process is paused: the pause still in force, if any.
+    pub fn paused_for(&self) -> Option<Duration> {
+        let until = (*self.paused_until.lock().unwrap())?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 
     /// Waits until no pause is in force (the probe is left alone).
@@ -279,7 +301,7 @@ async fn wait_for(limiter: &DefaultDirectRateLimiter) {
 /// Rate-limit headers that say the window is used up: wait for its reset.
 fn window_spent(info: &RateLimitInfo) -> Option<Duration> {
     let (count, allowed, reset) = (info.count?, info.allowed?, info.reset_secs?);
-    (allowed > 0 && count >= allowed).then(|| Duration::from_secs(reset.max(1)))
+    (allowed > 0 && count >= allowed).then(|| cap_wait(Duration::from_secs(reset.max(1))))
 }
 
 impl SharedSlots {
@@ -366,5 +388,49 @@ mod tests {
         pacer.observe(202, None, None).await;
         let after_answer = tokio::time::timeout(PROBE_TIMEOUT / 2, pacer.acquire(Priority::Live));
         assert!(after_answer.await.is_ok(), "the answer lets the others go");
+    }
+
+    #[tokio::test]
+    async fn an_endless_pause_is_capped_and_an_operator_can_lift_it() {
+        let pacer = Pacer::new(
+            &Budget {
+                per_minute: 6_000,
+                shared: false,
+                ..Budget::default()
+            },
+            None,
+        );
+        pacer.pause_for(Duration::MAX);
+        let left = pacer.paused_for().expect("paused");
+        assert!(left <= crate::genesys::MAX_RETRY_AFTER, "{left:?}");
+        pacer.clear_pause();
+        assert_eq!(pacer.paused_for(), None);
+        let next = tokio::time::timeout(Duration::from_secs(1), pacer.acquire(Priority::Live));
+        assert!(
+            next.await.is_ok(),
+            "a lifted pause lets requests go at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_huge_window_reset_pauses_at_most_the_cap() {
+        let pacer = Pacer::new(
+            &Budget {
+                shared: false,
+                ..Budget::default()
+            },
+            None,
+        );
+        let spent = RateLimitInfo {
+            count: Some(300),
+            allowed: Some(300),
+            reset_secs: Some(u64::MAX),
+        };
+        pacer.observe(200, Some(&spent), None).await;
+        let left = pacer.paused_for().expect("paused");
+        assert!(left <= crate::genesys::MAX_RETRY_AFTER, "{left:?}");
+        pacer.observe(429, None, Some(Duration::MAX)).await;
+        let left = pacer.paused_for().expect("paused");
+        assert!(left <= crate::genesys::MAX_RETRY_AFTER, "{left:?}");
     }
 }

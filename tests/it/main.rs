@@ -2,5 +2,6 @@
 mod cli;
 mod emulator;
 mod helpers;
+mod http_edges;
 mod queue;
 mod worker;

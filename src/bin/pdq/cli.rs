@@ -46,11 +46,15 @@ pub enum Command {
     Migrate,
     /// Enqueue one participant-data update (the shell-friendly INSERT).
     Enqueue(EnqueueArgs),
-    /// Show queue depth by state and priority, oldest pending age and dead letters by reason.
+    /// Show queue depth by state and priority, oldest pending age, dead letters by reason and
+    /// shared-budget pauses.
     Status,
     /// Inspect, requeue or purge dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The shared API budget: lift a rate-limit or outage pause by hand.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
     /// Check region, hosts, credentials, organization and (optionally) access to a conversation.
     Doctor(Box<crate::commands::doctor::DoctorArgs>),
     /// Run the worker pool (serves /metrics and /healthz).
@@ -117,6 +121,18 @@ pub enum DlqCommand {
     Requeue(DlqFilterArgs),
     /// Delete dead letters for good.
     Purge(DlqFilterArgs),
+}
+
+/// Shared-budget commands.
+#[derive(Debug, Subcommand)]
+pub enum BudgetCommand {
+    /// Lift the pause of a shared budget now (every paused budget without --name); running
+    /// workers notice within their maintenance interval.
+    Resume {
+        /// Only this budget (named after the OAuth client id; default: every paused one).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 /// Which dead letters a command means.

@@ -116,7 +116,7 @@ pub async fn run(args: DoctorArgs, json: bool) -> anyhow::Result<ExitCode> {
 fn exit_code(error: &Error) -> u8 {
     match (error.status(), error.class()) {
         (Some(403), _) => PERMISSION,
-        (_, ErrorClass::Transient) => UNREACHABLE,
+        (_, ErrorClass::Transient | ErrorClass::Outage) => UNREACHABLE,
         (_, ErrorClass::Configuration | ErrorClass::Unauthorized) => CONFIGURATION,
         _ => 1,
     }

@@ -1,5 +1,6 @@
 //! One module per subcommand, each a short `run` over library calls.
 
+pub mod budget;
 pub mod demo;
 pub mod dlq;
 pub mod doctor;

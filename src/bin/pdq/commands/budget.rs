@@ -1,0 +1,50 @@
+//! `pdq budget resume`: lift a pause of the shared API budget by hand.
+
+use std::process::ExitCode;
+
+use pdq::queue::budget;
+
+use super::Database;
+use crate::cli::BudgetCommand;
+use crate::output;
+
+/// Runs one budget command.
+pub async fn run(db: &Database, command: BudgetCommand, json: bool) -> anyhow::Result<ExitCode> {
+    let pool = db.pool().await?;
+    match command {
+        BudgetCommand::Resume { name } => {
+            let by = std::env::var("USER")
+                .ok()
+                .filter(|user| !user.trim().is_empty())
+                .map_or_else(
+                    || "pdq budget resume".to_owned(),
+                    |user| format!("{user} (pdq budget resume)"),
+                );
+            let cleared = budget::resume(&pool, name.as_deref(), &by).await?;
+            if json {
+                output::json(&cleared)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if cleared.is_empty() {
+                match name {
+                    Some(name) => println!("budget {name} is not paused; nothing to resume"),
+                    None => println!("no budget is paused; nothing to resume"),
+                }
+            }
+            for state in &cleared {
+                println!(
+                    "resumed budget {}: it was paused until {} ({})",
+                    state.name,
+                    state
+                        .paused_until
+                        .map_or("-".to_owned(), |at| at.to_rfc3339()),
+                    state
+                        .pause_reason
+                        .as_deref()
+                        .unwrap_or("no reason recorded"),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
