@@ -118,13 +118,16 @@ pub async fn list<'e>(
     Ok(query.build_query_as().fetch_all(db).await?)
 }
 
-/// Fetches one dead letter by job id.
+/// Fetches one dead letter by job id: the latest one when several share the id (a job id
+/// sequence that was reset hands out an id again; `list` with that id shows them all).
 pub async fn show<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<DeadLetter>, Error> {
     Ok(
-        sqlx::query_as("select * from pdq.dead_letters where id = $1")
-            .bind(id)
-            .fetch_optional(db)
-            .await?,
+        sqlx::query_as(
+            "select * from pdq.dead_letters where id = $1 order by dead_at desc limit 1",
+        )
+        .bind(id)
+        .fetch_optional(db)
+        .await?,
     )
 }
 
