@@ -2,5 +2,7 @@
 mod cli;
 mod emulator;
 mod helpers;
+mod hostile;
 mod queue;
+mod roles;
 mod worker;
