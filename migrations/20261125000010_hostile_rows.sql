@@ -10,8 +10,12 @@ create index dead_letters_by_id on pdq.dead_letters (id);
 --
 -- A non-finite run_at or expires_at broke the claimer (timestamps it cannot decode), and an
 -- expires_at at or before run_at is an update that expires before it may start. Rows already
--- queued with them are moved to the dead letters (reason 'rejected', the rule named in detail)
--- before the rules are added, so the rules hold for every row.
+-- queued with them are repaired where the meaning is plain (run_at -infinity: due now;
+-- expires_at infinity: no deadline); those that expire before they may start are dead-lettered
+-- as 'expired', as the worker would have, and the rest as 'rejected' with the rule named in
+-- detail, before the rules are added, so the rules hold for every row.
+update pdq.jobs set run_at = least(created_at, now()) where run_at = '-infinity';
+update pdq.jobs set expires_at = null where expires_at = 'infinity';
 with refused as (
     delete from pdq.jobs
     where not isfinite(run_at) or not isfinite(expires_at)
@@ -25,7 +29,7 @@ insert into pdq.dead_letters (id, conversation_id, external_tag, participant_id,
 select id, conversation_id, external_tag, participant_id, participant_purpose,
     participant_external_contact_id, participant_name, attributes, priority, run_at, expires_at,
     idempotency_key, max_attempts, created_at, attempts, first_attempt_at, last_attempt_at,
-    'rejected',
+    case when isfinite(run_at) and isfinite(expires_at) then 'expired' else 'rejected' end,
     'refused by ' || case when not isfinite(run_at) then 'run_at_must_be_finite'
                           when not isfinite(expires_at) then 'expires_at_must_be_finite'
                           else 'expires_at_must_be_after_run_at' end
@@ -34,6 +38,8 @@ select id, conversation_id, external_tag, participant_id, participant_purpose,
 from refused;
 
 update pdq.jobs set attempts = 0 where attempts < 0;
+-- A running row a producer gave an endless lease is handed to lease recovery.
+update pdq.jobs set locked_until = now() where not isfinite(locked_until);
 
 alter table pdq.jobs
     add constraint run_at_must_be_finite check (isfinite(run_at)),
