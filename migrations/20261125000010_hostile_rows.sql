@@ -16,26 +16,36 @@ create index dead_letters_by_id on pdq.dead_letters (id);
 -- detail, before the rules are added, so the rules hold for every row.
 update pdq.jobs set run_at = least(created_at, now()) where run_at = '-infinity';
 update pdq.jobs set expires_at = null where expires_at = 'infinity';
-with refused as (
-    delete from pdq.jobs
-    where not isfinite(run_at) or not isfinite(expires_at)
-       or (first_attempt_at is null and expires_at <= run_at)
-    returning *
-)
-insert into pdq.dead_letters (id, conversation_id, external_tag, participant_id,
-    participant_purpose, participant_external_contact_id, participant_name, attributes, priority,
-    run_at, expires_at, idempotency_key, max_attempts, created_at, attempts, first_attempt_at,
-    last_attempt_at, reason, detail, locked_by)
-select id, conversation_id, external_tag, participant_id, participant_purpose,
-    participant_external_contact_id, participant_name, attributes, priority, run_at, expires_at,
-    idempotency_key, max_attempts, created_at, attempts, first_attempt_at, last_attempt_at,
-    case when isfinite(run_at) and isfinite(expires_at) then 'expired' else 'rejected' end,
-    'refused by ' || case when not isfinite(run_at) then 'run_at_must_be_finite'
-                          when not isfinite(expires_at) then 'expires_at_must_be_finite'
-                          else 'expires_at_must_be_after_run_at' end
-        || ' when the rule was added',
-    locked_by
-from refused;
+-- The columns both tables share are copied, whatever other migrations added to both.
+do $$
+declare
+    shared text;
+begin
+    select string_agg(quote_ident(d.column_name), ', ' order by d.ordinal_position) into shared
+    from information_schema.columns d
+    join information_schema.columns j
+        on j.table_schema = 'pdq' and j.table_name = 'jobs' and j.column_name = d.column_name
+       and j.is_generated = 'NEVER'
+    where d.table_schema = 'pdq' and d.table_name = 'dead_letters' and d.is_generated = 'NEVER'
+      and d.column_name not in ('reason', 'detail');
+    execute format($sql$
+        with refused as (
+            delete from pdq.jobs
+            where not isfinite(run_at) or not isfinite(expires_at)
+               or (first_attempt_at is null and expires_at <= run_at)
+            returning *
+        )
+        insert into pdq.dead_letters (%1$s, reason, detail)
+        select %1$s,
+            case when isfinite(run_at) and isfinite(expires_at) then 'expired' else 'rejected' end,
+            'refused by ' || case when not isfinite(run_at) then 'run_at_must_be_finite'
+                                  when not isfinite(expires_at) then 'expires_at_must_be_finite'
+                                  else 'expires_at_must_be_after_run_at' end
+                || ' when the rule was added'
+        from refused
+    $sql$, shared);
+end
+$$;
 
 update pdq.jobs set attempts = 0 where attempts < 0;
 -- A running row a producer gave an endless lease is handed to lease recovery.
