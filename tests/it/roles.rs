@@ -239,6 +239,12 @@ async fn the_producer_role_may_only_enqueue() {
     let p = &producer.pool;
     let id = queue::enqueue(p, &job()).await.unwrap();
     assert!(id.is_some(), "pdq.enqueue works for producers");
+    let keyed = NewJob {
+        idempotency_key: Some("k-0".into()),
+        ..job()
+    };
+    let first = queue::enqueue(p, &keyed).await.unwrap();
+    assert_eq!(queue::enqueue(p, &keyed).await.unwrap(), first);
     run(p, "insert into pdq.jobs (conversation_id, attributes, idempotency_key) values (gen_random_uuid(), '{\"a\": \"b\"}', 'k-1') on conflict (idempotency_key) do nothing returning id")
         .await
         .unwrap();
@@ -260,7 +266,7 @@ async fn the_producer_role_may_only_enqueue() {
         ],
     )
     .await;
-    assert_eq!(db.count("pdq.jobs").await, 2);
+    assert_eq!(db.count("pdq.jobs").await, 3);
     finish(db, vec![producer]).await;
 }
 
