@@ -118,21 +118,34 @@ pub async fn list<'e>(
     Ok(query.build_query_as().fetch_all(db).await?)
 }
 
-/// Fetches one dead letter by job id.
+/// Fetches one dead letter by job id: the latest one when several share the id (a job id
+/// sequence that was reset hands out an id again; `list` with that id shows them all).
 pub async fn show<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<DeadLetter>, Error> {
     Ok(
-        sqlx::query_as("select * from pdq.dead_letters where id = $1")
-            .bind(id)
-            .fetch_optional(db)
-            .await?,
+        sqlx::query_as(
+            "select * from pdq.dead_letters where id = $1 order by dead_at desc limit 1",
+        )
+        .bind(id)
+        .fetch_optional(db)
+        .await?,
     )
 }
 
 /// Puts matching dead letters back in the queue as new pending jobs; the dead letters stay
 /// as history, marked requeued. Returns how many were requeued.
-pub async fn requeue<'e>(db: impl PgExecutor<'e>, filter: &DeadLetterFilter) -> Result<u64, Error> {
-    let mut query =
-        QueryBuilder::new("select pdq.requeue_dead_letters(array(select id from pdq.dead_letters");
+///
+/// A requeued job keeps its place in its participant's history: keys that a newer job of the
+/// participant already wrote are not sent again with the older value. With `force`, the
+/// requeued job's values win as if it had just been inserted.
+pub async fn requeue<'e>(
+    db: impl PgExecutor<'e>,
+    filter: &DeadLetterFilter,
+    force: bool,
+) -> Result<u64, Error> {
+    let mut query = QueryBuilder::new("select pdq.requeue_dead_letters(");
+    query.push("force => ");
+    query.push_bind(force);
+    query.push(", ids => array(select id from pdq.dead_letters");
     let filter = DeadLetterFilter {
         include_requeued: false,
         ..filter.clone()

@@ -29,6 +29,7 @@ pub struct NewJob {
 /// Enqueues one job through `pdq.enqueue`; returns its id, or `None` when its idempotency key
 /// was already applied or dead-lettered.
 pub async fn enqueue<'e>(db: impl PgExecutor<'e>, job: &NewJob) -> Result<Option<i64>, Error> {
+    refuse_nul(job)?;
     let id: Option<i64> = sqlx::query_scalar(
         "select pdq.enqueue(
             attributes => $1, conversation_id => $2, external_tag => $3, participant_id => $4,
@@ -56,6 +57,7 @@ pub async fn enqueue<'e>(db: impl PgExecutor<'e>, job: &NewJob) -> Result<Option
 /// Enqueues many jobs in one statement (one NOTIFY); returns how many rows were inserted.
 /// Jobs whose idempotency key is already known are skipped.
 pub async fn enqueue_many<'e>(db: impl PgExecutor<'e>, jobs: &[NewJob]) -> Result<u64, Error> {
+    jobs.iter().try_for_each(refuse_nul)?;
     let column = |f: fn(&NewJob) -> Option<String>| jobs.iter().map(f).collect::<Vec<_>>();
     let priorities = column(|j| Some(j.priority.unwrap_or(Priority::Live).as_str().to_owned()));
     let result = sqlx::query(
@@ -99,4 +101,53 @@ pub async fn enqueue_many<'e>(db: impl PgExecutor<'e>, jobs: &[NewJob]) -> Resul
     .execute(db)
     .await?;
     Ok(result.rows_affected())
+}
+
+/// Moves the job id sequence past every id in `pdq.jobs`, `pdq.finished_jobs` and
+/// `pdq.dead_letters` (after a `TRUNCATE … RESTART IDENTITY` or a failover to a logical replica);
+/// never backwards. Returns the highest id in use.
+pub async fn advance_job_ids<'e>(db: impl PgExecutor<'e>) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar("select pdq.advance_job_ids()")
+        .fetch_one(db)
+        .await?)
+}
+
+/// Postgres stores no NUL character in text or jsonb; refuse such a job with a named rule
+/// instead of letting the database fail with an encoding error.
+fn refuse_nul(job: &NewJob) -> Result<(), Error> {
+    let refused = |constraint: &str| Error::Refused {
+        meaning: super::constraint_meaning(constraint).to_owned(),
+        constraint: constraint.to_owned(),
+    };
+    if json_contains_nul(&job.attributes) {
+        return Err(refused(ATTRIBUTES_MUST_NOT_CONTAIN_NUL));
+    }
+    let locators = &job.locators;
+    let texts = [
+        &locators.external_tag,
+        &locators.participant_purpose,
+        &locators.participant_external_contact_id,
+        &locators.participant_name,
+        &job.idempotency_key,
+    ];
+    if texts.into_iter().flatten().any(|text| text.contains('\0')) {
+        return Err(refused(TEXT_MUST_NOT_CONTAIN_NUL));
+    }
+    Ok(())
+}
+
+/// The rule a NUL character in an attribute key or value breaks.
+const ATTRIBUTES_MUST_NOT_CONTAIN_NUL: &str = "attributes_must_not_contain_nul";
+/// The rule a NUL character in a locator or idempotency key breaks.
+const TEXT_MUST_NOT_CONTAIN_NUL: &str = "text_must_not_contain_nul";
+
+fn json_contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(json_contains_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || json_contains_nul(item)),
+        _ => false,
+    }
 }

@@ -12,6 +12,7 @@ pub mod dlq;
 mod enqueue;
 mod finish;
 mod locators;
+mod retention;
 mod stats;
 
 use std::time::Instant;
@@ -23,12 +24,16 @@ use uuid::Uuid;
 
 pub use claim::{claim, rescue_expired_leases, ClaimOptions};
 pub use dlq::{DeadLetter, DeadLetterFilter};
-pub use enqueue::{enqueue, enqueue_many, NewJob};
+pub use enqueue::{advance_job_ids, enqueue, enqueue_many, NewJob};
 pub use finish::{
     dead_letter, end_lease, hold_target, prune_applied_keys, prune_finished, release, renew_leases,
     retry, succeed_batch, target_key, DeadLetterRecord, Success, TargetHold,
 };
 pub use locators::Locators;
+pub use retention::{
+    prune_dead_letters, prune_idempotency_keys, DEFAULT_DEAD_LETTER_RETENTION,
+    DEFAULT_IDEMPOTENCY_KEY_HORIZON,
+};
 pub use stats::{pending_count, status, DeadReasonCount, DepthRow, QueueStatus};
 
 /// Opens a transaction whose plans walk the queue's indexes.
@@ -110,7 +115,13 @@ pub fn constraint_meaning(constraint: &str) -> &'static str {
         "max_attempts_must_be_positive" => "max_attempts must be at least 1",
         "idempotency_key_must_not_be_empty" => "idempotency_key must not be empty",
         "idempotency_key_already_enqueued" => "a job with this idempotency_key is already queued (use ON CONFLICT DO NOTHING)",
-        "attribute_keys_must_not_use_a_protected_prefix" => "an attribute key uses a prefix owned by Genesys Cloud or another tool (see pdq.protected_key_prefixes)",
+        "attribute_keys_must_not_use_a_protected_prefix" => "an attribute key uses a prefix owned by Genesys Cloud or another tool (see pdq.protected_key_prefixes; case does not matter)",
+        "run_at_must_be_finite" => "run_at must be a real time, not infinity or -infinity",
+        "expires_at_must_be_finite" => "expires_at must be a real time, not infinity or -infinity (leave it null for no deadline)",
+        "expires_at_must_be_after_run_at" => "expires_at must be later than run_at",
+        "attempts_must_not_be_negative" => "attempts must not be negative",
+        "attributes_must_not_contain_nul" => "attribute keys and values must not contain a NUL character (\\u0000)",
+        "text_must_not_contain_nul" => "locators and idempotency_key must not contain a NUL character",
         _ => "the row breaks a rule of pdq.jobs",
     }
 }

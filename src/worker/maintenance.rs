@@ -16,6 +16,10 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
     let mut last_renew = Instant::now();
     let mut probe = Probe::default();
     let mut last_resume = None;
+    match queue::advance_job_ids(&inner.pool).await {
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not check the job id sequence"),
+    }
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -35,6 +39,11 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
         if last_prune.elapsed() >= Duration::from_secs(3_600) {
             let _ = queue::prune_finished(&inner.pool, inner.config.retention, 10_000).await;
             let _ = queue::prune_applied_keys(&inner.pool, inner.config.retention, 10_000).await;
+            let config = &inner.config;
+            let _ =
+                queue::prune_dead_letters(&inner.pool, config.dead_letter_retention, 10_000).await;
+            let _ = queue::prune_idempotency_keys(&inner.pool, config.idempotency_horizon, 10_000)
+                .await;
             last_prune = Instant::now();
         }
         if let Ok(depth) = queue::pending_count(&inner.pool).await {

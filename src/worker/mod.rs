@@ -59,8 +59,13 @@ pub struct WorkerConfig {
     /// How long in-flight units may finish after shutdown is asked for; at least the API
     /// request timeout, so no request is still on the wire when the rest are given back.
     pub shutdown_grace: Duration,
-    /// How long applied jobs stay in `pdq.finished_jobs`.
+    /// How long applied jobs stay in `pdq.finished_jobs` (and which value of a key was
+    /// applied stays in `pdq.applied_keys`).
     pub retention: Duration,
+    /// How long dead letters (which hold customer data) are kept.
+    pub dead_letter_retention: Duration,
+    /// How long an idempotency key is remembered (at least `retention`).
+    pub idempotency_horizon: Duration,
     /// Recorded in `locked_by`.
     pub worker_id: String,
     /// Seed for jitter (tests and the demo repeat).
@@ -77,6 +82,13 @@ impl WorkerConfig {
                  --lease-secs or lower GENESYS_REQUEST_TIMEOUT_MS",
                 request_timeout.as_millis(),
                 self.lease.as_secs_f64()
+            ));
+        }
+        if self.idempotency_horizon < self.retention {
+            return Err(format!(
+                "idempotency keys must be remembered ({} days) at least as long as applied jobs are kept ({} days)",
+                self.idempotency_horizon.as_secs() / 86_400,
+                self.retention.as_secs() / 86_400
             ));
         }
         if self.shutdown_grace < request_timeout {
@@ -104,6 +116,8 @@ impl Default for WorkerConfig {
             budget: Budget::default(),
             shutdown_grace: Duration::from_secs(25),
             retention: Duration::from_secs(7 * 86_400),
+            dead_letter_retention: queue::DEFAULT_DEAD_LETTER_RETENTION,
+            idempotency_horizon: queue::DEFAULT_IDEMPOTENCY_KEY_HORIZON,
             worker_id: format!("pdq-{}", std::process::id()),
             seed: None,
         }

@@ -2,6 +2,8 @@
 mod cli;
 mod emulator;
 mod helpers;
+mod hostile;
 mod http_edges;
 mod queue;
+mod roles;
 mod worker;

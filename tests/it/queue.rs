@@ -559,9 +559,12 @@ async fn dead_letter_then_requeue_makes_the_job_claimable_again_with_history_kep
         reason: Some("not_found".into()),
         ..DeadLetterFilter::default()
     };
-    assert_eq!(queue::dlq::requeue(&db.pool, &filter).await.unwrap(), 1);
     assert_eq!(
-        queue::dlq::requeue(&db.pool, &filter).await.unwrap(),
+        queue::dlq::requeue(&db.pool, &filter, false).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        queue::dlq::requeue(&db.pool, &filter, false).await.unwrap(),
         0,
         "requeued once"
     );

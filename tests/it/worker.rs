@@ -223,6 +223,7 @@ async fn permanent_failures_are_dead_lettered_with_the_reason_and_the_api_code()
         ),
         job(Locators::external_tag("NO-SUCH-TAG"), json!({"k": "tag"})),
         NewJob {
+            run_at: Some(chrono::Utc::now() - chrono::Duration::seconds(2)),
             expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
             ..job(
                 Locators::ids(live.id, live.participant("customer").unwrap()),

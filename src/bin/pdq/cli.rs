@@ -117,8 +117,17 @@ pub enum DlqCommand {
         /// The job id.
         id: i64,
     },
-    /// Put dead letters back in the queue (history is kept).
-    Requeue(DlqFilterArgs),
+    /// Put dead letters back in the queue (history is kept). Keys a newer job of the same
+    /// participant already wrote are not sent again with the older value, unless --force.
+    Requeue {
+        /// Which dead letters.
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// Send every key, even over a newer value written since (the requeued job counts as
+        /// just inserted).
+        #[arg(long)]
+        force: bool,
+    },
     /// Delete dead letters for good.
     Purge(DlqFilterArgs),
 }

@@ -243,6 +243,7 @@ async fn enqueue_mix(
         json!({"x": "no tag"}),
     ));
     jobs.push(NewJob {
+        run_at: Some(chrono::Utc::now() - chrono::Duration::seconds(10)),
         expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(5)),
         ..update(first_customer, json!({"x": "too late"}))
     });

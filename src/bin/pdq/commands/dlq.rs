@@ -48,8 +48,8 @@ pub async fn run(db: &Database, command: DlqCommand, json: bool) -> anyhow::Resu
             Some(letter) => output::json(&letter)?,
             None => bail!("no dead letter with id {id}"),
         },
-        DlqCommand::Requeue(args) => {
-            let count = dlq::requeue(&pool, &guarded_filter(&args)?).await?;
+        DlqCommand::Requeue { filter, force } => {
+            let count = dlq::requeue(&pool, &guarded_filter(&filter)?, force).await?;
             report(json, "requeued", count)?;
         }
         DlqCommand::Purge(args) => {

@@ -49,6 +49,12 @@ pub struct RunArgs {
     /// Days applied jobs stay in pdq.finished_jobs.
     #[arg(long, env = "PDQ_RETENTION_DAYS", default_value_t = 7)]
     pub retention_days: u64,
+    /// Days dead letters are kept before they are pruned (they hold customer data).
+    #[arg(long, env = "PDQ_DEAD_LETTER_RETENTION_DAYS", default_value_t = 30)]
+    pub dead_letter_retention_days: u64,
+    /// Days an idempotency key is remembered (at least --retention-days).
+    #[arg(long, env = "PDQ_IDEMPOTENCY_HORIZON_DAYS", default_value_t = 30)]
+    pub idempotency_horizon_days: u64,
     /// Where /metrics and /healthz listen.
     #[arg(long, env = "PDQ_METRICS_ADDR", default_value = "127.0.0.1:9187")]
     pub metrics_addr: SocketAddr,
@@ -68,6 +74,8 @@ impl RunArgs {
             lookup_window: Duration::from_secs(self.lookup_window_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             retention: Duration::from_secs(self.retention_days * 86_400),
+            dead_letter_retention: Duration::from_secs(self.dead_letter_retention_days * 86_400),
+            idempotency_horizon: Duration::from_secs(self.idempotency_horizon_days * 86_400),
             backoff: Backoff::default(),
             budget: Budget {
                 per_minute: self.rate_limit,
