@@ -57,12 +57,12 @@ pub async fn claim(pool: &PgPool, options: &ClaimOptions) -> Result<Vec<Unit>, E
     let mut claimed = Vec::with_capacity(rows.len());
     let mut malformed = Vec::new();
     for row in &rows {
-        match ClaimedRow::from_row(row) {
+        match decode(row) {
             Ok(decoded) => claimed.push(decoded),
             Err(error) => malformed.push(MalformedRow {
                 id: row.try_get("id")?,
                 lease: row.try_get("lease_token")?,
-                error: error.to_string(),
+                error,
             }),
         }
     }
@@ -130,6 +130,43 @@ struct ClaimedRow {
     locked_until: DateTime<Utc>,
     db_now: DateTime<Utc>,
 }
+
+/// Decodes one claimed row. The chrono decoder panics (instead of failing) on a timestamp it
+/// cannot represent, so the panic is caught and reported as the row's defect.
+fn decode(row: &PgRow) -> Result<ClaimedRow, String> {
+    let decoded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ClaimedRow::from_row(row)));
+    match decoded {
+        Ok(Ok(decoded)) => Ok(decoded),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a value out of range".to_owned());
+            let column = TIME_COLUMNS.iter().find(|column| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    row.try_get::<Option<DateTime<Utc>>, _>(**column)
+                }))
+                .is_err()
+            });
+            Err(match column {
+                Some(column) => format!("{column} is out of the range pdq can represent ({what})"),
+                None => what,
+            })
+        }
+    }
+}
+
+/// The timestamp columns a claimed row carries.
+const TIME_COLUMNS: [&str; 5] = [
+    "run_at",
+    "expires_at",
+    "created_at",
+    "first_attempt_at",
+    "locked_until",
+];
 
 struct MalformedRow {
     id: i64,

@@ -147,3 +147,61 @@ async fn doctor_checks_credentials_and_organization_against_the_emulator() {
     assert_eq!(region.status.code(), Some(2));
     assert!(stdout(&region).contains("not a Genesys Cloud deployment"));
 }
+
+/// Runs `pdq run` with loopback API settings; gives up (and fails) after `secs`.
+fn pdq_run(db: &TestDb, args: &[&str], secs: u64) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .arg("run")
+        .args(args)
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .env("DATABASE_URL", db.url())
+        .env("GENESYS_API_URL", "http://127.0.0.1:9")
+        .env("GENESYS_CLIENT_ID", "pdq-demo")
+        .env("GENESYS_CLIENT_SECRET", "pdq-demo-secret")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pdq");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            return (status, stderr);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pdq run did not refuse within {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn pdq_run_refuses_a_database_without_the_schema_and_says_to_migrate() {
+    let db = TestDb::new().await;
+    sqlx::query("drop schema pdq cascade")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (status, stderr) = pdq_run(&db, &[], 20);
+    assert!(!status.success());
+    assert!(stderr.contains("pdq migrate"), "{stderr}");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn pdq_run_refuses_a_request_timeout_that_a_lease_cannot_cover() {
+    let db = TestDb::new().await;
+    let (status, stderr) = pdq_run(&db, &["--lease-secs", "10"], 20);
+    assert!(!status.success());
+    assert!(stderr.contains("half the lease"), "{stderr}");
+    db.drop_database().await;
+}

@@ -693,3 +693,119 @@ async fn pruning_removes_only_archived_jobs_past_retention() {
     assert_eq!(db.count("pdq.finished_jobs").await, 1);
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_job_scheduled_for_later_does_not_block_a_due_job_behind_it() {
+    let db = TestDb::new().await;
+    let (cid, pid) = (Uuid::new_v4(), Uuid::new_v4());
+    let tomorrow = NewJob {
+        run_at: Some(chrono::Utc::now() + chrono::Duration::days(1)),
+        ..job_for(cid, pid, json!({"reminder": "tomorrow"}))
+    };
+    queue::enqueue(&db.pool, &tomorrow).await.unwrap();
+    let live = queue::enqueue(&db.pool, &job_for(cid, pid, json!({"status": "now"})))
+        .await
+        .unwrap()
+        .unwrap();
+    let units = queue::claim(&db.pool, &options(10)).await.unwrap();
+    assert_eq!(units.len(), 1, "the due job is claimed at once");
+    assert_eq!(units[0].job_ids(), vec![live]);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_job_waiting_for_its_retry_still_blocks_the_jobs_behind_it() {
+    let db = TestDb::new().await;
+    let (cid, pid) = (Uuid::new_v4(), Uuid::new_v4());
+    queue::enqueue(&db.pool, &job_for(cid, pid, json!({"v": "1"})))
+        .await
+        .unwrap();
+    let first = queue::claim(&db.pool, &options(10))
+        .await
+        .unwrap()
+        .remove(0);
+    queue::retry(
+        &db.pool,
+        &first.fence(),
+        Duration::from_secs(3_600),
+        &json!({}),
+        true,
+    )
+    .await
+    .unwrap();
+    queue::enqueue(&db.pool, &job_for(cid, pid, json!({"v": "2"})))
+        .await
+        .unwrap();
+    assert!(
+        queue::claim(&db.pool, &options(10))
+            .await
+            .unwrap()
+            .is_empty(),
+        "order holds: the newer job waits for the retry"
+    );
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_row_the_worker_cannot_read_is_dead_lettered_as_malformed_and_the_rest_is_claimed() {
+    let db = TestDb::new().await;
+    let good = queue::enqueue(
+        &db.pool,
+        &job_for(Uuid::new_v4(), Uuid::new_v4(), json!({"k": "v"})),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // A finite deadline past the year the worker's clock type can hold.
+    let bad: i64 = sqlx::query_scalar(
+        "insert into pdq.jobs (conversation_id, participant_id, attributes, expires_at)
+         values (gen_random_uuid(), gen_random_uuid(), '{\"k\": \"v\"}', '290000-01-01')
+         returning id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let units = queue::claim(&db.pool, &options(10)).await.unwrap();
+    assert_eq!(units.len(), 1);
+    assert_eq!(units[0].job_ids(), vec![good]);
+    let (reason, detail): (String, String) =
+        sqlx::query_as("select reason, detail from pdq.dead_letters where id = $1")
+            .bind(bad)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(reason, "malformed_row");
+    assert!(detail.contains("expires_at"), "{detail}");
+    assert_eq!(
+        db.count("pdq.inflight").await,
+        1,
+        "only the good unit holds a lease"
+    );
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn finishing_ten_thousand_units_in_bounded_statements_archives_each_once() {
+    let db = TestDb::new().await;
+    queue::enqueue_many(&db.pool, &distinct_jobs(10_000, Priority::Backfill))
+        .await
+        .unwrap();
+    let mut units = Vec::new();
+    while units.len() < 10_000 {
+        let claimed = queue::claim(&db.pool, &options(2_000)).await.unwrap();
+        assert!(!claimed.is_empty());
+        units.extend(claimed);
+    }
+    let done: Vec<Success> = units.iter().map(success).collect();
+    for chunk in done.chunks(256) {
+        assert!(queue::succeed_batch(&db.pool, chunk)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    assert_eq!(db.count("pdq.jobs").await, 0);
+    assert_eq!(db.count("pdq.finished_jobs").await, 10_000);
+    assert_eq!(db.count("pdq.applied_keys").await, 10_000);
+    assert_eq!(db.count("pdq.inflight").await, 0);
+    db.drop_database().await;
+}

@@ -557,3 +557,324 @@ async fn two_workers_share_one_budget_through_postgres() {
     assert_eq!(app.db.count("pdq.finished_jobs").await, 60);
     app.db.drop_database().await;
 }
+
+/// The values the emulator received for `key` on one participant, in arrival order.
+fn values_sent(app: &TestApp, cid: Uuid, pid: Uuid, key: &str) -> Vec<String> {
+    app.emulator
+        .patch_history(cid, pid)
+        .into_iter()
+        .filter_map(|patch| patch.attributes.get(key).cloned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_ran_out_sends_no_patch() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let c = app
+        .emulator
+        .create_conversation(ConversationSpec::voice().customer("X"));
+    let pid = c.participant("customer").unwrap();
+    // By purpose: the conversation GET comes first, and it outlasts the lease.
+    app.enqueue(job(
+        Locators::conversation(c.id).purpose("customer"),
+        json!({"seq": "1"}),
+    ))
+    .await;
+    app.emulator.set_faults(Faults {
+        latency_ms: 2_500,
+        ..Faults::default()
+    });
+    let api = Api::new(app.client("pdq-demo-secret", Duration::from_secs(4)));
+    let config = WorkerConfig {
+        lease: Duration::from_secs(2),
+        ..fast()
+    };
+    let worker = Worker::new(app.db.pool.clone(), api, config);
+    let outcomes = worker.process_next().await.unwrap();
+    assert_eq!(outcomes, vec![pdq::worker::UnitOutcome::LeaseLost]);
+    assert!(
+        app.emulator.patch_history(c.id, pid).is_empty(),
+        "no PATCH after the lease ran out"
+    );
+    // The unit comes back after its lease and is applied by a worker that holds it.
+    app.emulator.set_faults(Faults::default());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    queue::rescue_expired_leases(&app.db.pool).await.unwrap();
+    app.drain(&app.worker(fast()), Duration::from_secs(10))
+        .await;
+    assert_eq!(values_sent(&app, c.id, pid, "seq"), vec!["1"]);
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn jobs_naming_one_participant_by_tag_and_by_ids_apply_in_insertion_order() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let mut targets = Vec::new();
+    for i in 0..4 {
+        let tag = format!("ORDER-{i}");
+        let c = app
+            .emulator
+            .create_conversation(ConversationSpec::voice().customer("X").external_tag(&tag));
+        let pid = c.participant("customer").unwrap();
+        app.enqueue(job(
+            Locators::external_tag(&tag),
+            json!({"orderStatus": "packed"}),
+        ))
+        .await;
+        app.enqueue(job(
+            Locators::ids(c.id, pid),
+            json!({"orderStatus": "shipped"}),
+        ))
+        .await;
+        targets.push((c.id, pid));
+    }
+    app.emulator.set_faults(Faults {
+        latency_ms: 300,
+        ..Faults::default()
+    });
+    let worker = app.worker(WorkerConfig {
+        executors: 8,
+        ..fast()
+    });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(stop.clone()));
+    let drained = wait_until(Duration::from_secs(20), || async {
+        app.db.count("pdq.jobs").await == 0
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(drained);
+    for (cid, pid) in targets {
+        let attributes = app.emulator.attributes_of(cid, pid).unwrap();
+        assert_eq!(
+            attributes.get("orderStatus").map(String::as_str),
+            Some("shipped"),
+            "the newer insert wins: {:?}",
+            values_sent(&app, cid, pid, "orderStatus")
+        );
+        let sent = values_sent(&app, cid, pid, "orderStatus");
+        assert_ne!(sent.last().map(String::as_str), Some("packed"), "{sent:?}");
+    }
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_requeued_dead_letter_does_not_overwrite_a_newer_value_unless_forced() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let c = app
+        .emulator
+        .create_conversation(ConversationSpec::voice().customer("X"));
+    let pid = c.participant("customer").unwrap();
+    let silver = NewJob {
+        run_at: Some(chrono::Utc::now() - chrono::Duration::seconds(10)),
+        expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
+        ..job(
+            Locators::ids(c.id, pid),
+            json!({"tier": "silver", "note": "a"}),
+        )
+    };
+    app.enqueue(silver).await;
+    app.enqueue(job(Locators::ids(c.id, pid), json!({"tier": "gold"})))
+        .await;
+    let worker = app.worker(fast());
+    app.drain(&worker, Duration::from_secs(10)).await;
+    assert_eq!(app.dead_reasons().await[0].0, "expired");
+    assert_eq!(values_sent(&app, c.id, pid, "tier"), vec!["gold"]);
+
+    let all = queue::DeadLetterFilter {
+        reason: Some("expired".into()),
+        ..queue::DeadLetterFilter::default()
+    };
+    let would_drop: Vec<String> = sqlx::query_scalar(
+        "select key from pdq.requeue_would_drop(array(select id from pdq.dead_letters))",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(would_drop, vec!["tier"]);
+    assert_eq!(
+        queue::dlq::requeue(&app.db.pool, &all, false)
+            .await
+            .unwrap(),
+        1
+    );
+    app.drain(&worker, Duration::from_secs(10)).await;
+    let attributes = app.emulator.attributes_of(c.id, pid).unwrap();
+    assert_eq!(attributes.get("tier").map(String::as_str), Some("gold"));
+    assert_eq!(
+        attributes.get("note").map(String::as_str),
+        Some("a"),
+        "the other key is sent"
+    );
+    let dropped: Option<Vec<String>> = sqlx::query_scalar(
+        "select superseded_keys from pdq.finished_jobs where superseded_keys is not null",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        dropped,
+        Some(vec!["tier".to_owned()]),
+        "what was dropped is recorded"
+    );
+
+    // Forced, the requeued value wins as if just inserted.
+    sqlx::query("update pdq.dead_letters set requeued_at = null")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        queue::dlq::requeue(&app.db.pool, &all, true).await.unwrap(),
+        1
+    );
+    app.drain(&worker, Duration::from_secs(10)).await;
+    let attributes = app.emulator.attributes_of(c.id, pid).unwrap();
+    assert_eq!(attributes.get("tier").map(String::as_str), Some("silver"));
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_refused_job_in_a_coalesced_unit_dead_letters_only_itself() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let c = app
+        .emulator
+        .create_conversation(ConversationSpec::voice().customer("X"));
+    let pid = c.participant("customer").unwrap();
+    let too_long = "x".repeat(300);
+    for attributes in [
+        json!({"a": "1"}),
+        json!({ too_long.as_str(): "refused" }),
+        json!({"b": "3"}),
+    ] {
+        app.enqueue(job(Locators::ids(c.id, pid), attributes)).await;
+    }
+    let worker = app.worker(fast());
+    let outcomes = worker.process_next().await.unwrap();
+    assert_eq!(
+        outcomes,
+        vec![pdq::worker::UnitOutcome::Split {
+            applied: 2,
+            dead_lettered: 1,
+            retried: 0
+        }]
+    );
+    let attributes = app.emulator.attributes_of(c.id, pid).unwrap();
+    assert_eq!(attributes.get("a").map(String::as_str), Some("1"));
+    assert_eq!(attributes.get("b").map(String::as_str), Some("3"));
+    assert_eq!(app.db.count("pdq.finished_jobs").await, 2);
+    let dead = app.dead_reasons().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "bad_request");
+    assert_eq!(dead[0].1, Some(400));
+    assert_eq!(app.db.count("pdq.jobs").await, 0);
+    assert_eq!(
+        app.db.count("pdq.inflight").await,
+        0,
+        "the participant is free again"
+    );
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn an_outage_of_the_api_and_its_login_host_spends_no_attempt_and_dead_letters_nothing() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let mut targets = Vec::new();
+    for i in 0..12 {
+        let c = app
+            .emulator
+            .create_conversation(ConversationSpec::voice().customer("X"));
+        let pid = c.participant("customer").unwrap();
+        let update = NewJob {
+            max_attempts: Some(3),
+            ..job(Locators::ids(c.id, pid), json!({ "n": i.to_string() }))
+        };
+        app.enqueue(update).await;
+        targets.push((c.id, pid));
+    }
+    // Every call fails with a server error, the login host too (tokens revoked first).
+    app.emulator.revoke_tokens();
+    app.emulator.set_faults(Faults {
+        error_rate: 1.0,
+        error_statuses: vec![503],
+        include_oauth: true,
+        ..Faults::default()
+    });
+    let worker = app.worker(WorkerConfig {
+        executors: 4,
+        ..fast()
+    });
+    let health = worker.health();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            health.has(pdq::metrics::Condition::Outage)
+        })
+        .await,
+        "the outage shows in /healthz"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.db.count("pdq.dead_letters").await, 0);
+    // The login host comes back, the API still fails on every conversation.
+    app.emulator.set_faults(Faults {
+        error_rate: 1.0,
+        error_statuses: vec![500, 502, 503],
+        ..Faults::default()
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        app.db.count("pdq.dead_letters").await,
+        0,
+        "no attempt burnt"
+    );
+    app.emulator.set_faults(Faults::default());
+    let drained = wait_until(Duration::from_secs(60), || async {
+        app.db.count("pdq.jobs").await == 0
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(drained);
+    assert_eq!(app.db.count("pdq.dead_letters").await, 0);
+    for (i, (cid, pid)) in targets.into_iter().enumerate() {
+        assert_eq!(values_sent(&app, cid, pid, "n"), vec![i.to_string()]);
+    }
+    assert!(!health.is_unhealthy(), "{}", health.reason());
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn claims_that_keep_failing_turn_healthz_red_with_the_reason() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let worker = app.worker(fast());
+    let health = worker.health();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!health.is_unhealthy());
+    sqlx::query("alter table pdq.jobs rename to jobs_elsewhere")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            health.has(pdq::metrics::Condition::Claims)
+        })
+        .await,
+        "failing claims show in /healthz"
+    );
+    assert!(health.reason().contains("claims"), "{}", health.reason());
+    sqlx::query("alter table pdq.jobs_elsewhere rename to jobs")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || async { !health.is_unhealthy() }).await,
+        "healthy again: {}",
+        health.reason()
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    app.db.drop_database().await;
+}
