@@ -263,7 +263,7 @@ impl Worker {
         stop_claiming.cancel();
         stop_executors.cancel();
         let waiting = inner.buffer.take_all();
-        let _ = tokio::time::timeout(SHUTDOWN_DB_BOUND, async {
+        let _ = tokio::time::timeout(SHUTDOWN_DB_BOUND / 2, async {
             for unit in waiting {
                 inner.release(unit.fence()).await;
             }
@@ -283,7 +283,8 @@ impl Worker {
             .drain()
             .map(|(_, held)| held.fence)
             .collect();
-        let bounded = tokio::time::timeout(SHUTDOWN_DB_BOUND, async {
+        let db_deadline = tokio::time::Instant::now() + SHUTDOWN_DB_BOUND;
+        let bounded = tokio::time::timeout_at(db_deadline, async {
             for fence in leftover {
                 if let Err(error) = queue::release(&inner.pool, &fence).await {
                     tracing::warn!(%error, lease = %fence.lease, "could not give a unit back; its lease will expire");
@@ -294,7 +295,7 @@ impl Worker {
         .await;
         executors.abort_all();
         stop_background.cancel();
-        let _ = tokio::time::timeout(SHUTDOWN_DB_BOUND, async {
+        let _ = tokio::time::timeout_at(db_deadline, async {
             while background.join_next().await.is_some() {}
         })
         .await;
@@ -324,8 +325,8 @@ struct Held {
     deadline: Instant,
 }
 
-/// At shutdown, each step that needs Postgres gets at most this long, so SIGTERM ends within
-/// the grace plus a bound whatever Postgres does.
+/// At shutdown, the steps that need Postgres get at most this long after the grace (and half
+/// of it before), so SIGTERM ends within the grace plus a bound whatever Postgres does.
 const SHUTDOWN_DB_BOUND: Duration = Duration::from_secs(5);
 
 /// A PATCH leaves only if the lease has at least the request timeout plus this margin left.

@@ -878,3 +878,45 @@ async fn claims_that_keep_failing_turn_healthz_red_with_the_reason() {
     running.await.unwrap().unwrap();
     app.db.drop_database().await;
 }
+
+#[tokio::test]
+async fn shutdown_ends_within_the_grace_and_a_bound_while_postgres_hangs() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    for i in 0..40 {
+        let c = app
+            .emulator
+            .create_conversation(ConversationSpec::voice().customer("X"));
+        let pid = c.participant("customer").unwrap();
+        app.enqueue(job(Locators::ids(c.id, pid), json!({ "n": i.to_string() })))
+            .await;
+    }
+    app.emulator.set_faults(Faults {
+        latency_ms: 200,
+        ..Faults::default()
+    });
+    let worker = app.worker(WorkerConfig {
+        shutdown_grace: Duration::from_secs(1),
+        ..fast()
+    });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            app.db.count("pdq.finished_jobs").await > 0
+        })
+        .await
+    );
+    // Another session takes every pdq table: each statement of the worker now waits.
+    let mut blocker = app.db.pool.begin().await.unwrap();
+    sqlx::query("lock table pdq.jobs, pdq.inflight, pdq.finished_jobs in access exclusive mode")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let asked = std::time::Instant::now();
+    stop.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(15), running).await;
+    assert!(ended.is_ok(), "SIGTERM hung while Postgres did not answer");
+    assert!(asked.elapsed() < Duration::from_secs(15));
+    blocker.rollback().await.unwrap();
+    app.db.drop_database().await;
+}
