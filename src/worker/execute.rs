@@ -285,11 +285,7 @@ async fn send(
         return Ok(());
     }
     for chunk in chunks(attributes, MAX_BODY_BYTES) {
-        calls.inner.may_send(unit.lease).await?;
-        calls
-            .patch(target, &chunk)
-            .await
-            .map_err(|error| Failed::from_call(error).with_target(target))?;
+        calls.patch(unit.lease, target, &chunk).await?;
     }
     Ok(())
 }
@@ -698,12 +694,16 @@ impl Calls<'_> {
         result.map(|(ids, _)| ids)
     }
 
+    /// The attributes PATCH: waits for the request budget, then confirms the lease (the wait
+    /// may have been long), then sends.
     async fn patch(
         &mut self,
+        lease: uuid::Uuid,
         target: Target,
         attributes: &Map<String, Value>,
-    ) -> Result<(), CallError> {
+    ) -> Result<(), Stop> {
         self.before().await;
+        self.inner.may_send(lease).await?;
         let result = self
             .inner
             .api
@@ -711,7 +711,9 @@ impl Calls<'_> {
             .await
             .map(|meta| ((), meta));
         self.report(&result, Some(target.conversation_id)).await;
-        result.map(|_| ())
+        result
+            .map(|_| ())
+            .map_err(|error| Failed::from_call(error).with_target(target).into())
     }
 
     async fn report<T>(
