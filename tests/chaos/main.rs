@@ -188,13 +188,15 @@ async fn insert_round(
     max_attempts: Option<i32>,
 ) -> Vec<Job> {
     let (cids, pids): (Vec<Uuid>, Vec<Uuid>) = participants.iter().copied().unzip();
-    let rows: Vec<(i64, Uuid, Uuid)> = sqlx::query_as(
+    // Only `id` comes back: a producer may read no other column. Rows are inserted, and get
+    // their ids, in the order of the participants.
+    let mut ids: Vec<i64> = sqlx::query_scalar(
         "insert into pdq.jobs (conversation_id, participant_id, attributes, max_attempts)
          select c, p, jsonb_build_object('seq', lpad($3::text, 4, '0'), 'round' || $3::text, 'x'),
                 coalesce($4, 20)
          from unnest($1::uuid[], $2::uuid[]) with ordinality as t(c, p, n)
          order by n
-         returning id, conversation_id, participant_id",
+         returning id",
     )
     .bind(cids)
     .bind(pids)
@@ -203,10 +205,11 @@ async fn insert_round(
     .fetch_all(pool)
     .await
     .unwrap();
-    rows.into_iter()
-        .map(|(id, conversation_id, participant_id)| {
-            round_job(id, conversation_id, participant_id, round)
-        })
+    ids.sort_unstable();
+    assert_eq!(ids.len(), participants.len());
+    ids.into_iter()
+        .zip(participants)
+        .map(|(id, (cid, pid))| round_job(id, *cid, *pid, round))
         .collect()
 }
 
@@ -272,11 +275,21 @@ async fn jobs_attempted_twice(db: &TestDb) -> i64 {
     .unwrap()
 }
 
-/// Waits until `worker` holds units (`pdq.inflight` rows in its name); returns how many.
-async fn wait_holding_units(db: &TestDb, worker: &WorkerProcess, timeout: Duration) -> i64 {
+/// Kills `worker` (SIGKILL) at a moment it holds units: it is stopped (SIGSTOP) first, and
+/// killed once `pdq.inflight` shows units in its name while it cannot finish them; otherwise it
+/// is resumed and tried again. Returns how many units it held when killed (0: never, killed at
+/// the timeout).
+async fn kill_while_holding_units(
+    db: &TestDb,
+    worker: &mut WorkerProcess,
+    timeout: Duration,
+) -> i64 {
     let id = worker.worker_id();
     let deadline = Instant::now() + timeout;
     loop {
+        worker.signal("-STOP");
+        // A commit already on its way lands before we look.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let held: i64 =
             sqlx::query_scalar("select count(*) from pdq.inflight where locked_by = $1")
                 .bind(&id)
@@ -284,9 +297,11 @@ async fn wait_holding_units(db: &TestDb, worker: &WorkerProcess, timeout: Durati
                 .await
                 .unwrap_or(0);
         if held > 0 || Instant::now() >= deadline {
+            worker.kill();
             return held;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        worker.signal("-CONT");
+        tokio::time::sleep(Duration::from_millis(30)).await;
     }
 }
 
@@ -423,8 +438,10 @@ async fn kill_9_of_a_worker_holding_units_three_times_loses_nothing() {
     let chaos = async {
         let mut held = Vec::new();
         for _ in 0..3 {
-            held.push(wait_holding_units(&db, &worker, Duration::from_secs(15)).await);
-            worker.kill();
+            // Let it apply some first, so the kill also hits PATCHes in flight and batches of
+            // finishes not yet committed, not only fresh claims.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            held.push(kill_while_holding_units(&db, &mut worker, Duration::from_secs(15)).await);
             worker = spawn_worker(&db, &emulator);
             worker.ready().await;
         }
@@ -462,8 +479,8 @@ async fn workers_killed_and_stopped_while_others_drain_lose_nothing() {
     }
     let producing = produce(&db, &targets, 1..=rounds, Duration::from_millis(100), None);
     let chaos = async {
-        let held = wait_holding_units(&db, &workers[0], Duration::from_secs(15)).await;
-        workers[0].kill();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let held = kill_while_holding_units(&db, &mut workers[0], Duration::from_secs(15)).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
         workers[1].signal("-TERM");
         held
