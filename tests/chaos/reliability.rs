@@ -199,7 +199,19 @@ impl Drop for Scenario {
     }
 }
 
+/// The number of `|` in a row of the current table.
+fn pipes() -> usize {
+    HEADER
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .matches('|')
+        .count()
+}
+
 /// The README with `line` as the row of `scenario` inside the markers (replaced, or appended).
+/// Rows of an older table layout (another column count) are dropped: their columns would no
+/// longer mean what the header says.
 fn with_row(readme: &str, scenario: &str, line: &str) -> String {
     let (Some(begin), Some(end)) = (readme.find(BEGIN), readme.find(END)) else {
         panic!("README.md needs the {BEGIN} and {END} markers around the reliability table");
@@ -209,6 +221,7 @@ fn with_row(readme: &str, scenario: &str, line: &str) -> String {
     let mut rows: Vec<String> = inside
         .lines()
         .filter(|l| l.starts_with("| ") && !HEADER.contains(l))
+        .filter(|l| !l.starts_with("| scenario |") && l.matches('|').count() == pipes())
         .map(str::to_owned)
         .collect();
     match rows.iter_mut().find(|l| l.starts_with(&prefix)) {
@@ -229,20 +242,34 @@ fn with_row(readme: &str, scenario: &str, line: &str) -> String {
     )
 }
 
+#[cfg(test)]
+fn sample(name: &str, text: &str) -> String {
+    format!("| {name} | {text} |{}", " x |".repeat(pipes() - 3))
+}
+
 #[test]
 fn a_row_replaces_its_scenario_and_keeps_the_others() {
-    let readme = format!("intro\n{BEGIN}\n{HEADER}\n| a | old |\n| b | kept |\n{END}\nafter\n");
-    let replaced = with_row(&readme, "a", "| a | new |");
+    let (a_old, b) = (sample("a", "old"), sample("b", "kept"));
+    let old_layout = "| a | r | 1 | 0 | 0 | none | 1 s | notes |";
+    let old_header = "| scenario | run | jobs | lost | duplicates applied | dead-lettered (by reason) | time to drain | notes |";
+    let readme = format!(
+        "intro\n{BEGIN}\n{HEADER}\n{old_header}\n{a_old}\n{old_layout}\n{b}\n{END}\nafter\n"
+    );
+    let a_new = sample("a", "new");
+    let replaced = with_row(&readme, "a", &a_new);
     assert_eq!(
         replaced,
-        format!("intro\n{BEGIN}\n{HEADER}\n| a | new |\n| b | kept |\n{END}\nafter\n")
+        format!("intro\n{BEGIN}\n{HEADER}\n{a_new}\n{b}\n{END}\nafter\n"),
+        "replaced in place; rows and header of the old layout gone"
     );
-    let appended = with_row(&replaced, "c", "| c | added |");
-    assert!(appended.contains("| b | kept |\n| c | added |\n<!--"));
+    let c = sample("c", "added");
+    let appended = with_row(&replaced, "c", &c);
+    assert!(appended.contains(&format!("{b}\n{c}\n<!--")));
     assert_eq!(appended.matches(HEADER).count(), 1);
-    let first = with_row(&appended, ORDER[0], &format!("| {} | x |", ORDER[0]));
+    let known = sample(ORDER[0], "x");
+    let first = with_row(&appended, ORDER[0], &known);
     assert!(
-        first.contains(&format!("{HEADER}\n| {} | x |\n| a |", ORDER[0])),
+        first.contains(&format!("{HEADER}\n{known}\n{a_new}")),
         "known scenarios come first, in the brief's order"
     );
 }
