@@ -275,6 +275,18 @@ async fn jobs_attempted_twice(db: &TestDb) -> i64 {
     .unwrap()
 }
 
+/// What a worker logs (at info, `pdq::worker::maintenance`) when it puts the jobs of an
+/// expired lease back in the queue.
+const RESCUE_LOG: &str = "recovered jobs";
+
+/// How many times these workers logged that they recovered the jobs of an expired lease.
+fn rescues_logged(workers: &[WorkerProcess]) -> usize {
+    workers
+        .iter()
+        .map(|w| w.log_text().matches(RESCUE_LOG).count())
+        .sum()
+}
+
 /// Kills `worker` (SIGKILL) at a moment it holds units: it is stopped (SIGSTOP) first, and
 /// killed once `pdq.inflight` shows units in its name while it cannot finish them; otherwise it
 /// is resumed and tried again. Returns how many units it held when killed (0: never, killed at
@@ -434,6 +446,7 @@ async fn kill_9_of_a_worker_holding_units_three_times_loses_nothing() {
     let rounds = if long_mode() { 60 } else { 30 };
     let mut worker = spawn_worker(&db, &emulator);
     worker.ready().await;
+    let mut done = Vec::new();
     let producing = produce(&db, &targets, 1..=rounds, Duration::from_millis(100), None);
     let chaos = async {
         let mut held = Vec::new();
@@ -442,7 +455,8 @@ async fn kill_9_of_a_worker_holding_units_three_times_loses_nothing() {
             // finishes not yet committed, not only fresh claims.
             tokio::time::sleep(Duration::from_millis(700)).await;
             held.push(kill_while_holding_units(&db, &mut worker, Duration::from_secs(15)).await);
-            worker = spawn_worker(&db, &emulator);
+            let next = spawn_worker(&db, &emulator);
+            done.push(std::mem::replace(&mut worker, next));
             worker.ready().await;
         }
         held
@@ -450,11 +464,18 @@ async fn kill_9_of_a_worker_holding_units_three_times_loses_nothing() {
     let ((jobs, first_insert), held) = tokio::join!(producing, chaos);
     let drained = drain(&db, first_insert, drain_timeout()).await;
     worker.stop();
+    done.push(worker);
     let recovered = jobs_attempted_twice(&db).await;
     let mut verdict = Verdict::of(&db, &emulator, jobs, drained).await;
     verdict.ambiguous_failures = true;
+    let rescues = rescues_logged(&done);
     verdict.notes = format!(
-        "victims held {held:?} units when killed; {recovered} jobs claimed again after the kills"
+        "victims held {held:?} units when killed; {recovered} jobs claimed again after the kills; \
+         {rescues} lease recoveries logged"
+    );
+    verdict.check(
+        rescues > 0,
+        "the killed workers' leases were recovered (logged)",
     );
     verdict.check(
         held.iter().all(|n| *n > 0),
@@ -493,8 +514,14 @@ async fn workers_killed_and_stopped_while_others_drain_lose_nothing() {
     let recovered = jobs_attempted_twice(&db).await;
     let mut verdict = Verdict::of(&db, &emulator, jobs, drained).await;
     verdict.ambiguous_failures = true;
+    let rescues = rescues_logged(&workers);
     verdict.notes = format!(
-        "the killed worker held {held} units; {recovered} jobs claimed again after the kill"
+        "the killed worker held {held} units; {recovered} jobs claimed again after the kill; \
+         {rescues} lease recoveries logged"
+    );
+    verdict.check(
+        rescues > 0,
+        "the killed worker's leases were recovered (logged)",
     );
     verdict.check(held > 0, "the kill hit a worker holding units");
     verdict.check(
