@@ -877,3 +877,76 @@ async fn an_outage_refuses_connections_then_the_same_port_serves_again() {
         crate::helpers::wait_until(Duration::from_secs(3), || async { call().await.is_ok() }).await;
     assert!(back);
 }
+
+#[tokio::test]
+async fn the_emulator_command_takes_the_new_fault_flags() {
+    use std::io::{BufRead, BufReader};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args([
+            "emulator",
+            "--port",
+            &port.to_string(),
+            "--missing-permissions",
+        ])
+        .args([
+            "--login-outage-secs",
+            "30",
+            "--apply-then-reset-rate",
+            "0.25",
+        ])
+        .args(["--apply-then-error-rate", "0.5"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line == "ready")
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(20), ready).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = Client::new();
+    let faults = async {
+        client
+            .get(format!("{base}/admin/faults"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let faults = match ready {
+        Ok(Ok(true)) => faults.await,
+        other => {
+            let _ = child.kill();
+            panic!("the emulator did not start: {other:?}");
+        }
+    };
+    let login = client
+        .post(format!("{base}/oauth/token"))
+        .basic_auth("pdq-demo", Some("pdq-demo-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert_eq!(faults["missing_permissions"], true);
+    assert_eq!(faults["login_outage_secs"], 30);
+    assert_eq!(faults["apply_then_reset_rate"], 0.25);
+    assert_eq!(faults["apply_then_error_rate"], 0.5);
+    assert_eq!(login, 503, "the login outage runs from the start");
+}
