@@ -122,7 +122,9 @@ pub async fn login_layer(
     };
     if outage {
         shared.0.lock().unwrap().record(&route, 503, None);
-        let mut response = ApiError::server_error(503).into_response();
+        let mut error = ApiError::server_error(503);
+        error.context_id = correlation.clone();
+        let mut response = error.into_response();
         response.extensions_mut().remove::<ApiError>();
         response
             .headers_mut()

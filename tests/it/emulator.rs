@@ -830,7 +830,13 @@ async fn a_login_outage_answers_503_on_the_token_endpoint_only() {
     };
     let out = login().await.unwrap();
     assert_eq!(out.status(), 503);
-    assert!(out.headers().contains_key("inin-correlation-id"));
+    let correlation = out.headers()["inin-correlation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = out.json().await.unwrap();
+    assert_eq!(body["code"], "service.unavailable");
+    assert_eq!(body["contextId"], correlation.as_str());
     let api = client
         .get(format!("{base}/api/v2/tokens/me"))
         .bearer_auth(&bearer)
