@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -35,6 +35,9 @@ pub fn routes() -> Router<Arc<Shared>> {
             "/admin/conversations/{id}/participants/{pid}/history",
             get(history),
         )
+        .route("/admin/conversations/{id}/access", put(access))
+        .route("/admin/patches", get(patches))
+        .route("/admin/outage", post(outage))
         .route("/admin/requests", get(requests))
         .route("/admin/requests/log", get(request_log))
         .route("/admin/faults", get(faults).put(set_faults))
@@ -114,6 +117,53 @@ async fn history(
     Path((id, pid)): Path<(Uuid, Uuid)>,
 ) -> Response {
     Json(super::history(&shared, id, pid)).into_response()
+}
+
+#[derive(Deserialize)]
+struct AccessBody {
+    forbidden: bool,
+}
+
+async fn access(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<AccessBody>,
+) -> StatusCode {
+    found(super::set_forbidden(&shared, id, body.forbidden))
+}
+
+#[derive(Deserialize)]
+struct PatchesQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+/// `GET /admin/patches?after=SEQ&limit=N`: applied PATCHes in the order applied.
+async fn patches(State(shared): State<Arc<Shared>>, Query(query): Query<PatchesQuery>) -> Response {
+    let limit = query.limit.unwrap_or(10_000);
+    let org = shared.0.lock().unwrap();
+    Json(org.patches_after(query.after, limit)).into_response()
+}
+
+#[derive(Deserialize)]
+struct OutageBody {
+    secs: f64,
+}
+
+/// `POST /admin/outage {"secs": N}`: answers 202, then closes the listener for N seconds.
+async fn outage(State(shared): State<Arc<Shared>>, Json(body): Json<OutageBody>) -> StatusCode {
+    if !(body.secs.is_finite() && body.secs > 0.0) {
+        return StatusCode::BAD_REQUEST;
+    }
+    let duration = std::time::Duration::from_secs_f64(body.secs.min(86_400.0));
+    tokio::spawn(async move {
+        // Lets this response go out before the connections are dropped.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let until = std::time::Instant::now() + duration;
+        super::set_listening(&shared, super::Listening::Stopped(Some(until)));
+    });
+    StatusCode::ACCEPTED
 }
 
 async fn requests(State(shared): State<Arc<Shared>>) -> Response {

@@ -1,5 +1,7 @@
 //! The layer every `/api/v2` request passes: correlation id, faults, bearer token, rate limit,
-//! and the `ININ-Correlation-Id` and `inin-ratelimit-*` headers on every response.
+//! permissions, and the `ININ-Correlation-Id` and `inin-ratelimit-*` headers on every response.
+//! Most faults fire before the handler; the "apply, then …" faults fire after it, so the
+//! request took effect but the client never learns so.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::conversations::PatchApplied;
 use super::error::ApiError;
 use super::faults::Injected;
 use super::org::{Shared, WindowInfo};
@@ -37,11 +40,12 @@ pub async fn layer(
     let correlation = Uuid::new_v4().to_string();
     let route = route_label(&request);
     let kill = request.extensions().get::<ConnectionKill>().cloned();
-    if let Some(response) = inject_faults(&shared, kill, &route, &correlation).await {
-        return response;
-    }
+    let after = match inject_faults(&shared, kill.clone(), &route, &correlation).await {
+        Ok(after) => after,
+        Err(response) => return response,
+    };
     let token = bearer(&request);
-    let admitted = admit(&shared, token.as_deref());
+    let admitted = admit(&shared, token.as_deref(), &route);
     let (caller, window) = match admitted {
         Ok(pair) => pair,
         Err((error, window)) => {
@@ -57,12 +61,51 @@ pub async fn layer(
     let client_id = caller.client_id.clone();
     request.extensions_mut().insert(caller);
     let response = finish(next.run(request).await, &correlation, window);
-    shared
-        .0
-        .lock()
-        .unwrap()
-        .record(&route, response.status().as_u16(), Some(client_id));
-    response
+    let applied = response.extensions().get::<PatchApplied>().copied();
+    match after {
+        Some(Injected::ResetAfter) => {
+            {
+                let mut org = shared.0.lock().unwrap();
+                if let Some(PatchApplied(seq)) = applied {
+                    org.set_patch_status(seq, 0);
+                }
+                org.record(&route, 0, Some(client_id));
+            }
+            drop_connection(kill, &correlation).await
+        }
+        Some(Injected::ErrorAfter(status)) => {
+            let mut org = shared.0.lock().unwrap();
+            if let Some(PatchApplied(seq)) = applied {
+                org.set_patch_status(seq, status);
+            }
+            org.record(&route, status, Some(client_id));
+            let error = ApiError::server_error(status).into_response();
+            finish(error, &correlation, window)
+        }
+        _ => {
+            shared
+                .0
+                .lock()
+                .unwrap()
+                .record(&route, response.status().as_u16(), Some(client_id));
+            response
+        }
+    }
+}
+
+/// Closes the connection without a response (a 500 where the connection cannot be reached).
+async fn drop_connection(kill: Option<ConnectionKill>, correlation: &str) -> Response {
+    match kill {
+        Some(kill) => {
+            kill.0.cancel();
+            std::future::pending::<Response>().await
+        }
+        None => finish(
+            ApiError::server_error(500).into_response(),
+            correlation,
+            None,
+        ),
+    }
 }
 
 /// The correlation header and error `contextId` for `/oauth/token` too.
@@ -73,10 +116,24 @@ pub async fn login_layer(
 ) -> Response {
     let correlation = Uuid::new_v4().to_string();
     let route = route_label(&request);
-    let include = shared.0.lock().unwrap().config.faults.include_oauth;
+    let (include, outage) = {
+        let org = shared.0.lock().unwrap();
+        (org.config.faults.include_oauth, org.login_out())
+    };
+    if outage {
+        shared.0.lock().unwrap().record(&route, 503, None);
+        let mut error = ApiError::server_error(503);
+        error.context_id = correlation.clone();
+        let mut response = error.into_response();
+        response.extensions_mut().remove::<ApiError>();
+        response
+            .headers_mut()
+            .insert("inin-correlation-id", header(&correlation));
+        return response;
+    }
     if include {
         let kill = request.extensions().get::<ConnectionKill>().cloned();
-        if let Some(response) = inject_faults(&shared, kill, &route, &correlation).await {
+        if let Err(response) = inject_faults(&shared, kill, &route, &correlation).await {
             return response;
         }
     }
@@ -108,10 +165,11 @@ fn bearer(request: &Request) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
-/// Authenticates and counts the request against the budget.
+/// Authenticates, counts the request against the budget and checks the role's permissions.
 fn admit(
     shared: &Shared,
     token: Option<&str>,
+    route: &str,
 ) -> Result<(Caller, Option<WindowInfo>), (ApiError, Option<WindowInfo>)> {
     let mut org = shared.0.lock().unwrap();
     let idle = org.config.rate_limit.map(|l| WindowInfo {
@@ -139,7 +197,13 @@ fn admit(
             return Err((ApiError::too_many_requests(retry), idle));
         }
     }
+    let missing_permissions =
+        org.config.faults.missing_permissions && !route.ends_with("/api/v2/tokens/me");
     match org.count_request(token, &client_id) {
+        Ok(window) if missing_permissions => Err((
+            ApiError::missing_permissions(required_permission(route)),
+            Some(window),
+        )),
         Ok(window) => Ok((
             Caller {
                 client_id,
@@ -151,16 +215,27 @@ fn admit(
     }
 }
 
+/// The permission a route needs, for the `missing.permissions` message.
+fn required_permission(route: &str) -> &'static str {
+    if route.contains("/analytics/") {
+        "analytics:conversationDetail:view"
+    } else {
+        "conversation:communication:view"
+    }
+}
+
+/// Sleeps the latency and fires the faults that come before the handler (`Err` with the
+/// response to send instead); `Ok` with a fault that fires after the handler, if any.
 async fn inject_faults(
     shared: &Shared,
     kill: Option<ConnectionKill>,
     route: &str,
     correlation: &str,
-) -> Option<Response> {
+) -> Result<Option<Injected>, Response> {
     let (latency, injected, hang_ms) = {
         let mut org = shared.0.lock().unwrap();
         if !org.config.faults.any() {
-            return None;
+            return Ok(None);
         }
         let faults = org.config.faults.clone();
         let (latency, injected) = faults.roll(&mut org.rng);
@@ -170,31 +245,21 @@ async fn inject_faults(
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     match injected {
-        Injected::None => None,
+        Injected::None => Ok(None),
+        after @ (Injected::ResetAfter | Injected::ErrorAfter(_)) => Ok(Some(after)),
         Injected::Error(status) => {
             shared.0.lock().unwrap().record(route, status, None);
             let response = ApiError::server_error(status).into_response();
-            Some(finish(response, correlation, None))
+            Err(finish(response, correlation, None))
         }
         Injected::Reset => {
             shared.0.lock().unwrap().record(route, 0, None);
-            match kill {
-                Some(kill) => {
-                    kill.0.cancel();
-                    std::future::pending::<()>().await;
-                    None
-                }
-                None => Some(finish(
-                    ApiError::server_error(500).into_response(),
-                    correlation,
-                    None,
-                )),
-            }
+            Err(drop_connection(kill, correlation).await)
         }
         Injected::Hang => {
             shared.0.lock().unwrap().record(route, 0, None);
             tokio::time::sleep(Duration::from_millis(hang_ms)).await;
-            Some(finish(
+            Err(finish(
                 ApiError::server_error(504).into_response(),
                 correlation,
                 None,

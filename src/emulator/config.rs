@@ -126,6 +126,8 @@ pub struct EmulatorConfig {
     pub history_cap: usize,
     /// Requests remembered in the request log.
     pub request_log_cap: usize,
+    /// Applied PATCHes remembered in the organization-wide history (oldest dropped first).
+    pub patch_log_cap: usize,
     /// Serve `/admin/…`.
     pub admin: bool,
     /// The organization tokens belong to.
@@ -160,6 +162,7 @@ impl Default for EmulatorConfig {
             reject_tutorial_patch: true,
             history_cap: 1_000,
             request_log_cap: 100_000,
+            patch_log_cap: 200_000,
             admin: true,
             organization_name: "pdq emulator org".to_owned(),
         }

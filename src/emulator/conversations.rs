@@ -39,6 +39,7 @@ pub async fn get(
     let org = shared.0.lock().unwrap();
     let delay = Duration::from_millis(org.config.visibility_delay_ms);
     let conversation = org.conversations.get(&id).ok_or_else(ApiError::not_found)?;
+    conversation.check_access()?;
     Ok(Json(conversation.to_json(delay)).into_response())
 }
 
@@ -63,8 +64,20 @@ pub async fn patch_attributes(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    apply_patch(&shared, &cid, &pid, &headers, &body, true)?;
-    Ok(StatusCode::ACCEPTED.into_response())
+    let (_, applied) = apply_patch(&shared, &cid, &pid, &headers, &body, true)?;
+    Ok(applied.mark(StatusCode::ACCEPTED.into_response()))
+}
+
+/// Marks a response whose request was applied as the history entry `seq` (0: nothing recorded),
+/// so a fault that fires after the handler can record the status the client really got.
+#[derive(Debug, Clone, Copy)]
+pub struct PatchApplied(pub u64);
+
+impl PatchApplied {
+    fn mark(self, mut response: Response) -> Response {
+        response.extensions_mut().insert(self);
+        response
+    }
 }
 
 /// The media variants (`calls`, `callbacks`, `emails`, `messages`, `cobrowsesessions`):
@@ -80,12 +93,14 @@ pub async fn patch_media_attributes(
         "messages" | "cobrowsesessions" => false,
         _ => return Err(ApiError::not_found()),
     };
-    let attributes = apply_patch(&shared, &cid, &pid, &headers, &body, body_required)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "attributes": attributes })),
-    )
-        .into_response())
+    let (attributes, applied) = apply_patch(&shared, &cid, &pid, &headers, &body, body_required)?;
+    Ok(applied.mark(
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({ "attributes": attributes })),
+        )
+            .into_response(),
+    ))
 }
 
 /// The tutorial's `PATCH /api/v2/conversations/{cid}/participants/{pid}`: its body is a
@@ -123,6 +138,7 @@ pub async fn patch_participant(
         .conversations
         .get_mut(&cid)
         .ok_or_else(ApiError::not_found)?;
+    conversation.check_access()?;
     let participant = conversation
         .participant_mut(pid)
         .ok_or_else(ApiError::not_found)?;
@@ -150,6 +166,7 @@ pub async fn put_tags(
         .conversations
         .get_mut(&id)
         .ok_or_else(ApiError::not_found)?;
+    conversation.check_access()?;
     conversation.previous_tag = Some((Instant::now(), conversation.tag.take()));
     conversation.tag = Some(tag.to_owned());
     Ok((StatusCode::ACCEPTED, Json(Value::String(tag.to_owned()))).into_response())
@@ -164,7 +181,8 @@ fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-/// Validates and merges a PATCH; returns the participant's attributes afterwards.
+/// Validates and merges a PATCH; returns the participant's attributes afterwards and the
+/// PATCH's place in the organization-wide history.
 fn apply_patch(
     shared: &Shared,
     cid: &str,
@@ -172,7 +190,7 @@ fn apply_patch(
     headers: &HeaderMap,
     body: &Bytes,
     body_required: bool,
-) -> Result<BTreeMap<String, String>, ApiError> {
+) -> Result<(BTreeMap<String, String>, PatchApplied), ApiError> {
     let (cid, pid) = (parse_id(cid)?, parse_id(pid)?);
     let mut org = shared.0.lock().unwrap();
     let max = org.config.max_request_bytes;
@@ -266,13 +284,14 @@ fn merge(
     cid: Uuid,
     pid: Uuid,
     update: Update,
-) -> Result<BTreeMap<String, String>, ApiError> {
+) -> Result<(BTreeMap<String, String>, PatchApplied), ApiError> {
     let ended_behaviour = org.config.ended_conversation;
     let (cap, max_keys) = (org.config.history_cap, org.config.attribute_limits.max_keys);
     let conversation = org
         .conversations
         .get_mut(&cid)
         .ok_or_else(ApiError::not_found)?;
+    conversation.check_access()?;
     let conversation_ended = conversation.ended.is_some();
     let participant = conversation
         .participant_mut(pid)
@@ -308,18 +327,20 @@ fn merge(
     }
     let previous = std::mem::replace(&mut participant.attributes, merged);
     participant.previous = Some((Instant::now(), previous));
+    let attributes: BTreeMap<String, String> = update
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or_default()))
+        .collect();
     if cap > 0 {
         if participant.history.len() >= cap {
             participant.history.pop_front();
         }
-        let attributes = update
-            .into_iter()
-            .map(|(k, v)| (k, v.unwrap_or_default()))
-            .collect();
         participant.history.push_back(PatchRecord {
             at: Utc::now(),
-            attributes,
+            attributes: attributes.clone(),
         });
     }
-    Ok(participant.attributes.clone())
+    let now = participant.attributes.clone();
+    let seq = org.record_patch(cid, pid, attributes);
+    Ok((now, PatchApplied(seq)))
 }

@@ -19,6 +19,8 @@ pub struct ApiError {
     pub context_id: String,
     /// `Retry-After` for 429s.
     pub retry_after: Option<u64>,
+    /// More fields of the body (`messageWithParams`, `messageParams`).
+    pub extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ApiError {
@@ -30,7 +32,37 @@ impl ApiError {
             message: message.into(),
             context_id: String::new(),
             retry_after: None,
+            extra: None,
         }
+    }
+
+    /// 403 `not.authorized`: the client may not act on this resource (e.g. its division).
+    pub fn not_authorized() -> ApiError {
+        ApiError::new(
+            403,
+            "not.authorized",
+            "You are not authorized to perform the requested action.",
+        )
+    }
+
+    /// 403 `missing.permissions`: the client's role lacks `permissions`.
+    pub fn missing_permissions(permissions: &str) -> ApiError {
+        let mut error = ApiError::new(
+            403,
+            "missing.permissions",
+            format!("Unable to perform the requested action. You are missing the following permission(s): {permissions}"),
+        );
+        let mut extra = serde_json::Map::new();
+        extra.insert(
+            "messageWithParams".to_owned(),
+            json!("Unable to perform the requested action. You are missing the following permission(s): {permissions}"),
+        );
+        extra.insert(
+            "messageParams".to_owned(),
+            json!({ "permissions": permissions }),
+        );
+        error.extra = Some(Box::new(extra));
+        error
     }
 
     /// 404 `not.found`.
@@ -73,7 +105,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
+        let mut body = json!({
             "message": self.message,
             "code": self.code,
             "status": self.status.as_u16(),
@@ -81,6 +113,9 @@ impl IntoResponse for ApiError {
             "details": [],
             "errors": [],
         });
+        if let (Some(object), Some(extra)) = (body.as_object_mut(), &self.extra) {
+            object.extend(extra.as_ref().clone());
+        }
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response

@@ -1,4 +1,5 @@
-//! Injected faults: latency, 5xx, connection resets, hangs, 429 storms. Seeded, so runs repeat.
+//! Injected faults: latency, 5xx, connection resets, hangs, 429 storms, faults that fire after
+//! the request was applied, 403s and login outages. Seeded, so runs repeat.
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,17 @@ pub struct Faults {
     pub storm_retry_after_secs: u64,
     /// Apply faults to `/oauth/token` too.
     pub include_oauth: bool,
+    /// Share of requests served (a PATCH is applied) whose connection is then closed without
+    /// the response: the client cannot tell whether the request took effect.
+    pub apply_then_reset_rate: f64,
+    /// Share of requests served (a PATCH is applied) that are then answered with a server
+    /// error from `error_statuses` instead of their own response.
+    pub apply_then_error_rate: f64,
+    /// Answer every authenticated `/api/v2` request (except `/api/v2/tokens/me`, which needs no
+    /// permission) 403 `missing.permissions`, as when the client's role lost its permissions.
+    pub missing_permissions: bool,
+    /// Answer `/oauth/token` 503 for this many seconds from when the faults are set.
+    pub login_outage_secs: u64,
 }
 
 impl Default for Faults {
@@ -42,6 +54,10 @@ impl Default for Faults {
             storm_secs: 0,
             storm_retry_after_secs: 5,
             include_oauth: false,
+            apply_then_reset_rate: 0.0,
+            apply_then_error_rate: 0.0,
+            missing_permissions: false,
+            login_outage_secs: 0,
         }
     }
 }
@@ -57,6 +73,17 @@ pub enum Injected {
     Reset,
     /// Never answer (within the hang time).
     Hang,
+    /// Serve the request, then close the connection without the response.
+    ResetAfter,
+    /// Serve the request, then answer with this server error instead.
+    ErrorAfter(u16),
+}
+
+impl Injected {
+    /// True for the faults that fire after the request was served.
+    pub fn after_serving(self) -> bool {
+        matches!(self, Injected::ResetAfter | Injected::ErrorAfter(_))
+    }
 }
 
 impl Faults {
@@ -67,6 +94,8 @@ impl Faults {
             || self.error_rate > 0.0
             || self.reset_rate > 0.0
             || self.hang_rate > 0.0
+            || self.apply_then_reset_rate > 0.0
+            || self.apply_then_error_rate > 0.0
     }
 
     /// Rolls the dice for one request; returns the latency to add and the fault.
@@ -78,18 +107,33 @@ impl Faults {
                 0
             };
         let draw: f64 = rng.gen();
-        let injected = if draw < self.reset_rate {
+        let mut edge = 0.0;
+        let mut hit = |rate: f64| {
+            let low = edge;
+            edge += rate;
+            draw >= low && draw < edge
+        };
+        let injected = if hit(self.reset_rate) {
             Injected::Reset
-        } else if draw < self.reset_rate + self.hang_rate {
+        } else if hit(self.hang_rate) {
             Injected::Hang
-        } else if draw < self.reset_rate + self.hang_rate + self.error_rate
-            && !self.error_statuses.is_empty()
-        {
-            Injected::Error(self.error_statuses[rng.gen_range(0..self.error_statuses.len())])
+        } else if hit(self.error_rate) {
+            self.pick_status(rng)
+                .map_or(Injected::None, Injected::Error)
+        } else if hit(self.apply_then_reset_rate) {
+            Injected::ResetAfter
+        } else if hit(self.apply_then_error_rate) {
+            self.pick_status(rng)
+                .map_or(Injected::None, Injected::ErrorAfter)
         } else {
             Injected::None
         };
         (latency, injected)
+    }
+
+    fn pick_status<R: Rng>(&self, rng: &mut R) -> Option<u16> {
+        (!self.error_statuses.is_empty())
+            .then(|| self.error_statuses[rng.gen_range(0..self.error_statuses.len())])
     }
 }
 
@@ -123,5 +167,27 @@ mod tests {
         assert!((800..1_200).contains(&errors), "{errors}");
         assert!((380..620).contains(&resets), "{resets}");
         assert!((120..280).contains(&hangs), "{hangs}");
+    }
+
+    #[test]
+    fn faults_after_serving_take_their_own_shares() {
+        let faults = Faults {
+            error_rate: 0.1,
+            apply_then_reset_rate: 0.2,
+            apply_then_error_rate: 0.3,
+            error_statuses: vec![503],
+            ..Faults::default()
+        };
+        assert!(faults.any());
+        let mut rng = SmallRng::seed_from_u64(4);
+        let rolls: Vec<Injected> = (0..10_000).map(|_| faults.roll(&mut rng).1).collect();
+        let count = |f: fn(&Injected) -> bool| rolls.iter().filter(|i| f(i)).count();
+        let before = count(|i| *i == Injected::Error(503));
+        let resets = count(|i| *i == Injected::ResetAfter);
+        let errors = count(|i| *i == Injected::ErrorAfter(503));
+        assert!((800..1_200).contains(&before), "{before}");
+        assert!((1_800..2_200).contains(&resets), "{resets}");
+        assert!((2_700..3_300).contains(&errors), "{errors}");
+        assert!(Injected::ResetAfter.after_serving() && !Injected::Reset.after_serving());
     }
 }

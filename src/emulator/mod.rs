@@ -12,20 +12,21 @@ mod config;
 mod conversations;
 mod error;
 mod faults;
+mod listener;
 mod oauth;
 mod org;
 mod state;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post, put};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 use uuid::Uuid;
 
 pub use config::{
@@ -36,10 +37,11 @@ pub use error::{ApiError, Error};
 pub use faults::Faults;
 pub use org::{RequestCount, RequestRecord};
 pub use state::{
-    ConversationSpec, CreatedConversation, CreatedParticipant, ParticipantSpec, PatchRecord,
+    AppliedPatch, ConversationSpec, CreatedConversation, CreatedParticipant, ParticipantSpec,
+    PatchRecord,
 };
 
-use org::{Org, Shared};
+use org::{Listening, Org, Shared};
 
 /// The demo OAuth client id the emulator accepts by default.
 pub const DEMO_CLIENT_ID: &str = "pdq-demo";
@@ -111,46 +113,24 @@ impl Emulator {
             .map_err(|source| Error::Bind { addr, source })?;
         let shared = Arc::new(Shared(Mutex::new(Org::new(config))));
         let stop = CancellationToken::new();
-        tokio::spawn(serve(listener, router(shared.clone()), stop.clone()));
+        let control = shared.0.lock().unwrap().listening.subscribe();
+        let (bound, listening) = watch::channel(true);
+        let server = listener::Server {
+            app: router(shared.clone()),
+            addr: local,
+            stop: stop.clone(),
+            control,
+            bound,
+        };
+        tokio::spawn(server.serve(listener));
         Ok(EmulatorHandle {
             inner: Arc::new(HandleInner {
                 base_url: format!("http://{local}"),
                 shared,
                 stop,
+                listening,
             }),
         })
-    }
-}
-
-/// Accepts connections; a connection whose request draws a reset fault is dropped unanswered.
-async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
-            _ = stop.cancelled() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let (app, stop) = (app.clone(), stop.clone());
-        tokio::spawn(async move {
-            let kill = CancellationToken::new();
-            let marker = api::ConnectionKill(kill.clone());
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(marker.clone());
-                    app.clone().oneshot(request.map(axum::body::Body::new))
-                },
-            );
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                _ = kill.cancelled() => {}
-                _ = stop.cancelled() => {}
-            }
-        });
     }
 }
 
@@ -164,6 +144,7 @@ struct HandleInner {
     base_url: String,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    listening: watch::Receiver<bool>,
 }
 
 impl Drop for HandleInner {
@@ -217,6 +198,58 @@ impl EmulatorHandle {
     /// The PATCHes a participant received, oldest first, with arrival times.
     pub fn patch_history(&self, cid: Uuid, pid: Uuid) -> Vec<PatchRecord> {
         history(self.shared(), cid, pid)
+    }
+
+    /// Every applied attributes PATCH, in the order applied (up to `patch_log_cap`).
+    pub fn patches(&self) -> Vec<AppliedPatch> {
+        self.patches_after(0, usize::MAX)
+    }
+
+    /// The applied PATCHes whose `seq` is above `after`, oldest first, at most `limit`.
+    pub fn patches_after(&self, after: u64, limit: usize) -> Vec<AppliedPatch> {
+        self.shared().0.lock().unwrap().patches_after(after, limit)
+    }
+
+    /// Makes every request on a conversation answer 403 `not.authorized` (or not); false when
+    /// unknown.
+    pub fn set_forbidden(&self, id: Uuid, forbidden: bool) -> bool {
+        set_forbidden(self.shared(), id, forbidden)
+    }
+
+    /// Closes the listener (new connections are refused) and drops open connections, until
+    /// [`EmulatorHandle::start_listening`].
+    pub async fn stop_listening(&self) {
+        set_listening(self.shared(), Listening::Stopped(None));
+        self.wait_listening(false).await;
+    }
+
+    /// Listens again on the same address; returns once connections are accepted.
+    pub async fn start_listening(&self) {
+        set_listening(self.shared(), Listening::Serving);
+        self.wait_listening(true).await;
+    }
+
+    /// Stops listening for `duration`, then listens again on the same address by itself.
+    pub async fn outage(&self, duration: Duration) {
+        set_listening(
+            self.shared(),
+            Listening::Stopped(Some(Instant::now() + duration)),
+        );
+        self.wait_listening(false).await;
+    }
+
+    /// True while the listener is open.
+    pub fn is_listening(&self) -> bool {
+        *self.inner.listening.borrow()
+    }
+
+    async fn wait_listening(&self, listening: bool) {
+        let mut receiver = self.inner.listening.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            receiver.wait_for(|now| *now == listening),
+        )
+        .await;
     }
 
     /// Requests by route and status.
@@ -311,6 +344,18 @@ fn history(shared: &Shared, cid: Uuid, pid: Uuid) -> Vec<PatchRecord> {
         .unwrap_or_default()
 }
 
+fn set_forbidden(shared: &Shared, id: Uuid, forbidden: bool) -> bool {
+    let mut org = shared.0.lock().unwrap();
+    org.conversations
+        .get_mut(&id)
+        .map(|c| c.forbidden = forbidden)
+        .is_some()
+}
+
+fn set_listening(shared: &Shared, state: Listening) {
+    shared.0.lock().unwrap().listening.send_replace(state);
+}
+
 fn set_faults(shared: &Shared, faults: Faults) {
     let mut org = shared.0.lock().unwrap();
     org.config.faults = faults;
@@ -324,6 +369,8 @@ fn reset(shared: &Shared) {
     org.windows.clear();
     org.counts.clear();
     org.log.clear();
+    org.patches.clear();
     org.config.faults = Faults::default();
     org.storm_until = None;
+    org.login_outage_until = None;
 }

@@ -12,7 +12,17 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::config::{EmulatorConfig, RateLimit, RateLimitScope};
-use super::state::ConversationRec;
+use super::state::{AppliedPatch, ConversationRec};
+
+/// Whether the emulator accepts connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listening {
+    /// The listener is open.
+    Serving,
+    /// The listener is closed (connections refused, open ones dropped) until this instant,
+    /// or until told to serve again (`None`).
+    Stopped(Option<Instant>),
+}
 
 /// An issued access token.
 #[derive(Debug, Clone)]
@@ -61,6 +71,10 @@ pub struct Org {
     pub(super) log: VecDeque<RequestRecord>,
     pub(super) rng: SmallRng,
     pub(super) organization_id: Uuid,
+    pub(super) patches: VecDeque<AppliedPatch>,
+    pub(super) next_patch: u64,
+    pub(super) login_outage_until: Option<Instant>,
+    pub(super) listening: tokio::sync::watch::Sender<Listening>,
 }
 
 /// The lock around [`Org`].
@@ -86,7 +100,12 @@ impl Org {
             .map(|c| (c.id.clone(), c.secret.clone()))
             .collect();
         let storm_until = storm_deadline(&config);
+        let login_outage_until = login_outage_deadline(&config);
         Org {
+            patches: VecDeque::new(),
+            next_patch: 1,
+            login_outage_until,
+            listening: tokio::sync::watch::Sender::new(Listening::Serving),
             rng: SmallRng::seed_from_u64(config.seed),
             storm_until,
             clients,
@@ -196,15 +215,76 @@ impl Org {
         Some(participant.attributes.clone())
     }
 
-    /// Applies the faults' storm setting from now on.
+    /// Applies the faults' storm and login-outage settings from now on.
     pub fn restart_storm(&mut self) {
         self.storm_until = storm_deadline(&self.config);
+        self.login_outage_until = login_outage_deadline(&self.config);
+    }
+
+    /// True while the login endpoint is out.
+    pub fn login_out(&self) -> bool {
+        self.login_outage_until
+            .is_some_and(|until| until > Instant::now())
+    }
+
+    /// Appends an applied PATCH to the organization-wide history; returns its `seq`.
+    pub fn record_patch(
+        &mut self,
+        conversation_id: Uuid,
+        participant_id: Uuid,
+        attributes: BTreeMap<String, String>,
+    ) -> u64 {
+        let seq = self.next_patch;
+        self.next_patch += 1;
+        if self.config.patch_log_cap == 0 {
+            return seq;
+        }
+        if self.patches.len() >= self.config.patch_log_cap {
+            self.patches.pop_front();
+        }
+        self.patches.push_back(AppliedPatch {
+            seq,
+            at: Utc::now(),
+            conversation_id,
+            participant_id,
+            attributes,
+            status: 202,
+        });
+        seq
+    }
+
+    /// Records the status the client really got for the applied PATCH `seq`.
+    pub fn set_patch_status(&mut self, seq: u64, status: u16) {
+        let first = self.patches.front().map_or(0, |p| p.seq);
+        if let Some(patch) = seq
+            .checked_sub(first)
+            .and_then(|index| self.patches.get_mut(index as usize))
+        {
+            patch.status = status;
+        }
+    }
+
+    /// The applied PATCHes with `seq` above `after`, oldest first, at most `limit`.
+    pub fn patches_after(&self, after: u64, limit: usize) -> Vec<AppliedPatch> {
+        let first = self.patches.front().map_or(0, |p| p.seq);
+        let skip = (after + 1).saturating_sub(first) as usize;
+        self.patches
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .cloned()
+            .collect()
     }
 }
 
 fn storm_deadline(config: &EmulatorConfig) -> Option<Instant> {
     (config.faults.storm_secs > 0)
         .then(|| Instant::now() + Duration::from_secs(config.faults.storm_secs))
+}
+
+fn login_outage_deadline(config: &EmulatorConfig) -> Option<Instant> {
+    (config.faults.login_outage_secs > 0)
+        .then(|| Instant::now() + Duration::from_secs(config.faults.login_outage_secs))
 }
 
 fn advance_window(

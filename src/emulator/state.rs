@@ -149,6 +149,25 @@ pub struct PatchRecord {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// One applied attributes PATCH in the organization-wide history, in the order applied.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedPatch {
+    /// Position in the history (1, 2, …; never reused, also after the oldest are dropped).
+    pub seq: u64,
+    /// When it was applied.
+    pub at: DateTime<Utc>,
+    /// The conversation.
+    pub conversation_id: Uuid,
+    /// The participant.
+    pub participant_id: Uuid,
+    /// The attributes in the request (a `null` that deleted a key shows as `""`).
+    pub attributes: BTreeMap<String, String>,
+    /// The status the client got: 202, or the server error of an "apply, then 5xx" fault, or
+    /// 0 when an "apply, then drop the connection" fault closed the connection instead.
+    pub status: u16,
+}
+
 /// A stored participant.
 #[derive(Debug, Clone)]
 pub struct ParticipantRec {
@@ -175,6 +194,8 @@ pub struct ConversationRec {
     pub(super) ended: Option<(DateTime<Utc>, Instant)>,
     pub(super) division: Uuid,
     pub(super) participants: Vec<ParticipantRec>,
+    /// Requests on this conversation are answered 403 `not.authorized`.
+    pub(super) forbidden: bool,
 }
 
 impl ConversationRec {
@@ -206,6 +227,7 @@ impl ConversationRec {
             ended: None,
             division: Uuid::from_u128(0xd1d1d1d1_0000_4000_8000_000000000001),
             participants,
+            forbidden: false,
         }
     }
 
@@ -230,6 +252,15 @@ impl ConversationRec {
         self.ended.get_or_insert(now);
         for participant in &mut self.participants {
             participant.ended.get_or_insert(now);
+        }
+    }
+
+    /// 403 `not.authorized` when the caller may not touch this conversation.
+    pub fn check_access(&self) -> Result<(), super::ApiError> {
+        if self.forbidden {
+            Err(super::ApiError::not_authorized())
+        } else {
+            Ok(())
         }
     }
 

@@ -7,6 +7,9 @@ use proptest::test_runner::TestRunner;
 use serde_json::{json, Map, Value};
 
 use crate::helpers::TestDb;
+use crate::reliability::{Row, Scenario, Stats};
+
+const SCENARIO: &str = "generated bad rows (proptest), good rows sent between them";
 
 /// One defect and the constraint that must refuse it.
 #[derive(Debug, Clone)]
@@ -143,6 +146,7 @@ async fn insert(db: &TestDb, columns: &Value) -> Result<(), Option<String>> {
 
 #[tokio::test]
 async fn ten_thousand_generated_bad_rows_are_each_refused_by_the_right_constraint() {
+    let scenario = Scenario::start(SCENARIO);
     let db = TestDb::with_connections(4).await;
     let attempts: i64 = if super::long_mode() { 50_000 } else { 10_000 };
     let mut runner = TestRunner::deterministic();
@@ -171,13 +175,26 @@ async fn ten_thousand_generated_bad_rows_are_each_refused_by_the_right_constrain
         }
     }
     let stored = db.count("pdq.jobs").await;
-    super::reliability::record(&super::reliability::Row {
-        scenario: "generated bad rows (proptest), good rows sent between them",
-        jobs: attempts + good_inserted,
-        lost: good_inserted - stored,
-        duplicates: 0,
-        dead: Default::default(),
-        drain: None,
+    let lost = good_inserted - stored;
+    let result = match lost {
+        0 => Ok(()),
+        _ => Err(format!(
+            "{stored} rows stored for {good_inserted} good ones"
+        )),
+    };
+    scenario.record(&Row {
+        scenario: SCENARIO,
+        result,
+        stats: Some(Stats {
+            jobs: attempts + good_inserted,
+            applied: None,
+            lost,
+            stale: None,
+            duplicates: None,
+            dead: Default::default(),
+            stuck: None,
+            drain: None,
+        }),
         notes: format!(
             "{attempts} bad rows each refused by its own named constraint ({} different ones); \
              {good_inserted} good rows accepted; {stored} rows stored (no partial writes)",

@@ -1,4 +1,4 @@
-//! A private Postgres cluster for the restart scenario: its own data directory and port, never
+//! A private Postgres cluster for the crash scenario: its own data directory and port, never
 //! the machine's shared server. Started as the `postgres` user when running as root (initdb
 //! refuses root), stopped and removed when dropped.
 
@@ -36,7 +36,7 @@ impl PrivateCluster {
             &["-D", data.to_str()?, "--auth=trust", "-U", "postgres", "-N"],
         );
         initdb.then_some(())?;
-        cluster.pg_ctl("start").then_some(cluster)
+        cluster.pg_ctl("start", "fast").then_some(cluster)
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
@@ -44,12 +44,13 @@ impl PrivateCluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    /// Stops the server (fast) and starts it again.
-    pub fn restart(&self) -> bool {
-        self.pg_ctl("restart")
+    /// Crashes the server (`pg_ctl stop -m immediate`: no checkpoint, every backend killed, as
+    /// in a power cut) and starts it again, which runs crash recovery from the WAL.
+    pub fn crash_and_recover(&self) -> bool {
+        self.pg_ctl("stop", "immediate") && self.pg_ctl("start", "fast")
     }
 
-    fn pg_ctl(&self, action: &str) -> bool {
+    fn pg_ctl(&self, action: &str, mode: &str) -> bool {
         let data = self.dir.join("data");
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
@@ -67,7 +68,7 @@ impl PrivateCluster {
                 "-l",
                 log.to_str().unwrap(),
                 "-m",
-                "fast",
+                mode,
                 "-w",
                 action,
             ],
@@ -94,7 +95,7 @@ impl PrivateCluster {
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
-        self.pg_ctl("stop");
+        self.pg_ctl("stop", "immediate");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

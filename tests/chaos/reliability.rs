@@ -2,65 +2,129 @@
 //!
 //! Every scenario prints its row. With `PDQ_CHAOS_README=1` it also writes the row into
 //! `README.md`, between the `reliability-table` markers, replacing the row of the same scenario.
+//! A failed run writes its row too, marked failed with the reason, so no old result stays.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 const BEGIN: &str = "<!-- reliability-table:begin -->";
 const END: &str = "<!-- reliability-table:end -->";
-const HEADER: &str = "| scenario | run | jobs | lost | duplicates applied | dead-lettered (by reason) | time to drain | notes |\n|---|---|---|---|---|---|---|---|";
+const HEADER: &str = "| scenario | run | result | jobs | applied | lost | stale | duplicates applied | dead-lettered (by reason) | stuck | time to drain | notes |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// The table lists scenarios in this order (the order of the suite's brief); others go last.
 const ORDER: &[&str] = &[
-    "kill -9 ×3 mid-drain, restarted",
-    "3 workers: one kill -9, one SIGTERM",
-    "Postgres restarted mid-drain",
-    "API faults: 10% 5xx, 5% resets, 2% hangs, 429 storm, token revocation",
-    "conversations ending mid-run",
+    super::KILL_9,
+    super::KILL_AND_TERM,
+    super::LOST_LEASE,
+    super::POSTGRES_CRASH,
+    super::API_FAULTS,
+    super::API_OUTAGE,
+    super::LOGIN_OUTAGE,
+    super::CONVERSATIONS_ENDING,
+    super::HOSTILE_PRODUCER,
     "generated bad rows (proptest), good rows sent between them",
-    "big backfill in one INSERT while live updates arrive",
+    super::BACKFILL,
 ];
 
 /// Scenarios run in parallel threads of one process; they take turns with the README.
 static README: Mutex<()> = Mutex::new(());
 
+/// What a scenario measured. `None` where a column does not apply ("—").
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Jobs the scenario inserted.
+    pub jobs: i64,
+    /// Jobs whose update reached the API (from the emulator's PATCH history).
+    pub applied: Option<i64>,
+    /// Jobs neither applied, superseded by a newer applied job, nor dead-lettered.
+    pub lost: i64,
+    /// PATCHes that wrote a value older than one already applied to the participant.
+    pub stale: Option<i64>,
+    /// PATCHes that carried an update already applied.
+    pub duplicates: Option<i64>,
+    /// `pdq.dead_letters` rows of the scenario's jobs, by reason.
+    pub dead: BTreeMap<String, i64>,
+    /// Jobs still queued when the scenario gave up waiting (measured).
+    pub stuck: Option<i64>,
+    /// From the first insert to a durably empty queue (worker start excluded).
+    pub drain: Option<Duration>,
+}
+
 /// One scenario's result.
 pub struct Row {
     pub scenario: &'static str,
-    pub jobs: i64,
-    pub lost: i64,
-    pub duplicates: usize,
-    pub dead: BTreeMap<String, i64>,
-    /// From the first chaos to an empty queue; `None` where the scenario does not drain.
-    pub drain: Option<Duration>,
+    /// `Err(reason)` for a failed run: its row says so instead of keeping an old result.
+    pub result: Result<(), String>,
+    /// `None` when the run failed before it measured anything.
+    pub stats: Option<Stats>,
     pub notes: String,
 }
 
 impl Row {
+    /// The row of a run that failed before it could measure.
+    pub fn failed(scenario: &'static str, reason: String) -> Row {
+        Row {
+            scenario,
+            result: Err(reason),
+            stats: None,
+            notes: String::new(),
+        }
+    }
+
     fn markdown(&self) -> String {
         let mode = if super::long_mode() { "long" } else { "short" };
-        let dead = if self.dead.is_empty() {
-            "none".to_owned()
-        } else {
-            self.dead
-                .iter()
-                .map(|(reason, n)| format!("`{reason}` {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+        let result = match &self.result {
+            Ok(()) => "ok".to_owned(),
+            Err(reason) => format!("**FAILED**: {}", cell(reason)),
         };
-        let drain = self
-            .drain
-            .map_or("—".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
+        let dash = || "—".to_owned();
+        let number = |n: Option<i64>| n.map_or_else(dash, |n| n.to_string());
+        let columns = match &self.stats {
+            None => vec![dash(); 9],
+            Some(stats) => vec![
+                stats.jobs.to_string(),
+                number(stats.applied),
+                stats.lost.to_string(),
+                number(stats.stale),
+                number(stats.duplicates),
+                dead_cell(&stats.dead),
+                number(stats.stuck),
+                stats
+                    .drain
+                    .map_or_else(dash, |d| format!("{:.1} s", d.as_secs_f64())),
+                cell(&self.notes),
+            ],
+        };
         format!(
-            "| {} | {mode}, {} | {} | {} | {} | {dead} | {drain} | {} |",
+            "| {} | {mode}, {} | {result} | {} |",
             self.scenario,
             chrono::Utc::now().date_naive(),
-            self.jobs,
-            self.lost,
-            self.duplicates,
-            self.notes
+            columns.join(" | ")
         )
+    }
+}
+
+fn dead_cell(dead: &BTreeMap<String, i64>) -> String {
+    if dead.is_empty() {
+        return "none".to_owned();
+    }
+    dead.iter()
+        .map(|(reason, n)| format!("`{reason}` {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Text that fits in one table cell.
+fn cell(text: &str) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c == '\n' || c == '|' { ' ' } else { c })
+        .collect();
+    match flat.char_indices().nth(300) {
+        Some((end, _)) => format!("{}…", &flat[..end]),
+        None => flat,
     }
 }
 
@@ -79,7 +143,75 @@ pub fn record(row: &Row) {
     }
 }
 
+thread_local! {
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Remembers each thread's last panic message (for the row of a run that failed early).
+fn remember_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_owned());
+            LAST_PANIC.with(|last| *last.borrow_mut() = Some(message));
+            default(info);
+        }));
+    });
+}
+
+/// A running scenario: if it panics before it records its row, its row is written as failed.
+pub struct Scenario {
+    pub name: &'static str,
+    recorded: Cell<bool>,
+}
+
+impl Scenario {
+    /// Starts the scenario `name`.
+    pub fn start(name: &'static str) -> Scenario {
+        remember_panics();
+        Scenario {
+            name,
+            recorded: Cell::new(false),
+        }
+    }
+
+    /// Records its row.
+    pub fn record(&self, row: &Row) {
+        record(row);
+        self.recorded.set(true);
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.recorded.get() {
+            let reason = LAST_PANIC
+                .with(|last| last.borrow_mut().take())
+                .unwrap_or_else(|| "panicked".to_owned());
+            record(&Row::failed(self.name, reason));
+        }
+    }
+}
+
+/// The number of `|` in a row of the current table.
+fn pipes() -> usize {
+    HEADER
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .matches('|')
+        .count()
+}
+
 /// The README with `line` as the row of `scenario` inside the markers (replaced, or appended).
+/// Rows of an older table layout (another column count) are dropped: their columns would no
+/// longer mean what the header says.
 fn with_row(readme: &str, scenario: &str, line: &str) -> String {
     let (Some(begin), Some(end)) = (readme.find(BEGIN), readme.find(END)) else {
         panic!("README.md needs the {BEGIN} and {END} markers around the reliability table");
@@ -89,6 +221,7 @@ fn with_row(readme: &str, scenario: &str, line: &str) -> String {
     let mut rows: Vec<String> = inside
         .lines()
         .filter(|l| l.starts_with("| ") && !HEADER.contains(l))
+        .filter(|l| !l.starts_with("| scenario |") && l.matches('|').count() == pipes())
         .map(str::to_owned)
         .collect();
     match rows.iter_mut().find(|l| l.starts_with(&prefix)) {
@@ -109,20 +242,64 @@ fn with_row(readme: &str, scenario: &str, line: &str) -> String {
     )
 }
 
+#[cfg(test)]
+fn sample(name: &str, text: &str) -> String {
+    format!("| {name} | {text} |{}", " x |".repeat(pipes() - 3))
+}
+
 #[test]
 fn a_row_replaces_its_scenario_and_keeps_the_others() {
-    let readme = format!("intro\n{BEGIN}\n{HEADER}\n| a | old |\n| b | kept |\n{END}\nafter\n");
-    let replaced = with_row(&readme, "a", "| a | new |");
+    let (a_old, b) = (sample("a", "old"), sample("b", "kept"));
+    let old_layout = "| a | r | 1 | 0 | 0 | none | 1 s | notes |";
+    let old_header = "| scenario | run | jobs | lost | duplicates applied | dead-lettered (by reason) | time to drain | notes |";
+    let readme = format!(
+        "intro\n{BEGIN}\n{HEADER}\n{old_header}\n{a_old}\n{old_layout}\n{b}\n{END}\nafter\n"
+    );
+    let a_new = sample("a", "new");
+    let replaced = with_row(&readme, "a", &a_new);
     assert_eq!(
         replaced,
-        format!("intro\n{BEGIN}\n{HEADER}\n| a | new |\n| b | kept |\n{END}\nafter\n")
+        format!("intro\n{BEGIN}\n{HEADER}\n{a_new}\n{b}\n{END}\nafter\n"),
+        "replaced in place; rows and header of the old layout gone"
     );
-    let appended = with_row(&replaced, "c", "| c | added |");
-    assert!(appended.contains("| b | kept |\n| c | added |\n<!--"));
+    let c = sample("c", "added");
+    let appended = with_row(&replaced, "c", &c);
+    assert!(appended.contains(&format!("{b}\n{c}\n<!--")));
     assert_eq!(appended.matches(HEADER).count(), 1);
-    let first = with_row(&appended, ORDER[0], &format!("| {} | x |", ORDER[0]));
+    let known = sample(ORDER[0], "x");
+    let first = with_row(&appended, ORDER[0], &known);
     assert!(
-        first.contains(&format!("{HEADER}\n| {} | x |\n| a |", ORDER[0])),
+        first.contains(&format!("{HEADER}\n{known}\n{a_new}")),
         "known scenarios come first, in the brief's order"
+    );
+}
+
+#[test]
+fn a_failed_run_says_so_in_its_row() {
+    let row = Row::failed("x", "the queue drains | after\nthe chaos".to_owned());
+    let line = row.markdown();
+    assert!(
+        line.contains("| **FAILED**: the queue drains   after the chaos |"),
+        "{line}"
+    );
+    assert_eq!(
+        line.matches(" | ").count(),
+        HEADER.lines().next().unwrap().matches(" | ").count()
+    );
+    let ok = Row {
+        scenario: "y",
+        result: Ok(()),
+        stats: Some(Stats {
+            jobs: 3,
+            applied: Some(3),
+            drain: Some(Duration::from_millis(1_500)),
+            ..Stats::default()
+        }),
+        notes: "n".to_owned(),
+    };
+    let line = ok.markdown();
+    assert!(
+        line.contains("| ok | 3 | 3 | 0 | — | — | none | — | 1.5 s | n |"),
+        "{line}"
     );
 }

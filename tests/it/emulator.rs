@@ -630,3 +630,329 @@ async fn official_sdk_style_flow_works_end_to_end() {
         created.id.to_string()
     );
 }
+
+#[tokio::test]
+async fn apply_then_drop_and_apply_then_5xx_apply_the_patch_the_client_never_hears_of() {
+    let (emulator, client) = start(EmulatorConfig::default()).await;
+    let base = emulator.base_url();
+    let bearer = token(&client, &base).await;
+    let created = emulator.create_conversation(ConversationSpec::voice().customer("Jane"));
+    let (cid, pid) = (created.id, created.participant("customer").unwrap());
+    let url = format!("{base}/api/v2/conversations/{cid}/participants/{pid}/attributes");
+    let patch = |value: &str| {
+        client
+            .patch(&url)
+            .bearer_auth(&bearer)
+            .json(&json!({"attributes": {"case": value}}))
+            .send()
+    };
+    emulator.set_faults(Faults {
+        apply_then_reset_rate: 1.0,
+        ..Faults::default()
+    });
+    let dropped = patch("dropped").await.unwrap_err();
+    assert!(!dropped.is_timeout(), "closed, not hung: {dropped}");
+    assert_eq!(
+        emulator.attributes_of(cid, pid).unwrap()["case"],
+        "dropped",
+        "applied although the client got no answer"
+    );
+    emulator.set_faults(Faults {
+        apply_then_error_rate: 1.0,
+        error_statuses: vec![503],
+        ..Faults::default()
+    });
+    error_body(patch("errored").await.unwrap(), 503, "service.unavailable").await;
+    assert_eq!(emulator.attributes_of(cid, pid).unwrap()["case"], "errored");
+    emulator.set_faults(Faults::default());
+    assert_eq!(patch("clean").await.unwrap().status(), 202);
+
+    let history = emulator.patches();
+    let seen: Vec<(&str, u16)> = history
+        .iter()
+        .map(|p| (p.attributes["case"].as_str(), p.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [("dropped", 0), ("errored", 503), ("clean", 202)],
+        "every applied PATCH, in order, with the status the client really got"
+    );
+    assert!(history
+        .iter()
+        .all(|p| p.conversation_id == cid && p.participant_id == pid));
+    assert!(history
+        .windows(2)
+        .all(|w| w[0].seq < w[1].seq && w[0].at <= w[1].at));
+
+    let over_admin: Value = client
+        .get(format!("{base}/admin/patches?after={}", history[0].seq))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<&Value> = over_admin
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["status"])
+        .collect();
+    assert_eq!(statuses, [&json!(503), &json!(202)]);
+    assert_eq!(over_admin[0]["conversationId"], json!(cid));
+    assert_eq!(over_admin[0]["participantId"], json!(pid));
+    assert_eq!(over_admin[0]["attributes"], json!({"case": "errored"}));
+}
+
+#[tokio::test]
+async fn refused_patches_are_not_in_the_history_and_faults_before_the_handler_apply_nothing() {
+    let (emulator, client) = start(EmulatorConfig::default()).await;
+    let base = emulator.base_url();
+    let bearer = token(&client, &base).await;
+    let created = emulator.create_conversation(ConversationSpec::voice().customer("Jane"));
+    let (cid, pid) = (created.id, created.participant("customer").unwrap());
+    let url = format!("{base}/api/v2/conversations/{cid}/participants/{pid}/attributes");
+    emulator.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    let refused = client
+        .patch(&url)
+        .bearer_auth(&bearer)
+        .json(&json!({"attributes": {"case": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.status().is_server_error());
+    assert!(emulator.patches().is_empty());
+    assert_eq!(emulator.attributes_of(cid, pid).unwrap().get("case"), None);
+}
+
+#[tokio::test]
+async fn a_forbidden_conversation_and_missing_permissions_answer_403() {
+    let (emulator, client) = start(EmulatorConfig::default()).await;
+    let base = emulator.base_url();
+    let bearer = token(&client, &base).await;
+    let hidden = emulator.create_conversation(ConversationSpec::voice().customer("Jane"));
+    let open = emulator.create_conversation(ConversationSpec::voice().customer("Joe"));
+    let patch_url = |c: &pdq::emulator::CreatedConversation| {
+        format!(
+            "{base}/api/v2/conversations/{}/participants/{}/attributes",
+            c.id,
+            c.participant("customer").unwrap()
+        )
+    };
+    let patch = |url: String| {
+        client
+            .patch(url)
+            .bearer_auth(&bearer)
+            .json(&json!({"attributes": {"case": "x"}}))
+            .send()
+    };
+    assert!(emulator.set_forbidden(hidden.id, true));
+    error_body(
+        patch(patch_url(&hidden)).await.unwrap(),
+        403,
+        "not.authorized",
+    )
+    .await;
+    let get = client
+        .get(format!("{base}/api/v2/conversations/{}", hidden.id))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    error_body(get, 403, "not.authorized").await;
+    assert_eq!(patch(patch_url(&open)).await.unwrap().status(), 202);
+    let allowed = client
+        .put(format!("{base}/admin/conversations/{}/access", hidden.id))
+        .json(&json!({"forbidden": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), StatusCode::NO_CONTENT);
+    assert_eq!(patch(patch_url(&hidden)).await.unwrap().status(), 202);
+
+    emulator.set_faults(Faults {
+        missing_permissions: true,
+        ..Faults::default()
+    });
+    let body = error_body(
+        patch(patch_url(&open)).await.unwrap(),
+        403,
+        "missing.permissions",
+    )
+    .await;
+    assert_eq!(
+        body["messageParams"]["permissions"],
+        "conversation:communication:view"
+    );
+    assert!(body["messageWithParams"]
+        .as_str()
+        .unwrap()
+        .contains("{permissions}"));
+    let me = client
+        .get(format!("{base}/api/v2/tokens/me"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200, "tokens/me needs no permission");
+    let no_token = client
+        .patch(patch_url(&open))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401, "authentication comes first");
+    assert_eq!(
+        emulator.patches().len(),
+        2,
+        "only the two accepted PATCHes were applied"
+    );
+}
+
+#[tokio::test]
+async fn a_login_outage_answers_503_on_the_token_endpoint_only() {
+    let (emulator, client) = start(EmulatorConfig::default()).await;
+    let base = emulator.base_url();
+    let bearer = token(&client, &base).await;
+    emulator.set_faults(Faults {
+        login_outage_secs: 1,
+        ..Faults::default()
+    });
+    let login = || {
+        client
+            .post(format!("{base}/oauth/token"))
+            .basic_auth("pdq-demo", Some("pdq-demo-secret"))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+    };
+    let out = login().await.unwrap();
+    assert_eq!(out.status(), 503);
+    let correlation = out.headers()["inin-correlation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = out.json().await.unwrap();
+    assert_eq!(body["code"], "service.unavailable");
+    assert_eq!(body["contextId"], correlation.as_str());
+    let api = client
+        .get(format!("{base}/api/v2/tokens/me"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 200, "the API keeps serving valid tokens");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(login().await.unwrap().status(), 200, "the outage ends");
+}
+
+#[tokio::test]
+async fn an_outage_refuses_connections_then_the_same_port_serves_again() {
+    let (emulator, client) = start(EmulatorConfig::default()).await;
+    let base = emulator.base_url();
+    let url = format!("{base}/api/v2/tokens/me");
+    let bearer = token(&client, &base).await;
+    let call = || client.get(&url).bearer_auth(&bearer).send();
+    assert_eq!(call().await.unwrap().status(), 200, "a pooled connection");
+
+    emulator.stop_listening().await;
+    assert!(!emulator.is_listening());
+    let refused = call().await.unwrap_err();
+    assert!(refused.is_connect(), "refused: {refused}");
+    emulator.start_listening().await;
+    assert_eq!(call().await.unwrap().status(), 200, "same base URL again");
+
+    emulator.outage(Duration::from_millis(400)).await;
+    assert!(call().await.unwrap_err().is_connect());
+    let back =
+        crate::helpers::wait_until(Duration::from_secs(3), || async { call().await.is_ok() }).await;
+    assert!(back, "listening again after the outage, by itself");
+
+    let admin = client
+        .post(format!("{base}/admin/outage"))
+        .json(&json!({"secs": 0.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(call().await.unwrap_err().is_connect(), "admin outage");
+    let back =
+        crate::helpers::wait_until(Duration::from_secs(3), || async { call().await.is_ok() }).await;
+    assert!(back);
+}
+
+#[tokio::test]
+async fn the_emulator_command_takes_the_new_fault_flags() {
+    use std::io::{BufRead, BufReader};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args([
+            "emulator",
+            "--port",
+            &port.to_string(),
+            "--missing-permissions",
+        ])
+        .args([
+            "--login-outage-secs",
+            "30",
+            "--apply-then-reset-rate",
+            "0.25",
+        ])
+        .args(["--apply-then-error-rate", "0.5"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line == "ready")
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(20), ready).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = Client::new();
+    let faults = async {
+        client
+            .get(format!("{base}/admin/faults"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let faults = match ready {
+        Ok(Ok(true)) => faults.await,
+        other => {
+            let _ = child.kill();
+            panic!("the emulator did not start: {other:?}");
+        }
+    };
+    let login = client
+        .post(format!("{base}/oauth/token"))
+        .basic_auth("pdq-demo", Some("pdq-demo-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert_eq!(faults["missing_permissions"], true);
+    assert_eq!(faults["login_outage_secs"], 30);
+    assert_eq!(faults["apply_then_reset_rate"], 0.25);
+    assert_eq!(faults["apply_then_error_rate"], 0.5);
+    assert_eq!(login, 503, "the login outage runs from the start");
+}

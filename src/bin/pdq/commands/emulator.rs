@@ -54,6 +54,18 @@ pub struct EmulatorArgs {
     /// Share of requests that hang.
     #[arg(long, default_value_t = 0.0)]
     pub hang_rate: f64,
+    /// Share of requests applied, then left without an answer (connection closed).
+    #[arg(long, default_value_t = 0.0)]
+    pub apply_then_reset_rate: f64,
+    /// Share of requests applied, then answered 500/502/503/504.
+    #[arg(long, default_value_t = 0.0)]
+    pub apply_then_error_rate: f64,
+    /// Answer every API request 403 `missing.permissions`.
+    #[arg(long)]
+    pub missing_permissions: bool,
+    /// Answer the login endpoint 503 for this many seconds after start.
+    #[arg(long, default_value_t = 0)]
+    pub login_outage_secs: u64,
     /// PATCH on an ended conversation: conflict (409), bad-request (400) or accepted (202).
     #[arg(long, value_parser = ["conflict", "bad-request", "accepted"], default_value = "conflict")]
     pub ended_conversation: String,
@@ -92,6 +104,10 @@ impl EmulatorArgs {
                 error_rate: self.error_rate,
                 reset_rate: self.reset_rate,
                 hang_rate: self.hang_rate,
+                apply_then_reset_rate: self.apply_then_reset_rate,
+                apply_then_error_rate: self.apply_then_error_rate,
+                missing_permissions: self.missing_permissions,
+                login_outage_secs: self.login_outage_secs,
                 ..Faults::default()
             },
             ended_conversation: match self.ended_conversation.as_str() {
