@@ -89,7 +89,14 @@ fn spawn_worker_with(
         .args(["run", "--executors", &options.executors.to_string()])
         .args(["--rate-limit", &options.rate_limit.to_string()])
         .args(["--lease-secs", &options.lease_secs.to_string()])
-        .args(["--shutdown-grace-secs", "2"])
+        .args([
+            "--shutdown-grace-secs",
+            &options
+                .request_timeout_ms
+                .div_ceil(1_000)
+                .max(2)
+                .to_string(),
+        ])
         .args(["--metrics-addr", "127.0.0.1:0"])
         .env("DATABASE_URL", db.url())
         .env("GENESYS_API_URL", emulator.base_url())

@@ -216,6 +216,8 @@ fn refused(result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> Result
         Ok(_) => Err("accepted".to_owned()),
         Err(error) => match error.as_database_error() {
             Some(db) if db.code().as_deref() == Some("42501") => Ok("permission denied".to_owned()),
+            // `id` is generated always: no caller may choose it.
+            Some(db) if db.code().as_deref() == Some("428C9") => Ok("id is generated".to_owned()),
             Some(db) => match db.constraint() {
                 Some(constraint) => Ok(format!("constraint {constraint}")),
                 None => Err(format!("refused without a named constraint: {db}")),
