@@ -1,5 +1,11 @@
 //! Finishing claimed units: success, retry, release, dead letter, lease renewal and pruning.
 //! Every operation is fenced by the unit's [`Fence`]: its job ids and lease token.
+//!
+//! The statements find jobs by primary key and match the lease token; they never also test
+//! `state = 'running'` (a job holds a lease token only while it runs, by the table's
+//! `running_jobs_hold_a_lease` rule). That test invites the planner to walk the running-leases
+//! index first, which, with statistics taken while every job was pending, turns a finish of
+//! n units into n² comparisons.
 
 use std::time::Duration;
 
@@ -98,7 +104,7 @@ pub async fn succeed_batch(pool: &PgPool, done: &[Success]) -> Result<Vec<Uuid>,
              delete from pdq.jobs j
              using unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::text[])
                  as s(id, lease, cid, pid, together, superseded)
-             where j.id = s.id and j.lease_token = s.lease and j.state = 'running'
+             where j.id = s.id and j.lease_token = s.lease
              returning j.*, s.cid as resolved_cid, s.pid as resolved_pid, s.together,
                  s.superseded as superseded_json
          ), released as (
@@ -224,7 +230,7 @@ pub async fn retry<'e>(
              set state = 'pending', run_at = now() + $3 * interval '1 second', lease_token = null,
                  locked_until = null, locked_by = null, last_error = $4,
                  attempts = attempts - case when $5 then 0 else 1 end
-             where id = any($2) and lease_token = $1 and state = 'running'
+             where id = any($2) and lease_token = $1
              returning id
          ), released as (
              delete from pdq.inflight where lease_token = $1
@@ -316,7 +322,7 @@ pub async fn dead_letter<'e>(
     let moved: i64 = sqlx::query_scalar(
         "with dead as (
              delete from pdq.jobs
-             where id = any($2) and lease_token = $1 and state = 'running'
+             where id = any($2) and lease_token = $1
              returning *
          ), moved as (
              insert into pdq.dead_letters (id, conversation_id, external_tag, participant_id,
