@@ -136,8 +136,8 @@ async fn finish_statement(units: usize) -> Duration {
     let options = ClaimOptions {
         units: 1_000,
         max_coalesce: 1,
+        lease: Duration::from_secs(3_600),
         worker_id: "bench-finish".to_owned(),
-        ..ClaimOptions::default()
     };
     let mut claimed: Vec<Unit> = Vec::new();
     while claimed.len() < units + WARM_UP_UNITS {

@@ -263,11 +263,25 @@ fn targets(emulator: &EmulatorHandle, n: usize) -> Vec<(Uuid, Uuid)> {
         .collect()
 }
 
-async fn pending(db: &BenchDb) -> i64 {
-    sqlx::query_scalar("select count(*) from pdq.jobs")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
+/// Polls `select count(*) from pdq.jobs` every 10 ms until it is 0 and returns the database's
+/// clock at that poll; fails the benchmark after [`DRAIN_TIMEOUT`] rather than report a figure.
+async fn until_empty(db: &BenchDb) -> DateTime<Utc> {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let (pending, at): (i64, DateTime<Utc>) =
+            sqlx::query_as("select count(*), clock_timestamp() from pdq.jobs")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        if pending == 0 {
+            return at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} jobs still queued after {DRAIN_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// One drain, timed on the database's clock.
@@ -290,22 +304,7 @@ async fn drain(n: usize, executors: usize) -> Drain {
     enqueue(&db, &work, "live").await;
     let spawned_at = db_now(&db).await;
     let worker = spawn_worker(&db, &emulator, executors, 0);
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    let empty_at = loop {
-        let (pending, at): (i64, DateTime<Utc>) =
-            sqlx::query_as("select count(*), clock_timestamp() from pdq.jobs")
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
-        if pending == 0 {
-            break at;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{pending} jobs still queued after {DRAIN_TIMEOUT:?} at {executors} executors"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let empty_at = until_empty(&db).await;
     let rss = peak_rss_mb(&worker);
     stop(worker);
     let first_claim_at: DateTime<Utc> =
@@ -348,9 +347,7 @@ async fn pickup(secs: u64) -> (f64, f64, f64) {
         sent.push((*target, chrono::Utc::now()));
         enqueue(&db, std::slice::from_ref(target), "live").await;
     }
-    while pending(&db).await > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_empty(&db).await;
     stop(worker);
     let mut latencies: Vec<Duration> = sent
         .iter()
@@ -438,9 +435,7 @@ async fn calls_per_update() -> (f64, f64) {
             .collect();
         enqueue(&db, &repeated, "live").await;
         let worker = spawn_worker(&db, &emulator, 32, 0);
-        while pending(&db).await > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_empty(&db).await;
         stop(worker);
         let calls: u64 = emulator
             .request_counts()
