@@ -83,10 +83,7 @@ async fn main() {
         "runs": RUNS,
     });
     let finish = finish_figures(finish_sizes, finish_runs).await;
-    figures
-        .as_object_mut()
-        .unwrap()
-        .extend(finish.as_object().unwrap().clone());
+    common::merge(&mut figures, finish);
     common::print_figures(
         &format!(
             "queue benchmark ({claimers} claimers, batches of {batch}, median of {RUNS} runs)"

@@ -43,9 +43,7 @@ async fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--drain-only") {
-        let mut figures = json!({ "runs": runs });
-        let drains = drains(drain_jobs, runs).await;
-        add_drain_figures(&mut figures, drain_jobs, &drains);
+        let figures = drain_figures(drain_jobs, runs).await;
         common::print_figures(
             &format!("worker benchmark, drain only (median of {runs} runs)"),
             &figures,
@@ -53,9 +51,7 @@ async fn main() {
         common::record("worker", "drain-only", figures);
         return;
     }
-    let mut figures = json!({ "runs": runs });
-    let drains = drains(drain_jobs, runs).await;
-    add_drain_figures(&mut figures, drain_jobs, &drains);
+    let mut figures = drain_figures(drain_jobs, runs).await;
     let (mut p50s, mut p95s, mut p99s) = (vec![], vec![], vec![]);
     let (mut live_p50s, mut live_p99s, mut backfill_rates) = (vec![], vec![], vec![]);
     for _ in 0..runs {
@@ -90,9 +86,9 @@ async fn main() {
         "worker_peak_rss_mb_64_executors": median(&mut rss_64),
         "worker_peak_rss_mb_64_executors_min_max": common::min_max(&rss_64),
     });
-    merge(&mut figures, more);
+    common::merge(&mut figures, more);
     let mode = if std::env::args().any(|a| a == "--utilization") {
-        merge(
+        common::merge(
             &mut figures,
             utilization_figures(runs, utilization_secs).await,
         );
@@ -107,27 +103,17 @@ async fn main() {
     common::record("worker", mode, figures);
 }
 
-fn merge(figures: &mut Value, more: Value) {
-    if let (Value::Object(figures), Value::Object(more)) = (figures, more) {
-        figures.extend(more);
-    }
-}
-
-/// `runs` drains of `jobs` jobs at each of [`DRAIN_EXECUTORS`], interleaved.
-async fn drains(jobs: usize, runs: usize) -> Vec<(usize, Drain)> {
+/// `runs` drains of `jobs` jobs at each of [`DRAIN_EXECUTORS`], interleaved; per executor
+/// count the drain time until the queue is empty and the jobs/s it makes, the worker's start-up
+/// (spawn to first claim) and its peak RSS, as medians with min–max.
+async fn drain_figures(jobs: usize, runs: usize) -> Value {
     let mut drains = Vec::new();
     for _ in 0..runs {
         for executors in DRAIN_EXECUTORS {
             drains.push((executors, drain(jobs, executors).await));
         }
     }
-    drains
-}
-
-/// Per executor count: the drain time until the queue is empty and the jobs/s it makes, the
-/// worker's start-up (spawn to first claim) and its peak RSS; medians with min–max.
-fn add_drain_figures(figures: &mut Value, jobs: usize, drains: &[(usize, Drain)]) {
-    figures["drain_jobs"] = json!(jobs);
+    let mut figures = json!({ "runs": runs, "drain_jobs": jobs });
     for executors in DRAIN_EXECUTORS {
         let ours: Vec<&Drain> = drains
             .iter()
@@ -149,8 +135,8 @@ fn add_drain_figures(figures: &mut Value, jobs: usize, drains: &[(usize, Drain)]
         } else {
             format!("{executors}_executors")
         };
-        merge(
-            figures,
+        common::merge(
+            &mut figures,
             json!({
                 format!("drain_to_empty_s_{suffix}"): median(&mut seconds),
                 format!("drain_to_empty_s_{suffix}_min_max"): common::min_max(&seconds),
@@ -162,6 +148,7 @@ fn add_drain_figures(figures: &mut Value, jobs: usize, drains: &[(usize, Drain)]
             }),
         );
     }
+    figures
 }
 
 /// Share of a 3,000/min budget used over `secs` seconds (median of `runs`, min–max) and the

@@ -132,6 +132,13 @@ pub fn record(benchmark: &str, mode: &str, figures: serde_json::Value) {
     println!("recorded in bench/results.jsonl: {benchmark} {mode}");
 }
 
+/// Adds the figures of `more` to `figures` (both JSON objects).
+pub fn merge(figures: &mut serde_json::Value, more: serde_json::Value) {
+    if let (serde_json::Value::Object(figures), serde_json::Value::Object(more)) = (figures, more) {
+        figures.extend(more);
+    }
+}
+
 /// Prints the figures of one benchmark mode, one per line.
 pub fn print_figures(title: &str, figures: &serde_json::Value) {
     println!("{title}");
