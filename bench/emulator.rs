@@ -2,7 +2,8 @@
 //! attribute PATCHes with no faults and no rate limit; PATCH/s and the emulator's RSS as the
 //! request count grows (it must stay flat).
 //!
-//! `cargo bench --bench emulator [-- --requests 1000000]`
+//! `cargo bench --bench emulator [-- --requests 1000000]`; appends its line to
+//! `bench/results.jsonl`.
 
 mod common;
 
@@ -72,9 +73,7 @@ async fn main() {
             );
         }
     }
-    if full {
-        common::record("emulator", figures);
-    }
+    common::record("emulator", "suite", figures);
 }
 
 /// One fresh emulator, `total` PATCHes; returns PATCH/s overall and, at 10 %, 50 % and 100 % of

@@ -1,22 +1,32 @@
 //! Worker benchmark: the real `pdq run` binary against the emulator (in this process) and a
-//! fresh database. Drain throughput, pickup latency, live latency under a backfill, API calls
-//! per update, worker RSS, and (with `--utilization`) rate-limit utilisation over two minutes.
+//! fresh database. Drain time until the queue is empty at 1 and at 32 executors (with the
+//! worker's start-up measured separately), pickup latency, live latency under a backfill, API
+//! calls per update, worker RSS, and (with `--utilization`) rate-limit utilisation over two
+//! minutes.
 //!
-//! `cargo bench --bench worker [-- --utilization]` (or `-- --drain-only`, `-- --utilization-only`)
+//! `cargo bench --bench worker [-- --utilization]` (or `-- --drain-only`, `-- --utilization-only`).
+//! Every mode appends its line to `bench/results.jsonl`.
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use common::{median, ms, percentile, BenchDb};
 use pdq::emulator::{
     ConversationSpec, Emulator, EmulatorConfig, EmulatorHandle, RateLimit, RateLimitScope,
 };
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 const PATCH: &str = "PATCH /api/v2/conversations/{cid}/participants/{pid}/attributes";
+
+/// The executor counts the drain is measured at.
+const DRAIN_EXECUTORS: [usize; 2] = [1, 32];
+
+/// The longest a drain may take before the benchmark fails instead of reporting.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[tokio::main]
 async fn main() {
@@ -24,25 +34,27 @@ async fn main() {
     let runs = if full { 3 } else { 1 };
     let drain_jobs = if full { 20_000 } else { 300 };
     let steady_secs = if full { 10 } else { 1 };
+    let utilization_secs = if full { 120 } else { 5 };
 
     if std::env::args().any(|a| a == "--utilization-only") {
-        let (share, too_many) = utilization(if full { 120 } else { 5 }).await;
-        println!("utilisation: {share} of the budget, {too_many} × 429");
+        let figures = utilization_figures(1, utilization_secs).await;
+        common::print_figures("worker benchmark, utilisation only (1 run)", &figures);
+        common::record("worker", "utilization-only", figures);
         return;
     }
     if std::env::args().any(|a| a == "--drain-only") {
-        for _ in 0..runs {
-            println!("drain: {:.0} jobs/s", drain(drain_jobs, 32).await.0);
-        }
+        let figures = drain_figures(drain_jobs, runs).await;
+        common::print_figures(
+            &format!("worker benchmark, drain only (median of {runs} runs)"),
+            &figures,
+        );
+        common::record("worker", "drain-only", figures);
         return;
     }
-    let (mut rates, mut rss, mut p50s, mut p95s, mut p99s) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let mut figures = drain_figures(drain_jobs, runs).await;
+    let (mut p50s, mut p95s, mut p99s) = (vec![], vec![], vec![]);
     let (mut live_p50s, mut live_p99s, mut backfill_rates) = (vec![], vec![], vec![]);
     for _ in 0..runs {
-        let (rate, peak) = drain(drain_jobs, 32).await;
-        rates.push(rate);
-        rss.push(peak);
         let (p50, p95, p99) = pickup(steady_secs).await;
         p50s.push(p50);
         p95s.push(p95);
@@ -54,15 +66,12 @@ async fn main() {
     }
     let (mut rss_64, mut singles, mut bursts) = (vec![], vec![], vec![]);
     for _ in 0..runs {
-        rss_64.push(drain(drain_jobs, 64).await.1);
+        rss_64.push(drain(drain_jobs, 64).await.peak_rss_mb);
         let (single, burst) = calls_per_update().await;
         singles.push(single);
         bursts.push(burst);
     }
-    let mut figures = json!({
-        "drain_jobs": drain_jobs,
-        "drain_jobs_per_s_32_executors": median(&mut rates).round(),
-        "drain_jobs_per_s_min_max": common::min_max(&rates).map(f64::round),
+    let more = json!({
         "pickup_p50_ms": median(&mut p50s),
         "pickup_p95_ms": median(&mut p95s),
         "pickup_p99_ms": median(&mut p99s),
@@ -74,29 +83,90 @@ async fn main() {
         "calls_per_update_both_ids": median(&mut singles),
         "calls_per_update_bursts_of_10": median(&mut bursts),
         "calls_per_update_bursts_of_10_min_max": common::min_max(&bursts),
-        "worker_peak_rss_mb_32_executors": median(&mut rss),
         "worker_peak_rss_mb_64_executors": median(&mut rss_64),
         "worker_peak_rss_mb_64_executors_min_max": common::min_max(&rss_64),
-        "runs": runs,
     });
-    if std::env::args().any(|a| a == "--utilization") {
-        let (mut shares, mut too_many) = (vec![], 0);
-        for _ in 0..runs {
-            let (share, rejected) = utilization(if full { 120 } else { 5 }).await;
-            shares.push(share);
-            too_many += rejected;
+    common::merge(&mut figures, more);
+    let mode = if std::env::args().any(|a| a == "--utilization") {
+        common::merge(
+            &mut figures,
+            utilization_figures(runs, utilization_secs).await,
+        );
+        "suite+utilization"
+    } else {
+        "suite"
+    };
+    common::print_figures(
+        &format!("worker benchmark (median of {runs} runs)"),
+        &figures,
+    );
+    common::record("worker", mode, figures);
+}
+
+/// `runs` drains of `jobs` jobs at each of [`DRAIN_EXECUTORS`], interleaved; per executor
+/// count the drain time until the queue is empty and the jobs/s it makes, the worker's start-up
+/// (spawn to first claim) and its peak RSS, as medians with min–max.
+async fn drain_figures(jobs: usize, runs: usize) -> Value {
+    let mut drains = Vec::new();
+    for _ in 0..runs {
+        for executors in DRAIN_EXECUTORS {
+            drains.push((executors, drain(jobs, executors).await));
         }
-        figures["rate_utilisation_3000_per_min"] = json!(median(&mut shares));
-        figures["rate_utilisation_min_max"] = json!(common::min_max(&shares));
-        figures["rate_utilisation_429s_all_runs"] = json!(too_many);
     }
-    println!("worker benchmark (median of {runs} runs)");
-    for (name, value) in figures.as_object().unwrap() {
-        println!("  {name:<36} {value}");
+    let mut figures = json!({ "runs": runs, "drain_jobs": jobs });
+    for executors in DRAIN_EXECUTORS {
+        let ours: Vec<&Drain> = drains
+            .iter()
+            .filter(|(e, _)| *e == executors)
+            .map(|(_, d)| d)
+            .collect();
+        let mut seconds: Vec<f64> = ours
+            .iter()
+            .map(|d| (d.first_claim_to_empty.as_secs_f64() * 1000.0).round() / 1000.0)
+            .collect();
+        let mut rates: Vec<f64> = ours
+            .iter()
+            .map(|d| (jobs as f64 / d.first_claim_to_empty.as_secs_f64()).round())
+            .collect();
+        let mut start_ms: Vec<f64> = ours.iter().map(|d| ms(d.spawn_to_first_claim)).collect();
+        let mut rss: Vec<f64> = ours.iter().map(|d| d.peak_rss_mb).collect();
+        let suffix = if executors == 1 {
+            "1_executor".to_owned()
+        } else {
+            format!("{executors}_executors")
+        };
+        common::merge(
+            &mut figures,
+            json!({
+                format!("drain_to_empty_s_{suffix}"): median(&mut seconds),
+                format!("drain_to_empty_s_{suffix}_min_max"): common::min_max(&seconds),
+                format!("drain_to_empty_jobs_per_s_{suffix}"): median(&mut rates),
+                format!("drain_to_empty_jobs_per_s_{suffix}_min_max"): common::min_max(&rates),
+                format!("worker_start_to_first_claim_ms_{suffix}"): median(&mut start_ms),
+                format!("worker_start_to_first_claim_ms_{suffix}_min_max"): common::min_max(&start_ms),
+                format!("worker_peak_rss_mb_{suffix}"): median(&mut rss),
+            }),
+        );
     }
-    if full {
-        common::record("worker", figures);
+    figures
+}
+
+/// Share of a 3,000/min budget used over `secs` seconds (median of `runs`, min–max) and the
+/// 429s seen in all runs.
+async fn utilization_figures(runs: usize, secs: u64) -> Value {
+    let (mut shares, mut too_many) = (vec![], 0);
+    for _ in 0..runs {
+        let (share, rejected) = utilization(secs).await;
+        shares.push(share);
+        too_many += rejected;
     }
+    json!({
+        "rate_utilisation_window_s": secs,
+        "rate_utilisation_runs": runs,
+        "rate_utilisation_3000_per_min": median(&mut shares),
+        "rate_utilisation_min_max": common::min_max(&shares),
+        "rate_utilisation_429s_all_runs": too_many,
+    })
 }
 
 async fn emulator(rate_limit: Option<RateLimit>) -> EmulatorHandle {
@@ -116,10 +186,6 @@ fn spawn_worker(
     executors: usize,
     rate_limit: u32,
 ) -> Child {
-    let url = format!(
-        "postgres://postgres@127.0.0.1:5432/{}",
-        db.options.get_database().unwrap()
-    );
     let port = 20_000 + (std::process::id() % 20_000) as u16 + executors as u16;
     Command::new(env!("CARGO_BIN_EXE_pdq"))
         .args([
@@ -130,7 +196,7 @@ fn spawn_worker(
             &rate_limit.to_string(),
         ])
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", url)
+        .env("DATABASE_URL", db.url())
         .env("GENESYS_API_URL", emulator.base_url())
         .env("GENESYS_CLIENT_ID", "pdq-demo")
         .env("GENESYS_CLIENT_SECRET", "pdq-demo-secret")
@@ -184,34 +250,73 @@ fn targets(emulator: &EmulatorHandle, n: usize) -> Vec<(Uuid, Uuid)> {
         .collect()
 }
 
-async fn pending(db: &BenchDb) -> i64 {
-    sqlx::query_scalar("select count(*) from pdq.jobs")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
+/// Polls `select count(*) from pdq.jobs` every 10 ms until it is 0 and returns the database's
+/// clock at that poll; fails the benchmark after [`DRAIN_TIMEOUT`] rather than report a figure.
+async fn until_empty(db: &BenchDb) -> DateTime<Utc> {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let (pending, at): (i64, DateTime<Utc>) =
+            sqlx::query_as("select count(*), clock_timestamp() from pdq.jobs")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        if pending == 0 {
+            return at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} jobs still queued after {DRAIN_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
-/// Drains `n` jobs (ids known, no rate limit); returns jobs/s and the worker's peak RSS.
-async fn drain(n: usize, executors: usize) -> (f64, f64) {
+/// One drain, timed on the database's clock.
+struct Drain {
+    /// From spawning `pdq run` to its first claim (the earliest `first_attempt_at` of the
+    /// jobs): process start, connecting, schema check.
+    spawn_to_first_claim: Duration,
+    /// From the first claim until `select count(*) from pdq.jobs` is 0: every finish committed.
+    first_claim_to_empty: Duration,
+    /// The worker's peak RSS.
+    peak_rss_mb: f64,
+}
+
+/// Drains `n` jobs (ids known, no rate limit) that were all inserted, and due, before the worker
+/// started. Every PATCH must have arrived exactly once.
+async fn drain(n: usize, executors: usize) -> Drain {
     let db = BenchDb::create(4).await;
     let emulator = emulator(None).await;
     let work = targets(&emulator, n);
     enqueue(&db, &work, "live").await;
-    let started = Instant::now();
+    let spawned_at = db_now(&db).await;
     let worker = spawn_worker(&db, &emulator, executors, 0);
-    while pending(&db).await > 0 && started.elapsed() < Duration::from_secs(300) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let elapsed = started.elapsed();
+    let empty_at = until_empty(&db).await;
     let rss = peak_rss_mb(&worker);
     stop(worker);
+    let first_claim_at: DateTime<Utc> =
+        sqlx::query_scalar("select min(first_attempt_at) from pdq.finished_jobs")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(
         emulator.count(PATCH, Some(202)) as usize,
         n,
         "every job applied once"
     );
     db.drop().await;
-    (n as f64 / elapsed.as_secs_f64(), rss)
+    Drain {
+        spawn_to_first_claim: (first_claim_at - spawned_at).to_std().unwrap_or_default(),
+        first_claim_to_empty: (empty_at - first_claim_at).to_std().unwrap_or_default(),
+        peak_rss_mb: rss,
+    }
+}
+
+async fn db_now(db: &BenchDb) -> DateTime<Utc> {
+    sqlx::query_scalar("select clock_timestamp()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
 }
 
 /// Inserts 100 jobs/s for `secs` seconds; returns p50/p95/p99 from just before INSERT to the PATCH
@@ -229,9 +334,7 @@ async fn pickup(secs: u64) -> (f64, f64, f64) {
         sent.push((*target, chrono::Utc::now()));
         enqueue(&db, std::slice::from_ref(target), "live").await;
     }
-    while pending(&db).await > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_empty(&db).await;
     stop(worker);
     let mut latencies: Vec<Duration> = sent
         .iter()
@@ -319,9 +422,7 @@ async fn calls_per_update() -> (f64, f64) {
             .collect();
         enqueue(&db, &repeated, "live").await;
         let worker = spawn_worker(&db, &emulator, 32, 0);
-        while pending(&db).await > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_empty(&db).await;
         stop(worker);
         let calls: u64 = emulator
             .request_counts()

@@ -14,6 +14,12 @@ pub fn full_run() -> bool {
     std::env::args().any(|arg| arg == "--bench")
 }
 
+/// The server the benchmarks use: `DATABASE_URL`, or the local server when it is unset.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
 /// A fresh, migrated database for one benchmark run.
 pub struct BenchDb {
     /// A pool on it.
@@ -22,14 +28,14 @@ pub struct BenchDb {
     pub options: PgConnectOptions,
     name: String,
     admin: PgConnectOptions,
+    server_url: String,
 }
 
 impl BenchDb {
-    /// Creates and migrates `pdq_bench_<uuid>` on `DATABASE_URL` (or the local server).
+    /// Creates and migrates `pdq_bench_<uuid>` on the server [`database_url`] names.
     pub async fn create(connections: u32) -> BenchDb {
-        let url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let admin = pdq::db::connect_options(&url).unwrap();
+        let server_url = database_url();
+        let admin = pdq::db::connect_options(&server_url).expect("a valid DATABASE_URL");
         let mut conn = PgConnection::connect_with(&admin).await.expect("Postgres");
         let name = format!("pdq_bench_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(&format!("create database {name}"))
@@ -46,7 +52,16 @@ impl BenchDb {
             options,
             name,
             admin,
+            server_url,
         }
+    }
+
+    /// A URL for this database: `DATABASE_URL` with its database name replaced, so host,
+    /// port, credentials and parameters carry over (to hand to a `pdq` process; never print it).
+    pub fn url(&self) -> String {
+        let mut url = url::Url::parse(&self.server_url).expect("a valid DATABASE_URL");
+        url.set_path(&format!("/{}", self.name));
+        url.to_string()
     }
 
     /// Drops the database.
@@ -83,15 +98,30 @@ pub fn ms(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
-/// Appends one JSON line to `bench/results.jsonl`, so regressions show up as a diff.
-pub fn record(benchmark: &str, figures: serde_json::Value) {
-    let line = serde_json::json!({
+/// The line [`record`] appends: which benchmark and mode, when, where, on which commit (and
+/// whether the work tree had changes), and the figures.
+pub fn result_line(benchmark: &str, mode: &str, figures: serde_json::Value) -> serde_json::Value {
+    let (commit, dirty) = commit();
+    serde_json::json!({
         "benchmark": benchmark,
+        "mode": mode,
         "date": chrono::Utc::now().to_rfc3339(),
         "machine": machine(),
-        "commit": commit(),
+        "commit": commit,
+        "dirty": dirty,
         "figures": figures,
-    });
+    })
+}
+
+/// Appends the [`result_line`] to `bench/results.jsonl` on a full run (`cargo bench`), so every
+/// quoted figure has a recorded run behind it and regressions show up as a diff. A smoke run
+/// (`cargo test`) records nothing: its tiny figures mean nothing.
+pub fn record(benchmark: &str, mode: &str, figures: serde_json::Value) {
+    let line = result_line(benchmark, mode, figures);
+    if !full_run() {
+        println!("(smoke run, not recorded: {benchmark} {mode})");
+        return;
+    }
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results.jsonl");
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -99,6 +129,22 @@ pub fn record(benchmark: &str, figures: serde_json::Value) {
         .open(path)
         .unwrap();
     writeln!(file, "{line}").unwrap();
+    println!("recorded in bench/results.jsonl: {benchmark} {mode}");
+}
+
+/// Adds the figures of `more` to `figures` (both JSON objects).
+pub fn merge(figures: &mut serde_json::Value, more: serde_json::Value) {
+    if let (serde_json::Value::Object(figures), serde_json::Value::Object(more)) = (figures, more) {
+        figures.extend(more);
+    }
+}
+
+/// Prints the figures of one benchmark mode, one per line.
+pub fn print_figures(title: &str, figures: &serde_json::Value) {
+    println!("{title}");
+    for (name, value) in figures.as_object().into_iter().flatten() {
+        println!("  {name:<44} {value}");
+    }
 }
 
 /// The smallest and largest of `values`.
@@ -108,8 +154,9 @@ pub fn min_max(values: &[f64]) -> [f64; 2] {
     [low, high]
 }
 
-/// The commit measured, marked `-dirty` when the work tree has changes.
-fn commit() -> String {
+/// The commit measured (short hash) and whether the work tree had changes to tracked files
+/// (the results file aside).
+fn commit() -> (String, bool) {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -129,7 +176,7 @@ fn commit() -> String {
         ":!bench/results.jsonl",
     ])
     .is_empty();
-    format!("{head}{}", if dirty { "-dirty" } else { "" })
+    (head, dirty)
 }
 
 fn machine() -> String {
