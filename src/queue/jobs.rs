@@ -209,9 +209,10 @@ impl JobFilter {
 }
 
 /// The oldest job of `r`'s participant that `r` waits for: running, or waiting for a retry.
+/// (An older job that is due goes first and takes `r` along in its unit: that is no block.)
 const BLOCKER_SQL: &str = "select o.id from pdq.jobs o
      where o.participant_key = r.participant_key and o.id < r.id
-       and (o.state = 'running' or o.first_attempt_at is not null)
+       and (o.state = 'running' or (o.first_attempt_at is not null and o.run_at > now()))
      order by o.id limit 1";
 
 /// Lists job records, newest first, with the blocker of each due pending job.

@@ -310,6 +310,14 @@ async fn blocked_jobs_are_listed_with_the_job_they_wait_for() {
     assert_eq!(listed[0]["id"], blocked);
     assert_eq!(listed[0]["blocked_by"], retrying);
     assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    // Once the retry is due, the job behind it goes along in the same unit: no longer blocked.
+    sqlx::query("update pdq.jobs set run_at = now() where id = $1")
+        .bind(retrying)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(jobs::list(&db.pool, &filter).await.unwrap().is_empty());
     db.drop_database().await;
 }
 

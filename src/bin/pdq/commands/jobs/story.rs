@@ -23,7 +23,7 @@ pub fn render(
         }
         (state, _) => format!("job {} {state}", job.id),
     };
-    lines.push(("state", situation(job, now)));
+    lines.push(("now", situation(job, now)));
     lines.push(("conversation", conversation_line(job)));
     lines.push(("participant", participant_line(job)));
     lines.push(("attributes", job.attributes.to_string()));
@@ -32,7 +32,9 @@ pub fn render(
         lines.push(("idempotency key", key.clone()));
     }
     lines.push(("created", when(job.created_at, now)));
-    lines.push(("due", when(job.run_at, now)));
+    if matches!(job.state, JobState::Pending | JobState::Running) || job.run_at != job.created_at {
+        lines.push(("due", when(job.run_at, now)));
+    }
     if let Some(expires) = job.expires_at {
         lines.push(("expires", when(expires, now)));
     }
