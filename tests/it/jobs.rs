@@ -575,3 +575,98 @@ async fn producers_ask_job_status_and_only_operators_cancel() {
     assert_eq!(status.state, JobState::Applied);
     finish(db, vec![producer, operator, worker]).await;
 }
+
+#[tokio::test]
+async fn jobs_show_names_the_coalesced_patch_and_the_newest_of_records_sharing_an_id() {
+    let db = TestDb::new().await;
+    let (cid, pid) = (Uuid::new_v4(), Uuid::new_v4());
+    let first = enqueue(&db, Locators::ids(cid, pid), None).await;
+    enqueue(&db, Locators::ids(cid, pid), None).await;
+    let unit = claim_one(&db).await;
+    assert_eq!(unit.jobs.len(), 2, "coalesced");
+    apply(&db, &unit, cid, pid).await;
+    let applied = stdout(&pdq(&db, &["jobs", "show", &first.to_string()]));
+    assert!(
+        applied.contains("in one PATCH with 1 other job(s)"),
+        "{applied}"
+    );
+    assert!(
+        applied.contains(&format!(
+            "resolved to      conversation {cid}, participant {pid}"
+        )),
+        "{applied}"
+    );
+
+    // A restarted id sequence hands out `first` again: the queued job is the newest record.
+    sqlx::query("truncate pdq.jobs restart identity")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let again = enqueue(&db, Locators::external_tag("ORDER-9"), Some("again")).await;
+    assert_eq!(again, first);
+    let shown = stdout(&pdq(&db, &["jobs", "show", &first.to_string()]));
+    assert!(
+        shown.starts_with(&format!("job {first} pending")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("1 older record(s) share id {first}")),
+        "{shown}"
+    );
+    let status = jobs::job_status(&db.pool, first).await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Pending);
+    assert_eq!(status.idempotency_key.as_deref(), Some("again"));
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn each_requeued_dead_letter_records_the_job_it_became_even_when_ids_repeat() {
+    let db = TestDb::new().await;
+    for key in ["old", "new"] {
+        enqueue(&db, Locators::external_tag("ORDER-5"), Some(key)).await;
+        let unit = claim_one(&db).await;
+        queue::dead_letter(&db.pool, &unit.fence(), None, &not_found(), true)
+            .await
+            .unwrap();
+        sqlx::query("truncate pdq.jobs restart identity")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    queue::advance_job_ids(&db.pool).await.unwrap();
+    let requeue = DeadLetterFilter {
+        ids: vec![1],
+        ..DeadLetterFilter::default()
+    };
+    assert_eq!(
+        queue::dlq::requeue(&db.pool, &requeue, false)
+            .await
+            .unwrap(),
+        2
+    );
+    let links: Vec<(String, i64)> = sqlx::query_as(
+        "select idempotency_key, requeued_as from pdq.dead_letters order by dead_at",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let queued: Vec<i64> = sqlx::query_scalar("select id from pdq.jobs order by id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        links,
+        vec![("old".to_owned(), queued[0]), ("new".to_owned(), queued[1])]
+    );
+    for (key, id) in [("old", queued[0]), ("new", queued[1])] {
+        let status = jobs::job_status_by_key(&db.pool, key)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (status.state, status.current_job_id),
+            (JobState::Pending, id)
+        );
+    }
+    db.drop_database().await;
+}
