@@ -11,6 +11,7 @@ mod claim;
 pub mod dlq;
 mod enqueue;
 mod finish;
+pub mod jobs;
 mod locators;
 mod retention;
 mod stats;

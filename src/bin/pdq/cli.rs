@@ -52,6 +52,10 @@ pub enum Command {
     /// Inspect, requeue or purge dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Find jobs wherever they are (queued, running, applied, dead-lettered, cancelled), show
+    /// one's whole story, or cancel pending jobs.
+    #[command(subcommand)]
+    Jobs(crate::commands::jobs::JobsCommand),
     /// The shared API budget: lift a rate-limit or outage pause by hand.
     #[command(subcommand)]
     Budget(BudgetCommand),

@@ -33,6 +33,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Enqueue(args) => commands::enqueue::run(&db, args, json).await,
         Command::Status => commands::status::run(&db, json).await,
         Command::Dlq(command) => commands::dlq::run(&db, command, json).await,
+        Command::Jobs(command) => commands::jobs::run(&db, command, json).await,
         Command::Budget(command) => commands::budget::run(&db, command, json).await,
         Command::Run(args) => commands::run::run(&db, *args, shutdown_signal()).await,
         Command::Emulator(args) => commands::emulator::run(*args, shutdown_signal()).await,

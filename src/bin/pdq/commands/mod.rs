@@ -6,6 +6,7 @@ pub mod dlq;
 pub mod doctor;
 pub mod emulator;
 pub mod enqueue;
+pub mod jobs;
 pub mod migrate;
 pub mod run;
 pub mod status;
