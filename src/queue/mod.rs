@@ -14,6 +14,7 @@ mod finish;
 mod locators;
 mod retention;
 mod stats;
+pub mod workers;
 
 use std::time::Instant;
 
