@@ -35,7 +35,10 @@ pub use retention::{
     prune_dead_letters, prune_idempotency_keys, DEFAULT_DEAD_LETTER_RETENTION,
     DEFAULT_IDEMPOTENCY_KEY_HORIZON,
 };
-pub use stats::{pending_count, status, DeadReasonCount, DepthRow, QueueStatus};
+pub use stats::{
+    explain_pause, human_duration, pending_count, status, BlockedParticipant, BudgetUse,
+    DeadReasonCount, DepthRow, PriorityDepth, QueueStatus, Throughput, Verdict, Windows,
+};
 
 /// Opens a transaction whose plans walk the queue's indexes.
 ///

@@ -6,4 +6,5 @@ mod hostile;
 mod http_edges;
 mod queue;
 mod roles;
+mod status;
 mod worker;
