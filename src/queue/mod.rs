@@ -38,6 +38,7 @@ pub use retention::{
 pub use stats::{
     explain_pause, human_duration, pending_count, status, BlockedParticipant, BudgetUse,
     DeadReasonCount, DepthRow, PriorityDepth, QueueStatus, Throughput, Verdict, Windows,
+    USED_BY_WORKERS, USED_ESTIMATED,
 };
 
 /// Opens a transaction whose plans walk the queue's indexes.

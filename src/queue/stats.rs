@@ -84,7 +84,7 @@ pub struct BudgetUse {
     /// Requests per minute, as configured on the live workers that use it (none without one;
     /// 0 = unlimited).
     pub limit_per_minute: Option<i64>,
-    /// Requests sent in the last minute, estimated from the database (see `used_means`).
+    /// Requests sent in the last minute (see `used_means`).
     pub used_last_minute: i64,
     /// What `used_last_minute` counts.
     pub used_means: &'static str,
@@ -96,10 +96,14 @@ pub struct BudgetUse {
     pub pause_reason: Option<String>,
 }
 
-/// What `used_last_minute` counts.
-pub const USED_MEANS: &str = "PATCH requests in the last minute across all workers: applied \
-                              jobs (a coalesced PATCH counts once), dead-lettered and retried \
-                              attempts; conversation lookups are not counted";
+/// `used_last_minute` as the live workers of the budget report it in their heartbeats.
+pub const USED_BY_WORKERS: &str = "API requests in the last minute, summed over the heartbeats \
+                                   of the live workers that use this budget";
+
+/// `used_last_minute` estimated from the database when no live worker reports it.
+pub const USED_ESTIMATED: &str = "estimated from the database: PATCH requests in the last minute \
+                                  for applied jobs (a coalesced PATCH counts once), dead-lettered \
+                                  and retried attempts; conversation lookups are not counted";
 
 /// A participant whose due jobs wait behind an older job of theirs that cannot run yet.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
@@ -143,7 +147,7 @@ impl BlockedParticipant {
                 at(self.until)
             ),
             _ => format!(
-                "job {} waits for its retry at {}, attempt {} of {}",
+                "job {} waits for its retry at {}, {} of {} attempts used",
                 self.job_id,
                 at(self.until),
                 self.attempts,
@@ -151,12 +155,18 @@ impl BlockedParticipant {
             ),
         };
         if let Some(error) = &self.last_error {
-            let error: String = error.chars().take(120).collect();
+            let mut error: String = error.chars().take(HINT_ERROR_CHARS).collect();
+            if error.len() < self.last_error.as_deref().map_or(0, str::len) {
+                error.push('…');
+            }
             hint.push_str(&format!("; last error: {error}"));
         }
         hint
     }
 }
+
+/// How much of the last error a hint quotes.
+const HINT_ERROR_CHARS: usize = 100;
 
 /// The one-line answer to "is it working?".
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -257,8 +267,8 @@ pub async fn status(pool: &PgPool) -> Result<QueueStatus, Error> {
         backlog,
         eta_secs: (rate_per_minute > 0.0).then(|| backlog as f64 / rate_per_minute * 60.0),
     };
-    let used_last_minute = recent.patches_1m.round() as i64 + recent.dead_1m + recent.retried_1m;
-    let budget_use = budget_use(&budgets, &workers, used_last_minute);
+    let estimated = recent.patches_1m.round() as i64 + recent.dead_1m + recent.retried_1m;
+    let budget_use = budget_use(&budgets, &workers, estimated);
     let verdict = verdict(
         generated_at,
         &priorities,
@@ -362,7 +372,7 @@ cross join lateral (
 order by (b.job_state = 'running'), w.waiting_secs desc, b.participant_key";
 
 /// Each stored budget and each budget a live worker uses, with its limit and use.
-fn budget_use(budgets: &[BudgetState], workers: &[WorkerRow], used: i64) -> Vec<BudgetUse> {
+fn budget_use(budgets: &[BudgetState], workers: &[WorkerRow], estimated: i64) -> Vec<BudgetUse> {
     let mut names: Vec<String> = budgets.iter().map(|b| b.name.clone()).collect();
     for worker in workers.iter().filter(|w| w.is_alive()) {
         if let Some(name) = &worker.budget_name {
@@ -376,18 +386,29 @@ fn budget_use(budgets: &[BudgetState], workers: &[WorkerRow], used: i64) -> Vec<
         .into_iter()
         .map(|name| {
             let stored = budgets.iter().find(|b| b.name == name);
-            let limit_per_minute = workers
+            let users: Vec<&WorkerRow> = workers
                 .iter()
                 .filter(|w| w.is_alive() && w.budget_name.as_deref() == Some(name.as_str()))
+                .collect();
+            let limit_per_minute = users
+                .iter()
                 .filter_map(|w| w.budget_per_minute)
                 .max()
                 .map(i64::from);
+            let reported: Vec<i64> = users
+                .iter()
+                .filter_map(|w| w.api_requests_last_minute.map(i64::from))
+                .collect();
+            let (used_last_minute, used_means) = match reported.is_empty() {
+                true => (estimated, USED_ESTIMATED),
+                false => (reported.iter().sum(), USED_BY_WORKERS),
+            };
             let paused_until = stored.and_then(|b| b.paused_until);
             let pause_reason = stored.and_then(|b| paused_until.and(b.pause_reason.clone()));
             BudgetUse {
                 limit_per_minute,
-                used_last_minute: used,
-                used_means: USED_MEANS,
+                used_last_minute,
+                used_means,
                 paused_until,
                 paused_why: pause_reason
                     .as_deref()

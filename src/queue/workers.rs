@@ -38,6 +38,8 @@ pub struct Heartbeat {
     pub budget_name: Option<String>,
     /// Its request budget per minute (0 = unlimited).
     pub budget_per_minute: u32,
+    /// API requests it sent in the last minute, if it can tell.
+    pub api_requests_last_minute: Option<u64>,
 }
 
 /// What a worker is doing.
@@ -92,6 +94,8 @@ pub struct WorkerRow {
     pub budget_name: Option<String>,
     /// Its request budget per minute (0 = unlimited).
     pub budget_per_minute: Option<i32>,
+    /// API requests it sent in the last minute, if it can tell.
+    pub api_requests_last_minute: Option<i32>,
     /// When it stopped cleanly.
     pub stopped_at: Option<DateTime<Utc>>,
 }
@@ -107,12 +111,13 @@ impl WorkerRow {
 pub async fn beat(pool: &PgPool, beat: &Heartbeat) -> Result<(), Error> {
     sqlx::query(
         "insert into pdq.workers as w (id, name, host, pid, version, executors, state,
-             pause_reason, budget_name, budget_per_minute)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             pause_reason, budget_name, budget_per_minute, api_requests_last_minute)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          on conflict (id) do update
              set last_seen_at = now(), executors = excluded.executors, state = excluded.state,
                  pause_reason = excluded.pause_reason, budget_name = excluded.budget_name,
-                 budget_per_minute = excluded.budget_per_minute, stopped_at = null",
+                 budget_per_minute = excluded.budget_per_minute,
+                 api_requests_last_minute = excluded.api_requests_last_minute, stopped_at = null",
     )
     .bind(beat.id)
     .bind(&beat.name)
@@ -124,6 +129,10 @@ pub async fn beat(pool: &PgPool, beat: &Heartbeat) -> Result<(), Error> {
     .bind(&beat.pause_reason)
     .bind(&beat.budget_name)
     .bind(i32::try_from(beat.budget_per_minute).unwrap_or(i32::MAX))
+    .bind(
+        beat.api_requests_last_minute
+            .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+    )
     .execute(pool)
     .await?;
     Ok(())
@@ -133,7 +142,7 @@ pub async fn beat(pool: &PgPool, beat: &Heartbeat) -> Result<(), Error> {
 pub async fn mark_stopped(pool: &PgPool, id: Uuid) -> Result<(), Error> {
     sqlx::query(
         "update pdq.workers set state = 'stopped', pause_reason = null, stopped_at = now(),
-             last_seen_at = now()
+             last_seen_at = now(), api_requests_last_minute = null
          where id = $1",
     )
     .bind(id)
@@ -162,7 +171,8 @@ pub async fn list(pool: &PgPool) -> Result<Vec<WorkerRow>, Error> {
                 executors,
                 case when state <> 'stopped' and last_seen_at < now() - $1 * interval '1 second'
                      then 'gone' else state end as state,
-                pause_reason, budget_name, budget_per_minute, stopped_at
+                pause_reason, budget_name, budget_per_minute, api_requests_last_minute,
+                stopped_at
          from pdq.workers
          order by (state = 'stopped' or last_seen_at < now() - $1 * interval '1 second'),
                   host, started_at, id",

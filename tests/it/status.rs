@@ -40,6 +40,7 @@ fn heartbeat(name: &str, per_minute: u32) -> Heartbeat {
         pause_reason: None,
         budget_name: Some("edge-client".to_owned()),
         budget_per_minute: per_minute,
+        api_requests_last_minute: None,
     }
 }
 
@@ -237,12 +238,25 @@ async fn status_reports_queue_budget_workers_and_blocked_participants() {
         hint.starts_with(&format!("job {retrying} waits for its retry at ")),
         "{hint}"
     );
-    assert!(hint.contains("attempt 1 of 20"), "{hint}");
+    assert!(hint.contains("1 of 20 attempts used"), "{hint}");
     assert!(hint.contains(RETRY_ERROR), "{hint}");
 
     assert_eq!(status.verdict.state, "paused");
     assert!(status.verdict.summary.contains("edge-client"));
     assert!(status.verdict.summary.contains("429"));
+    assert_eq!(budget.used_means, queue::USED_ESTIMATED);
+
+    // Once workers report their calls, the budget's use is their sum.
+    for (name, calls) in [("pdq-a", 12), ("pdq-b", 5)] {
+        let beat = Heartbeat {
+            api_requests_last_minute: Some(calls),
+            ..heartbeat(name, 20)
+        };
+        workers::beat(&db.pool, &beat).await.unwrap();
+    }
+    let status = queue::status(&db.pool).await.unwrap();
+    assert_eq!(status.budget_use[0].used_last_minute, 17);
+    assert_eq!(status.budget_use[0].used_means, queue::USED_BY_WORKERS);
     db.drop_database().await;
 }
 
@@ -437,6 +451,7 @@ async fn a_running_worker_keeps_a_heartbeat_and_marks_itself_stopped() {
     assert_eq!(row.budget_per_minute, Some(120));
     assert_eq!(row.version, env!("CARGO_PKG_VERSION"));
     assert!(!row.host.is_empty());
+    assert_eq!(row.api_requests_last_minute, Some(0), "no call was made");
 
     health.fail("the client secret was refused");
     assert!(wait_until(Duration::from_secs(8), listed("paused")).await);

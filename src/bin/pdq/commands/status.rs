@@ -141,7 +141,17 @@ fn print_status(status: &QueueStatus) {
             &["BUDGET", "LIMIT", "USED 1 MIN", "PAUSED UNTIL", "WHY"],
             &budgets,
         );
-        println!("(used: PATCH requests in the last minute, lookups not counted)");
+        let estimated = status
+            .budget_use
+            .iter()
+            .any(|b| b.used_means == pdq::queue::USED_ESTIMATED);
+        println!(
+            "(used: {})",
+            match estimated {
+                true => "estimated from the database: PATCHes only, no worker reports its calls",
+                false => "API requests in the last minute, as the workers report them",
+            }
+        );
         if status.budget_use.iter().any(|b| b.paused_until.is_some()) {
             println!("lift a pause with: pdq budget resume [--name NAME]");
         }
@@ -162,7 +172,9 @@ fn print_status(status: &QueueStatus) {
                     w.version.clone(),
                     w.state.clone(),
                     format!("{} ago", human_duration(w.last_seen_secs_ago)),
-                    human_duration((now - w.started_at).num_seconds() as f64),
+                    human_duration(
+                        (w.stopped_at.unwrap_or(now) - w.started_at).num_seconds() as f64
+                    ),
                     w.executors.to_string(),
                     w.pause_reason.as_deref().map_or("-".to_owned(), |r| {
                         shorten(r.lines().next().unwrap_or(r), 60)
