@@ -15,6 +15,7 @@ pub mod jobs;
 mod locators;
 mod retention;
 mod stats;
+pub mod workers;
 
 use std::time::Instant;
 
@@ -35,7 +36,11 @@ pub use retention::{
     prune_dead_letters, prune_idempotency_keys, DEFAULT_DEAD_LETTER_RETENTION,
     DEFAULT_IDEMPOTENCY_KEY_HORIZON,
 };
-pub use stats::{pending_count, status, DeadReasonCount, DepthRow, QueueStatus};
+pub use stats::{
+    explain_pause, human_duration, pending_count, status, BlockedParticipant, BudgetUse,
+    DeadReasonCount, DepthRow, PriorityDepth, QueueStatus, Throughput, Verdict, Windows,
+    USED_BY_WORKERS, USED_ESTIMATED,
+};
 
 /// Opens a transaction whose plans walk the queue's indexes.
 ///

@@ -11,6 +11,7 @@ mod buffer;
 mod completer;
 pub mod decide;
 mod execute;
+mod heartbeat;
 mod maintenance;
 mod outage;
 pub mod pacer;
@@ -233,6 +234,10 @@ impl Worker {
         background.spawn(named(
             "maintenance",
             maintenance::run(inner.clone(), stop_background.clone()),
+        ));
+        background.spawn(named(
+            "heartbeat",
+            heartbeat::run(inner.clone(), stop_background.clone()),
         ));
         background.spawn(named(
             "completer",

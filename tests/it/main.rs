@@ -7,4 +7,5 @@ mod http_edges;
 mod jobs;
 mod queue;
 mod roles;
+mod status;
 mod worker;

@@ -46,9 +46,9 @@ pub enum Command {
     Migrate,
     /// Enqueue one participant-data update (the shell-friendly INSERT).
     Enqueue(EnqueueArgs),
-    /// Show queue depth by state and priority, oldest pending age, dead letters by reason and
-    /// shared-budget pauses.
-    Status,
+    /// Is it working, and if not, why: queue per priority, throughput and ETA, the budget and
+    /// its pauses, the workers and blocked participants.
+    Status(StatusArgs),
     /// Inspect, requeue or purge dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -65,6 +65,17 @@ pub enum Command {
     Run(Box<crate::commands::run::RunArgs>),
     /// Serve the Genesys Cloud emulator (login and API on one port).
     Emulator(Box<crate::commands::emulator::EmulatorArgs>),
+}
+
+/// How `pdq status` shows the queue.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Redraw every --interval seconds until interrupted (with --json: one object per line).
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between two redraws with --watch.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
 }
 
 /// A job, with flags named after the columns of `pdq.jobs`.

@@ -31,7 +31,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Migrate => commands::migrate::run(&db).await,
         Command::Enqueue(args) => commands::enqueue::run(&db, args, json).await,
-        Command::Status => commands::status::run(&db, json).await,
+        Command::Status(args) => commands::status::run(&db, args, json).await,
         Command::Dlq(command) => commands::dlq::run(&db, command, json).await,
         Command::Jobs(command) => commands::jobs::run(&db, command, json).await,
         Command::Budget(command) => commands::budget::run(&db, command, json).await,

@@ -1,57 +1,241 @@
-//! `pdq status`: the queue at a glance.
+//! `pdq status`: is it working, and if not, why — on one screen.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pdq::queue::{human_duration, QueueStatus};
+use sqlx::PgPool;
 
 use super::Database;
+use crate::cli::StatusArgs;
 use crate::output;
 
-/// Prints depth by state and priority, oldest pending age, throughput, dead letters and the
-/// shared budgets (a pause in force, its reason, the next request slot).
-pub async fn run(db: &Database, json: bool) -> anyhow::Result<ExitCode> {
-    let status = pdq::queue::status(&db.pool().await?).await?;
-    if json {
-        output::json(&status)?;
+/// Prints the status once, or redraws it every `--interval` seconds with `--watch`.
+pub async fn run(db: &Database, args: StatusArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let pool = db.pool().await?;
+    if !args.watch {
+        let status = pdq::queue::status(&pool).await?;
+        match json {
+            true => output::json(&status)?,
+            false => print_status(&status),
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let depth: Vec<Vec<String>> = status
-        .depth
-        .iter()
-        .map(|r| vec![r.state.clone(), r.priority.clone(), r.jobs.to_string()])
-        .collect();
-    output::table(&["STATE", "PRIORITY", "JOBS"], &depth);
-    let age = status
-        .oldest_pending_age_secs
-        .map_or("-".to_owned(), |s| format!("{s:.1}s"));
-    println!("\noldest pending: {age}");
+    watch(&pool, Duration::from_secs(args.interval), json).await
+}
+
+/// Redraws until Ctrl-C; a failed read is shown and retried at the next tick.
+async fn watch(pool: &PgPool, interval: Duration, json: bool) -> anyhow::Result<ExitCode> {
+    let terminal = std::io::stdout().is_terminal();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let status = pdq::queue::status(pool).await;
+        match (&status, json) {
+            (Ok(status), true) => println!("{}", serde_json::to_string(status)?),
+            (Ok(status), false) => {
+                if terminal {
+                    print!("\x1b[2J\x1b[H");
+                }
+                print_status(status);
+                if !terminal {
+                    println!("\n---");
+                }
+            }
+            (Err(error), _) => eprintln!("error: {error} (retrying in {}s)", interval.as_secs()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut interrupted => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+fn print_status(status: &QueueStatus) {
+    let now = status.generated_at;
     println!(
-        "applied: {} in the last minute, {} in the last hour",
-        status.applied_last_minute, status.applied_last_hour
+        "pdq status at {}\n{}",
+        now.format("%Y-%m-%d %H:%M:%S UTC"),
+        status.verdict.summary
     );
-    let dead: Vec<Vec<String>> = status
-        .dead_letters
-        .iter()
-        .map(|r| vec![r.reason.clone(), r.jobs.to_string()])
-        .collect();
+
     println!();
-    output::table(&["DEAD LETTER REASON", "JOBS"], &dead);
-    let budgets: Vec<Vec<String>> = status
-        .budgets
+    let queue: Vec<Vec<String>> = status
+        .priorities
         .iter()
-        .map(|b| {
+        .map(|p| {
             vec![
-                b.name.clone(),
-                b.paused_until.map_or("-".to_owned(), |at| at.to_rfc3339()),
-                b.paused_until
-                    .and(b.pause_reason.clone())
-                    .unwrap_or_else(|| "-".to_owned()),
-                b.next_slot.to_rfc3339(),
+                p.priority.clone(),
+                p.due.to_string(),
+                p.scheduled.to_string(),
+                p.retrying.to_string(),
+                p.running.to_string(),
+                p.oldest_due_age_secs.map_or("-".to_owned(), human_duration),
             ]
         })
         .collect();
+    output::table(
+        &[
+            "QUEUE",
+            "DUE",
+            "SCHEDULED",
+            "RETRYING",
+            "RUNNING",
+            "OLDEST DUE",
+        ],
+        &queue,
+    );
+
     println!();
-    output::table(&["BUDGET", "PAUSED UNTIL", "REASON", "NEXT SLOT"], &budgets);
-    if status.budgets.iter().any(|b| b.paused_until.is_some()) {
-        println!("\nlift a pause with: pdq budget resume [--name NAME]");
+    let t = &status.throughput;
+    let windows = |label: &str, w: &pdq::queue::Windows| {
+        vec![
+            label.to_owned(),
+            w.last_1m.to_string(),
+            w.last_5m.to_string(),
+            w.last_15m.to_string(),
+        ]
+    };
+    output::table(
+        &["FINISHED", "1 MIN", "5 MIN", "15 MIN"],
+        &[
+            windows("applied", &t.applied),
+            windows("dead-lettered", &t.dead_lettered),
+        ],
+    );
+    println!(
+        "rate {:.0}/min; backlog {} (due, retrying, running); ETA {}",
+        t.rate_per_minute,
+        t.backlog,
+        t.eta_secs.map_or("-".to_owned(), human_duration)
+    );
+
+    println!();
+    if status.budget_use.is_empty() {
+        println!("budget: none in use (no shared budget and no live worker)");
+    } else {
+        let budgets: Vec<Vec<String>> = status
+            .budget_use
+            .iter()
+            .map(|b| {
+                vec![
+                    b.name.clone(),
+                    match b.limit_per_minute {
+                        None => "? (no live worker)".to_owned(),
+                        Some(0) => "unlimited".to_owned(),
+                        Some(n) => format!("{n}/min"),
+                    },
+                    b.used_last_minute.to_string(),
+                    b.paused_until.map_or("-".to_owned(), |at| until(at, now)),
+                    match (&b.paused_why, &b.pause_reason) {
+                        (Some(why), Some(code)) => format!("{why} [{code}]"),
+                        (Some(why), None) => why.clone(),
+                        _ => "-".to_owned(),
+                    },
+                ]
+            })
+            .collect();
+        output::table(
+            &["BUDGET", "LIMIT", "USED 1 MIN", "PAUSED UNTIL", "WHY"],
+            &budgets,
+        );
+        let estimated = status
+            .budget_use
+            .iter()
+            .any(|b| b.used_means == pdq::queue::USED_ESTIMATED);
+        println!(
+            "(used: {})",
+            match estimated {
+                true => "estimated from the database: PATCHes only, no worker reports its calls",
+                false => "API requests in the last minute, as the workers report them",
+            }
+        );
+        if status.budget_use.iter().any(|b| b.paused_until.is_some()) {
+            println!("lift a pause with: pdq budget resume [--name NAME]");
+        }
     }
-    Ok(ExitCode::SUCCESS)
+
+    println!();
+    if status.workers.is_empty() {
+        println!("workers: none has sent a heartbeat (is `pdq run` started?)");
+    } else {
+        let workers: Vec<Vec<String>> = status
+            .workers
+            .iter()
+            .map(|w| {
+                vec![
+                    w.name.clone(),
+                    w.host.clone(),
+                    w.pid.to_string(),
+                    w.version.clone(),
+                    w.state.clone(),
+                    format!("{} ago", human_duration(w.last_seen_secs_ago)),
+                    human_duration(
+                        (w.stopped_at.unwrap_or(now) - w.started_at).num_seconds() as f64
+                    ),
+                    w.executors.to_string(),
+                    w.pause_reason.as_deref().map_or("-".to_owned(), |r| {
+                        shorten(r.lines().next().unwrap_or(r), 60)
+                    }),
+                ]
+            })
+            .collect();
+        output::table(
+            &[
+                "WORKER",
+                "HOST",
+                "PID",
+                "VERSION",
+                "STATE",
+                "LAST SEEN",
+                "UP",
+                "EXECUTORS",
+                "REASON",
+            ],
+            &workers,
+        );
+    }
+
+    if status.blocked_total > 0 {
+        println!("\nblocked participants: {}", status.blocked_total);
+        for b in &status.blocked_participants {
+            println!(
+                "  {} ({} due, waiting {})\n    {}",
+                b.participant_key,
+                b.due_behind,
+                human_duration(b.waiting_secs),
+                b.hint(now)
+            );
+        }
+        let hidden = status.blocked_total - status.blocked_participants.len() as i64;
+        if hidden > 0 {
+            println!("  … and {hidden} more");
+        }
+    }
+
+    if !status.dead_letters.is_empty() {
+        let dead: Vec<String> = status
+            .dead_letters
+            .iter()
+            .map(|r| format!("{} {}", r.reason, r.jobs))
+            .collect();
+        println!(
+            "\ndead letters (not requeued): {} — see pdq dlq list",
+            dead.join(", ")
+        );
+    }
+}
+
+fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let left = (at - now).num_milliseconds().max(0) as f64 / 1000.0;
+    format!("{} (in {})", at.format("%H:%M:%S"), human_duration(left))
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    match text.chars().count() > max {
+        true => format!("{}…", text.chars().take(max - 1).collect::<String>()),
+        false => text.to_owned(),
+    }
 }
