@@ -386,3 +386,59 @@ pub struct Fence {
     /// The jobs the unit holds.
     pub job_ids: Vec<i64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_clock_moves_with_this_process_from_what_the_database_said() {
+        let said = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let clock = DbClock::new(said);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let now = clock.now();
+        assert!(now >= said + chrono::Duration::milliseconds(20), "{now}");
+        assert!(now < said + chrono::Duration::seconds(5), "{now}");
+    }
+
+    #[test]
+    fn a_merge_follows_seq_and_leaves_out_superseded_keys() {
+        let job = |id: i64, seq: i64, attributes: serde_json::Value, superseded: &[&str]| Job {
+            id,
+            locators: Locators::default(),
+            attributes,
+            priority: Priority::Live,
+            run_at: Utc::now(),
+            expires_at: None,
+            idempotency_key: None,
+            max_attempts: 20,
+            created_at: Utc::now(),
+            attempts: 1,
+            first_attempt_at: None,
+            participant_key: "k".into(),
+            seq,
+            superseded: superseded.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let unit = Unit {
+            lease: Uuid::new_v4(),
+            locked_until: Utc::now(),
+            deadline: Instant::now(),
+            clock: DbClock::new(Utc::now()),
+            jobs: vec![
+                job(10, 10, serde_json::json!({"tier": "gold", "a": "1"}), &[]),
+                // A requeued job: a later id, an older place in the history.
+                job(12, 3, serde_json::json!({"tier": "silver", "b": "2"}), &["b"]),
+            ],
+        };
+        let merged = unit.merged_attributes();
+        assert_eq!(merged.get("tier").unwrap(), "gold");
+        assert_eq!(merged.get("a").unwrap(), "1");
+        assert!(!merged.contains_key("b"));
+        assert_eq!(
+            unit.key_versions(),
+            vec![("a".to_owned(), 10), ("tier".to_owned(), 10)]
+        );
+    }
+}

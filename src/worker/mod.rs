@@ -533,3 +533,36 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_or_returns_early_is_named_in_the_report() {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(named("claimer", async { panic!("index out of bounds") }));
+        let report = task_ended(tasks.join_next().await.unwrap());
+        assert_eq!(report, "a worker task panicked: index out of bounds");
+
+        tasks.spawn(named("completer", async {}));
+        let report = task_ended(tasks.join_next().await.unwrap());
+        assert_eq!(report, "the completer returned before shutdown");
+    }
+
+    #[test]
+    fn timing_rules_keep_a_patch_inside_its_lease_and_the_grace() {
+        let config = WorkerConfig::default();
+        assert!(config.check_timing(Duration::from_secs(20)).is_ok());
+        let too_slow = config.check_timing(Duration::from_secs(30)).unwrap_err();
+        assert!(too_slow.contains("half the lease"), "{too_slow}");
+        let short_grace = WorkerConfig {
+            shutdown_grace: Duration::from_secs(5),
+            ..WorkerConfig::default()
+        };
+        let refused = short_grace
+            .check_timing(Duration::from_secs(10))
+            .unwrap_err();
+        assert!(refused.contains("shutdown grace"), "{refused}");
+    }
+}
