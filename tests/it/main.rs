@@ -5,6 +5,7 @@ mod emulator;
 mod helpers;
 mod hostile;
 mod http_edges;
+mod paths;
 mod queue;
 mod roles;
 mod worker;
