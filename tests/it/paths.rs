@@ -457,7 +457,8 @@ async fn a_live_worker_renews_the_lease_of_a_unit_that_outlives_it() {
             .external_tag("SLOW-1"),
     );
     let pid = c.participant("customer").unwrap();
-    // Three calls (tag lookup, conversation GET, PATCH) of 1.2 s each: 3.6 s under a 3 s lease.
+    // Three calls (tag lookup, conversation GET, PATCH) of 1.2 s each, 2 s apart at 30 requests
+    // a minute: the lookups alone outlast the 3 s lease (a PATCH renews its lease itself).
     app.enqueue(job(Locators::external_tag("SLOW-1"), json!({"k": "v"})))
         .await;
     app.emulator.set_faults(Faults {
@@ -467,6 +468,11 @@ async fn a_live_worker_renews_the_lease_of_a_unit_that_outlives_it() {
     let config = WorkerConfig {
         lease: Duration::from_secs(3),
         lookup_window: Duration::from_secs(10),
+        budget: pdq::worker::Budget {
+            per_minute: 30,
+            shared: false,
+            ..pdq::worker::Budget::default()
+        },
         ..fast()
     };
     let slow = |id: &str| {
