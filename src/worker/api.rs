@@ -148,6 +148,18 @@ impl Api {
         self.client.probe_token().await.map_err(|e| e.to_string())
     }
 
+    /// Gets one conversation to find out whether a worker paused on a 403 may resume: `Err`
+    /// while the API refuses it for a permission (401/403) or gives no verdict (no response,
+    /// 429, 5xx); any other answer, a 404 too, means the permission is back.
+    pub async fn probe_conversation(&self, id: Uuid) -> Result<(), String> {
+        verdict(self.conversation(id).await.map(|_| ()))
+    }
+
+    /// Looks a tag up, as [`Api::probe_conversation`] does a conversation.
+    pub async fn probe_tag(&self, tag: &str) -> Result<(), String> {
+        verdict(self.find_by_tag(tag).await.map(|_| ()))
+    }
+
     /// The longest one API request may take.
     pub fn request_timeout(&self) -> Duration {
         self.client.request_timeout()
@@ -156,6 +168,14 @@ impl Api {
     /// OAuth token renewals so far.
     pub fn token_renewals(&self) -> u64 {
         self.client.token_renewals()
+    }
+}
+
+fn verdict(result: Result<(), CallError>) -> Result<(), String> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(error) if matches!(error.failure, Failure::Permanent(_)) => Ok(()),
+        Err(error) => Err(error.to_string()),
     }
 }
 

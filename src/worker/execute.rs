@@ -605,6 +605,8 @@ async fn on_failure(
         }
         Decision::Pause => {
             tracing::error!(detail = %failed.detail, "configuration problem: pausing the worker (no job is dead-lettered)");
+            let status = failed.api.as_ref().and_then(|api| api.status);
+            super::maintenance::remember_pause(inner, unit, status, failed.target);
             inner.health.fail(failed.detail);
             queue::release(&inner.pool, &unit.fence()).await?;
             for waiting in inner.buffer.take_all() {

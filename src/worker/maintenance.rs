@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::resolve::Target;
 use super::Inner;
-use crate::queue;
+use crate::queue::{self, Unit};
 
 /// Runs every second until `stop`.
 pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
@@ -87,7 +88,41 @@ async fn renew(inner: &Inner) {
     }
 }
 
-/// While paused, checks now and then (backing off) whether the API takes our credentials again.
+/// The call a configuration-pause probe makes: the kind of call that failed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) enum ProbeCall {
+    /// Get a token (credentials refused).
+    #[default]
+    Token,
+    /// Get the conversation a 403 was about.
+    Conversation(Uuid),
+    /// Look up the tag a 403 was about.
+    Tag(String),
+}
+
+/// Remembers what the probe must ask before the worker pauses on `unit`'s failed call: after a
+/// 403 (a missing permission, or refusals in a row) the conversation or tag it concerned, since
+/// a token says nothing about permissions; otherwise the token.
+pub(super) fn remember_pause(
+    inner: &Inner,
+    unit: &Unit,
+    status: Option<u16>,
+    target: Option<Target>,
+) {
+    let locators = &unit.head().locators;
+    let conversation = target
+        .map(|t| t.conversation_id)
+        .or(locators.conversation_id);
+    let call = match (status, conversation, &locators.external_tag) {
+        (Some(403), Some(id), _) => ProbeCall::Conversation(id),
+        (Some(403), None, Some(tag)) => ProbeCall::Tag(tag.clone()),
+        _ => ProbeCall::Token,
+    };
+    *inner.pause_probe.lock().unwrap() = call;
+}
+
+/// While paused, checks now and then (backing off) whether the API takes our credentials again
+/// (or, after a 403, whether it grants the refused call again).
 /// The backoff survives a resume that is followed by another pause soon after (a token that is
 /// accepted by the login host but refused by the API), so a persistent problem is probed ever
 /// less often instead of every few seconds.
@@ -129,9 +164,15 @@ impl Probe {
         if Instant::now() < self.next {
             return;
         }
-        match inner.api.probe().await {
+        let call = inner.pause_probe.lock().unwrap().clone();
+        let verdict = match &call {
+            ProbeCall::Token => inner.api.probe().await,
+            ProbeCall::Conversation(id) => inner.api.probe_conversation(*id).await,
+            ProbeCall::Tag(tag) => inner.api.probe_tag(tag).await,
+        };
+        match verdict {
             Ok(()) => {
-                tracing::info!("credentials accepted again: resuming");
+                tracing::info!(probe = ?call, "the API accepts the call again: resuming");
                 inner.health.recover();
             }
             Err(error) => tracing::warn!(%error, "still paused"),

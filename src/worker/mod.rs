@@ -144,6 +144,8 @@ struct Inner {
     outage: outage::Detector,
     completer: completer::Completer,
     forbidden_streak: AtomicU32,
+    /// What the configuration-pause probe asks (see [`maintenance::remember_pause`]).
+    pause_probe: Mutex<maintenance::ProbeCall>,
     rng: Mutex<SmallRng>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -169,6 +171,7 @@ impl Worker {
                 cutoff: Mutex::new(None),
                 outage: outage::Detector::default(),
                 forbidden_streak: AtomicU32::new(0),
+                pause_probe: Mutex::default(),
                 rng: Mutex::new(rng),
                 metrics: Arc::new(Metrics::default()),
                 health: Arc::new(Health::default()),

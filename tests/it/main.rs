@@ -1,10 +1,12 @@
 //! pdq's integration tests: one test binary, one module per area.
+mod app;
 mod cli;
 mod emulator;
 mod helpers;
 mod hostile;
 mod http_edges;
 mod jobs;
+mod paths;
 mod queue;
 mod roles;
 mod status;

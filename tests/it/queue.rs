@@ -337,7 +337,8 @@ async fn concurrent_claimers_never_hold_two_units_of_one_participant() {
                         .remove(&unit.head().participant_key);
                 }
                 let done: Vec<Success> = units.iter().map(success).collect();
-                queue::succeed_batch(&pool, &done).await.unwrap();
+                let lost = queue::succeed_batch(&pool, &done).await.unwrap();
+                assert!(lost.is_empty(), "leases lost: {lost:?}");
             }
         }));
     }
@@ -346,6 +347,10 @@ async fn concurrent_claimers_never_hold_two_units_of_one_participant() {
     }
     let applied = applied.lock().unwrap().clone();
     assert_eq!(applied.values().map(Vec::len).sum::<usize>(), 400);
+    let distinct: HashSet<i64> = applied.values().flatten().copied().collect();
+    assert_eq!(distinct.len(), 400, "no job was claimed twice");
+    assert_eq!(db.count("pdq.jobs").await, 0, "every unit was finished");
+    assert_eq!(db.count("pdq.finished_jobs").await, 400);
     for ids in applied.values() {
         assert!(
             ids.windows(2).all(|w| w[0] < w[1]),

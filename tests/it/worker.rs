@@ -2,107 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use pdq::emulator::{
-    ConversationSpec, Emulator, EmulatorConfig, EmulatorHandle, Faults, ParticipantSpec,
-};
-use pdq::genesys::{GenesysClient, GenesysSettings};
+use pdq::emulator::{ConversationSpec, EmulatorConfig, Faults, ParticipantSpec};
 use pdq::queue::{self, Locators, NewJob};
-use pdq::worker::{Api, Backoff, Budget, Worker, WorkerConfig};
-use secrecy::SecretString;
+use pdq::worker::{Api, Budget, Worker, WorkerConfig};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{wait_until, TestDb};
-
-struct TestApp {
-    db: TestDb,
-    emulator: EmulatorHandle,
-}
-
-impl TestApp {
-    async fn new(config: EmulatorConfig) -> TestApp {
-        let emulator = Emulator::start(EmulatorConfig {
-            rate_limit: None,
-            ..config
-        })
-        .await
-        .unwrap();
-        TestApp {
-            db: TestDb::with_connections(16).await,
-            emulator,
-        }
-    }
-
-    fn client(&self, secret: &str, timeout: Duration) -> GenesysClient {
-        let mut settings = GenesysSettings::new(
-            None,
-            Some(&self.emulator.base_url()),
-            None,
-            Some("pdq-demo".into()),
-            Some(SecretString::from(secret.to_owned())),
-        )
-        .unwrap();
-        settings.request_timeout = timeout;
-        GenesysClient::new(settings).unwrap()
-    }
-
-    fn worker(&self, config: WorkerConfig) -> Worker {
-        let api = Api::new(self.client("pdq-demo-secret", Duration::from_millis(500)));
-        Worker::new(self.db.pool.clone(), api, config)
-    }
-
-    async fn enqueue(&self, job: NewJob) -> i64 {
-        queue::enqueue(&self.db.pool, &job).await.unwrap().unwrap()
-    }
-
-    /// Drives the worker step by step until nothing is due, within `timeout`.
-    async fn drain(&self, worker: &Worker, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.db.count("pdq.jobs").await > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "queue did not drain in {timeout:?}"
-            );
-            if worker.process_next().await.unwrap().is_empty() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-
-    async fn dead_reasons(&self) -> Vec<(String, Option<i32>, Option<String>)> {
-        sqlx::query_as("select reason, http_status, error_code from pdq.dead_letters order by id")
-            .fetch_all(&self.db.pool)
-            .await
-            .unwrap()
-    }
-}
-
-fn fast() -> WorkerConfig {
-    WorkerConfig {
-        executors: 4,
-        poll_interval: Duration::from_millis(100),
-        backoff: Backoff {
-            base: Duration::from_millis(20),
-            cap: Duration::from_millis(300),
-        },
-        budget: Budget {
-            per_minute: 0,
-            ..Budget::default()
-        },
-        lookup_window: Duration::from_millis(600),
-        seed: Some(7),
-        ..WorkerConfig::default()
-    }
-}
-
-fn job(locators: Locators, attributes: serde_json::Value) -> NewJob {
-    NewJob {
-        locators,
-        attributes,
-        ..NewJob::default()
-    }
-}
+use crate::app::{fast, job, values_sent, TestApp};
+use crate::helpers::wait_until;
 
 #[tokio::test]
 async fn every_locator_kind_applies_and_is_visible_on_the_emulator() {
@@ -556,15 +464,6 @@ async fn two_workers_share_one_budget_through_postgres() {
     }
     assert_eq!(app.db.count("pdq.finished_jobs").await, 60);
     app.db.drop_database().await;
-}
-
-/// The values the emulator received for `key` on one participant, in arrival order.
-fn values_sent(app: &TestApp, cid: Uuid, pid: Uuid, key: &str) -> Vec<String> {
-    app.emulator
-        .patch_history(cid, pid)
-        .into_iter()
-        .filter_map(|patch| patch.attributes.get(key).cloned())
-        .collect()
 }
 
 #[tokio::test]
