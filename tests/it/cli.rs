@@ -105,6 +105,7 @@ async fn doctor_checks_credentials_and_organization_against_the_emulator() {
     let doctor = move |secret: &str| {
         Command::new(env!("CARGO_BIN_EXE_pdq"))
             .args(["doctor", "--conversation-id", &conversation_id])
+            .env_remove("DATABASE_URL")
             .env("GENESYS_API_URL", &base_url)
             .env("GENESYS_CLIENT_ID", "pdq-demo")
             .env("GENESYS_CLIENT_SECRET", secret)
