@@ -19,7 +19,8 @@ pub struct RoleCheck {
     pub needs: String,
 }
 
-/// Checks the three roles of the least-privilege setup.
+/// Checks the three roles of the least-privilege setup. (`has_table_privilege` with a list
+/// answers true when *any* is held, so each privilege is asked on its own.)
 pub async fn roles(pool: &PgPool) -> Result<Vec<RoleCheck>, Error> {
     let rows = sqlx::query_as(
         "with wanted(role, needs) as (values
@@ -34,10 +35,13 @@ pub async fn roles(pool: &PgPool) -> Result<Vec<RoleCheck>, Error> {
                             'pdq.enqueue(jsonb, uuid, text, uuid, text, text, text, text,
                                          timestamptz, timestamptz, text, integer)', 'execute')
                     when 'pdq_worker' then
-                        has_table_privilege(w.role, 'pdq.jobs', 'select, update, delete')
+                        has_table_privilege(w.role, 'pdq.jobs', 'select')
+                        and has_table_privilege(w.role, 'pdq.jobs', 'update')
+                        and has_table_privilege(w.role, 'pdq.jobs', 'delete')
                         and has_table_privilege(w.role, 'pdq.dead_letters', 'insert')
                     else
-                        has_table_privilege(w.role, 'pdq.dead_letters', 'select, delete')
+                        has_table_privilege(w.role, 'pdq.dead_letters', 'select')
+                        and has_table_privilege(w.role, 'pdq.dead_letters', 'delete')
                         and has_table_privilege(w.role, 'pdq.jobs', 'select')
                     end and r.rolname is not null, false) as granted,
                 w.needs

@@ -4,6 +4,7 @@ mod emulator;
 mod helpers;
 mod hostile;
 mod http_edges;
+mod observability;
 mod queue;
 mod roles;
 mod worker;

@@ -96,14 +96,35 @@ impl Exit {
             if let Some(queue) = cause.downcast_ref::<pdq::queue::Error>() {
                 return match queue {
                     pdq::queue::Error::Refused { .. } => Exit::Refused,
+                    pdq::queue::Error::Database(error) => Exit::of_sqlx(error),
                     _ => Exit::Failure,
                 };
+            }
+            if let Some(error) = cause.downcast_ref::<sqlx::Error>() {
+                return Exit::of_sqlx(error);
             }
             if let Some(pdq::genesys::Error::Settings(_)) = cause.downcast_ref() {
                 return Exit::Usage;
             }
         }
         Exit::Failure
+    }
+}
+
+impl Exit {
+    /// A missing pdq table or schema means the database was never migrated; a missing
+    /// privilege is a refusal; a lost connection is the database's.
+    fn of_sqlx(error: &sqlx::Error) -> Exit {
+        match error {
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                Some("42P01" | "3F000" | "42883") => Exit::Schema,
+                Some("42501") => Exit::Refused,
+                Some(code) if code.starts_with("08") || code.starts_with("28") => Exit::Database,
+                _ => Exit::Failure,
+            },
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => Exit::Database,
+            _ => Exit::Failure,
+        }
     }
 }
 

@@ -25,8 +25,11 @@ async fn main() -> ExitCode {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(error) => {
-            let message = exit::describe(&error);
             let exit = exit::Exit::of(&error);
+            let mut message = exit::describe(&error);
+            if exit == exit::Exit::Schema && !message.contains("pdq migrate") {
+                message.push_str(" (the pdq schema is missing: run `pdq migrate`)");
+            }
             eprintln!("error: {message}");
             if json {
                 let body = serde_json::json!({ "error": message, "exit_code": exit.code() });
