@@ -550,3 +550,49 @@ async fn render_health(State(health): State<Arc<Health>>) -> (StatusCode, String
         (StatusCode::OK, "ok\n".to_owned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_render_with_separate_outcome_and_reason_labels() {
+        let metrics = Metrics::for_budget(120);
+        metrics.outcomes.add("applied", 2);
+        metrics.outcomes.add("retry:rate_limited", 1);
+        metrics.outcomes.add("dead_letter:conversation_ended", 3);
+        let text = metrics.render();
+        assert!(text.contains("pdq_jobs_total{outcome=\"applied\",reason=\"\"} 2"));
+        assert!(text.contains("pdq_jobs_total{outcome=\"retried\",reason=\"rate_limited\"} 1"));
+        assert!(text
+            .contains("pdq_jobs_total{outcome=\"dead_lettered\",reason=\"conversation_ended\"} 3"));
+        assert!(text.contains("pdq_budget_allowed_requests_per_minute 120"));
+        assert!(text.contains("pdq_build_info{version=\""));
+    }
+
+    #[test]
+    fn pauses_are_exported_by_reason() {
+        let metrics = Metrics::default();
+        let health = Health::default();
+        health.set(Condition::Outage, "the API is down");
+        *metrics.budget_pause.lock().unwrap() = Some("rate_limited".into());
+        let text = metrics.render_with(&health);
+        assert!(text.contains("pdq_paused{reason=\"outage\"} 1"), "{text}");
+        assert!(
+            text.contains("pdq_paused{reason=\"rate_limited\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pdq_paused{reason=\"configuration\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pdq_unhealthy{condition=\"outage\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pdq_unhealthy{condition=\"claims\"} 0"),
+            "{text}"
+        );
+    }
+}

@@ -166,7 +166,11 @@ async fn check_genesys(args: &DoctorArgs, checks: &mut Checks) -> anyhow::Result
     let settings = match args.genesys.settings() {
         Ok(settings) => settings,
         Err(error) => {
-            checks.fail(CONFIGURATION, "configuration", error.to_string());
+            let detail = match error {
+                Error::Settings(problem) => problem,
+                other => other.to_string(),
+            };
+            checks.fail(CONFIGURATION, "configuration", detail);
             return Ok(());
         }
     };
