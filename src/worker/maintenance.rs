@@ -119,8 +119,11 @@ impl Progress {
         let applied = applied_total.saturating_sub(self.applied);
         self.at = Instant::now();
         self.applied = applied_total;
-        let pending = inner.metrics.queue_depth.load(Ordering::Relaxed);
-        if pending == 0 {
+        let pending: i64 = {
+            let gauges = inner.metrics.gauges.lock().unwrap();
+            gauges.priorities.iter().map(|p| p.due + p.running).sum()
+        };
+        if pending <= 0 {
             return;
         }
         let per_minute = applied as f64 * 60.0 / elapsed.as_secs_f64();
@@ -133,7 +136,7 @@ impl Progress {
             applied,
             rate_per_minute = per_minute.round() as u64,
             eta = %eta,
-            "backlog: {pending} pending, {applied} applied in the last {} s ({:.0}/min), done in {eta}",
+            "backlog: {pending} due, {applied} applied in the last {} s ({:.0}/min), done in {eta}",
             elapsed.as_secs(),
             per_minute
         );
@@ -141,7 +144,7 @@ impl Progress {
 }
 
 /// `3m12s`, `1h04m`, `45s`.
-pub fn human_duration(duration: Duration) -> String {
+fn human_duration(duration: Duration) -> String {
     let secs = duration.as_secs();
     match secs {
         0..=59 => format!("{secs}s"),
@@ -244,5 +247,17 @@ impl Probe {
         }
         self.delay = (self.delay * 2).min(PROBE_MAX);
         self.next = Instant::now() + self.delay;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_a_clock() {
+        assert_eq!(human_duration(Duration::from_secs(45)), "45s");
+        assert_eq!(human_duration(Duration::from_secs(192)), "3m12s");
+        assert_eq!(human_duration(Duration::from_secs(3_840)), "1h04m");
     }
 }

@@ -207,7 +207,7 @@ async fn a_worker_logs_sentences_stores_json_errors_and_serves_every_dashboard_m
         "pdq_jobs_total{outcome=\"applied\",reason=\"\"} 1",
         "pdq_jobs_total{outcome=\"dead_lettered\",reason=\"conversation_ended\"} 1",
         "pdq_jobs_total{outcome=\"retried\",reason=\"not_yet_visible\"}",
-        "pdq_jobs{state=\"retrying\",priority=\"live\"} 1",
+        "pdq_jobs{state=\"retrying\",priority=\"live\"} ",
         "pdq_paused{reason=\"rate_limited\"} 0",
         "pdq_budget_allowed_requests_per_minute 300",
         "pdq_build_info{version=\"",
