@@ -109,8 +109,10 @@ impl Detector {
 /// outage pause; the first request afterwards probes the API alone. `/healthz` says why.
 pub async fn pause_fleet(inner: &Inner, detail: &str) {
     let pause = inner.outage.next_pause();
+    let until = chrono::Utc::now() + pause;
     tracing::warn!(
         reason = "outage",
+        until = %until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         pause_ms = pause.as_millis() as u64,
         "pausing every executor for {} s (outage), then probing; no attempt is spent: {detail}",
         pause.as_secs_f64()

@@ -193,8 +193,10 @@ impl Pacer {
                 PauseReason::WindowSpent => "the rate-limit window is spent",
                 _ => "the API answered 429 Too Many Requests",
             };
+            let until = chrono::Utc::now() + pause;
             tracing::warn!(
                 reason = reason.as_str(),
+                until = %until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 pause_ms = pause.as_millis() as u64,
                 http.status = status,
                 "pausing every executor for {:.1} s: {why}",
