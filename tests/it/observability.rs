@@ -6,7 +6,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pdq::emulator::{ConversationSpec, Emulator, EmulatorConfig};
+use pdq::emulator::{ConversationSpec, Emulator, EmulatorConfig, RateLimit, RateLimitScope};
 use pdq::queue::{self, Locators, NewJob, Priority};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -136,31 +136,66 @@ async fn scrape(port: u16) -> String {
     }
 }
 
+/// A `pdq run` child with piped stderr (read on a thread so the pipe never fills).
+struct RunningWorker {
+    child: std::process::Child,
+    port: u16,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl RunningWorker {
+    fn start(db: &TestDb, emulator: &pdq::emulator::EmulatorHandle, args: &[&str]) -> Self {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pdq"))
+            .args(["run", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("DATABASE_URL", db.url())
+            .env("GENESYS_API_URL", emulator.base_url())
+            .env("GENESYS_CLIENT_ID", "pdq-demo")
+            .env("GENESYS_CLIENT_SECRET", "pdq-demo-secret")
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pdq run");
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        });
+        RunningWorker {
+            child,
+            port,
+            stderr,
+        }
+    }
+
+    /// SIGTERM, then the logs (killed after 30 s if it does not stop).
+    async fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if self.child.try_wait().map(|s| s.is_some()).unwrap_or(true) {
+                return self.stderr.join().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr.join().unwrap()
+    }
+}
+
 #[tokio::test]
 async fn a_worker_logs_sentences_stores_json_errors_and_serves_every_dashboard_metric() {
     let db = TestDb::new().await;
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
     enqueue_every_outcome(&db, &emulator).await;
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pdq"))
-        .args(["run", "--metrics-addr", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", db.url())
-        .env("GENESYS_API_URL", emulator.base_url())
-        .env("GENESYS_CLIENT_ID", "pdq-demo")
-        .env("GENESYS_CLIENT_SECRET", "pdq-demo-secret")
-        .env("RUST_LOG", "info")
-        .env_remove("NO_COLOR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start pdq run");
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr_pipe.read_to_string(&mut text);
-        text
-    });
-
+    let worker = RunningWorker::start(&db, &emulator, &[]);
+    let port = worker.port;
     let settled = wait_until(Duration::from_secs(30), || async {
         let dead = db.count("pdq.dead_letters").await;
         let applied = db.count("pdq.finished_jobs").await;
@@ -183,22 +218,7 @@ async fn a_worker_logs_sentences_stores_json_errors_and_serves_every_dashboard_m
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let mut stopped = false;
-    for _ in 0..300 {
-        if child.try_wait().map(|s| s.is_some()).unwrap_or(true) {
-            stopped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if !stopped {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let logs = reader.join().unwrap();
+    let logs = worker.stop().await;
     assert!(settled, "the jobs did not settle; logs:\n{logs}");
     assert!(sampled, "the gauges were not sampled:\n{metrics}");
 
@@ -308,6 +328,69 @@ async fn a_worker_logs_sentences_stores_json_errors_and_serves_every_dashboard_m
         .unwrap();
     assert_eq!(not_found["status"], 404);
     assert!(not_found["correlation_id"].is_string(), "{not_found}");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn the_fleet_logs_when_it_pauses_for_a_rate_limit_and_when_it_resumes() {
+    let db = TestDb::new().await;
+    let emulator = Emulator::start(EmulatorConfig {
+        rate_limit: Some(RateLimit {
+            requests: 3,
+            window_secs: 2,
+            scope: RateLimitScope::Token,
+        }),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut jobs = 0;
+    for _ in 0..4 {
+        let conversation =
+            emulator.create_conversation(ConversationSpec::voice().customer("Jane").agent());
+        for participant in &conversation.participants {
+            let locators = Locators {
+                conversation_id: Some(conversation.id),
+                participant_id: Some(participant.id),
+                ..Locators::default()
+            };
+            queue::enqueue(&db.pool, &job(locators)).await.unwrap();
+            jobs += 1;
+        }
+    }
+    let worker = RunningWorker::start(&db, &emulator, &["--rate-limit", "0", "--executors", "4"]);
+    let applied = wait_until(Duration::from_secs(40), || async {
+        db.count("pdq.finished_jobs").await == jobs
+    })
+    .await;
+    let mut metrics = String::new();
+    for _ in 0..20 {
+        metrics = scrape(worker.port).await;
+        if !metrics.contains("pdq_limiter_pauses_total 0") && !metrics.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let logs = worker.stop().await;
+    assert!(applied, "not every job was applied:\n{logs}");
+    let pause = logs
+        .lines()
+        .find(|line| line.contains("pausing every executor for"))
+        .unwrap_or_else(|| panic!("no pause line:\n{logs}"));
+    assert!(
+        pause.contains("reason=\"rate_limited\"") || pause.contains("reason=\"window_spent\""),
+        "{pause}"
+    );
+    assert!(pause.contains("until="), "{pause}");
+    assert!(
+        logs.contains("resuming: the API takes requests again"),
+        "no resume line:\n{logs}"
+    );
+    assert!(
+        metrics.contains("pdq_limiter_pauses_total ")
+            && !metrics.contains("pdq_limiter_pauses_total 0\n"),
+        "the pacer's pauses are not exported:\n{metrics}"
+    );
     db.drop_database().await;
 }
 
