@@ -491,7 +491,7 @@ fn warn_on_long_values(inner: &Inner, attributes: &Map<String, Value>, unit: &Un
                 key,
                 chars = value.as_str().map_or(0, |v| v.chars().count()),
                 first_job = unit.head().id,
-                "the value of {key:?} is over 1,024 characters: analytics will truncate it"
+                "the value of {key} is over 1,024 characters: analytics will truncate it"
             );
         }
     }
