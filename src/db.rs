@@ -16,11 +16,11 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The database URL could not be parsed.
-    #[error("invalid database URL: {0}")]
-    InvalidUrl(#[source] sqlx::Error),
+    #[error("invalid database URL: {}", describe(.0))]
+    InvalidUrl(sqlx::Error),
     /// Postgres refused or could not be reached.
-    #[error("cannot connect to Postgres: {0}")]
-    Connect(#[source] sqlx::Error),
+    #[error("cannot connect to Postgres: {}", describe(.0))]
+    Connect(sqlx::Error),
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -46,6 +46,24 @@ pub enum Error {
     /// Any other database error.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+}
+
+/// One short sentence for a connection error: the cause itself, said once ("connection
+/// refused", "password authentication failed …") rather than sqlx's wrappers.
+pub fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                "connection refused (is Postgres running, and on this host and port?)".to_owned()
+            }
+            std::io::ErrorKind::TimedOut => "the connection timed out".to_owned(),
+            _ => io.to_string(),
+        },
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        sqlx::Error::PoolTimedOut => "no connection within the timeout".to_owned(),
+        sqlx::Error::Configuration(cause) => cause.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// Checks that the database carries exactly the schema this binary was built for.
@@ -75,8 +93,13 @@ pub fn connect_options(database_url: &str) -> Result<PgConnectOptions, Error> {
     Ok(options.application_name("pdq"))
 }
 
-/// Opens a pool eagerly, so a bad URL or a stopped server fails at once.
+/// Opens a pool eagerly, so a bad URL or a stopped server fails at once, with the real cause
+/// (one plain connection first: a pool would only say it timed out).
 pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, Error> {
+    let probe = PgConnection::connect_with(&options)
+        .await
+        .map_err(Error::Connect)?;
+    let _ = probe.close().await;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -75,17 +75,54 @@ impl LabelledCounter {
     fn render(&self, name: &str, label: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (value, count) in self.0.lock().unwrap().iter() {
-            let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
+            let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {count}", escape(value));
+        }
+    }
+
+    /// Renders `outcome:reason` keys as two labels (`applied` has an empty reason).
+    fn render_outcomes(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (key, count) in self.0.lock().unwrap().iter() {
+            let (outcome, reason) = key.split_once(':').unwrap_or((key, ""));
+            let outcome = match outcome {
+                "retry" => "retried",
+                "dead_letter" => "dead_lettered",
+                other => other,
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{outcome=\"{}\",reason=\"{}\"}} {count}",
+                escape(outcome),
+                escape(reason)
+            );
         }
     }
 }
+
+/// Escapes a label value for the Prometheus text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Why the fleet may be paused: each is exported as `pdq_paused{reason}`, 1 while in force.
+pub const PAUSE_REASONS: [&str; 5] = [
+    "configuration",
+    "outage",
+    "rate_limited",
+    "window_spent",
+    "operator",
+];
 
 /// Everything the worker counts.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Units claimed.
     pub claims: AtomicU64,
-    /// Job outcomes: applied, retried, dead-lettered by reason.
+    /// Job outcomes, keyed `applied`, `lease_lost`, `retry:<failure>` or
+    /// `dead_letter:<reason>`; exported with separate `outcome` and `reason` labels.
     pub outcomes: LabelledCounter,
     /// API responses by HTTP status (or transport error kind).
     pub api_statuses: LabelledCounter,
@@ -93,36 +130,121 @@ pub struct Metrics {
     pub enqueue_to_applied: Histogram,
     /// API call latency.
     pub api_latency: Histogram,
-    /// Waits at the rate limiter.
+    /// Requests that waited for the request budget (copied from the pacer).
     pub limiter_waits: AtomicU64,
+    /// Time requests spent waiting for the budget, in microseconds (copied from the pacer).
+    pub limiter_wait_micros: AtomicU64,
+    /// Pauses after a 429 or a spent rate-limit window (copied from the pacer).
+    pub limiter_pauses: AtomicU64,
     /// OAuth token renewals.
     pub token_renewals: AtomicU64,
     /// Attribute values over 1,024 characters (analytics truncates them).
     pub long_values: AtomicU64,
     /// Pending jobs at the last sample.
     pub queue_depth: AtomicU64,
+    /// The request budget per minute (0 = unlimited).
+    pub budget_per_minute: AtomicU64,
+    /// The shared budget's pause reason while it is in force (sampled from Postgres).
+    pub budget_pause: Mutex<Option<String>>,
+    /// API requests sent in the last minute.
+    pub recent_requests: RecentRequests,
+    /// The database gauges at the last sample.
+    pub gauges: Mutex<crate::queue::gauges::Gauges>,
+}
+
+/// Counts requests in a sliding one-minute window.
+#[derive(Debug, Default)]
+pub struct RecentRequests(Mutex<std::collections::VecDeque<Instant>>);
+
+impl RecentRequests {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    /// Notes one request sent now.
+    pub fn note(&self) {
+        let mut sent = self.0.lock().unwrap();
+        let now = Instant::now();
+        sent.push_back(now);
+        Self::trim(&mut sent, now);
+    }
+
+    /// Requests sent in the last minute.
+    pub fn count(&self) -> usize {
+        let mut sent = self.0.lock().unwrap();
+        Self::trim(&mut sent, Instant::now());
+        sent.len()
+    }
+
+    fn trim(sent: &mut std::collections::VecDeque<Instant>, now: Instant) {
+        while sent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > Self::WINDOW)
+        {
+            sent.pop_front();
+        }
+    }
+}
+
+/// Writes one sample with its HELP and TYPE lines.
+fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// Writes HELP and TYPE lines for a labelled family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The commit this binary was built from (`PDQ_COMMIT` at build time), or `unknown`.
+pub fn build_commit() -> &'static str {
+    option_env!("PDQ_COMMIT").unwrap_or("unknown")
 }
 
 impl Metrics {
-    /// Renders Prometheus text.
+    /// Empty metrics for a worker with a budget of `per_minute` requests (0 = unlimited).
+    pub fn for_budget(per_minute: u32) -> Metrics {
+        let metrics = Metrics::default();
+        metrics
+            .budget_per_minute
+            .store(u64::from(per_minute), Ordering::Relaxed);
+        metrics
+    }
+
+    /// Renders Prometheus text without health gauges.
     pub fn render(&self) -> String {
+        self.render_with(&Health::default())
+    }
+
+    /// Renders Prometheus text, with the pauses and conditions of `health`.
+    pub fn render_with(&self, health: &Health) -> String {
         let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        gauge(
+        family(
+            &mut out,
+            "pdq_build_info",
+            "gauge",
+            "The running version (always 1).",
+        );
+        let _ = writeln!(
+            out,
+            "pdq_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            escape(build_commit())
+        );
+        sample(
             &mut out,
             "pdq_claims_total",
             "counter",
             "Units claimed.",
             load(&self.claims),
         );
-        self.outcomes
-            .render("pdq_jobs_total", "outcome", "Jobs by outcome.", &mut out);
+        self.outcomes.render_outcomes(
+            "pdq_jobs_total",
+            "Jobs by outcome (applied, retried, dead_lettered, lease_lost) and reason.",
+            &mut out,
+        );
         self.api_statuses.render(
             "pdq_api_responses_total",
             "status",
@@ -136,33 +258,157 @@ impl Metrics {
         );
         self.api_latency
             .render("pdq_api_call_seconds", "API call latency.", &mut out);
-        let waits = load(&self.limiter_waits);
-        gauge(
+        sample(
             &mut out,
             "pdq_limiter_waits_total",
             "counter",
-            "Requests that waited for the rate limiter.",
-            waits,
+            "Requests that waited for the request budget.",
+            load(&self.limiter_waits),
         );
-        let renewals = load(&self.token_renewals);
-        gauge(
+        sample(
+            &mut out,
+            "pdq_limiter_wait_seconds_total",
+            "counter",
+            "Time requests spent waiting for the request budget.",
+            load(&self.limiter_wait_micros) as f64 / 1e6,
+        );
+        sample(
+            &mut out,
+            "pdq_limiter_pauses_total",
+            "counter",
+            "Pauses after a 429 or a spent rate-limit window.",
+            load(&self.limiter_pauses),
+        );
+        sample(
             &mut out,
             "pdq_token_renewals_total",
             "counter",
             "OAuth token renewals.",
-            renewals,
+            load(&self.token_renewals),
         );
-        let long = load(&self.long_values);
-        gauge(
+        sample(
             &mut out,
             "pdq_long_attribute_values_total",
             "counter",
             "Values over 1,024 characters (analytics truncates them).",
-            long,
+            load(&self.long_values),
         );
-        let depth = load(&self.queue_depth);
-        gauge(&mut out, "pdq_queue_depth", "gauge", "Pending jobs.", depth);
+        sample(
+            &mut out,
+            "pdq_queue_depth",
+            "gauge",
+            "Pending jobs (due or scheduled).",
+            load(&self.queue_depth),
+        );
+        sample(
+            &mut out,
+            "pdq_budget_allowed_requests_per_minute",
+            "gauge",
+            "The request budget per minute (0 = unlimited).",
+            load(&self.budget_per_minute),
+        );
+        sample(
+            &mut out,
+            "pdq_budget_used_requests",
+            "gauge",
+            "API requests this process sent in the last minute.",
+            self.recent_requests.count(),
+        );
+        self.render_pauses(health, &mut out);
+        self.render_gauges(&mut out);
         out
+    }
+
+    fn render_pauses(&self, health: &Health, out: &mut String) {
+        let budget = self.budget_pause.lock().unwrap().clone();
+        family(
+            out,
+            "pdq_paused",
+            "gauge",
+            "1 while the worker is paused for this reason.",
+        );
+        for reason in PAUSE_REASONS {
+            let paused = match reason {
+                "configuration" => health.has(Condition::Configuration),
+                "outage" => health.has(Condition::Outage) || budget.as_deref() == Some(reason),
+                _ => budget.as_deref() == Some(reason),
+            };
+            let _ = writeln!(
+                out,
+                "pdq_paused{{reason=\"{reason}\"}} {}",
+                u8::from(paused)
+            );
+        }
+        family(
+            out,
+            "pdq_unhealthy",
+            "gauge",
+            "1 while this condition turns /healthz red.",
+        );
+        for condition in Condition::ALL {
+            let _ = writeln!(
+                out,
+                "pdq_unhealthy{{condition=\"{}\"}} {}",
+                condition.label(),
+                u8::from(health.has(condition))
+            );
+        }
+    }
+
+    fn render_gauges(&self, out: &mut String) {
+        let gauges = self.gauges.lock().unwrap().clone();
+        family(
+            out,
+            "pdq_jobs",
+            "gauge",
+            "Jobs in the queue by state (due, scheduled, retrying, running) and priority.",
+        );
+        for row in &gauges.priorities {
+            let priority = escape(&row.priority);
+            for (state, n) in [
+                ("due", row.due),
+                ("scheduled", row.scheduled),
+                ("retrying", row.retrying),
+                ("running", row.running),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "pdq_jobs{{state=\"{state}\",priority=\"{priority}\"}} {n}"
+                );
+            }
+        }
+        family(
+            out,
+            "pdq_oldest_due_job_age_seconds",
+            "gauge",
+            "How long the oldest due job has waited, by priority.",
+        );
+        for row in &gauges.priorities {
+            let _ = writeln!(
+                out,
+                "pdq_oldest_due_job_age_seconds{{priority=\"{}\"}} {}",
+                escape(&row.priority),
+                row.oldest_due_age_seconds
+            );
+        }
+        family(
+            out,
+            "pdq_dead_letters",
+            "gauge",
+            "Dead letters not requeued, by reason.",
+        );
+        for (reason, n) in &gauges.dead_letters {
+            let _ = writeln!(out, "pdq_dead_letters{{reason=\"{}\"}} {n}", escape(reason));
+        }
+        if let Some(alive) = gauges.workers_alive {
+            sample(
+                out,
+                "pdq_workers_alive",
+                "gauge",
+                "Workers with a fresh heartbeat in pdq.workers.",
+                alive,
+            );
+        }
     }
 }
 
@@ -180,6 +426,24 @@ pub enum Condition {
 }
 
 impl Condition {
+    /// Every condition.
+    pub const ALL: [Condition; 4] = [
+        Condition::Configuration,
+        Condition::Outage,
+        Condition::Claims,
+        Condition::Task,
+    ];
+
+    /// The label value in `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Condition::Configuration => "configuration",
+            Condition::Outage => "outage",
+            Condition::Claims => "claims",
+            Condition::Task => "task",
+        }
+    }
+
     /// The word `/healthz` prints before the reason.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -264,7 +528,7 @@ impl Health {
 pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
-        .with_state(metrics)
+        .with_state((metrics, health.clone()))
         .merge(
             Router::new()
                 .route("/healthz", get(render_health))
@@ -272,8 +536,8 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
         )
 }
 
-async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> String {
-    metrics.render()
+async fn render_metrics(State((metrics, health)): State<(Arc<Metrics>, Arc<Health>)>) -> String {
+    metrics.render_with(&health)
 }
 
 async fn render_health(State(health): State<Arc<Health>>) -> (StatusCode, String) {
@@ -284,5 +548,51 @@ async fn render_health(State(health): State<Arc<Health>>) -> (StatusCode, String
         )
     } else {
         (StatusCode::OK, "ok\n".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_render_with_separate_outcome_and_reason_labels() {
+        let metrics = Metrics::for_budget(120);
+        metrics.outcomes.add("applied", 2);
+        metrics.outcomes.add("retry:rate_limited", 1);
+        metrics.outcomes.add("dead_letter:conversation_ended", 3);
+        let text = metrics.render();
+        assert!(text.contains("pdq_jobs_total{outcome=\"applied\",reason=\"\"} 2"));
+        assert!(text.contains("pdq_jobs_total{outcome=\"retried\",reason=\"rate_limited\"} 1"));
+        assert!(text
+            .contains("pdq_jobs_total{outcome=\"dead_lettered\",reason=\"conversation_ended\"} 3"));
+        assert!(text.contains("pdq_budget_allowed_requests_per_minute 120"));
+        assert!(text.contains("pdq_build_info{version=\""));
+    }
+
+    #[test]
+    fn pauses_are_exported_by_reason() {
+        let metrics = Metrics::default();
+        let health = Health::default();
+        health.set(Condition::Outage, "the API is down");
+        *metrics.budget_pause.lock().unwrap() = Some("rate_limited".into());
+        let text = metrics.render_with(&health);
+        assert!(text.contains("pdq_paused{reason=\"outage\"} 1"), "{text}");
+        assert!(
+            text.contains("pdq_paused{reason=\"rate_limited\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pdq_paused{reason=\"configuration\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pdq_unhealthy{condition=\"outage\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pdq_unhealthy{condition=\"claims\"} 0"),
+            "{text}"
+        );
     }
 }

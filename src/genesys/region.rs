@@ -118,18 +118,23 @@ impl Region {
 }
 
 /// Finds a deployment by code (`eu-west-1`), discovery name (`prod-euw1`) or domain
-/// (`mypurecloud.ie`, also `api.mypurecloud.ie` or `https://api.mypurecloud.ie`).
+/// (`mypurecloud.ie`, also `api.mypurecloud.ie` or `https://api.mypurecloud.ie`), or by the
+/// address an admin copies from the browser (`https://apps.mypurecloud.ie/directory/#/…`).
 pub fn find(name: &str) -> Result<Region, String> {
-    let wanted = name
+    let trimmed = name
         .trim()
         .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
+        .trim_start_matches("http://");
+    let host = trimmed
+        .split(['/', '#', '?'])
+        .next()
+        .unwrap_or(trimmed)
         .to_ascii_lowercase();
-    let domain = wanted
-        .strip_prefix("api.")
-        .or_else(|| wanted.strip_prefix("login."))
-        .unwrap_or(&wanted);
+    let wanted = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+    let domain = ["api.", "login.", "apps."]
+        .iter()
+        .find_map(|prefix| wanted.strip_prefix(prefix))
+        .unwrap_or(wanted);
     if let Some(region) = REGIONS
         .iter()
         .find(|r| r.code == wanted || r.discovery_name == wanted || r.domain == domain)
@@ -162,6 +167,19 @@ mod tests {
             assert_eq!(find(&region.api_url()), Ok(region));
             assert_eq!(find(&format!("login.{}", region.domain)), Ok(region));
         }
+    }
+
+    #[test]
+    fn a_browser_address_maps_to_its_region() {
+        let ie = find("https://apps.mypurecloud.ie/directory/#/person/abc").unwrap();
+        assert_eq!(ie.code, "eu-west-1");
+        let london = find("https://apps.euw2.pure.cloud/#/admin/integrations?x=1").unwrap();
+        assert_eq!(london.code, "eu-west-2");
+        assert_eq!(find("apps.mypurecloud.com/").unwrap().code, "us-east-1");
+        assert_eq!(
+            find("https://login.mypurecloud.de:443/oauth").unwrap().code,
+            "eu-central-1"
+        );
     }
 
     #[test]

@@ -209,11 +209,19 @@ async fn dead_letter_malformed(
             lease: row.lease,
             job_ids: vec![row.id],
         };
-        let record = DeadLetterRecord::new(
-            DeadReason::MalformedRow,
-            format!("the worker cannot read this row: {}", row.error),
+        let note = serde_json::json!({
+            "at": chrono::Utc::now(),
+            "failure": DeadReason::MalformedRow.as_str(),
+            "message": format!("the worker cannot read this row: {}", row.error),
+        });
+        let record = DeadLetterRecord::new(DeadReason::MalformedRow, note.to_string());
+        tracing::error!(
+            job.id = row.id,
+            outcome = "dead_lettered",
+            "dead-lettered job {} as malformed_row: the worker cannot read it ({})",
+            row.id,
+            row.error
         );
-        tracing::error!(job.id = row.id, error = %row.error, "dead-lettering a row the worker cannot read");
         match super::dead_letter(pool, &fence, None, &record, release_unit).await {
             Ok(_) | Err(Error::LeaseLost) => {}
             Err(error) => return Err(error),
@@ -235,8 +243,10 @@ pub async fn rescue_expired_leases<'e>(db: impl PgExecutor<'e>) -> Result<u64, E
          ), recovered as (
              update pdq.jobs
              set state = 'pending', lease_token = null, locked_until = null, locked_by = null,
-                 last_error = jsonb_build_object('reason', 'lease_expired', 'at', now(),
-                                                 'worker', locked_by)
+                 last_error = jsonb_build_object(
+                     'at', now(), 'failure', 'lease_expired', 'worker', locked_by,
+                     'message', 'the lease of ' || coalesce(locked_by, 'a worker')
+                         || ' expired before the job finished; it runs again')
              where state = 'running' and locked_until < now()
                and not exists (select 1 from pdq.inflight i
                                where i.lease_token = pdq.jobs.lease_token

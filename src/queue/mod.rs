@@ -7,10 +7,12 @@
 //! whose lease expired cannot overwrite the newer attempt.
 
 pub mod budget;
+pub mod checks;
 mod claim;
 pub mod dlq;
 mod enqueue;
 mod finish;
+pub mod gauges;
 pub mod jobs;
 mod locators;
 mod retention;
@@ -222,6 +224,27 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
+    /// Every reason, in the order the outcome table lists them.
+    pub const ALL: [DeadReason; 17] = [
+        DeadReason::BadRequest,
+        DeadReason::NotFound,
+        DeadReason::Conflict,
+        DeadReason::PayloadTooLarge,
+        DeadReason::UnsupportedMediaType,
+        DeadReason::Forbidden,
+        DeadReason::ConversationEnded,
+        DeadReason::ConversationNotFound,
+        DeadReason::ParticipantNotFound,
+        DeadReason::ParticipantAmbiguous,
+        DeadReason::ParticipantDisconnected,
+        DeadReason::ConversationAmbiguous,
+        DeadReason::ProtectedKey,
+        DeadReason::RetriesExhausted,
+        DeadReason::Expired,
+        DeadReason::Rejected,
+        DeadReason::MalformedRow,
+    ];
+
     /// The value stored in SQL.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -243,6 +266,29 @@ impl DeadReason {
             DeadReason::Rejected => "rejected",
             DeadReason::MalformedRow => "malformed_row",
         }
+    }
+}
+
+impl std::fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeadReason {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        DeadReason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == value)
+            .ok_or_else(|| {
+                let known: Vec<&str> = DeadReason::ALL.iter().map(|r| r.as_str()).collect();
+                format!(
+                    "unknown dead-letter reason {value:?}: use one of {}",
+                    known.join(", ")
+                )
+            })
     }
 }
 
@@ -429,7 +475,12 @@ mod tests {
             jobs: vec![
                 job(10, 10, serde_json::json!({"tier": "gold", "a": "1"}), &[]),
                 // A requeued job: a later id, an older place in the history.
-                job(12, 3, serde_json::json!({"tier": "silver", "b": "2"}), &["b"]),
+                job(
+                    12,
+                    3,
+                    serde_json::json!({"tier": "silver", "b": "2"}),
+                    &["b"],
+                ),
             ],
         };
         let merged = unit.merged_attributes();

@@ -83,7 +83,7 @@ impl Completer {
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "recording applied units failed; retrying");
+                    tracing::warn!(%error, "recording applied units failed: {error}; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }

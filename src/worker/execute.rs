@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::api::CallError;
 use super::decide::{decide, Attempt, Decision, Failure};
@@ -144,7 +145,7 @@ pub async fn executor(inner: Arc<Inner>, stop: CancellationToken) {
                 inner.pacer.note_live();
             }
             if let Err(error) = run_unit(&inner, unit, true).await {
-                tracing::warn!(%error, "recording an outcome failed; the lease will expire and the unit run again");
+                tracing::warn!(%error, "recording an outcome failed ({error}); the lease will expire and the unit run again");
             }
         }
     }
@@ -159,7 +160,25 @@ pub async fn run_unit(
     prepaid: bool,
 ) -> Result<UnitOutcome, queue::Error> {
     let lease = unit.lease;
-    let outcome = run_tracked(inner, unit, prepaid).await;
+    let head = unit.head();
+    let span = tracing::info_span!(
+        "unit",
+        job.id = head.id,
+        jobs = unit.jobs.len(),
+        conversation.id = tracing::field::Empty,
+        participant.id = tracing::field::Empty,
+        external_tag = tracing::field::Empty,
+    );
+    if let Some(id) = head.locators.conversation_id {
+        span.record("conversation.id", tracing::field::display(id));
+    }
+    if let Some(id) = head.locators.participant_id {
+        span.record("participant.id", tracing::field::display(id));
+    }
+    if let Some(tag) = &head.locators.external_tag {
+        span.record("external_tag", tag.as_str());
+    }
+    let outcome = run_tracked(inner, unit, prepaid).instrument(span).await;
     inner.untrack(lease);
     match outcome {
         Err(queue::Error::LeaseLost) => {
@@ -196,10 +215,24 @@ async fn drop_expired(inner: &Inner, mut unit: Unit) -> Result<Option<Unit>, que
         .partition(|job| job.expires_at.is_some_and(|at| at <= now));
     if !expired.is_empty() {
         let ids: Vec<i64> = expired.iter().map(|job| job.id).collect();
-        let record = DeadLetterRecord::new(
-            DeadReason::Expired,
-            "expires_at passed before the update could be applied",
+        let message = "expires_at passed before the update could be applied";
+        let attempt = expired.iter().map(|j| j.attempts).max().unwrap_or(0);
+        let note = ErrorNote {
+            at: now,
+            attempt,
+            max_attempts: expired.iter().map(|j| j.max_attempts).min().unwrap_or(1),
+            failure: DeadReason::Expired.as_str(),
+            api: None,
+            message,
+        };
+        tracing::info!(
+            outcome = "dead_lettered",
+            reason = "expired",
+            "dead-lettered {} expired job(s) ({}): {message}",
+            ids.len(),
+            job_list(&ids)
         );
+        let record = DeadLetterRecord::new(DeadReason::Expired, note.to_json().to_string());
         queue::dead_letter(&inner.pool, &fence, Some(&ids), &record, live.is_empty()).await?;
         inner
             .metrics
@@ -251,6 +284,20 @@ fn record_applied(inner: &Inner, unit: &Unit) {
 
 async fn apply(calls: &mut Calls<'_>, unit: &mut Unit) -> Result<Target, Stop> {
     let target = resolve(calls, unit).await?;
+    let span = tracing::Span::current();
+    let locators = &unit.head().locators;
+    if locators.conversation_id.is_none() {
+        span.record(
+            "conversation.id",
+            tracing::field::display(target.conversation_id),
+        );
+    }
+    if locators.participant_id.is_none() {
+        span.record(
+            "participant.id",
+            tracing::field::display(target.participant_id),
+        );
+    }
     hold_target(calls.inner, unit, target).await?;
     let attributes = unit.merged_attributes();
     warn_on_long_values(calls.inner, &attributes, unit);
@@ -350,7 +397,12 @@ async fn split(calls: &mut Calls<'_>, unit: &Unit, target: Target) -> Result<Uni
                     Failure::Permanent(reason) => reason,
                     _ => DeadReason::BadRequest,
                 };
-                let record = dead_letter_record(reason, (*failed).with_target(target));
+                let record = dead_letter_record(
+                    reason,
+                    (*failed).with_target(target),
+                    (attempt_of(&alone), job.max_attempts),
+                    unit.clock.now(),
+                );
                 queue::dead_letter(&inner.pool, &unit.fence(), Some(&[job.id]), &record, false)
                     .await?;
                 inner
@@ -368,11 +420,15 @@ async fn split(calls: &mut Calls<'_>, unit: &Unit, target: Target) -> Result<Uni
     }
     let counts = (applied.len(), dead, rest.len());
     tracing::info!(
-        job.id = unit.head().id,
         applied = counts.0,
         dead_lettered = counts.1,
         retried = counts.2,
-        "the API refused a merged update; sent its jobs one at a time"
+        "the API refused a merged update of {} jobs; sent them one at a time: {} applied, {} \
+         dead-lettered, {} retried",
+        unit.jobs.len(),
+        counts.0,
+        counts.1,
+        counts.2
     );
     if !applied.is_empty() {
         let applied_unit = Unit {
@@ -428,9 +484,10 @@ fn warn_on_long_values(inner: &Inner, attributes: &Map<String, Value>, unit: &Un
         if value.as_str().is_some_and(|v| v.chars().count() > 1_024) {
             inner.metrics.long_values.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                job.id = unit.head().id,
                 key,
-                "value over 1,024 characters: analytics will truncate it"
+                chars = value.as_str().map_or(0, |v| v.chars().count()),
+                first_job = unit.head().id,
+                "the value of {key} is over 1,024 characters: analytics will truncate it"
             );
         }
     }
@@ -467,10 +524,7 @@ async fn resolve(calls: &mut Calls<'_>, unit: &Unit) -> Result<Target, Failed> {
         }
     };
     let participant_id = pick_participant(&view, &locator).map_err(|reason| {
-        Failed::permanent(
-            reason,
-            format!("{locator:?} in conversation {conversation_id}"),
-        )
+        Failed::permanent(reason, unresolved(&locator, reason, conversation_id))
     })?;
     Ok(Target {
         conversation_id,
@@ -496,7 +550,7 @@ async fn find_by_tag(calls: &mut Calls<'_>, unit: &Unit, tag: &str) -> Result<uu
                     window_ends: first + window,
                     reason: DeadReason::ConversationNotFound,
                 },
-                detail: format!("no active conversation has external tag {tag:?}"),
+                detail: format!("no active conversation has external tag {tag}"),
                 api: None,
                 target: None,
             })
@@ -504,7 +558,7 @@ async fn find_by_tag(calls: &mut Calls<'_>, unit: &Unit, tag: &str) -> Result<uu
         many => Err(Failed::permanent(
             DeadReason::ConversationAmbiguous,
             format!(
-                "{} active conversations have external tag {tag:?}",
+                "{} active conversations have external tag {tag}",
                 many.len()
             ),
         )),
@@ -566,23 +620,39 @@ async fn on_failure(
         )
     };
     let jobs = unit.jobs.len();
+    let (status, correlation_id) = match &failed.api {
+        Some(api) => (api.status, api.correlation_id.clone()),
+        None => (None, None),
+    };
     match decision {
         Decision::Retry {
             after,
             spend_attempt,
         } => {
+            let counted = match spend_attempt {
+                true => format!("attempt {} of {}", attempt.attempts, attempt.max_attempts),
+                false => "no attempt spent".to_owned(),
+            };
             tracing::info!(
-                job.id = unit.head().id,
-                jobs,
+                outcome = "retried",
+                failure = failure_label(&failed.failure),
+                http.status = status,
+                correlation_id,
                 retry_in_ms = after.as_millis() as u64,
-                spend_attempt,
-                detail = %failed.detail,
-                "attempt failed; retrying"
+                "retrying {} in {} ({counted}): {}",
+                job_list(&unit.job_ids()),
+                seconds(after),
+                failed.detail
             );
-            let note = serde_json::json!({
-                "failure": failure_label(&failed.failure), "detail": failed.detail,
-                "status": failed.api.as_ref().and_then(|e| e.status), "at": unit.clock.now(),
-            });
+            let note = ErrorNote {
+                at: unit.clock.now(),
+                attempt: attempt.attempts,
+                max_attempts: attempt.max_attempts,
+                failure: failure_label(&failed.failure),
+                api: failed.api.as_ref(),
+                message: &failed.detail,
+            }
+            .to_json();
             queue::retry(&inner.pool, &unit.fence(), after, &note, spend_attempt).await?;
             inner.metrics.outcomes.add(
                 &format!("retry:{}", failure_label(&failed.failure)),
@@ -594,8 +664,19 @@ async fn on_failure(
             })
         }
         Decision::DeadLetter(reason) => {
-            tracing::info!(job.id = unit.head().id, jobs, reason = reason.as_str(), detail = %failed.detail, "dead-lettered");
-            let record = dead_letter_record(reason, failed);
+            tracing::info!(
+                outcome = "dead_lettered",
+                reason = reason.as_str(),
+                http.status = status,
+                correlation_id,
+                "dead-lettered {} as {reason} (attempt {} of {}): {}",
+                job_list(&unit.job_ids()),
+                attempt.attempts,
+                attempt.max_attempts,
+                failed.detail
+            );
+            let attempts = (attempt.attempts, attempt.max_attempts);
+            let record = dead_letter_record(reason, failed, attempts, unit.clock.now());
             queue::dead_letter(&inner.pool, &unit.fence(), None, &record, true).await?;
             inner
                 .metrics
@@ -604,8 +685,14 @@ async fn on_failure(
             Ok(UnitOutcome::DeadLettered { reason, jobs })
         }
         Decision::Pause => {
-            tracing::error!(detail = %failed.detail, "configuration problem: pausing the worker (no job is dead-lettered)");
-            let status = failed.api.as_ref().and_then(|api| api.status);
+            tracing::error!(
+                reason = "configuration",
+                http.status = status,
+                correlation_id,
+                "pausing the worker (configuration): {}; no job is dead-lettered, checking again \
+                 with backoff",
+                failed.detail
+            );
             super::maintenance::remember_pause(inner, unit, status, failed.target);
             inner.health.fail(failed.detail);
             queue::release(&inner.pool, &unit.fence()).await?;
@@ -630,8 +717,100 @@ fn failure_label(failure: &Failure) -> &'static str {
     }
 }
 
-fn dead_letter_record(reason: DeadReason, failed: Failed) -> DeadLetterRecord {
-    let mut record = DeadLetterRecord::new(reason, failed.detail);
+/// What `last_error` and a dead letter's `detail` hold: a JSON object, never a Rust dump.
+struct ErrorNote<'a> {
+    at: chrono::DateTime<Utc>,
+    attempt: i32,
+    max_attempts: i32,
+    failure: &'a str,
+    api: Option<&'a CallError>,
+    message: &'a str,
+}
+
+impl ErrorNote<'_> {
+    fn to_json(&self) -> Value {
+        let api = self.api;
+        serde_json::json!({
+            "at": self.at,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "failure": self.failure,
+            "status": api.and_then(|e| e.status),
+            "code": api.and_then(|e| e.code.clone()),
+            "correlation_id": api.and_then(|e| e.correlation_id.clone()),
+            "message": self.message,
+        })
+    }
+}
+
+/// `job 3` or `jobs 3, 4, 5`.
+fn job_list(ids: &[i64]) -> String {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    match ids.len() {
+        1 => format!("job {}", list[0]),
+        _ => format!("jobs {}", list.join(", ")),
+    }
+}
+
+/// `0.5 s`, `12 s`.
+fn seconds(duration: Duration) -> String {
+    let secs = duration.as_secs_f64();
+    if secs < 10.0 {
+        format!("{:.1} s", secs)
+    } else {
+        format!("{:.0} s", secs)
+    }
+}
+
+/// The attempt a unit is on (its furthest job).
+fn attempt_of(unit: &Unit) -> i32 {
+    unit.jobs.iter().map(|j| j.attempts).max().unwrap_or(1)
+}
+
+/// Why a participant locator found no single live participant, in words.
+fn unresolved(
+    locator: &ParticipantLocator,
+    reason: DeadReason,
+    conversation_id: uuid::Uuid,
+) -> String {
+    let who = match locator {
+        ParticipantLocator::Id(id) => format!("participant {id}"),
+        ParticipantLocator::Purpose(purpose) => format!("the participant with purpose {purpose}"),
+        ParticipantLocator::ExternalContactId(id) => {
+            format!("the participant with external contact id {id}")
+        }
+        ParticipantLocator::Name(name) => format!("the participant named {name}"),
+    };
+    match reason {
+        DeadReason::ConversationEnded => {
+            format!("conversation {conversation_id} has ended (looking for {who})")
+        }
+        DeadReason::ParticipantDisconnected => {
+            format!("{who} has left conversation {conversation_id}")
+        }
+        DeadReason::ParticipantAmbiguous => {
+            format!("several live participants match {who} in conversation {conversation_id}")
+        }
+        _ => format!("no live participant matches {who} in conversation {conversation_id}"),
+    }
+}
+
+fn dead_letter_record(
+    reason: DeadReason,
+    failed: Failed,
+    (attempt, max_attempts): (i32, i32),
+    at: chrono::DateTime<Utc>,
+) -> DeadLetterRecord {
+    let note = ErrorNote {
+        at,
+        attempt,
+        max_attempts,
+        failure: reason.as_str(),
+        api: failed.api.as_ref(),
+        message: &failed.detail,
+    }
+    .to_json();
+    let mut record = DeadLetterRecord::new(reason, note.to_string());
     record.resolved_conversation_id = failed.target.map(|t| t.conversation_id);
     record.resolved_participant_id = failed.target.map(|t| t.participant_id);
     if let Some(api) = failed.api {
@@ -669,6 +848,7 @@ impl Calls<'_> {
     ) {
         let label = status.map_or_else(|| "transport_error".to_owned(), |s| s.to_string());
         self.inner.metrics.api_statuses.add(&label, 1);
+        self.inner.metrics.recent_requests.note();
         if let Some(meta) = meta.or(error.map(|e| &e.meta)) {
             self.inner.metrics.api_latency.observe(meta.elapsed);
             let retry_after = error.and_then(|e| e.retry_after);

@@ -17,9 +17,11 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
     let mut last_renew = Instant::now();
     let mut probe = Probe::default();
     let mut last_resume = None;
+    let mut last_gauges = Instant::now() - GAUGE_INTERVAL;
+    let mut progress = Progress::default();
     match queue::advance_job_ids(&inner.pool).await {
         Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "could not check the job id sequence"),
+        Err(error) => tracing::warn!(%error, "could not check the job id sequence: {error}"),
     }
     loop {
         tokio::select! {
@@ -34,8 +36,8 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
         follow_operator_resume(&inner, &mut last_resume).await;
         match queue::rescue_expired_leases(&inner.pool).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(jobs = n, "recovered jobs whose worker lost its lease"),
-            Err(error) => tracing::warn!(%error, "lease recovery failed"),
+            Ok(n) => tracing::info!(jobs = n, "recovered {n} jobs whose worker lost its lease"),
+            Err(error) => tracing::warn!(%error, "recovering expired leases failed: {error}"),
         }
         if last_prune.elapsed() >= Duration::from_secs(3_600) {
             let _ = queue::prune_finished(&inner.pool, inner.config.retention, 10_000).await;
@@ -50,6 +52,105 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
         if let Ok(depth) = queue::pending_count(&inner.pool).await {
             inner.metrics.queue_depth.store(depth, Ordering::Relaxed);
         }
+        export_pacer_stats(&inner);
+        if last_gauges.elapsed() >= GAUGE_INTERVAL {
+            sample_gauges(&inner).await;
+            last_gauges = Instant::now();
+        }
+        progress.maybe_report(&inner);
+    }
+}
+
+/// How often the database gauges are sampled.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a draining backlog is reported.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Copies the pacer's wait and pause counters into the metrics.
+fn export_pacer_stats(inner: &Inner) {
+    let stats = &inner.pacer.stats;
+    let metrics = &inner.metrics;
+    let copy = |from: &std::sync::atomic::AtomicU64, to: &std::sync::atomic::AtomicU64| {
+        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+    };
+    copy(&stats.waits, &metrics.limiter_waits);
+    copy(&stats.wait_micros, &metrics.limiter_wait_micros);
+    copy(&stats.pauses, &metrics.limiter_pauses);
+}
+
+/// Samples jobs by state, dead letters, workers and the shared budget's pause for `/metrics`.
+async fn sample_gauges(inner: &Inner) {
+    match queue::gauges::gauges(&inner.pool).await {
+        Ok(gauges) => *inner.metrics.gauges.lock().unwrap() = gauges,
+        Err(error) => tracing::debug!(%error, "could not sample the queue gauges"),
+    }
+    let budget = &inner.config.budget;
+    if budget.shared && budget.per_minute > 0 {
+        let state = queue::budget::state(&inner.pool, &budget.name).await;
+        let reason = match state {
+            Ok(Some(state)) if state.paused_until.is_some() => state.pause_reason,
+            _ => None,
+        };
+        *inner.metrics.budget_pause.lock().unwrap() = reason;
+    }
+}
+
+/// Logs a progress line every 30 s while a backlog drains: applied, rate and ETA.
+struct Progress {
+    at: Instant,
+    applied: u64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            at: Instant::now(),
+            applied: 0,
+        }
+    }
+}
+
+impl Progress {
+    fn maybe_report(&mut self, inner: &Inner) {
+        let elapsed = self.at.elapsed();
+        if elapsed < PROGRESS_INTERVAL {
+            return;
+        }
+        let applied_total = inner.metrics.outcomes.get("applied");
+        let applied = applied_total.saturating_sub(self.applied);
+        self.at = Instant::now();
+        self.applied = applied_total;
+        let pending: i64 = {
+            let gauges = inner.metrics.gauges.lock().unwrap();
+            gauges.priorities.iter().map(|p| p.due + p.running).sum()
+        };
+        if pending <= 0 {
+            return;
+        }
+        let per_minute = applied as f64 * 60.0 / elapsed.as_secs_f64();
+        let eta = match per_minute > 0.0 {
+            true => human_duration(Duration::from_secs_f64(pending as f64 * 60.0 / per_minute)),
+            false => "unknown (nothing applied)".to_owned(),
+        };
+        tracing::info!(
+            pending,
+            applied,
+            rate_per_minute = per_minute.round() as u64,
+            eta = %eta,
+            "backlog: {pending} due, {applied} applied in the last {} s ({:.0}/min), done in {eta}",
+            elapsed.as_secs(),
+            per_minute
+        );
+    }
+}
+
+/// `3m12s`, `1h04m`, `45s`.
+fn human_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3_599 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3_600, (secs % 3_600) / 60),
     }
 }
 
@@ -68,7 +169,7 @@ async fn follow_operator_resume(
     let changed = seen_before.is_some_and(|before| before != state.resumed_at);
     if changed && state.paused_until.is_none() {
         let by = state.resumed_by.as_deref().unwrap_or("an operator");
-        tracing::info!(by, "the budget pause was lifted by hand: resuming");
+        tracing::info!(by, "the shared budget pause was lifted by {by}: resuming");
         inner.pacer.clear_pause();
     }
 }
@@ -81,10 +182,10 @@ async fn renew(inner: &Inner) {
             let held: Vec<Uuid> = leases.into_iter().filter(|l| !lost.contains(l)).collect();
             inner.renewed(&held, &lost, from);
             for lease in lost {
-                tracing::warn!(%lease, "lease lost; the unit will not be sent and runs again elsewhere");
+                tracing::warn!(%lease, "lease {lease} lost: the unit will not be sent and runs again elsewhere");
             }
         }
-        Err(error) => tracing::warn!(%error, "lease renewal failed"),
+        Err(error) => tracing::warn!(%error, "renewing leases failed: {error}"),
     }
 }
 
@@ -98,6 +199,17 @@ pub(super) enum ProbeCall {
     Conversation(Uuid),
     /// Look up the tag a 403 was about.
     Tag(String),
+}
+
+impl ProbeCall {
+    /// What the probe asks, in words.
+    fn describe(&self) -> String {
+        match self {
+            ProbeCall::Token => "the credentials".to_owned(),
+            ProbeCall::Conversation(id) => format!("a read of conversation {id}"),
+            ProbeCall::Tag(tag) => format!("a lookup of external tag {tag}"),
+        }
+    }
 }
 
 /// Remembers what the probe must ask before the worker pauses on `unit`'s failed call: after a
@@ -172,12 +284,33 @@ impl Probe {
         };
         match verdict {
             Ok(()) => {
-                tracing::info!(probe = ?call, "the API accepts the call again: resuming");
+                tracing::info!(
+                    reason = "configuration",
+                    "resuming: the API accepts {} again",
+                    call.describe()
+                );
                 inner.health.recover();
             }
-            Err(error) => tracing::warn!(%error, "still paused"),
+            Err(error) => tracing::warn!(
+                reason = "configuration",
+                %error,
+                "still paused: {error} (next check in {} s)",
+                (self.delay * 2).min(PROBE_MAX).as_secs()
+            ),
         }
         self.delay = (self.delay * 2).min(PROBE_MAX);
         self.next = Instant::now() + self.delay;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_a_clock() {
+        assert_eq!(human_duration(Duration::from_secs(45)), "45s");
+        assert_eq!(human_duration(Duration::from_secs(192)), "3m12s");
+        assert_eq!(human_duration(Duration::from_secs(3_840)), "1h04m");
     }
 }

@@ -173,7 +173,7 @@ impl Worker {
                 forbidden_streak: AtomicU32::new(0),
                 pause_probe: Mutex::default(),
                 rng: Mutex::new(rng),
-                metrics: Arc::new(Metrics::default()),
+                metrics: Arc::new(Metrics::for_budget(config.budget.per_minute)),
                 health: Arc::new(Health::default()),
                 pacer,
                 config,
@@ -262,7 +262,7 @@ impl Worker {
         // The claimer stops with the shutdown token: ending then is not a failure.
         let stopped = stopped.filter(|_| !shutdown.is_cancelled());
         if let Some(why) = &stopped {
-            tracing::error!(task = %why, "a worker task stopped; shutting down");
+            tracing::error!(task = %why, "a worker task stopped ({why}); shutting down");
             inner.health.set(Condition::Task, why.clone());
         }
         tracing::info!("shutting down: no new claims, finishing in-flight units");
@@ -295,7 +295,7 @@ impl Worker {
         let bounded = tokio::time::timeout_at(db_deadline, async {
             for fence in leftover {
                 if let Err(error) = queue::release(&inner.pool, &fence).await {
-                    tracing::warn!(%error, lease = %fence.lease, "could not give a unit back; its lease will expire");
+                    tracing::warn!(%error, lease = %fence.lease, "could not give a unit back ({error}); its lease will expire");
                 }
             }
             inner.completer.flush().await
@@ -439,7 +439,7 @@ impl Inner {
     async fn release(&self, fence: Fence) {
         self.untrack(fence.lease);
         if let Err(error) = queue::release(&self.pool, &fence).await {
-            tracing::warn!(%error, lease = %fence.lease, "could not release unit; its lease will expire");
+            tracing::warn!(%error, lease = %fence.lease, "could not release a unit ({error}); its lease will expire");
         }
     }
 }
@@ -510,7 +510,7 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
             Ok(_) => {}
             Err(error) => {
                 failures += 1;
-                tracing::warn!(%error, failures, "claim failed; retrying");
+                tracing::warn!(%error, failures, "claiming failed ({failures} in a row): {error}; retrying");
                 if failures >= CLAIM_FAILURES_UNHEALTHY {
                     inner.health.set(
                         Condition::Claims,

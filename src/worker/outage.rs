@@ -109,10 +109,13 @@ impl Detector {
 /// outage pause; the first request afterwards probes the API alone. `/healthz` says why.
 pub async fn pause_fleet(inner: &Inner, detail: &str) {
     let pause = inner.outage.next_pause();
+    let until = chrono::Utc::now() + pause;
     tracing::warn!(
+        reason = "outage",
+        until = %until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         pause_ms = pause.as_millis() as u64,
-        detail,
-        "outage: pausing every executor, then probing (no attempt is spent)"
+        "pausing every executor for {} s (outage), then probing; no attempt is spent: {detail}",
+        pause.as_secs_f64()
     );
     inner.health.set(
         Condition::Outage,
@@ -124,7 +127,7 @@ pub async fn pause_fleet(inner: &Inner, detail: &str) {
         if let Err(error) =
             queue::budget::pause(&inner.pool, name, pause, queue::budget::PauseReason::Outage).await
         {
-            tracing::warn!(%error, "could not share the outage pause through Postgres");
+            tracing::warn!(%error, "could not share the outage pause through Postgres: {error}");
         }
     }
 }
@@ -133,7 +136,10 @@ pub async fn pause_fleet(inner: &Inner, detail: &str) {
 pub fn answered(inner: &Inner, conversation: Option<Uuid>) {
     inner.outage.record(conversation, false);
     if inner.health.has(Condition::Outage) {
-        tracing::info!("the API answers again: outage over, resuming");
+        tracing::info!(
+            reason = "outage",
+            "resuming: the API answers again, the outage is over"
+        );
         inner.outage.reset();
         inner.health.clear(Condition::Outage);
     }

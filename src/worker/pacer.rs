@@ -178,9 +178,31 @@ impl Pacer {
                 .map(|wait| (wait, PauseReason::WindowSpent))
         };
         if status != 429 {
-            self.probe.lock().unwrap().in_flight_since = None;
+            let probed = self.probe.lock().unwrap().in_flight_since.take();
+            if probed.is_some() {
+                tracing::info!(
+                    reason = "rate_limited",
+                    http.status = status,
+                    "resuming: the API takes requests again after the rate-limit pause"
+                );
+            }
         }
         let Some((pause, reason)) = pause else { return };
+        if self.paused_for().is_none() {
+            let why = match reason {
+                PauseReason::WindowSpent => "the rate-limit window is spent",
+                _ => "the API answered 429 Too Many Requests",
+            };
+            let until = chrono::Utc::now() + pause;
+            tracing::warn!(
+                reason = reason.as_str(),
+                until = %until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                pause_ms = pause.as_millis() as u64,
+                http.status = status,
+                "pausing every executor for {:.1} s: {why}",
+                pause.as_secs_f64()
+            );
+        }
         self.pause_for(pause);
         if let Some(shared) = &self.shared {
             let _ = queue::budget::pause(&shared.pool, &shared.name, pause, reason).await;
@@ -316,7 +338,7 @@ impl SharedSlots {
                 match queue::budget::reserve(&self.pool, &self.name, self.chunk, interval).await {
                     Ok(reserved) => *slots = reserved,
                     Err(error) => {
-                        tracing::warn!(%error, "shared budget unavailable; pacing locally");
+                        tracing::warn!(%error, "the shared budget is unavailable ({error}); pacing locally");
                         return;
                     }
                 }

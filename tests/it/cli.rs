@@ -105,6 +105,7 @@ async fn doctor_checks_credentials_and_organization_against_the_emulator() {
     let doctor = move |secret: &str| {
         Command::new(env!("CARGO_BIN_EXE_pdq"))
             .args(["doctor", "--conversation-id", &conversation_id])
+            .env_remove("DATABASE_URL")
             .env("GENESYS_API_URL", &base_url)
             .env("GENESYS_CLIENT_ID", "pdq-demo")
             .env("GENESYS_CLIENT_SECRET", secret)
@@ -203,5 +204,90 @@ async fn pdq_run_refuses_a_request_timeout_that_a_lease_cannot_cover() {
     let (status, stderr) = pdq_run(&db, &["--lease-secs", "10"], 20);
     assert!(!status.success());
     assert!(stderr.contains("half the lease"), "{stderr}");
+    db.drop_database().await;
+}
+
+/// The exit-code table: printed by `--help`, kept in the README, and used by the commands.
+const EXIT_CODES: [(u8, &str); 9] = [
+    (0, "success"),
+    (1, "an unexpected error"),
+    (2, "usage or configuration"),
+    (3, "refused"),
+    (4, "Genesys Cloud (or its DNS) cannot be reached"),
+    (5, "Postgres cannot be reached"),
+    (6, "the database has no pdq schema"),
+    (7, "does not exist"),
+    (8, "no worker has a fresh heartbeat"),
+];
+
+#[tokio::test]
+async fn every_command_uses_the_documented_exit_codes() {
+    let help = Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args(["dlq", "show", "--help"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let help = stdout(&help);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for (code, meaning) in EXIT_CODES {
+        let row = help
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("{code}  ")))
+            .unwrap_or_else(|| panic!("no row {code} in:\n{help}"));
+        assert!(row.contains(meaning), "{row}");
+        assert!(
+            readme.contains(&format!("| {code} | {}", row.trim_start()[3..].trim())),
+            "the README lacks row {code}: {row}"
+        );
+    }
+    assert!(
+        !help.contains("=]"),
+        "an unset variable is shown as set:\n{help}"
+    );
+
+    let db = TestDb::new().await;
+    let migrate = pdq(&db, &["migrate", "--json"]);
+    let migrated: Value = serde_json::from_str(&stdout(&migrate)).unwrap();
+    assert_eq!(migrated["up_to_date"], true, "{migrate:?}");
+
+    let missing = pdq(&db, &["dlq", "show", "999", "--json"]);
+    assert_eq!(missing.status.code(), Some(7), "{missing:?}");
+    let error: Value = serde_json::from_str(&stdout(&missing)).unwrap();
+    assert_eq!(error["exit_code"], 7);
+    assert!(error["error"]
+        .as_str()
+        .unwrap()
+        .contains("no dead letter with id 999"));
+
+    let unguarded = pdq(&db, &["dlq", "purge"]);
+    assert_eq!(unguarded.status.code(), Some(2), "{unguarded:?}");
+    let unknown = pdq(&db, &["dlq", "list", "--reason", "conversation_over"]);
+    assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("conversation_ended") && stderr.contains("malformed_row"),
+        "the known reasons are listed: {stderr}"
+    );
+    let known = pdq(&db, &["dlq", "list", "--reason", "conversation_ended"]);
+    assert!(known.status.success(), "{known:?}");
+
+    sqlx::query("drop schema pdq cascade")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let unmigrated = pdq(&db, &["status"]);
+    assert_eq!(unmigrated.status.code(), Some(6), "{unmigrated:?}");
+    assert!(String::from_utf8_lossy(&unmigrated.stderr).contains("pdq migrate"));
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args(["status"])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(5), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.matches("connection refused").count(), 1, "{stderr}");
+    assert!(!stderr.contains("timed out"), "{stderr}");
     db.drop_database().await;
 }

@@ -6,6 +6,7 @@ mod helpers;
 mod hostile;
 mod http_edges;
 mod jobs;
+mod observability;
 mod paths;
 mod queue;
 mod roles;

@@ -164,9 +164,9 @@ pub enum BudgetCommand {
 pub struct DlqFilterArgs {
     /// These job ids.
     pub ids: Vec<i64>,
-    /// Only this reason (conversation_ended, not_found, retries_exhausted, …).
-    #[arg(long)]
-    pub reason: Option<String>,
+    /// Only this reason.
+    #[arg(long, value_parser = dead_reasons())]
+    pub reason: Option<pdq::queue::DeadReason>,
     /// Dead-lettered at or after this time (RFC 3339).
     #[arg(long)]
     pub since: Option<DateTime<Utc>>,
@@ -185,4 +185,12 @@ pub struct DlqFilterArgs {
     /// At most this many rows (list).
     #[arg(long, default_value_t = 50)]
     pub limit: i64,
+}
+
+/// Accepts the known dead-letter reasons only, and lists them in `--help`.
+fn dead_reasons() -> impl clap::builder::TypedValueParser<Value = pdq::queue::DeadReason> {
+    use clap::builder::TypedValueParser;
+    let names = pdq::queue::DeadReason::ALL.map(|reason| reason.as_str());
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|name| name.parse().expect("a listed reason"))
 }

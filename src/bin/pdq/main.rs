@@ -2,34 +2,66 @@
 
 mod cli;
 mod commands;
+mod exit;
 mod genesys_args;
 mod output;
 mod telemetry;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = explain(Cli::command());
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     telemetry::init(cli.log_format);
+    let json = cli.json;
     match dispatch(cli).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            let exit = exit::Exit::of(&error);
+            let mut message = exit::describe(&error);
+            if exit == exit::Exit::Schema && !message.contains("pdq migrate") {
+                message.push_str(" (the pdq schema is missing: run `pdq migrate`)");
+            }
+            eprintln!("error: {message}");
+            if json {
+                let body = serde_json::json!({ "error": message, "exit_code": exit.code() });
+                let _ = output::json(&body);
+            }
+            exit.status()
         }
     }
+}
+
+/// Adds the exit-code table to every help page, and shows an environment variable's value
+/// only when it is set (an unset one would read `[env: X=]`).
+fn explain(command: clap::Command) -> clap::Command {
+    command
+        .after_help(exit::table())
+        .mut_args(|arg| {
+            let unset = arg
+                .get_env()
+                .is_some_and(|name| std::env::var_os(name).is_none());
+            match unset {
+                true => arg.hide_env_values(true),
+                false => arg,
+            }
+        })
+        .mut_subcommands(explain)
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let db = commands::Database::new(cli.database_url);
     let json = cli.json;
     match cli.command {
-        Command::Migrate => commands::migrate::run(&db).await,
+        Command::Migrate => commands::migrate::run(&db, json).await,
         Command::Enqueue(args) => commands::enqueue::run(&db, args, json).await,
         Command::Status(args) => commands::status::run(&db, args, json).await,
         Command::Dlq(command) => commands::dlq::run(&db, command, json).await,
@@ -38,7 +70,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => commands::run::run(&db, *args, shutdown_signal()).await,
         Command::Emulator(args) => commands::emulator::run(*args, shutdown_signal()).await,
         Command::Demo(args) => commands::demo::run(&db, args, json).await,
-        Command::Doctor(args) => commands::doctor::run(*args, json).await,
+        Command::Doctor(args) => commands::doctor::run(&db, *args, json).await,
     }
 }
 
@@ -59,7 +91,7 @@ fn shutdown_signal() -> tokio_util::sync::CancellationToken {
         }
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
-        tracing::info!("stop requested");
+        tracing::info!("stop requested (SIGINT or SIGTERM): shutting down");
         cancel.cancel();
     });
     token

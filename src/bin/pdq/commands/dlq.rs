@@ -2,11 +2,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::bail;
-use pdq::queue::{dlq, DeadLetterFilter};
+use pdq::queue::{dlq, DeadLetter, DeadLetterFilter};
+use serde_json::Value;
 
 use super::Database;
 use crate::cli::{DlqCommand, DlqFilterArgs};
+use crate::exit::{Exit, Failed};
 use crate::output::{self, cell};
 
 /// Runs one dead-letter command.
@@ -45,8 +46,13 @@ pub async fn run(db: &Database, command: DlqCommand, json: bool) -> anyhow::Resu
             }
         }
         DlqCommand::Show { id } => match dlq::show(&pool, id).await? {
-            Some(letter) => output::json(&letter)?,
-            None => bail!("no dead letter with id {id}"),
+            Some(letter) => show(&letter, json)?,
+            None => {
+                return Err(Failed::error(
+                    Exit::NotFound,
+                    format!("no dead letter with id {id}"),
+                ))
+            }
         },
         DlqCommand::Requeue { filter, force } => {
             let count = dlq::requeue(&pool, &guarded_filter(&filter)?, force).await?;
@@ -63,7 +69,7 @@ pub async fn run(db: &Database, command: DlqCommand, json: bool) -> anyhow::Resu
 fn filter(args: &DlqFilterArgs) -> DeadLetterFilter {
     DeadLetterFilter {
         ids: args.ids.clone(),
-        reason: args.reason.clone(),
+        reason: args.reason.map(|reason| reason.as_str().to_owned()),
         since: args.since,
         until: args.until,
         conversation_id: args.conversation_id,
@@ -80,7 +86,10 @@ fn guarded_filter(args: &DlqFilterArgs) -> anyhow::Result<DeadLetterFilter> {
         || args.until.is_some()
         || args.conversation_id.is_some();
     if !narrowed && !args.all {
-        bail!("name job ids, a filter (--reason, --since, --until, --conversation-id) or --all");
+        return Err(Failed::error(
+            Exit::Usage,
+            "name job ids, a filter (--reason, --since, --until, --conversation-id) or --all",
+        ));
     }
     Ok(filter(args))
 }
@@ -90,6 +99,31 @@ fn report(json: bool, verb: &str, count: u64) -> anyhow::Result<()> {
         output::json(&serde_json::json!({ verb: count }))?;
     } else {
         println!("{verb} {count} dead letter(s)");
+    }
+    Ok(())
+}
+
+/// One dead letter: its fields as `name: value` lines, or one JSON object whose `detail` is the
+/// structured error (the worker stores it as JSON text).
+fn show(letter: &DeadLetter, json: bool) -> anyhow::Result<()> {
+    let mut value = serde_json::to_value(letter)?;
+    if let Some(Value::String(detail)) = value.get("detail") {
+        if let Ok(parsed @ Value::Object(_)) = serde_json::from_str::<Value>(detail) {
+            value["detail"] = parsed;
+        }
+    }
+    if json {
+        return output::json(&value);
+    }
+    let Value::Object(fields) = value else {
+        return output::json(&value);
+    };
+    for (name, field) in fields {
+        match field {
+            Value::Null => {}
+            Value::String(text) => println!("{name}: {text}"),
+            other => println!("{name}: {other}"),
+        }
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `pdq doctor`: checks the Genesys Cloud configuration before a worker runs.
+//! `pdq doctor`: checks the database and the Genesys Cloud configuration before a worker runs.
 
 use std::process::ExitCode;
 
@@ -7,11 +7,18 @@ use pdq::genesys::{is_loopback, Error, ErrorClass, GenesysClient};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::Database;
+use crate::exit::Exit;
 use crate::genesys_args::GenesysArgs;
 
-/// What to check.
+/// What to check: the database when a database URL is set, Genesys Cloud when any of its
+/// settings is given (or no database is).
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
+    /// The Genesys Cloud address as the browser shows it (https://apps.mypurecloud.ie/…);
+    /// names the region when --region is not given.
+    #[arg(value_name = "BROWSER_URL")]
+    pub browser_url: Option<String>,
     /// The Genesys Cloud connection.
     #[command(flatten)]
     pub genesys: GenesysArgs,
@@ -20,14 +27,14 @@ pub struct DoctorArgs {
     pub conversation_id: Option<Uuid>,
 }
 
-/// Exit codes a script can use.
-const CONFIGURATION: u8 = 2;
-const PERMISSION: u8 = 3;
-const UNREACHABLE: u8 = 4;
+const CONFIGURATION: Exit = Exit::Usage;
+const PERMISSION: Exit = Exit::Refused;
+const UNREACHABLE: Exit = Exit::Unreachable;
 
 struct Checks {
     lines: Vec<serde_json::Value>,
     json: bool,
+    failed: Option<Exit>,
 }
 
 impl Checks {
@@ -39,25 +46,132 @@ impl Checks {
             .push(json!({ "check": check, "ok": ok, "detail": detail }));
     }
 
-    fn finish(self, code: u8) -> ExitCode {
+    /// Reports a failed check; the first failure decides the exit code.
+    fn fail(&mut self, exit: Exit, check: &str, detail: String) {
+        self.report(false, check, detail);
+        self.failed.get_or_insert(exit);
+    }
+
+    fn finish(self) -> ExitCode {
+        let exit = self.failed.unwrap_or(Exit::Ok);
         if self.json {
-            println!("{}", json!({ "ok": code == 0, "checks": self.lines }));
+            let body =
+                json!({ "ok": exit == Exit::Ok, "exit_code": exit.code(), "checks": self.lines });
+            let _ = crate::output::json(&body);
         }
-        ExitCode::from(code)
+        exit.status()
     }
 }
 
-/// Runs the checks in order, stopping at the first failure.
-pub async fn run(args: DoctorArgs, json: bool) -> anyhow::Result<ExitCode> {
+/// Runs the database checks (when a database is set), then the Genesys Cloud checks in order,
+/// stopping each part at its first failure; the first failure decides the exit code.
+pub async fn run(db: &Database, mut args: DoctorArgs, json: bool) -> anyhow::Result<ExitCode> {
     let mut checks = Checks {
         lines: Vec::new(),
         json,
+        failed: None,
     };
+    if args.genesys.region.is_none() {
+        args.genesys.region = args.browser_url.take();
+    }
+    let genesys = &args.genesys;
+    let genesys_given =
+        genesys.region.is_some() || genesys.api_url.is_some() || genesys.client_id.is_some();
+    if db.is_set() {
+        check_database(db, &mut checks).await;
+    }
+    if genesys_given || !db.is_set() {
+        check_genesys(&args, &mut checks).await?;
+    }
+    Ok(checks.finish())
+}
+
+/// Reachable, schema version, roles and grants, worker heartbeats.
+async fn check_database(db: &Database, checks: &mut Checks) {
+    let pool = match db.pool().await {
+        Ok(pool) => pool,
+        Err(error) => {
+            let exit = Exit::of(&error);
+            checks.fail(exit, "database", crate::exit::describe(&error));
+            return;
+        }
+    };
+    checks.report(true, "database", "Postgres answers".into());
+    let binary = pdq::db::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    match pdq::db::check_schema(&pool).await {
+        Ok(()) => checks.report(
+            true,
+            "schema",
+            format!("version {binary}, as this binary expects"),
+        ),
+        Err(error) => {
+            let detail = error.to_string();
+            checks.fail(Exit::of(&anyhow::Error::new(error)), "schema", detail);
+            return;
+        }
+    }
+    match pdq::queue::checks::roles(&pool).await {
+        Ok(roles) => {
+            for role in roles {
+                let name = format!("role {}", role.role);
+                match (role.exists, role.granted) {
+                    (false, _) => checks.report(
+                        true,
+                        &name,
+                        "not created (optional: create it to run with least privilege)".into(),
+                    ),
+                    (true, true) => checks.report(true, &name, format!("has {}", role.needs)),
+                    (true, false) => checks.fail(
+                        PERMISSION,
+                        &name,
+                        format!("lacks {}: run `pdq migrate` again to grant it", role.needs),
+                    ),
+                }
+            }
+        }
+        Err(error) => checks.fail(Exit::Failure, "roles", error.to_string()),
+    }
+    match pdq::queue::checks::heartbeats(&pool).await {
+        Ok(None) => checks.report(
+            true,
+            "workers",
+            "this schema keeps no worker heartbeats (pdq.workers)".into(),
+        ),
+        Ok(Some(beats)) if beats.fresh > 0 => checks.report(
+            true,
+            "workers",
+            format!("{} worker(s) alive, {} gone", beats.fresh, beats.stale),
+        ),
+        Ok(Some(beats)) => {
+            let detail = match beats.newest_age_seconds {
+                Some(age) => format!(
+                    "no worker alive: {} gone, the newest heartbeat is {} old",
+                    beats.stale,
+                    crate::exit::human_age(age)
+                ),
+                None => "no worker has run on this database yet (start `pdq run`)".to_owned(),
+            };
+            checks.fail(Exit::NoWorkers, "workers", detail);
+        }
+        Err(error) => checks.fail(Exit::Failure, "workers", error.to_string()),
+    }
+}
+
+/// Region, hosts, credentials, organization and (optionally) one conversation.
+async fn check_genesys(args: &DoctorArgs, checks: &mut Checks) -> anyhow::Result<()> {
     let settings = match args.genesys.settings() {
         Ok(settings) => settings,
         Err(error) => {
-            checks.report(false, "configuration", error.to_string());
-            return Ok(checks.finish(CONFIGURATION));
+            let detail = match error {
+                Error::Settings(problem) => problem,
+                other => other.to_string(),
+            };
+            checks.fail(CONFIGURATION, "configuration", detail);
+            return Ok(());
         }
     };
     let hosts = format!("API {} · login {}", settings.api_base, settings.login_base);
@@ -72,16 +186,19 @@ pub async fn run(args: DoctorArgs, json: bool) -> anyhow::Result<ExitCode> {
         );
         let resolved = tokio::net::lookup_host(host.clone()).await;
         if let Err(error) = resolved {
-            checks.report(false, "hosts", format!("{host} does not resolve: {error}"));
-            return Ok(checks.finish(UNREACHABLE));
+            checks.fail(
+                UNREACHABLE,
+                "hosts",
+                format!("{host} does not resolve: {error}"),
+            );
+            return Ok(());
         }
     }
     checks.report(true, "hosts", hosts);
     let client = GenesysClient::new(settings)?;
     if let Err(error) = client.probe_token().await {
-        let code = exit_code(&error);
-        checks.report(false, "token", explain(&error));
-        return Ok(checks.finish(code));
+        checks.fail(exit_code(&error), "token", explain(&error));
+        return Ok(());
     }
     checks.report(true, "token", "client credentials accepted".into());
     match client.token_info().await {
@@ -95,30 +212,29 @@ pub async fn run(args: DoctorArgs, json: bool) -> anyhow::Result<ExitCode> {
             checks.report(true, "organization", detail);
         }
         Err(error) => {
-            let code = exit_code(&error);
-            checks.report(false, "organization", explain(&error));
-            return Ok(checks.finish(code));
+            checks.fail(exit_code(&error), "organization", explain(&error));
+            return Ok(());
         }
     }
     if let Some(id) = args.conversation_id {
         match client.get_conversation(id).await {
             Ok(_) => checks.report(true, "conversation", format!("{id} is readable")),
             Err(error) => {
-                let code = exit_code(&error);
-                checks.report(false, "conversation", explain(&error));
-                return Ok(checks.finish(code));
+                checks.fail(exit_code(&error), "conversation", explain(&error));
+                return Ok(());
             }
         }
     }
-    Ok(checks.finish(0))
+    Ok(())
 }
 
-fn exit_code(error: &Error) -> u8 {
+fn exit_code(error: &Error) -> Exit {
     match (error.status(), error.class()) {
         (Some(403), _) => PERMISSION,
+        (Some(404), _) => Exit::NotFound,
         (_, ErrorClass::Transient | ErrorClass::Outage) => UNREACHABLE,
         (_, ErrorClass::Configuration | ErrorClass::Unauthorized) => CONFIGURATION,
-        _ => 1,
+        _ => Exit::Failure,
     }
 }
 

@@ -2,19 +2,21 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
 use pdq::queue::{self, Locators, NewJob};
 use serde_json::{Map, Value};
 
 use super::Database;
 use crate::cli::EnqueueArgs;
+use crate::exit::{Exit, Failed};
 
 /// Enqueues one job and prints its id; a refused row prints the rule it broke.
 pub async fn run(db: &Database, args: EnqueueArgs, json: bool) -> anyhow::Result<ExitCode> {
     let job = new_job(args)?;
     let pool = db.pool().await?;
     match queue::enqueue(&pool, &job).await {
-        Ok(id) if json => crate::output::json(&serde_json::json!({ "id": id }))?,
+        Ok(id) if json => {
+            crate::output::json(&serde_json::json!({ "id": id, "enqueued": id.is_some() }))?
+        }
         Ok(Some(id)) => println!("enqueued job {id}"),
         Ok(None) => {
             println!("already applied or dead-lettered (idempotency key); nothing enqueued")
@@ -24,7 +26,15 @@ pub async fn run(db: &Database, args: EnqueueArgs, json: bool) -> anyhow::Result
             meaning,
         }) => {
             eprintln!("refused: {meaning} (constraint {constraint})");
-            return Ok(ExitCode::from(3));
+            if json {
+                let body = serde_json::json!({
+                    "error": format!("refused: {meaning}"),
+                    "constraint": constraint,
+                    "exit_code": Exit::Refused.code(),
+                });
+                crate::output::json(&body)?;
+            }
+            return Ok(Exit::Refused.status());
         }
         Err(error) => return Err(error.into()),
     }
@@ -54,18 +64,28 @@ fn new_job(args: EnqueueArgs) -> anyhow::Result<NewJob> {
 /// here: the database's constraints are the single judge, and say why a row is refused.
 fn attributes(json: Option<&str>, pairs: &[String]) -> anyhow::Result<Value> {
     let mut value = match json {
-        Some(text) => serde_json::from_str(text).context("--attributes is not valid JSON")?,
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            Failed::error(Exit::Usage, format!("--attributes is not valid JSON: {e}"))
+        })?,
         None => Value::Object(Map::new()),
     };
     for pair in pairs {
         let Some((key, item)) = pair.split_once('=') else {
-            bail!("--attr {pair:?} must look like key=value");
+            return Err(Failed::error(
+                Exit::Usage,
+                format!("--attr {pair} must look like key=value"),
+            ));
         };
         match &mut value {
             Value::Object(map) => {
                 map.insert(key.to_owned(), Value::String(item.to_owned()));
             }
-            _ => bail!("--attr needs --attributes to be a JSON object"),
+            _ => {
+                return Err(Failed::error(
+                    Exit::Usage,
+                    "--attr needs --attributes to be a JSON object",
+                ))
+            }
         }
     }
     Ok(value)

@@ -26,6 +26,11 @@ impl Database {
         Database { url }
     }
 
+    /// True when a database URL was given.
+    pub fn is_set(&self) -> bool {
+        self.url.is_some()
+    }
+
     /// Connect options, or a clear error when no URL was given.
     pub fn options(&self) -> anyhow::Result<PgConnectOptions> {
         let url = self

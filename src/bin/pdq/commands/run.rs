@@ -11,6 +11,7 @@ use pdq::worker::{Api, Backoff, Budget, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::Database;
+use crate::exit::{Exit, Failed};
 use crate::genesys_args::GenesysArgs;
 
 /// Worker settings; every flag also reads a `PDQ_*` variable.
@@ -94,10 +95,7 @@ pub async fn run(
     args: RunArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let settings = args
-        .genesys
-        .settings()
-        .context("Genesys Cloud configuration")?;
+    let settings = args.genesys.settings()?;
     let request_timeout = settings.request_timeout;
     let client = GenesysClient::new(settings).context("building the API client")?;
     let options = db.options()?;
@@ -107,7 +105,7 @@ pub async fn run(
     let config = args.config();
     config
         .check_timing(request_timeout)
-        .map_err(anyhow::Error::msg)?;
+        .map_err(|problem| Failed::error(Exit::Usage, problem))?;
     let pool = pdq::db::connect(options, config.executors as u32 + 6).await?;
     pdq::db::check_schema(&pool).await?;
     let worker = Worker::new(pool, Api::new(client), config);
@@ -123,7 +121,16 @@ pub async fn run(
             tracing::error!(%error, "metrics server stopped");
         }
     });
-    tracing::info!(metrics = %args.metrics_addr, executors = args.executors, rate_limit = args.rate_limit, "pdq worker running");
+    tracing::info!(
+        metrics = %args.metrics_addr,
+        executors = args.executors,
+        rate_limit = args.rate_limit,
+        version = env!("CARGO_PKG_VERSION"),
+        "pdq worker running: {} executors, {} requests per minute, /metrics and /healthz on {}",
+        args.executors,
+        args.rate_limit,
+        args.metrics_addr
+    );
     worker.run(shutdown).await?;
     tracing::info!("pdq worker stopped");
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,85 @@
+//! The numbers behind the worker's database gauges, read in a few cheap statements.
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::Error;
+
+/// Jobs of one priority by what they wait for.
+#[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow, Serialize)]
+pub struct PriorityGauges {
+    /// `live` or `backfill`.
+    pub priority: String,
+    /// Pending and due now.
+    pub due: i64,
+    /// Pending with a future `run_at`, never attempted.
+    pub scheduled: i64,
+    /// Pending with a future `run_at` after a failed attempt.
+    pub retrying: i64,
+    /// Claimed by a worker.
+    pub running: i64,
+    /// Seconds the oldest due job has waited (0 when none is due).
+    pub oldest_due_age_seconds: f64,
+}
+
+/// A snapshot for the gauges of `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Gauges {
+    /// Jobs by priority and state.
+    pub priorities: Vec<PriorityGauges>,
+    /// Dead letters not requeued, by reason.
+    pub dead_letters: Vec<(String, i64)>,
+    /// Workers whose heartbeat is fresh (`None` while `pdq.workers` does not exist).
+    pub workers_alive: Option<i64>,
+}
+
+/// A worker heartbeat older than this counts as gone.
+pub const HEARTBEAT_FRESH_SECONDS: f64 = 60.0;
+
+/// Reads the gauges.
+pub async fn gauges(pool: &PgPool) -> Result<Gauges, Error> {
+    let priorities = sqlx::query_as(
+        "select priority,
+                count(*) filter (where state = 'pending' and run_at <= now()) as due,
+                count(*) filter (where state = 'pending' and run_at > now() and attempts = 0)
+                    as scheduled,
+                count(*) filter (where state = 'pending' and run_at > now() and attempts > 0)
+                    as retrying,
+                count(*) filter (where state = 'running') as running,
+                coalesce(extract(epoch from now() - min(run_at)
+                    filter (where state = 'pending' and run_at <= now())), 0)::float8
+                    as oldest_due_age_seconds
+         from pdq.jobs group by priority order by priority",
+    )
+    .fetch_all(pool)
+    .await?;
+    let dead_letters = sqlx::query_as(
+        "select reason, count(*) from pdq.dead_letters
+         where requeued_at is null group by reason order by reason",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(Gauges {
+        priorities,
+        dead_letters,
+        workers_alive: workers_alive(pool).await?,
+    })
+}
+
+/// Workers whose heartbeat in `pdq.workers` is fresh; `None` while that table does not exist.
+pub async fn workers_alive(pool: &PgPool) -> Result<Option<i64>, Error> {
+    let exists: bool = sqlx::query_scalar("select to_regclass('pdq.workers') is not null")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let alive = sqlx::query_scalar(
+        "select count(*) from pdq.workers
+         where last_seen > now() - make_interval(secs => $1)",
+    )
+    .bind(HEARTBEAT_FRESH_SECONDS)
+    .fetch_one(pool)
+    .await?;
+    Ok(Some(alive))
+}
