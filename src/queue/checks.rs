@@ -73,9 +73,9 @@ pub async fn heartbeats(pool: &PgPool) -> Result<Option<Heartbeats>, Error> {
         return Ok(None);
     }
     let (fresh, stale, newest_age_seconds) = sqlx::query_as(
-        "select count(*) filter (where last_seen > now() - make_interval(secs => $1)),
-                count(*) filter (where last_seen <= now() - make_interval(secs => $1)),
-                extract(epoch from now() - max(last_seen))::float8
+        "select count(*) filter (where last_seen_at > now() - make_interval(secs => $1)),
+                count(*) filter (where last_seen_at <= now() - make_interval(secs => $1)),
+                extract(epoch from now() - max(last_seen_at))::float8
          from pdq.workers",
     )
     .bind(HEARTBEAT_FRESH_SECONDS)

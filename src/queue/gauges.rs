@@ -76,7 +76,7 @@ pub async fn workers_alive(pool: &PgPool) -> Result<Option<i64>, Error> {
     }
     let alive = sqlx::query_scalar(
         "select count(*) from pdq.workers
-         where last_seen > now() - make_interval(secs => $1)",
+         where last_seen_at > now() - make_interval(secs => $1)",
     )
     .bind(HEARTBEAT_FRESH_SECONDS)
     .fetch_one(pool)

@@ -432,12 +432,30 @@ async fn doctor_checks_reachability_schema_grants_and_heartbeats_with_documented
     let report = checks(&healthy);
     assert_eq!(check(&report, "database")["ok"], true, "{report}");
     assert_eq!(check(&report, "schema")["ok"], true, "{report}");
+    assert_eq!(
+        healthy.status.code(),
+        Some(0),
+        "before any worker ran: {report}"
+    );
+    assert_eq!(report["ok"], true);
     if workers_table {
-        assert_eq!(healthy.status.code(), Some(8), "{report}");
+        // A worker ran and fell silent: no worker is alive.
+        sqlx::query(
+            "insert into pdq.workers (id, name, host, pid, version, started_at, last_seen_at, executors, state)
+             values (gen_random_uuid(), 'pdq-1', 'host', 1, '0.1.0', now() - interval '2 hours',
+                     now() - interval '10 minutes', 16, 'running')",
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let silent = doctor(&db.url());
+        let report = checks(&silent);
+        assert_eq!(silent.status.code(), Some(8), "{report}");
         assert_eq!(report["exit_code"], 8);
-    } else {
-        assert_eq!(healthy.status.code(), Some(0), "{report}");
-        assert_eq!(report["ok"], true);
+        sqlx::query("delete from pdq.workers")
+            .execute(&db.pool)
+            .await
+            .unwrap();
     }
 
     let roles: i64 = sqlx::query_scalar(

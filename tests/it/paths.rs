@@ -776,7 +776,7 @@ async fn pdq_run_serves_metrics_and_a_healthz_that_turns_red_on_a_missing_permis
     let (status, metrics) = pdq.get("/metrics").await;
     assert_eq!(status, 200);
     for line in [
-        "pdq_jobs_total{outcome=\"applied\"} 1",
+        "pdq_jobs_total{outcome=\"applied\",reason=\"\"} 1",
         "pdq_api_responses_total{status=\"202\"} 1",
         "# TYPE pdq_queue_depth gauge",
     ] {

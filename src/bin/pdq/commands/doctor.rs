@@ -146,17 +146,23 @@ async fn check_database(db: &Database, checks: &mut Checks) {
             "workers",
             format!("{} worker(s) alive, {} gone", beats.fresh, beats.stale),
         ),
-        Ok(Some(beats)) => {
-            let detail = match beats.newest_age_seconds {
-                Some(age) => format!(
+        Ok(Some(beats)) => match beats.newest_age_seconds {
+            // Before the first `pdq run` there is nothing to miss: doctor is for that moment too.
+            None => checks.report(
+                true,
+                "workers",
+                "no worker has run on this database yet (start `pdq run`)".into(),
+            ),
+            Some(age) => checks.fail(
+                Exit::NoWorkers,
+                "workers",
+                format!(
                     "no worker alive: {} gone, the newest heartbeat is {} old",
                     beats.stale,
                     crate::exit::human_age(age)
                 ),
-                None => "no worker has run on this database yet (start `pdq run`)".to_owned(),
-            };
-            checks.fail(Exit::NoWorkers, "workers", detail);
-        }
+            ),
+        },
         Err(error) => checks.fail(Exit::Failure, "workers", error.to_string()),
     }
 }
