@@ -284,7 +284,7 @@ async fn jobs_attempted_twice(db: &TestDb) -> i64 {
 
 /// What a worker logs (at info, `pdq::worker::maintenance`) when it puts the jobs of an
 /// expired lease back in the queue.
-const RESCUE_LOG: &str = "recovered jobs";
+const RESCUE_LOG: &str = "whose worker lost its lease";
 
 /// How many times these workers logged that they recovered the jobs of an expired lease.
 fn rescues_logged(workers: &[WorkerProcess]) -> usize {
