@@ -75,6 +75,19 @@ impl TestApp {
     }
 
     /// `(reason, http_status, error_code)` of every dead letter, oldest first.
+    /// Runs `worker` as `pdq run` does until the queue is empty or `timeout` passes, then
+    /// shuts it down; returns whether the queue drained.
+    pub(crate) async fn run_until_drained(&self, worker: &Worker, timeout: Duration) -> bool {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let running = tokio::spawn(worker.clone().run(stop.clone()));
+        let drained =
+            crate::helpers::wait_until(timeout, || async { self.db.count("pdq.jobs").await == 0 })
+                .await;
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        drained
+    }
+
     pub(crate) async fn dead_reasons(&self) -> Vec<(String, Option<i32>, Option<String>)> {
         sqlx::query_as("select reason, http_status, error_code from pdq.dead_letters order by id")
             .fetch_all(&self.db.pool)

@@ -232,14 +232,9 @@ async fn an_exhausted_rate_limit_window_pauses_the_worker_before_any_429() {
         executors: 1,
         ..fast()
     });
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.clone().run(stop.clone()));
-    let drained = wait_until(Duration::from_secs(30), || async {
-        app.db.count("pdq.jobs").await == 0
-    })
-    .await;
-    stop.cancel();
-    running.await.unwrap().unwrap();
+    let drained = app
+        .run_until_drained(&worker, Duration::from_secs(30))
+        .await;
     assert!(drained);
     assert_eq!(
         app.emulator.count(PATCH, Some(429)),

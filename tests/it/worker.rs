@@ -230,14 +230,9 @@ async fn a_429_storm_pauses_every_executor_until_retry_after_and_nothing_fails()
         executors: 8,
         ..fast()
     });
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.clone().run(stop.clone()));
-    let drained = wait_until(Duration::from_secs(20), || async {
-        app.db.count("pdq.jobs").await == 0
-    })
-    .await;
-    stop.cancel();
-    running.await.unwrap().unwrap();
+    let drained = app
+        .run_until_drained(&worker, Duration::from_secs(20))
+        .await;
     assert!(drained);
     assert_eq!(app.db.count("pdq.dead_letters").await, 0);
     assert_eq!(app.db.count("pdq.finished_jobs").await, 20);
@@ -535,14 +530,9 @@ async fn jobs_naming_one_participant_by_tag_and_by_ids_apply_in_insertion_order(
         executors: 8,
         ..fast()
     });
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.clone().run(stop.clone()));
-    let drained = wait_until(Duration::from_secs(20), || async {
-        app.db.count("pdq.jobs").await == 0
-    })
-    .await;
-    stop.cancel();
-    running.await.unwrap().unwrap();
+    let drained = app
+        .run_until_drained(&worker, Duration::from_secs(20))
+        .await;
     assert!(drained);
     for (cid, pid) in targets {
         let attributes = app.emulator.attributes_of(cid, pid).unwrap();
