@@ -41,6 +41,10 @@ impl Default for ClaimOptions {
 /// hold back the due jobs behind it; a job waiting for its retry does.
 /// `pdq.inflight` guarantees that no two workers hold units of the same participant.
 ///
+/// The unit's head is found again by participant (the oldest due job: any older due job would
+/// have been the candidate) rather than by joining back to the candidates, which made the claim
+/// several times slower under concurrent claimers.
+///
 /// A claimed row the worker cannot decode (a value out of the range it can represent) is
 /// dead-lettered as `malformed_row` with the decode error instead of failing the claim.
 pub async fn claim(pool: &PgPool, options: &ClaimOptions) -> Result<Vec<Unit>, Error> {
@@ -92,7 +96,13 @@ with candidates as materialized (
 ), members as (
     select f.id, l.lease_token, l.locked_until
     from locked l
-    join candidates c on c.participant_key = l.participant_key
+    cross join lateral (
+        select h.id from pdq.jobs h
+        where h.participant_key = l.participant_key and h.state = 'pending'
+          and h.run_at <= now()
+        order by h.id
+        limit 1
+    ) c
     cross join lateral (
         select f.id from pdq.jobs f
         where f.participant_key = l.participant_key and f.id >= c.id and f.state = 'pending'
