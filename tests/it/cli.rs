@@ -143,6 +143,7 @@ async fn doctor_checks_credentials_and_organization_against_the_emulator() {
             "x",
         ])
         .env("GENESYS_CLIENT_SECRET", "y")
+        .env_remove("DATABASE_URL")
         .output()
         .unwrap();
     assert_eq!(region.status.code(), Some(2));
@@ -217,7 +218,7 @@ const EXIT_CODES: [(u8, &str); 9] = [
     (5, "Postgres cannot be reached"),
     (6, "the database has no pdq schema"),
     (7, "does not exist"),
-    (8, "no worker has a fresh heartbeat"),
+    (8, "none has a fresh heartbeat"),
 ];
 
 #[tokio::test]

@@ -22,7 +22,7 @@ pub enum Exit {
     Schema,
     /// The named job, dead letter or conversation does not exist.
     NotFound,
-    /// No worker has a fresh heartbeat (doctor).
+    /// Workers ran on this database but none has a fresh heartbeat (doctor).
     NoWorkers,
 }
 
@@ -68,7 +68,9 @@ impl Exit {
             Exit::Database => "Postgres cannot be reached or refused the login",
             Exit::Schema => "the database has no pdq schema or another version: run pdq migrate",
             Exit::NotFound => "the named job, dead letter or conversation does not exist",
-            Exit::NoWorkers => "no worker has a fresh heartbeat (doctor)",
+            Exit::NoWorkers => {
+                "workers ran on this database but none has a fresh heartbeat (doctor)"
+            }
         }
     }
 
