@@ -18,7 +18,7 @@ use super::org::Shared;
 use super::state::{ConversationRec, ConversationSpec};
 
 /// The `/admin` routes.
-pub fn routes() -> Router<Arc<Shared>> {
+pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/admin/conversations", post(create))
         .route("/admin/conversations/{id}/end", post(end))
@@ -48,15 +48,13 @@ pub fn routes() -> Router<Arc<Shared>> {
 }
 
 /// Creates a conversation in the organization; returns its ids.
-pub fn create_conversation(shared: &Shared, spec: ConversationSpec) -> super::CreatedConversation {
+pub(crate) fn create_conversation(
+    shared: &Shared,
+    spec: ConversationSpec,
+) -> super::CreatedConversation {
     let conversation = ConversationRec::new(spec);
     let created = conversation.created();
-    shared
-        .0
-        .lock()
-        .unwrap()
-        .conversations
-        .insert(created.id, conversation);
+    shared.insert_conversation(created.id, conversation);
     created
 }
 
@@ -77,8 +75,7 @@ fn found(ok: bool) -> StatusCode {
 }
 
 async fn end(State(shared): State<Arc<Shared>>, Path(id): Path<Uuid>) -> StatusCode {
-    let mut org = shared.0.lock().unwrap();
-    found(org.conversations.get_mut(&id).map(|c| c.end()).is_some())
+    found(shared.end_conversation(id))
 }
 
 #[derive(Deserialize)]
@@ -92,21 +89,21 @@ async fn tag(
     Path(id): Path<Uuid>,
     Json(body): Json<TagBody>,
 ) -> StatusCode {
-    found(super::set_tag(&shared, id, &body.external_tag))
+    found(shared.set_tag(id, &body.external_tag))
 }
 
 async fn disconnect(
     State(shared): State<Arc<Shared>>,
     Path((id, pid)): Path<(Uuid, Uuid)>,
 ) -> StatusCode {
-    found(super::disconnect(&shared, id, pid))
+    found(shared.disconnect(id, pid))
 }
 
 async fn attributes(
     State(shared): State<Arc<Shared>>,
     Path((id, pid)): Path<(Uuid, Uuid)>,
 ) -> Response {
-    match shared.0.lock().unwrap().attributes(id, pid) {
+    match shared.attributes(id, pid) {
         Some(map) => Json(map).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
@@ -116,7 +113,7 @@ async fn history(
     State(shared): State<Arc<Shared>>,
     Path((id, pid)): Path<(Uuid, Uuid)>,
 ) -> Response {
-    Json(super::history(&shared, id, pid)).into_response()
+    Json(shared.history(id, pid)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -129,7 +126,7 @@ async fn access(
     Path(id): Path<Uuid>,
     Json(body): Json<AccessBody>,
 ) -> StatusCode {
-    found(super::set_forbidden(&shared, id, body.forbidden))
+    found(shared.set_forbidden(id, body.forbidden))
 }
 
 #[derive(Deserialize)]
@@ -142,8 +139,7 @@ struct PatchesQuery {
 /// `GET /admin/patches?after=SEQ&limit=N`: applied PATCHes in the order applied.
 async fn patches(State(shared): State<Arc<Shared>>, Query(query): Query<PatchesQuery>) -> Response {
     let limit = query.limit.unwrap_or(10_000);
-    let org = shared.0.lock().unwrap();
-    Json(org.patches_after(query.after, limit)).into_response()
+    Json(shared.patches_after(query.after, limit)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -161,26 +157,25 @@ async fn outage(State(shared): State<Arc<Shared>>, Json(body): Json<OutageBody>)
         // Lets this response go out before the connections are dropped.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let until = std::time::Instant::now() + duration;
-        super::set_listening(&shared, super::Listening::Stopped(Some(until)));
+        shared.set_listening(super::Listening::Stopped(Some(until)));
     });
     StatusCode::ACCEPTED
 }
 
 async fn requests(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.0.lock().unwrap().counts()).into_response()
+    Json(shared.counts()).into_response()
 }
 
 async fn request_log(State(shared): State<Arc<Shared>>) -> Response {
-    let org = shared.0.lock().unwrap();
-    Json(org.log.iter().collect::<Vec<_>>()).into_response()
+    Json(shared.request_log()).into_response()
 }
 
 async fn faults(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.0.lock().unwrap().config.faults.clone()).into_response()
+    Json(shared.faults()).into_response()
 }
 
 async fn set_faults(State(shared): State<Arc<Shared>>, Json(faults): Json<Faults>) -> StatusCode {
-    super::set_faults(&shared, faults);
+    shared.set_faults(faults);
     StatusCode::NO_CONTENT
 }
 
@@ -188,12 +183,12 @@ async fn set_rate_limit(
     State(shared): State<Arc<Shared>>,
     Json(limit): Json<Option<RateLimit>>,
 ) -> StatusCode {
-    shared.0.lock().unwrap().config.rate_limit = limit;
+    shared.set_rate_limit(limit);
     StatusCode::NO_CONTENT
 }
 
 async fn revoke(State(shared): State<Arc<Shared>>) -> StatusCode {
-    shared.0.lock().unwrap().revoke_all();
+    shared.revoke_all();
     StatusCode::NO_CONTENT
 }
 
@@ -201,16 +196,11 @@ async fn add_client(
     State(shared): State<Arc<Shared>>,
     Json(client): Json<ClientSpec>,
 ) -> StatusCode {
-    shared
-        .0
-        .lock()
-        .unwrap()
-        .clients
-        .insert(client.id, client.secret);
+    shared.add_client(client.id, client.secret);
     StatusCode::NO_CONTENT
 }
 
 async fn reset(State(shared): State<Arc<Shared>>) -> Response {
-    super::reset(&shared);
+    shared.reset();
     Json(json!({ "reset": true })).into_response()
 }

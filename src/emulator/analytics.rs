@@ -44,7 +44,10 @@ impl<'a> Indexed<'a> {
 }
 
 /// Runs a details query.
-pub async fn query(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+pub(crate) async fn query(
+    State(shared): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: Value = serde_json::from_slice(&body).map_err(|_| {
         ApiError::bad_request(
             "The request could not be understood by the server due to malformed syntax.",
@@ -53,43 +56,44 @@ pub async fn query(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Res
     let (first_day, last_day) = interval_days(request.get("interval"))?;
     let (page_size, page_number) = paging(request.get("paging"))?;
     let descending = request.get("order").and_then(Value::as_str) == Some("desc");
-    let org = shared.0.lock().unwrap();
-    let delay = Duration::from_millis(org.config.analytics_delay_ms);
-    let mut matches: Vec<Indexed> = org
-        .conversations
-        .values()
-        .filter_map(|c| Indexed::of(c, delay))
-        .filter(|c| (first_day..=last_day).contains(&c.conversation.start.date_naive()))
-        .filter(|c| {
-            filters_match(request.get("conversationFilters"), |p| {
-                conversation_predicate(c, p)
+    shared.with(|org| {
+        let delay = Duration::from_millis(org.config.analytics_delay_ms);
+        let mut matches: Vec<Indexed> = org
+            .conversations
+            .values()
+            .filter_map(|c| Indexed::of(c, delay))
+            .filter(|c| (first_day..=last_day).contains(&c.conversation.start.date_naive()))
+            .filter(|c| {
+                filters_match(request.get("conversationFilters"), |p| {
+                    conversation_predicate(c, p)
+                })
             })
-        })
-        .filter(|c| {
-            filters_match(request.get("segmentFilters"), |p| {
-                c.conversation
-                    .participants
-                    .iter()
-                    .any(|part| segment_predicate(part, p))
+            .filter(|c| {
+                filters_match(request.get("segmentFilters"), |p| {
+                    c.conversation
+                        .participants
+                        .iter()
+                        .any(|part| segment_predicate(part, p))
+                })
             })
-        })
-        .collect();
-    matches.sort_by_key(|c| (c.conversation.start, c.conversation.id));
-    if descending {
-        matches.reverse();
-    }
-    let total = matches.len();
-    let page: Vec<Value> = matches
-        .iter()
-        .skip(page_size * (page_number - 1))
-        .take(page_size)
-        .map(render)
-        .collect();
-    let mut response = json!({ "totalHits": total });
-    if !page.is_empty() || org.config.analytics_empty_array {
-        response["conversations"] = json!(page);
-    }
-    Ok(Json(response).into_response())
+            .collect();
+        matches.sort_by_key(|c| (c.conversation.start, c.conversation.id));
+        if descending {
+            matches.reverse();
+        }
+        let total = matches.len();
+        let page: Vec<Value> = matches
+            .iter()
+            .skip(page_size * (page_number - 1))
+            .take(page_size)
+            .map(render)
+            .collect();
+        let mut response = json!({ "totalHits": total });
+        if !page.is_empty() || org.config.analytics_empty_array {
+            response["conversations"] = json!(page);
+        }
+        Ok(Json(response).into_response())
+    })
 }
 
 fn interval_days(interval: Option<&Value>) -> Result<(NaiveDate, NaiveDate), ApiError> {

@@ -16,23 +16,23 @@ use uuid::Uuid;
 use super::conversations::PatchApplied;
 use super::error::ApiError;
 use super::faults::Injected;
-use super::org::{Shared, WindowInfo};
+use super::org::{Org, Shared, WindowInfo};
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     /// The OAuth client.
-    pub client_id: String,
+    pub(crate) client_id: String,
     /// The bearer token.
-    pub token: String,
+    pub(crate) token: String,
 }
 
 /// Closes the request's connection without a response (a connection reset).
 #[derive(Debug, Clone)]
-pub struct ConnectionKill(pub CancellationToken);
+pub(crate) struct ConnectionKill(pub(crate) CancellationToken);
 
 /// The `/api/v2` middleware.
-pub async fn layer(
+pub(crate) async fn layer(
     State(shared): State<Arc<Shared>>,
     mut request: Request,
     next: Next,
@@ -50,11 +50,7 @@ pub async fn layer(
         Ok(pair) => pair,
         Err((error, window)) => {
             let response = finish(error.into_response(), &correlation, window);
-            shared
-                .0
-                .lock()
-                .unwrap()
-                .record(&route, response.status().as_u16(), None);
+            shared.record(&route, response.status().as_u16(), None);
             return response;
         }
     };
@@ -64,30 +60,26 @@ pub async fn layer(
     let applied = response.extensions().get::<PatchApplied>().copied();
     match after {
         Some(Injected::ResetAfter) => {
-            {
-                let mut org = shared.0.lock().unwrap();
+            shared.with(|org| {
                 if let Some(PatchApplied(seq)) = applied {
                     org.set_patch_status(seq, 0);
                 }
                 org.record(&route, 0, Some(client_id));
-            }
+            });
             drop_connection(kill, &correlation).await
         }
         Some(Injected::ErrorAfter(status)) => {
-            let mut org = shared.0.lock().unwrap();
-            if let Some(PatchApplied(seq)) = applied {
-                org.set_patch_status(seq, status);
-            }
-            org.record(&route, status, Some(client_id));
+            shared.with(|org| {
+                if let Some(PatchApplied(seq)) = applied {
+                    org.set_patch_status(seq, status);
+                }
+                org.record(&route, status, Some(client_id));
+            });
             let error = ApiError::server_error(status).into_response();
             finish(error, &correlation, window)
         }
         _ => {
-            shared
-                .0
-                .lock()
-                .unwrap()
-                .record(&route, response.status().as_u16(), Some(client_id));
+            shared.record(&route, response.status().as_u16(), Some(client_id));
             response
         }
     }
@@ -109,19 +101,16 @@ async fn drop_connection(kill: Option<ConnectionKill>, correlation: &str) -> Res
 }
 
 /// The correlation header and error `contextId` for `/oauth/token` too.
-pub async fn login_layer(
+pub(crate) async fn login_layer(
     State(shared): State<Arc<Shared>>,
     request: Request,
     next: Next,
 ) -> Response {
     let correlation = Uuid::new_v4().to_string();
     let route = route_label(&request);
-    let (include, outage) = {
-        let org = shared.0.lock().unwrap();
-        (org.config.faults.include_oauth, org.login_out())
-    };
+    let (include, outage) = shared.with(|org| (org.config.faults.include_oauth, org.login_out()));
     if outage {
-        shared.0.lock().unwrap().record(&route, 503, None);
+        shared.record(&route, 503, None);
         let mut error = ApiError::server_error(503);
         error.context_id = correlation.clone();
         let mut response = error.into_response();
@@ -141,11 +130,7 @@ pub async fn login_layer(
     response
         .headers_mut()
         .insert("inin-correlation-id", header(&correlation));
-    shared
-        .0
-        .lock()
-        .unwrap()
-        .record(&route, response.status().as_u16(), None);
+    shared.record(&route, response.status().as_u16(), None);
     response
 }
 
@@ -171,7 +156,14 @@ fn admit(
     token: Option<&str>,
     route: &str,
 ) -> Result<(Caller, Option<WindowInfo>), (ApiError, Option<WindowInfo>)> {
-    let mut org = shared.0.lock().unwrap();
+    shared.with(|org| admit_locked(org, token, route))
+}
+
+fn admit_locked(
+    org: &mut Org,
+    token: Option<&str>,
+    route: &str,
+) -> Result<(Caller, Option<WindowInfo>), (ApiError, Option<WindowInfo>)> {
     let idle = org.config.rate_limit.map(|l| WindowInfo {
         count: 0,
         allowed: l.requests,
@@ -232,14 +224,16 @@ async fn inject_faults(
     route: &str,
     correlation: &str,
 ) -> Result<Option<Injected>, Response> {
-    let (latency, injected, hang_ms) = {
-        let mut org = shared.0.lock().unwrap();
+    let rolled = shared.with(|org| {
         if !org.config.faults.any() {
-            return Ok(None);
+            return None;
         }
         let faults = org.config.faults.clone();
         let (latency, injected) = faults.roll(&mut org.rng);
-        (latency, injected, faults.hang_ms)
+        Some((latency, injected, faults.hang_ms))
+    });
+    let Some((latency, injected, hang_ms)) = rolled else {
+        return Ok(None);
     };
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -248,16 +242,16 @@ async fn inject_faults(
         Injected::None => Ok(None),
         after @ (Injected::ResetAfter | Injected::ErrorAfter(_)) => Ok(Some(after)),
         Injected::Error(status) => {
-            shared.0.lock().unwrap().record(route, status, None);
+            shared.record(route, status, None);
             let response = ApiError::server_error(status).into_response();
             Err(finish(response, correlation, None))
         }
         Injected::Reset => {
-            shared.0.lock().unwrap().record(route, 0, None);
+            shared.record(route, 0, None);
             Err(drop_connection(kill, correlation).await)
         }
         Injected::Hang => {
-            shared.0.lock().unwrap().record(route, 0, None);
+            shared.record(route, 0, None);
             tokio::time::sleep(Duration::from_millis(hang_ms)).await;
             Err(finish(
                 ApiError::server_error(504).into_response(),

@@ -20,7 +20,7 @@ use super::org::{Org, Shared};
 use super::state::PatchRecord;
 
 /// Parses an id path segment (400 `invalid.id` for a non-UUID).
-pub fn parse_id(text: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_id(text: &str) -> Result<Uuid, ApiError> {
     text.parse().map_err(|_| {
         ApiError::new(
             400,
@@ -31,22 +31,23 @@ pub fn parse_id(text: &str) -> Result<Uuid, ApiError> {
 }
 
 /// `GET /api/v2/conversations/{id}`.
-pub async fn get(
+pub(crate) async fn get(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let org = shared.0.lock().unwrap();
-    let delay = Duration::from_millis(org.config.visibility_delay_ms);
-    let conversation = org.conversations.get(&id).ok_or_else(ApiError::not_found)?;
-    conversation.check_access()?;
-    Ok(Json(conversation.to_json(delay)).into_response())
+    shared.with(|org| {
+        let delay = Duration::from_millis(org.config.visibility_delay_ms);
+        let conversation = org.conversations.get(&id).ok_or_else(ApiError::not_found)?;
+        conversation.check_access()?;
+        Ok(Json(conversation.to_json(delay)).into_response())
+    })
 }
 
 /// `GET /api/v2/conversations`: the logged-in user's conversations; a client-credentials
 /// token has no user.
-pub async fn list(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
-    if shared.0.lock().unwrap().config.list_requires_user {
+pub(crate) async fn list(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    if shared.with(|org| org.config.list_requires_user) {
         return Err(ApiError::bad_request(
             "This request requires a user context. Client credentials cannot be used for requests to this resource.",
         ));
@@ -58,7 +59,7 @@ pub async fn list(State(shared): State<Arc<Shared>>) -> Result<Response, ApiErro
 }
 
 /// `PATCH /api/v2/conversations/{cid}/participants/{pid}/attributes`: 202, empty body.
-pub async fn patch_attributes(
+pub(crate) async fn patch_attributes(
     State(shared): State<Arc<Shared>>,
     Path((cid, pid)): Path<(String, String)>,
     headers: HeaderMap,
@@ -71,7 +72,7 @@ pub async fn patch_attributes(
 /// Marks a response whose request was applied as the history entry `seq` (0: nothing recorded),
 /// so a fault that fires after the handler can record the status the client really got.
 #[derive(Debug, Clone, Copy)]
-pub struct PatchApplied(pub u64);
+pub(crate) struct PatchApplied(pub(crate) u64);
 
 impl PatchApplied {
     fn mark(self, mut response: Response) -> Response {
@@ -82,7 +83,7 @@ impl PatchApplied {
 
 /// The media variants (`calls`, `callbacks`, `emails`, `messages`, `cobrowsesessions`):
 /// 202 with the participant's whole attribute map.
-pub async fn patch_media_attributes(
+pub(crate) async fn patch_media_attributes(
     State(shared): State<Arc<Shared>>,
     Path((media, cid, pid)): Path<(String, String, String)>,
     headers: HeaderMap,
@@ -105,53 +106,54 @@ pub async fn patch_media_attributes(
 
 /// The tutorial's `PATCH /api/v2/conversations/{cid}/participants/{pid}`: its body is a
 /// `MediaParticipantRequest`, which has no `attributes`.
-pub async fn patch_participant(
+pub(crate) async fn patch_participant(
     State(shared): State<Arc<Shared>>,
     Path((cid, pid)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (cid, pid) = (parse_id(&cid)?, parse_id(&pid)?);
     let request: Map<String, Value> = parse_object(&body)?;
-    let mut org = shared.0.lock().unwrap();
-    const FIELDS: [&str; 8] = [
-        "wrapup",
-        "state",
-        "recording",
-        "muted",
-        "confined",
-        "held",
-        "wrapupSkipped",
-        "resumeTime",
-    ];
-    if let Some(unknown) = request.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        if org.config.reject_tutorial_patch || unknown != "attributes" {
-            return Err(ApiError::new(
-                400,
-                "invalid.property",
-                format!(
+    shared.with(|org| {
+        const FIELDS: [&str; 8] = [
+            "wrapup",
+            "state",
+            "recording",
+            "muted",
+            "confined",
+            "held",
+            "wrapupSkipped",
+            "resumeTime",
+        ];
+        if let Some(unknown) = request.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            if org.config.reject_tutorial_patch || unknown != "attributes" {
+                return Err(ApiError::new(
+                    400,
+                    "invalid.property",
+                    format!(
                 "Value [{unknown}] is not a valid property for object [MediaParticipantRequest]"
             ),
-            ));
+                ));
+            }
         }
-    }
-    let conversation = org
-        .conversations
-        .get_mut(&cid)
-        .ok_or_else(ApiError::not_found)?;
-    conversation.check_access()?;
-    let participant = conversation
-        .participant_mut(pid)
-        .ok_or_else(ApiError::not_found)?;
-    if request.get("state").and_then(Value::as_str) == Some("disconnected") {
-        participant
-            .ended
-            .get_or_insert((Utc::now(), Instant::now()));
-    }
-    Ok(StatusCode::ACCEPTED.into_response())
+        let conversation = org
+            .conversations
+            .get_mut(&cid)
+            .ok_or_else(ApiError::not_found)?;
+        conversation.check_access()?;
+        let participant = conversation
+            .participant_mut(pid)
+            .ok_or_else(ApiError::not_found)?;
+        if request.get("state").and_then(Value::as_str) == Some("disconnected") {
+            participant
+                .ended
+                .get_or_insert((Utc::now(), Instant::now()));
+        }
+        Ok(StatusCode::ACCEPTED.into_response())
+    })
 }
 
 /// `PUT /api/v2/conversations/{id}/tags` with `{"externalTag": "…"}`: 202.
-pub async fn put_tags(
+pub(crate) async fn put_tags(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
     body: Bytes,
@@ -161,15 +163,16 @@ pub async fn put_tags(
     let Some(tag) = request.get("externalTag").and_then(Value::as_str) else {
         return Err(ApiError::bad_request("externalTag is required"));
     };
-    let mut org = shared.0.lock().unwrap();
-    let conversation = org
-        .conversations
-        .get_mut(&id)
-        .ok_or_else(ApiError::not_found)?;
-    conversation.check_access()?;
-    conversation.previous_tag = Some((Instant::now(), conversation.tag.take()));
-    conversation.tag = Some(tag.to_owned());
-    Ok((StatusCode::ACCEPTED, Json(Value::String(tag.to_owned()))).into_response())
+    shared.with(|org| {
+        let conversation = org
+            .conversations
+            .get_mut(&id)
+            .ok_or_else(ApiError::not_found)?;
+        conversation.check_access()?;
+        conversation.previous_tag = Some((Instant::now(), conversation.tag.take()));
+        conversation.tag = Some(tag.to_owned());
+        Ok((StatusCode::ACCEPTED, Json(Value::String(tag.to_owned()))).into_response())
+    })
 }
 
 fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
@@ -192,22 +195,23 @@ fn apply_patch(
     body_required: bool,
 ) -> Result<(BTreeMap<String, String>, PatchApplied), ApiError> {
     let (cid, pid) = (parse_id(cid)?, parse_id(pid)?);
-    let mut org = shared.0.lock().unwrap();
-    let max = org.config.max_request_bytes;
-    if body.len() > max {
-        return Err(ApiError::new(
-            413,
-            "request.entity.too.large",
-            format!("The request is over the size limit. Maximum bytes: {max}"),
-        ));
-    }
-    let update = if body.is_empty() && !body_required {
-        BTreeMap::new()
-    } else {
-        check_content_type(headers)?;
-        parse_attributes(&parse_object(body)?, &org.config)?
-    };
-    merge(&mut org, cid, pid, update)
+    shared.with(|org| {
+        let max = org.config.max_request_bytes;
+        if body.len() > max {
+            return Err(ApiError::new(
+                413,
+                "request.entity.too.large",
+                format!("The request is over the size limit. Maximum bytes: {max}"),
+            ));
+        }
+        let update = if body.is_empty() && !body_required {
+            BTreeMap::new()
+        } else {
+            check_content_type(headers)?;
+            parse_attributes(&parse_object(body)?, &org.config)?
+        };
+        merge(org, cid, pid, update)
+    })
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {

@@ -8,24 +8,24 @@ use serde_json::json;
 /// An error the emulator answers with, rendered as the API's `ErrorBody`.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{status} {code}: {message}")]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// HTTP status.
-    pub status: StatusCode,
+    pub(crate) status: StatusCode,
     /// `code`, e.g. `not.found`.
-    pub code: &'static str,
+    pub(crate) code: &'static str,
     /// `message`.
-    pub message: String,
+    pub(crate) message: String,
     /// `contextId` (the correlation id), filled in by the API layer.
-    pub context_id: String,
+    pub(crate) context_id: String,
     /// `Retry-After` for 429s.
-    pub retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
     /// More fields of the body (`messageWithParams`, `messageParams`).
-    pub extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
+    pub(crate) extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ApiError {
     /// An error with a status, code and message.
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code,
@@ -37,7 +37,7 @@ impl ApiError {
     }
 
     /// 403 `not.authorized`: the client may not act on this resource (e.g. its division).
-    pub fn not_authorized() -> ApiError {
+    pub(crate) fn not_authorized() -> ApiError {
         ApiError::new(
             403,
             "not.authorized",
@@ -46,7 +46,7 @@ impl ApiError {
     }
 
     /// 403 `missing.permissions`: the client's role lacks `permissions`.
-    pub fn missing_permissions(permissions: &str) -> ApiError {
+    pub(crate) fn missing_permissions(permissions: &str) -> ApiError {
         let mut error = ApiError::new(
             403,
             "missing.permissions",
@@ -66,17 +66,17 @@ impl ApiError {
     }
 
     /// 404 `not.found`.
-    pub fn not_found() -> ApiError {
+    pub(crate) fn not_found() -> ApiError {
         ApiError::new(404, "not.found", "The requested resource was not found.")
     }
 
     /// 400 `bad.request`.
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "bad.request", message)
     }
 
     /// 429 with the normalized body.
-    pub fn too_many_requests(retry_after: u64) -> ApiError {
+    pub(crate) fn too_many_requests(retry_after: u64) -> ApiError {
         let mut error = ApiError::new(
             429,
             "too.many.requests.retry.after",
@@ -89,7 +89,7 @@ impl ApiError {
     }
 
     /// The server error injected for `status`.
-    pub fn server_error(status: u16) -> ApiError {
+    pub(crate) fn server_error(status: u16) -> ApiError {
         match status {
             503 => ApiError::new(503, "service.unavailable", "Service Unavailable"),
             504 => ApiError::new(504, "request.timeout", "The request timed out."),

@@ -64,7 +64,7 @@ impl Default for Faults {
 
 /// What happens to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Injected {
+pub(crate) enum Injected {
     /// Nothing: serve it.
     None,
     /// Answer with this server error.
@@ -79,16 +79,17 @@ pub enum Injected {
     ErrorAfter(u16),
 }
 
+#[cfg(test)]
 impl Injected {
     /// True for the faults that fire after the request was served.
-    pub fn after_serving(self) -> bool {
+    fn after_serving(self) -> bool {
         matches!(self, Injected::ResetAfter | Injected::ErrorAfter(_))
     }
 }
 
 impl Faults {
     /// True when some fault is configured (the fast path skips the dice otherwise).
-    pub fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         self.latency_ms > 0
             || self.latency_jitter_ms > 0
             || self.error_rate > 0.0
@@ -99,7 +100,7 @@ impl Faults {
     }
 
     /// Rolls the dice for one request; returns the latency to add and the fault.
-    pub fn roll<R: Rng>(&self, rng: &mut R) -> (u64, Injected) {
+    pub(crate) fn roll<R: Rng>(&self, rng: &mut R) -> (u64, Injected) {
         let latency = self.latency_ms
             + if self.latency_jitter_ms > 0 {
                 rng.gen_range(0..=self.latency_jitter_ms)

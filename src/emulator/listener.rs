@@ -15,17 +15,17 @@ use super::api;
 use super::org::Listening;
 
 /// The accept loop and its outages.
-pub struct Server {
+pub(crate) struct Server {
     /// The whole HTTP API.
-    pub app: Router,
+    pub(crate) app: Router,
     /// The address to bind again after an outage.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Stops serving for good.
-    pub stop: CancellationToken,
+    pub(crate) stop: CancellationToken,
     /// Outages start and end here.
-    pub control: watch::Receiver<Listening>,
+    pub(crate) control: watch::Receiver<Listening>,
     /// Whether the listener is open now.
-    pub bound: watch::Sender<bool>,
+    pub(crate) bound: watch::Sender<bool>,
 }
 
 fn serving(state: Listening) -> bool {
@@ -39,7 +39,7 @@ fn serving(state: Listening) -> bool {
 impl Server {
     /// Serves; during an outage the listener is closed and open connections are dropped, then
     /// the same address is bound again.
-    pub async fn serve(mut self, mut listener: TcpListener) {
+    pub(crate) async fn serve(mut self, mut listener: TcpListener) {
         loop {
             let generation = self.stop.child_token();
             let outage = self.accept(&listener, &generation).await;

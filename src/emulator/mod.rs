@@ -18,7 +18,7 @@ mod org;
 mod state;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
@@ -33,7 +33,8 @@ pub use config::{
     AttributeLimits, ClientSpec, EmulatorConfig, EndedBehaviour, NullPolicy, RateLimit,
     RateLimitScope,
 };
-pub use error::{ApiError, Error};
+use error::ApiError;
+pub use error::Error;
 pub use faults::Faults;
 pub use org::{RequestCount, RequestRecord};
 pub use state::{
@@ -41,7 +42,7 @@ pub use state::{
     PatchRecord,
 };
 
-use org::{Listening, Org, Shared};
+use org::{Listening, Shared};
 
 /// The demo OAuth client id the emulator accepts by default.
 pub const DEMO_CLIENT_ID: &str = "pdq-demo";
@@ -89,7 +90,7 @@ fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             api::login_layer,
         ));
-    let admin_on = shared.0.lock().unwrap().config.admin;
+    let admin_on = shared.with(|org| org.config.admin);
     let mut app = api.merge(login);
     if admin_on {
         app = app.merge(admin::routes());
@@ -111,9 +112,9 @@ impl Emulator {
         let local = listener
             .local_addr()
             .map_err(|source| Error::Bind { addr, source })?;
-        let shared = Arc::new(Shared(Mutex::new(Org::new(config))));
+        let shared = Arc::new(Shared::new(config));
         let stop = CancellationToken::new();
-        let control = shared.0.lock().unwrap().listening.subscribe();
+        let control = shared.subscribe_listening();
         let (bound, listening) = watch::channel(true);
         let server = listener::Server {
             app: router(shared.clone()),
@@ -165,8 +166,7 @@ impl EmulatorHandle {
 
     /// Accepts another OAuth client.
     pub fn add_client(&self, id: &str, secret: &str) {
-        let mut org = self.shared().0.lock().unwrap();
-        org.clients.insert(id.to_owned(), secret.to_owned());
+        self.shared().add_client(id.to_owned(), secret.to_owned());
     }
 
     /// Creates a conversation; returns its ids.
@@ -176,28 +176,27 @@ impl EmulatorHandle {
 
     /// Ends a conversation (every participant disconnects); false when unknown.
     pub fn end_conversation(&self, id: Uuid) -> bool {
-        let mut org = self.shared().0.lock().unwrap();
-        org.conversations.get_mut(&id).map(|c| c.end()).is_some()
+        self.shared().end_conversation(id)
     }
 
     /// Disconnects one participant; false when unknown.
     pub fn disconnect_participant(&self, cid: Uuid, pid: Uuid) -> bool {
-        disconnect(self.shared(), cid, pid)
+        self.shared().disconnect(cid, pid)
     }
 
     /// Sets a conversation's external tag; false when unknown.
     pub fn set_external_tag(&self, id: Uuid, tag: &str) -> bool {
-        set_tag(self.shared(), id, tag)
+        self.shared().set_tag(id, tag)
     }
 
     /// A participant's attributes as stored now.
     pub fn attributes_of(&self, cid: Uuid, pid: Uuid) -> Option<BTreeMap<String, String>> {
-        self.shared().0.lock().unwrap().attributes(cid, pid)
+        self.shared().attributes(cid, pid)
     }
 
     /// The PATCHes a participant received, oldest first, with arrival times.
     pub fn patch_history(&self, cid: Uuid, pid: Uuid) -> Vec<PatchRecord> {
-        history(self.shared(), cid, pid)
+        self.shared().history(cid, pid)
     }
 
     /// Every applied attributes PATCH, in the order applied (up to `patch_log_cap`).
@@ -207,34 +206,32 @@ impl EmulatorHandle {
 
     /// The applied PATCHes whose `seq` is above `after`, oldest first, at most `limit`.
     pub fn patches_after(&self, after: u64, limit: usize) -> Vec<AppliedPatch> {
-        self.shared().0.lock().unwrap().patches_after(after, limit)
+        self.shared().patches_after(after, limit)
     }
 
     /// Makes every request on a conversation answer 403 `not.authorized` (or not); false when
     /// unknown.
     pub fn set_forbidden(&self, id: Uuid, forbidden: bool) -> bool {
-        set_forbidden(self.shared(), id, forbidden)
+        self.shared().set_forbidden(id, forbidden)
     }
 
     /// Closes the listener (new connections are refused) and drops open connections, until
     /// [`EmulatorHandle::start_listening`].
     pub async fn stop_listening(&self) {
-        set_listening(self.shared(), Listening::Stopped(None));
+        self.shared().set_listening(Listening::Stopped(None));
         self.wait_listening(false).await;
     }
 
     /// Listens again on the same address; returns once connections are accepted.
     pub async fn start_listening(&self) {
-        set_listening(self.shared(), Listening::Serving);
+        self.shared().set_listening(Listening::Serving);
         self.wait_listening(true).await;
     }
 
     /// Stops listening for `duration`, then listens again on the same address by itself.
     pub async fn outage(&self, duration: Duration) {
-        set_listening(
-            self.shared(),
-            Listening::Stopped(Some(Instant::now() + duration)),
-        );
+        self.shared()
+            .set_listening(Listening::Stopped(Some(Instant::now() + duration)));
         self.wait_listening(false).await;
     }
 
@@ -254,7 +251,7 @@ impl EmulatorHandle {
 
     /// Requests by route and status.
     pub fn request_counts(&self) -> Vec<RequestCount> {
-        self.shared().0.lock().unwrap().counts()
+        self.shared().counts()
     }
 
     /// How many requests of `route` (e.g. `PATCH /api/v2/conversations/{cid}/participants/{pid}/attributes`)
@@ -269,108 +266,36 @@ impl EmulatorHandle {
 
     /// The most recent requests.
     pub fn request_log(&self) -> Vec<RequestRecord> {
-        self.shared()
-            .0
-            .lock()
-            .unwrap()
-            .log
-            .iter()
-            .cloned()
-            .collect()
+        self.shared().request_log()
     }
 
     /// Replaces the injected faults (a storm starts now).
     pub fn set_faults(&self, faults: Faults) {
-        set_faults(self.shared(), faults);
+        self.shared().set_faults(faults);
     }
 
     /// Replaces the request budget (`None` = unlimited).
     pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
-        self.shared().0.lock().unwrap().config.rate_limit = limit;
+        self.shared().set_rate_limit(limit);
     }
 
     /// Changes the configuration in place (ended-conversation answer, delays, limits…).
     pub fn configure(&self, change: impl FnOnce(&mut EmulatorConfig)) {
-        change(&mut self.shared().0.lock().unwrap().config);
+        self.shared().configure(change);
     }
 
     /// Revokes every token issued so far.
     pub fn revoke_tokens(&self) {
-        self.shared().0.lock().unwrap().revoke_all();
+        self.shared().revoke_all();
     }
 
     /// Forgets conversations, tokens, counts and faults; keeps clients and limits.
     pub fn reset(&self) {
-        reset(self.shared());
+        self.shared().reset();
     }
 
     /// Stops serving.
     pub async fn shutdown(self) {
         self.inner.stop.cancel();
     }
-}
-
-fn disconnect(shared: &Shared, cid: Uuid, pid: Uuid) -> bool {
-    let mut org = shared.0.lock().unwrap();
-    let Some(participant) = org
-        .conversations
-        .get_mut(&cid)
-        .and_then(|c| c.participant_mut(pid))
-    else {
-        return false;
-    };
-    participant
-        .ended
-        .get_or_insert((chrono::Utc::now(), std::time::Instant::now()));
-    true
-}
-
-fn set_tag(shared: &Shared, id: Uuid, tag: &str) -> bool {
-    let mut org = shared.0.lock().unwrap();
-    let Some(conversation) = org.conversations.get_mut(&id) else {
-        return false;
-    };
-    conversation.previous_tag = Some((std::time::Instant::now(), conversation.tag.take()));
-    conversation.tag = Some(tag.to_owned());
-    true
-}
-
-fn history(shared: &Shared, cid: Uuid, pid: Uuid) -> Vec<PatchRecord> {
-    let org = shared.0.lock().unwrap();
-    org.conversations
-        .get(&cid)
-        .and_then(|c| c.participants.iter().find(|p| p.id == pid))
-        .map(|p| p.history.iter().cloned().collect())
-        .unwrap_or_default()
-}
-
-fn set_forbidden(shared: &Shared, id: Uuid, forbidden: bool) -> bool {
-    let mut org = shared.0.lock().unwrap();
-    org.conversations
-        .get_mut(&id)
-        .map(|c| c.forbidden = forbidden)
-        .is_some()
-}
-
-fn set_listening(shared: &Shared, state: Listening) {
-    shared.0.lock().unwrap().listening.send_replace(state);
-}
-
-fn set_faults(shared: &Shared, faults: Faults) {
-    let mut org = shared.0.lock().unwrap();
-    org.config.faults = faults;
-    org.restart_storm();
-}
-
-fn reset(shared: &Shared) {
-    let mut org = shared.0.lock().unwrap();
-    org.conversations.clear();
-    org.tokens.clear();
-    org.windows.clear();
-    org.counts.clear();
-    org.log.clear();
-    org.patches.clear();
-    org.config.faults = Faults::default();
-    org.storm_until = None;
-    org.login_outage_until = None;
 }

@@ -13,7 +13,7 @@ use super::api::Caller;
 use super::org::Shared;
 
 /// Issues a token for valid client credentials (HTTP Basic + `grant_type=client_credentials`).
-pub async fn token(
+pub(crate) async fn token(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: String,
@@ -21,7 +21,7 @@ pub async fn token(
     let grant = url::form_urlencoded::parse(body.as_bytes())
         .find(|(key, _)| key == "grant_type")
         .map(|(_, value)| value.into_owned());
-    let mut org = shared.0.lock().unwrap();
+    shared.with(|org| {
     let bad_status = org.config.bad_credentials_status;
     let Some((id, secret)) = basic_credentials(&headers) else {
         return oauth_error(
@@ -48,6 +48,7 @@ pub async fn token(
                 .into_response()
         }
     }
+    })
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
@@ -72,34 +73,38 @@ fn oauth_error(status: u16, error: &str, description: &str) -> Response {
 }
 
 /// `GET /api/v2/tokens/me`: the token's organization and OAuth client.
-pub async fn token_info(
+pub(crate) async fn token_info(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    let org = shared.0.lock().unwrap();
-    let organization = json!({ "id": org.organization_id, "name": org.config.organization_name });
-    Json(json!({
-        "organization": organization,
-        "homeOrganization": organization,
-        "authorizedScope": [],
-        "OAuthClient": { "id": caller.client_id, "name": caller.client_id,
-                         "organization": { "id": org.organization_id } },
-    }))
-    .into_response()
+    shared.with(|org| {
+        let organization =
+            json!({ "id": org.organization_id, "name": org.config.organization_name });
+        Json(json!({
+            "organization": organization,
+            "homeOrganization": organization,
+            "authorizedScope": [],
+            "OAuthClient": { "id": caller.client_id, "name": caller.client_id,
+                             "organization": { "id": org.organization_id } },
+        }))
+        .into_response()
+    })
 }
 
 /// `HEAD /api/v2/tokens/me`: 200 while the token is valid (the layer answers 401 otherwise).
-pub async fn token_check() -> StatusCode {
+pub(crate) async fn token_check() -> StatusCode {
     StatusCode::OK
 }
 
 /// `DELETE /api/v2/tokens/me`: revokes the caller's token.
-pub async fn token_revoke(
+pub(crate) async fn token_revoke(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
 ) -> StatusCode {
-    if let Some(token) = shared.0.lock().unwrap().tokens.get_mut(&caller.token) {
-        token.revoked = true;
-    }
+    shared.with(|org| {
+        if let Some(token) = org.tokens.get_mut(&caller.token) {
+            token.revoked = true;
+        }
+    });
     StatusCode::NO_CONTENT
 }

@@ -1,5 +1,7 @@
-//! Shared emulator state: configuration, OAuth clients and tokens, rate-limit windows,
-//! conversations and the request log — all behind one lock.
+//! The in-memory organization ([`Org`]): configuration, OAuth clients and tokens, rate-limit
+//! windows, conversations, the request log and the PATCH history; and [`Shared`], the handle
+//! every route and [`super::EmulatorHandle`] hold, which takes the organization's one lock
+//! inside its methods.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -12,11 +14,12 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::config::{EmulatorConfig, RateLimit, RateLimitScope};
-use super::state::{AppliedPatch, ConversationRec};
+use super::faults::Faults;
+use super::state::{AppliedPatch, ConversationRec, PatchRecord};
 
 /// Whether the emulator accepts connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listening {
+pub(crate) enum Listening {
     /// The listener is open.
     Serving,
     /// The listener is closed (connections refused, open ones dropped) until this instant,
@@ -26,13 +29,13 @@ pub enum Listening {
 
 /// An issued access token.
 #[derive(Debug, Clone)]
-pub struct TokenRec {
+pub(crate) struct TokenRec {
     /// The client it was issued to.
-    pub client_id: String,
+    pub(crate) client_id: String,
     /// When it stops working.
-    pub expires_at: Instant,
+    pub(crate) expires_at: Instant,
     /// Revoked by `DELETE /api/v2/tokens/me` or the admin API.
-    pub revoked: bool,
+    pub(crate) revoked: bool,
 }
 
 /// Requests by route and status.
@@ -60,7 +63,7 @@ pub struct RequestRecord {
 }
 
 /// Everything the emulator keeps.
-pub struct Org {
+pub(crate) struct Org {
     pub(super) config: EmulatorConfig,
     pub(super) storm_until: Option<Instant>,
     pub(super) clients: HashMap<String, String>,
@@ -77,23 +80,185 @@ pub struct Org {
     pub(super) listening: tokio::sync::watch::Sender<Listening>,
 }
 
-/// The lock around [`Org`].
-pub struct Shared(pub Mutex<Org>);
+/// The organization behind its lock. Every method takes the lock and releases it before
+/// returning, so no guard outlives a call (nor crosses an `.await`).
+pub(crate) struct Shared {
+    org: Mutex<Org>,
+}
 
 /// The rate-limit headers for one response.
 #[derive(Debug, Clone, Copy)]
-pub struct WindowInfo {
+pub(crate) struct WindowInfo {
     /// Requests counted in the window, this one included.
-    pub count: u32,
+    pub(crate) count: u32,
     /// The window's limit.
-    pub allowed: u32,
+    pub(crate) allowed: u32,
     /// Seconds until the window resets.
-    pub reset_secs: u64,
+    pub(crate) reset_secs: u64,
+}
+
+impl Shared {
+    /// A handle on a fresh organization from `config`.
+    pub(crate) fn new(config: EmulatorConfig) -> Shared {
+        Shared {
+            org: Mutex::new(Org::new(config)),
+        }
+    }
+
+    /// Runs `f` on the locked organization. `f` is synchronous, so the guard is released
+    /// before any `.await` of the caller.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Org) -> R) -> R {
+        let mut org = self.org.lock().expect("emulator state lock");
+        f(&mut org)
+    }
+
+    /// Counts and logs one finished request.
+    pub(crate) fn record(&self, route: &str, status: u16, client_id: Option<String>) {
+        self.with(|org| org.record(route, status, client_id));
+    }
+
+    /// Request counts by route and status.
+    pub(crate) fn counts(&self) -> Vec<RequestCount> {
+        self.with(|org| org.counts())
+    }
+
+    /// The most recent requests, oldest first.
+    pub(crate) fn request_log(&self) -> Vec<RequestRecord> {
+        self.with(|org| org.log.iter().cloned().collect())
+    }
+
+    /// A participant's attributes as stored now.
+    pub(crate) fn attributes(&self, cid: Uuid, pid: Uuid) -> Option<BTreeMap<String, String>> {
+        self.with(|org| org.attributes(cid, pid))
+    }
+
+    /// The applied PATCHes with `seq` above `after`, oldest first, at most `limit`.
+    pub(crate) fn patches_after(&self, after: u64, limit: usize) -> Vec<AppliedPatch> {
+        self.with(|org| org.patches_after(after, limit))
+    }
+
+    /// The PATCHes a participant received, oldest first (empty when unknown).
+    pub(crate) fn history(&self, cid: Uuid, pid: Uuid) -> Vec<PatchRecord> {
+        self.with(|org| {
+            org.conversations
+                .get(&cid)
+                .and_then(|c| c.participants.iter().find(|p| p.id == pid))
+                .map(|p| p.history.iter().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Accepts another OAuth client (or replaces its secret).
+    pub(crate) fn add_client(&self, id: String, secret: String) {
+        self.with(|org| org.clients.insert(id, secret));
+    }
+
+    /// Revokes every token issued so far.
+    pub(crate) fn revoke_all(&self) {
+        self.with(Org::revoke_all);
+    }
+
+    /// Adds a conversation.
+    pub(crate) fn insert_conversation(&self, id: Uuid, conversation: ConversationRec) {
+        self.with(|org| org.conversations.insert(id, conversation));
+    }
+
+    /// Ends a conversation (every participant disconnects); false when unknown.
+    pub(crate) fn end_conversation(&self, id: Uuid) -> bool {
+        self.with(|org| org.conversations.get_mut(&id).map(|c| c.end()).is_some())
+    }
+
+    /// Disconnects one participant; false when unknown.
+    pub(crate) fn disconnect(&self, cid: Uuid, pid: Uuid) -> bool {
+        self.with(|org| {
+            let Some(participant) = org
+                .conversations
+                .get_mut(&cid)
+                .and_then(|c| c.participant_mut(pid))
+            else {
+                return false;
+            };
+            participant
+                .ended
+                .get_or_insert((Utc::now(), Instant::now()));
+            true
+        })
+    }
+
+    /// Sets a conversation's external tag, remembering the previous one; false when unknown.
+    pub(crate) fn set_tag(&self, id: Uuid, tag: &str) -> bool {
+        self.with(|org| {
+            let Some(conversation) = org.conversations.get_mut(&id) else {
+                return false;
+            };
+            conversation.previous_tag = Some((Instant::now(), conversation.tag.take()));
+            conversation.tag = Some(tag.to_owned());
+            true
+        })
+    }
+
+    /// Makes every request on a conversation answer 403 (or not); false when unknown.
+    pub(crate) fn set_forbidden(&self, id: Uuid, forbidden: bool) -> bool {
+        self.with(|org| {
+            org.conversations
+                .get_mut(&id)
+                .map(|c| c.forbidden = forbidden)
+                .is_some()
+        })
+    }
+
+    /// Opens or closes the listener.
+    pub(crate) fn set_listening(&self, state: Listening) {
+        self.with(|org| org.listening.send_replace(state));
+    }
+
+    /// Follows the listener's wanted state.
+    pub(crate) fn subscribe_listening(&self) -> tokio::sync::watch::Receiver<Listening> {
+        self.with(|org| org.listening.subscribe())
+    }
+
+    /// The injected faults.
+    pub(crate) fn faults(&self) -> Faults {
+        self.with(|org| org.config.faults.clone())
+    }
+
+    /// Replaces the injected faults (a storm and a login outage start now).
+    pub(crate) fn set_faults(&self, faults: Faults) {
+        self.with(|org| {
+            org.config.faults = faults;
+            org.restart_storm();
+        });
+    }
+
+    /// Replaces the request budget (`None` = unlimited).
+    pub(crate) fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        self.with(|org| org.config.rate_limit = limit);
+    }
+
+    /// Changes the configuration in place.
+    pub(crate) fn configure(&self, change: impl FnOnce(&mut EmulatorConfig)) {
+        self.with(|org| change(&mut org.config));
+    }
+
+    /// Forgets conversations, tokens, counts and faults; keeps clients and limits.
+    pub(crate) fn reset(&self) {
+        self.with(|org| {
+            org.conversations.clear();
+            org.tokens.clear();
+            org.windows.clear();
+            org.counts.clear();
+            org.log.clear();
+            org.patches.clear();
+            org.config.faults = Faults::default();
+            org.storm_until = None;
+            org.login_outage_until = None;
+        });
+    }
 }
 
 impl Org {
     /// A fresh organization from `config`.
-    pub fn new(config: EmulatorConfig) -> Org {
+    pub(crate) fn new(config: EmulatorConfig) -> Org {
         let clients = config
             .clients
             .iter()
@@ -120,7 +285,7 @@ impl Org {
     }
 
     /// Issues a token to `client_id`.
-    pub fn issue_token(&mut self, client_id: &str) -> (String, u64) {
+    pub(crate) fn issue_token(&mut self, client_id: &str) -> (String, u64) {
         let now = Instant::now();
         if self.tokens.len() > 10_000 {
             self.tokens.retain(|_, t| t.expires_at > now && !t.revoked);
@@ -139,20 +304,20 @@ impl Org {
     }
 
     /// The client a bearer token belongs to, if it is valid now.
-    pub fn check_token(&self, token: &str) -> Option<String> {
+    pub(crate) fn check_token(&self, token: &str) -> Option<String> {
         let record = self.tokens.get(token)?;
         (!record.revoked && record.expires_at > Instant::now()).then(|| record.client_id.clone())
     }
 
     /// Revokes every token issued so far.
-    pub fn revoke_all(&mut self) {
+    pub(crate) fn revoke_all(&mut self) {
         for token in self.tokens.values_mut() {
             token.revoked = true;
         }
     }
 
     /// Counts one request against the budget of `token` / `client`; `Err(retry_after)` past it.
-    pub fn count_request(
+    pub(crate) fn count_request(
         &mut self,
         token: &str,
         client: &str,
@@ -177,7 +342,7 @@ impl Org {
     }
 
     /// Counts and logs one finished request.
-    pub fn record(&mut self, route: &str, status: u16, client_id: Option<String>) {
+    pub(crate) fn record(&mut self, route: &str, status: u16, client_id: Option<String>) {
         *self.counts.entry((route.to_owned(), status)).or_default() += 1;
         if self.config.request_log_cap == 0 {
             return;
@@ -194,7 +359,7 @@ impl Org {
     }
 
     /// Request counts by route and status.
-    pub fn counts(&self) -> Vec<RequestCount> {
+    pub(crate) fn counts(&self) -> Vec<RequestCount> {
         let mut counts: Vec<RequestCount> = self
             .counts
             .iter()
@@ -209,26 +374,26 @@ impl Org {
     }
 
     /// A participant's attributes as stored now.
-    pub fn attributes(&self, cid: Uuid, pid: Uuid) -> Option<BTreeMap<String, String>> {
+    pub(crate) fn attributes(&self, cid: Uuid, pid: Uuid) -> Option<BTreeMap<String, String>> {
         let conversation = self.conversations.get(&cid)?;
         let participant = conversation.participants.iter().find(|p| p.id == pid)?;
         Some(participant.attributes.clone())
     }
 
     /// Applies the faults' storm and login-outage settings from now on.
-    pub fn restart_storm(&mut self) {
+    pub(crate) fn restart_storm(&mut self) {
         self.storm_until = storm_deadline(&self.config);
         self.login_outage_until = login_outage_deadline(&self.config);
     }
 
     /// True while the login endpoint is out.
-    pub fn login_out(&self) -> bool {
+    pub(crate) fn login_out(&self) -> bool {
         self.login_outage_until
             .is_some_and(|until| until > Instant::now())
     }
 
     /// Appends an applied PATCH to the organization-wide history; returns its `seq`.
-    pub fn record_patch(
+    pub(crate) fn record_patch(
         &mut self,
         conversation_id: Uuid,
         participant_id: Uuid,
@@ -254,7 +419,7 @@ impl Org {
     }
 
     /// Records the status the client really got for the applied PATCH `seq`.
-    pub fn set_patch_status(&mut self, seq: u64, status: u16) {
+    pub(crate) fn set_patch_status(&mut self, seq: u64, status: u16) {
         let first = self.patches.front().map_or(0, |p| p.seq);
         if let Some(patch) = seq
             .checked_sub(first)
@@ -265,7 +430,7 @@ impl Org {
     }
 
     /// The applied PATCHes with `seq` above `after`, oldest first, at most `limit`.
-    pub fn patches_after(&self, after: u64, limit: usize) -> Vec<AppliedPatch> {
+    pub(crate) fn patches_after(&self, after: u64, limit: usize) -> Vec<AppliedPatch> {
         let first = self.patches.front().map_or(0, |p| p.seq);
         let skip = (after + 1).saturating_sub(first) as usize;
         self.patches

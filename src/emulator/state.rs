@@ -1,4 +1,5 @@
-//! The in-memory organization: conversations, participants, their attributes and PATCH history.
+//! Conversations as the emulator stores them ([`ConversationRec`], [`ParticipantRec`] with their
+//! attributes and PATCH history), the specs that create them, and their JSON rendering.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
@@ -9,7 +10,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// Genesys timestamps: `2026-11-24T10:00:00.000Z`.
-pub fn timestamp(at: DateTime<Utc>) -> String {
+pub(crate) fn timestamp(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
@@ -170,7 +171,7 @@ pub struct AppliedPatch {
 
 /// A stored participant.
 #[derive(Debug, Clone)]
-pub struct ParticipantRec {
+pub(crate) struct ParticipantRec {
     pub(super) id: Uuid,
     pub(super) spec: ParticipantSpec,
     pub(super) communication_id: Uuid,
@@ -183,7 +184,7 @@ pub struct ParticipantRec {
 
 /// A stored conversation.
 #[derive(Debug, Clone)]
-pub struct ConversationRec {
+pub(crate) struct ConversationRec {
     pub(super) id: Uuid,
     pub(super) media: String,
     pub(super) direction: String,
@@ -200,7 +201,7 @@ pub struct ConversationRec {
 
 impl ConversationRec {
     /// Builds a conversation from a spec.
-    pub fn new(spec: ConversationSpec) -> ConversationRec {
+    pub(crate) fn new(spec: ConversationSpec) -> ConversationRec {
         let start = spec.start_time.unwrap_or_else(Utc::now);
         let participants = spec
             .participants
@@ -232,7 +233,7 @@ impl ConversationRec {
     }
 
     /// The ids for the caller.
-    pub fn created(&self) -> CreatedConversation {
+    pub(crate) fn created(&self) -> CreatedConversation {
         CreatedConversation {
             id: self.id,
             participants: self
@@ -247,7 +248,7 @@ impl ConversationRec {
     }
 
     /// Ends the conversation and every participant.
-    pub fn end(&mut self) {
+    pub(crate) fn end(&mut self) {
         let now = (Utc::now(), Instant::now());
         self.ended.get_or_insert(now);
         for participant in &mut self.participants {
@@ -256,7 +257,7 @@ impl ConversationRec {
     }
 
     /// 403 `not.authorized` when the caller may not touch this conversation.
-    pub fn check_access(&self) -> Result<(), super::ApiError> {
+    pub(crate) fn check_access(&self) -> Result<(), super::ApiError> {
         if self.forbidden {
             Err(super::ApiError::not_authorized())
         } else {
@@ -265,12 +266,12 @@ impl ConversationRec {
     }
 
     /// The participant with `id`.
-    pub fn participant_mut(&mut self, id: Uuid) -> Option<&mut ParticipantRec> {
+    pub(crate) fn participant_mut(&mut self, id: Uuid) -> Option<&mut ParticipantRec> {
         self.participants.iter_mut().find(|p| p.id == id)
     }
 
     /// The list a participant's communications go in (`calls`, `messages`, …).
-    pub fn media_list(&self) -> &'static str {
+    pub(crate) fn media_list(&self) -> &'static str {
         match self.media.as_str() {
             "message" | "messages" => "messages",
             "email" | "emails" => "emails",
@@ -282,7 +283,7 @@ impl ConversationRec {
     }
 
     /// The `Conversation` JSON, showing attributes as they were `visibility` ago.
-    pub fn to_json(&self, visibility: std::time::Duration) -> Value {
+    pub(crate) fn to_json(&self, visibility: std::time::Duration) -> Value {
         let participants: Vec<Value> = self
             .participants
             .iter()
