@@ -24,10 +24,13 @@ use std::time::{Duration, Instant};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post, put};
 use axum::Router;
+use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::genesys::GenesysSettings;
 
 pub use config::{
     AttributeLimits, ClientSpec, EmulatorConfig, EndedBehaviour, NullPolicy, RateLimit,
@@ -158,6 +161,26 @@ impl EmulatorHandle {
     /// `http://127.0.0.1:PORT`: the login and the API base URL.
     pub fn base_url(&self) -> String {
         self.inner.base_url.clone()
+    }
+
+    /// pdq's client settings for this emulator, as the demo client ([`DEMO_CLIENT_ID`]).
+    pub fn client_settings(&self) -> GenesysSettings {
+        GenesysSettings::builder()
+            .api_url(self.base_url())
+            .client_id(DEMO_CLIENT_ID)
+            .client_secret(SecretString::from(DEMO_CLIENT_SECRET))
+            .build()
+            .expect("a loopback base URL and the demo credentials are valid settings")
+    }
+
+    /// The environment that points a `pdq` process at this emulator as the demo client
+    /// (`GENESYS_API_URL`, `GENESYS_CLIENT_ID`, `GENESYS_CLIENT_SECRET`).
+    pub fn client_env(&self) -> [(&'static str, String); 3] {
+        [
+            ("GENESYS_API_URL", self.base_url()),
+            ("GENESYS_CLIENT_ID", DEMO_CLIENT_ID.to_owned()),
+            ("GENESYS_CLIENT_SECRET", DEMO_CLIENT_SECRET.to_owned()),
+        ]
     }
 
     fn shared(&self) -> &Shared {

@@ -121,7 +121,7 @@ pub enum Error {
     },
     /// The client is misconfigured (unknown region, missing credentials, bad URL).
     #[error("configuration: {0}")]
-    Settings(String),
+    Settings(super::SettingsError),
 }
 
 /// An error response from the API.

@@ -25,7 +25,7 @@ pub use error::{
     cap_wait, parse_retry_after, Error, ErrorClass, HttpFailure, RateLimitInfo, TransportKind,
     MAX_RETRY_AFTER,
 };
-pub use settings::{is_loopback, GenesysSettings};
+pub use settings::{is_loopback, GenesysSettings, GenesysSettingsBuilder, SettingsError};
 
 use auth::{redirected, transport, TokenCache};
 use model::{AnalyticsConversation, AnalyticsQueryResponse, Conversation, ErrorBody, TokenInfo};
@@ -70,7 +70,7 @@ impl GenesysClient {
             .user_agent(concat!("pdq/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(256)
             .build()
-            .map_err(|e| Error::Settings(format!("HTTP client: {e}")))?;
+            .map_err(|e| SettingsError::HttpClient(e.to_string()))?;
         let auth = TokenCache::new(
             http.clone(),
             &settings.login_base,
@@ -185,7 +185,7 @@ impl GenesysClient {
             .inner
             .api_base
             .join(path)
-            .map_err(|e| Error::Settings(format!("API URL: {e}")))?;
+            .map_err(SettingsError::ApiUrl)?;
         let mut renewed = false;
         loop {
             let token = self.inner.auth.token().await?;

@@ -117,10 +117,44 @@ impl Region {
     }
 }
 
+/// A name that is no Genesys Cloud deployment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegionError {
+    /// A `*.purecloud.com` host from an inaccurate tutorial (no deployment has one).
+    #[error(
+        "{name:?} is not a Genesys Cloud deployment (hosts like api.eu.purecloud.com come from \
+         inaccurate tutorials). EU orgs use mypurecloud.ie (Dublin), mypurecloud.de (Frankfurt), \
+         euw2.pure.cloud (London) or euc2.pure.cloud (Zurich); FedRAMP uses use2.us-gov-pure.cloud"
+    )]
+    TutorialHost {
+        /// The name given.
+        name: String,
+    },
+    /// Any other name.
+    #[error(
+        "unknown Genesys Cloud region {name:?}: use a region code (eu-west-1), a domain \
+         (mypurecloud.ie, euw2.pure.cloud) or explicit --api-url/--login-url; known regions: {}",
+        known_codes()
+    )]
+    Unknown {
+        /// The name given.
+        name: String,
+    },
+}
+
+/// The known region codes, comma-separated.
+fn known_codes() -> String {
+    REGIONS
+        .iter()
+        .map(|r| r.code)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Finds a deployment by code (`eu-west-1`), discovery name (`prod-euw1`) or domain
 /// (`mypurecloud.ie`, also `api.mypurecloud.ie` or `https://api.mypurecloud.ie`), or by the
 /// address an admin copies from the browser (`https://apps.mypurecloud.ie/directory/#/…`).
-pub fn find(name: &str) -> Result<Region, String> {
+pub fn find(name: &str) -> Result<Region, RegionError> {
     let trimmed = name
         .trim()
         .trim_start_matches("https://")
@@ -142,16 +176,13 @@ pub fn find(name: &str) -> Result<Region, String> {
         return Ok(*region);
     }
     if domain.ends_with("purecloud.com") && !domain.ends_with("mypurecloud.com") {
-        return Err(format!(
-            "{name:?} is not a Genesys Cloud deployment (hosts like api.eu.purecloud.com come from \
-             inaccurate tutorials). EU orgs use mypurecloud.ie (Dublin), mypurecloud.de (Frankfurt), \
-             euw2.pure.cloud (London) or euc2.pure.cloud (Zurich); FedRAMP uses use2.us-gov-pure.cloud"
-        ));
+        return Err(RegionError::TutorialHost {
+            name: name.to_owned(),
+        });
     }
-    Err(format!(
-        "unknown Genesys Cloud region {name:?}: use a region code (eu-west-1), a domain \
-         (mypurecloud.ie, euw2.pure.cloud) or explicit --api-url/--login-url"
-    ))
+    Err(RegionError::Unknown {
+        name: name.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -193,13 +224,24 @@ mod tests {
 
     #[test]
     fn tutorial_hosts_and_unknown_names_are_refused_clearly() {
-        let eu = find("api.eu.purecloud.com").unwrap_err();
+        let eu = find("api.eu.purecloud.com").unwrap_err().to_string();
         assert!(eu.contains("not a Genesys Cloud deployment"), "{eu}");
         assert!(find("us-gov.purecloud.com")
             .unwrap_err()
+            .to_string()
             .contains("FedRAMP"));
-        assert!(find("mars-1")
-            .unwrap_err()
-            .contains("unknown Genesys Cloud region"));
+        let unknown = find("mars-1").unwrap_err();
+        assert_eq!(
+            unknown,
+            RegionError::Unknown {
+                name: "mars-1".into()
+            }
+        );
+        let message = unknown.to_string();
+        assert!(
+            message.contains("unknown Genesys Cloud region"),
+            "{message}"
+        );
+        assert!(message.contains("eu-west-1, "), "{message}");
     }
 }

@@ -99,9 +99,7 @@ fn spawn_worker_with(
         ])
         .args(["--metrics-addr", "127.0.0.1:0"])
         .env("DATABASE_URL", db.url())
-        .env("GENESYS_API_URL", emulator.base_url())
-        .env("GENESYS_CLIENT_ID", "pdq-demo")
-        .env("GENESYS_CLIENT_SECRET", "pdq-demo-secret")
+        .envs(emulator.client_env())
         .env(
             "GENESYS_REQUEST_TIMEOUT_MS",
             options.request_timeout_ms.to_string(),
@@ -714,9 +712,7 @@ async fn a_big_backfill_leaves_live_updates_fast_and_worker_memory_flat() {
         ])
         .args(["--metrics-addr", "127.0.0.1:0"])
         .env("DATABASE_URL", db.url())
-        .env("GENESYS_API_URL", emulator.base_url())
-        .env("GENESYS_CLIENT_ID", "pdq-demo")
-        .env("GENESYS_CLIENT_SECRET", "pdq-demo-secret")
+        .envs(emulator.client_env())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use pdq::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
-use pdq::genesys::{GenesysClient, GenesysSettings};
+use pdq::genesys::GenesysClient;
 use pdq::queue::{self, Locators, NewJob};
 use pdq::worker::{Api, Backoff, Budget, Worker, WorkerConfig};
 use secrecy::SecretString;
@@ -37,14 +37,8 @@ impl TestApp {
 
     /// A client of the emulator as `pdq-demo` with `secret`.
     pub(crate) fn client(&self, secret: &str, timeout: Duration) -> GenesysClient {
-        let mut settings = GenesysSettings::new(
-            None,
-            Some(&self.emulator.base_url()),
-            None,
-            Some("pdq-demo".into()),
-            Some(SecretString::from(secret.to_owned())),
-        )
-        .unwrap();
+        let mut settings = self.emulator.client_settings();
+        settings.client_secret = SecretString::from(secret.to_owned());
         settings.request_timeout = timeout;
         GenesysClient::new(settings).unwrap()
     }

@@ -49,14 +49,12 @@ async fn counting_target() -> (String, Arc<AtomicUsize>) {
 }
 
 fn client(base: &str) -> GenesysClient {
-    let settings = GenesysSettings::new(
-        None,
-        Some(base),
-        None,
-        Some("edge-client".into()),
-        Some("edge-secret".to_owned().into()),
-    )
-    .unwrap();
+    let settings = GenesysSettings::builder()
+        .api_url(base)
+        .client_id("edge-client")
+        .client_secret("edge-secret".to_owned().into())
+        .build()
+        .unwrap();
     GenesysClient::new(settings).unwrap()
 }
 

@@ -5,7 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use pdq::emulator::{Emulator, EmulatorConfig};
-use pdq::genesys::{GenesysClient, GenesysSettings};
+use pdq::genesys::GenesysClient;
 use pdq::queue::budget::{self, PauseReason};
 use pdq::queue::workers::{self, Heartbeat, WorkerState};
 use pdq::queue::{self, ClaimOptions, Locators, NewJob, Priority};
@@ -402,15 +402,9 @@ async fn status_watch_redraws_until_interrupted() {
 async fn a_running_worker_keeps_a_heartbeat_and_marks_itself_stopped() {
     let db = TestDb::with_connections(12).await;
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let settings = GenesysSettings::new(
-        None,
-        Some(&emulator.base_url()),
-        None,
-        Some("pdq-demo".into()),
-        // A refused secret: the probe that lifts a configuration pause keeps failing.
-        Some(SecretString::from("not-the-secret".to_owned())),
-    )
-    .unwrap();
+    let mut settings = emulator.client_settings();
+    // A refused secret: the probe that lifts a configuration pause keeps failing.
+    settings.client_secret = SecretString::from("not-the-secret".to_owned());
     let api = Api::new(GenesysClient::new(settings).unwrap());
     let worker = Worker::new(
         db.pool.clone(),

@@ -35,15 +35,24 @@ pub struct GenesysArgs {
 impl GenesysArgs {
     /// Validated client settings.
     pub fn settings(&self) -> Result<GenesysSettings, genesys::Error> {
-        let mut settings = GenesysSettings::new(
-            self.region.as_deref(),
-            self.api_url.as_deref(),
-            self.login_url.as_deref(),
-            self.client_id.clone(),
-            self.client_secret.clone(),
-        )?;
-        settings.request_timeout = Duration::from_millis(self.request_timeout_ms.max(1));
-        settings.connect_timeout = Duration::from_millis(self.connect_timeout_ms.max(1));
-        Ok(settings)
+        let mut builder = GenesysSettings::builder()
+            .request_timeout(Duration::from_millis(self.request_timeout_ms.max(1)))
+            .connect_timeout(Duration::from_millis(self.connect_timeout_ms.max(1)));
+        if let Some(region) = &self.region {
+            builder = builder.region(region);
+        }
+        if let Some(url) = &self.api_url {
+            builder = builder.api_url(url);
+        }
+        if let Some(url) = &self.login_url {
+            builder = builder.login_url(url);
+        }
+        if let Some(id) = &self.client_id {
+            builder = builder.client_id(id);
+        }
+        if let Some(secret) = &self.client_secret {
+            builder = builder.client_secret(secret.clone());
+        }
+        Ok(builder.build()?)
     }
 }

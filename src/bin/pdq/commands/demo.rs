@@ -9,12 +9,11 @@ use anyhow::Context;
 use clap::Args;
 use pdq::emulator::{
     ConversationSpec, CreatedConversation, Emulator, EmulatorConfig, EmulatorHandle, Faults,
-    RateLimit, RateLimitScope, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET,
+    RateLimit, RateLimitScope,
 };
-use pdq::genesys::{GenesysClient, GenesysSettings};
+use pdq::genesys::GenesysClient;
 use pdq::queue::{self, Locators, NewJob, Priority};
 use pdq::worker::{Api, Budget, Worker, WorkerConfig};
-use secrecy::SecretString;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -152,14 +151,7 @@ fn demo_config() -> WorkerConfig {
 }
 
 fn client(emulator: &EmulatorHandle) -> anyhow::Result<GenesysClient> {
-    let settings = GenesysSettings::new(
-        None,
-        Some(&emulator.base_url()),
-        None,
-        Some(DEMO_CLIENT_ID.into()),
-        Some(SecretString::from(DEMO_CLIENT_SECRET)),
-    )?;
-    Ok(GenesysClient::new(settings)?)
+    Ok(GenesysClient::new(emulator.client_settings())?)
 }
 
 fn update(locators: Locators, attributes: Value) -> NewJob {

@@ -173,7 +173,7 @@ async fn check_genesys(args: &DoctorArgs, checks: &mut Checks) -> anyhow::Result
         Ok(settings) => settings,
         Err(error) => {
             let detail = match error {
-                Error::Settings(problem) => problem,
+                Error::Settings(problem) => problem.to_string(),
                 other => other.to_string(),
             };
             checks.fail(CONFIGURATION, "configuration", detail);
