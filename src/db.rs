@@ -136,3 +136,127 @@ async fn migrate_locked(conn: &mut PgConnection) -> Result<(), Error> {
     MIGRATOR.run_direct(&mut *conn).await?;
     Ok(())
 }
+
+/// The Postgres server on this machine that tests, benchmarks and the demo fall back to.
+pub const LOCAL_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The server to create scratch databases on: `DATABASE_URL`, or [`LOCAL_SERVER_URL`].
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| LOCAL_SERVER_URL.to_owned())
+}
+
+/// A fresh, migrated database for one test, benchmark or demo run, dropped (`WITH (FORCE)`)
+/// when the value is dropped, during a panic too. [`ScratchDatabase::drop_now`] drops it
+/// without blocking; [`ScratchDatabase::keep`] keeps it.
+pub struct ScratchDatabase {
+    name: String,
+    admin_url: String,
+    admin: PgConnectOptions,
+    options: PgConnectOptions,
+    pool: PgPool,
+    armed: bool,
+}
+
+impl ScratchDatabase {
+    /// Creates `<prefix><random>` on the server `admin_url` names, migrates it and opens a
+    /// pool of `connections` on it.
+    pub async fn create(
+        admin_url: &str,
+        prefix: &str,
+        connections: u32,
+    ) -> Result<ScratchDatabase, Error> {
+        let admin = connect_options(admin_url)?;
+        let name = format!("{prefix}{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect_with(&admin)
+            .await
+            .map_err(Error::Connect)?;
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        let options = admin.clone().database(&name);
+        // From here on a failure drops the database again.
+        let mut scratch = ScratchDatabase {
+            pool: PgPoolOptions::new().connect_lazy_with(options.clone()),
+            name,
+            admin_url: admin_url.to_owned(),
+            admin,
+            options,
+            armed: true,
+        };
+        migrate(&scratch.options).await?;
+        scratch.pool = connect(scratch.options.clone(), connections).await?;
+        Ok(scratch)
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A pool on the database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Connect options that reach the database.
+    pub fn options(&self) -> &PgConnectOptions {
+        &self.options
+    }
+
+    /// The admin URL with the database name replaced (host, port, credentials and parameters
+    /// carry over), to hand to a `pdq` process. It may hold a password: never print it.
+    pub fn url(&self) -> String {
+        match url::Url::parse(&self.admin_url) {
+            Ok(mut url) if url.has_host() => {
+                url.set_path(&format!("/{}", self.name));
+                url.to_string()
+            }
+            _ => format!("{}/{}", self.admin_url.trim_end_matches('/'), self.name),
+        }
+    }
+
+    /// Keeps the database after this value is gone.
+    pub fn keep(&mut self) {
+        self.armed = false;
+    }
+
+    /// Closes the pool and drops the database, without blocking the runtime.
+    pub async fn drop_now(mut self) {
+        self.armed = false;
+        self.pool.close().await;
+        drop_database(&self.admin, &self.name).await;
+    }
+}
+
+impl Drop for ScratchDatabase {
+    /// Drops the database from a thread of its own (a `Drop` cannot await, and may run
+    /// inside a runtime or while a panic unwinds); never panics.
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let dropper = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(drop_database(&admin, &name));
+            }
+        });
+        let _ = dropper.join();
+    }
+}
+
+/// `DROP DATABASE … WITH (FORCE)`, ending the sessions still on it; errors are ignored (the
+/// database may be gone already).
+async fn drop_database(admin: &PgConnectOptions, name: &str) {
+    let connecting = PgConnection::connect_with(admin);
+    if let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
+    }
+}

@@ -5,8 +5,9 @@
 use std::io::Write;
 use std::time::Duration;
 
+use pdq::db::ScratchDatabase;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 
 /// True when cargo runs the benchmark for real (`cargo bench`), false under `cargo test`,
 /// where benchmarks run a tiny smoke version so they cannot rot.
@@ -16,64 +17,41 @@ pub fn full_run() -> bool {
 
 /// The server the benchmarks use: `DATABASE_URL`, or the local server when it is unset.
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    pdq::db::admin_url()
 }
 
-/// A fresh, migrated database for one benchmark run.
+/// A fresh, migrated database (`pdq_bench_…`) for one benchmark run, dropped with it.
 pub struct BenchDb {
     /// A pool on it.
     pub pool: PgPool,
     /// Options that reach it.
     pub options: PgConnectOptions,
-    name: String,
-    admin: PgConnectOptions,
-    server_url: String,
+    scratch: ScratchDatabase,
 }
 
 impl BenchDb {
     /// Creates and migrates `pdq_bench_<uuid>` on the server [`database_url`] names.
     pub async fn create(connections: u32) -> BenchDb {
-        let server_url = database_url();
-        let admin = pdq::db::connect_options(&server_url).expect("a valid DATABASE_URL");
-        let mut conn = PgConnection::connect_with(&admin).await.expect("Postgres");
-        let name = format!("pdq_bench_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("create database {name}"))
-            .execute(&mut conn)
+        let scratch = ScratchDatabase::create(&database_url(), "pdq_bench_", connections)
             .await
-            .unwrap();
-        let options = admin.clone().database(&name);
-        pdq::db::migrate(&options).await.unwrap();
-        let pool = pdq::db::connect(options.clone(), connections)
-            .await
-            .unwrap();
+            .expect("a fresh benchmark database (is Postgres running?)");
         BenchDb {
-            pool,
-            options,
-            name,
-            admin,
-            server_url,
+            pool: scratch.pool().clone(),
+            options: scratch.options().clone(),
+            scratch,
         }
     }
 
     /// A URL for this database: `DATABASE_URL` with its database name replaced, so host,
     /// port, credentials and parameters carry over (to hand to a `pdq` process; never print it).
     pub fn url(&self) -> String {
-        let mut url = url::Url::parse(&self.server_url).expect("a valid DATABASE_URL");
-        url.set_path(&format!("/{}", self.name));
-        url.to_string()
+        self.scratch.url()
     }
 
     /// Drops the database.
     pub async fn drop(self) {
         self.pool.close().await;
-        let mut conn = PgConnection::connect_with(&self.admin).await.unwrap();
-        let _ = sqlx::query(&format!(
-            "drop database if exists {} with (force)",
-            self.name
-        ))
-        .execute(&mut conn)
-        .await;
+        self.scratch.drop_now().await;
     }
 }
 

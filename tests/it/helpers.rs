@@ -5,16 +5,17 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use pdq::db::ScratchDatabase;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 
 /// The server tests talk to: `DATABASE_URL`, or the local default.
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    pdq::db::admin_url()
 }
 
-/// A database created for one test, migrated, with a pool of `connections`.
+/// A database created for one test (`pdq_test_…`), migrated, with a pool of `connections`;
+/// dropped when the test ends, even by a panic.
 pub struct TestDb {
     /// A pool on the test database.
     pub pool: PgPool,
@@ -24,6 +25,7 @@ pub struct TestDb {
     pub name: String,
     /// The server's URL (any database on it).
     pub server: String,
+    scratch: ScratchDatabase,
 }
 
 impl TestDb {
@@ -39,51 +41,27 @@ impl TestDb {
 
     /// Creates and migrates a fresh database on the server at `server`.
     pub async fn on_server(server: &str, connections: u32) -> TestDb {
-        let admin_options = pdq::db::connect_options(server).expect("server URL");
-        let mut admin = PgConnection::connect_with(&admin_options)
+        let scratch = ScratchDatabase::create(server, "pdq_test_", connections)
             .await
-            .expect("Postgres must be running (see README: Tests)");
-        let name = format!("pdq_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("create database {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
-        let options = admin_options.database(&name);
-        pdq::db::migrate(&options).await.expect("migrate");
-        let pool = pdq::db::connect(options.clone(), connections)
-            .await
-            .expect("connect to test database");
+            .expect("a fresh test database (is Postgres running? see README: Tests)");
         TestDb {
-            pool,
-            options,
-            name,
+            pool: scratch.pool().clone(),
+            options: scratch.options().clone(),
+            name: scratch.name().to_owned(),
             server: server.to_owned(),
+            scratch,
         }
     }
 
     /// The URL of the test database, for child processes.
     pub fn url(&self) -> String {
-        let base = &self.server;
-        match base.rsplit_once('/') {
-            Some((server, _)) if server.contains("://") && server.matches('/').count() >= 2 => {
-                format!("{server}/{}", self.name)
-            }
-            _ => format!("{base}/{}", self.name),
-        }
+        self.scratch.url()
     }
 
     /// Closes the pool and drops the database.
     pub async fn drop_database(self) {
         self.pool.close().await;
-        let admin_options = pdq::db::connect_options(&self.server).unwrap();
-        if let Ok(mut admin) = PgConnection::connect_with(&admin_options).await {
-            let _ = sqlx::query(&format!(
-                "drop database if exists {} with (force)",
-                self.name
-            ))
-            .execute(&mut admin)
-            .await;
-        }
+        self.scratch.drop_now().await;
     }
 
     /// Counts the rows of a table.

@@ -10,5 +10,6 @@ mod observability;
 mod paths;
 mod queue;
 mod roles;
+mod scratch;
 mod status;
 mod worker;

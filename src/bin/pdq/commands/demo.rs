@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
+use pdq::db::ScratchDatabase;
 use pdq::emulator::{
     ConversationSpec, CreatedConversation, Emulator, EmulatorConfig, EmulatorHandle, Faults,
     RateLimit, RateLimitScope,
@@ -15,7 +15,7 @@ use pdq::genesys::GenesysClient;
 use pdq::queue::{self, Locators, NewJob, Priority};
 use pdq::worker::{Api, Budget, Worker, WorkerConfig};
 use serde_json::{json, Value};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -32,24 +32,26 @@ pub struct DemoArgs {
     pub keep: bool,
 }
 
-const LOCAL_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
 /// Runs the demo; exits non-zero if any accepted update was lost or is not visible.
 pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Result<ExitCode> {
-    let server = db
-        .options()
-        .or_else(|_| pdq::db::connect_options(LOCAL_SERVER))?;
-    let mut admin = PgConnection::connect_with(&server).await.context(
-        "no Postgres answered (DATABASE_URL or 127.0.0.1:5432): start one, e.g. `docker compose up -d postgres`",
-    )?;
-    let name = format!("pdq_demo_{}", chrono::Utc::now().format("%Y%m%d_%H%M%S"));
-    sqlx::query(&format!("create database {name}"))
-        .execute(&mut admin)
-        .await?;
-    let options = server.clone().database(&name);
-    println!("demo database: {name}");
-    pdq::db::migrate(&options).await?;
-    let pool = pdq::db::connect(options, 24).await?;
+    let admin_url = match db.url() {
+        Some(url) if pdq::db::connect_options(url).is_ok() => url,
+        _ => pdq::db::LOCAL_SERVER_URL,
+    };
+    let prefix = format!("pdq_demo_{}_", chrono::Utc::now().format("%Y%m%d_%H%M%S"));
+    let mut scratch = ScratchDatabase::create(admin_url, &prefix, 24)
+        .await
+        .map_err(|error| match error {
+            pdq::db::Error::Connect(_) => anyhow::Error::new(error).context(
+                "no Postgres answered (DATABASE_URL or 127.0.0.1:5432): start one, e.g. `docker compose up -d postgres`",
+            ),
+            other => other.into(),
+        })?;
+    if args.keep {
+        scratch.keep();
+    }
+    println!("demo database: {}", scratch.name());
+    let pool = scratch.pool().clone();
 
     let emulator = Emulator::start(EmulatorConfig {
         rate_limit: Some(RateLimit {
@@ -109,9 +111,7 @@ pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Re
     }
     pool.close().await;
     if !args.keep {
-        sqlx::query(&format!("drop database {name} with (force)"))
-            .execute(&mut admin)
-            .await?;
+        scratch.drop_now().await;
     }
     let ok = report["lost"] == 0 && report["not_visible"] == 0;
     Ok(if ok {

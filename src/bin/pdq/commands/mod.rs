@@ -26,6 +26,11 @@ impl Database {
         Database { url }
     }
 
+    /// The URL given, if any.
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
+
     /// True when a database URL was given.
     pub fn is_set(&self) -> bool {
         self.url.is_some()
