@@ -14,6 +14,7 @@ use pdq::emulator::{
 use pdq::genesys::GenesysClient;
 use pdq::queue::{self, Locators, NewJob, Priority};
 use pdq::worker::{Api, Budget, Worker, WorkerConfig};
+use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -104,17 +105,12 @@ pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Re
     let elapsed = started.elapsed();
 
     let report = report(&pool, &emulator, &worker, enqueued, elapsed).await?;
-    if json_output {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
+    print_report(&report, json_output)?;
     pool.close().await;
     if !args.keep {
         scratch.drop_now().await;
     }
-    let ok = report["lost"] == 0 && report["not_visible"] == 0;
-    Ok(if ok {
+    Ok(if report.complete() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -264,7 +260,7 @@ async fn report(
     worker: &Worker,
     enqueued: i64,
     elapsed: Duration,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<DemoReport> {
     let applied = count(pool, "pdq.finished_jobs").await?;
     let pending = count(pool, "pdq.jobs").await?;
     let dead: Vec<(String, i64)> =
@@ -305,18 +301,27 @@ async fn report(
             )
         })
         .collect();
-    Ok(json!({
-        "enqueued": enqueued, "applied": applied, "dead_lettered": dead_total, "pending": pending,
-        "lost": enqueued - applied - dead_total - pending,
-        "not_visible": not_visible(pool, emulator).await?,
-        "dead_letters_by_reason": dead.into_iter().collect::<BTreeMap<_, _>>(),
-        "retried_units": retried,
-        "api_calls": calls, "attribute_patches": patches, "http_429": too_many,
-        "limiter_pauses": worker.pacer().stats.pauses.load(std::sync::atomic::Ordering::Relaxed),
-        "enqueue_to_applied_p50_ms": p50.map(|s| (s * 1000.0).round()),
-        "enqueue_to_applied_p99_ms": p99.map(|s| (s * 1000.0).round()),
-        "seconds": (elapsed.as_secs_f64() * 10.0).round() / 10.0,
-    }))
+    Ok(DemoReport {
+        enqueued,
+        applied,
+        dead_lettered: dead_total,
+        pending,
+        lost: enqueued - applied - dead_total - pending,
+        not_visible: not_visible(pool, emulator).await?,
+        dead_letters_by_reason: dead.into_iter().collect(),
+        retried_units: retried,
+        api_calls: calls,
+        attribute_patches: patches,
+        http_429: too_many,
+        limiter_pauses: worker
+            .pacer()
+            .stats
+            .pauses
+            .load(std::sync::atomic::Ordering::Relaxed),
+        enqueue_to_applied_p50_ms: p50.map(|s| (s * 1000.0).round()),
+        enqueue_to_applied_p99_ms: p99.map(|s| (s * 1000.0).round()),
+        seconds: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
+    })
 }
 
 /// Applied attributes missing on the emulator: replays applied jobs per participant in order
@@ -345,39 +350,92 @@ async fn not_visible(pool: &PgPool, emulator: &EmulatorHandle) -> anyhow::Result
     Ok(missing)
 }
 
-fn print_report(report: &Value) {
+/// What the demo did, printed as a table or (with `--json`) as JSON.
+#[derive(Debug, Serialize)]
+struct DemoReport {
+    /// Jobs accepted at INSERT.
+    enqueued: i64,
+    /// Jobs applied (archived in `pdq.finished_jobs`).
+    applied: i64,
+    /// Jobs dead-lettered.
+    dead_lettered: i64,
+    /// Jobs still queued when the demo stopped.
+    pending: i64,
+    /// Accepted jobs that are neither applied, dead-lettered nor pending.
+    lost: i64,
+    /// Applied values the emulator does not show.
+    not_visible: usize,
+    /// Dead letters by reason.
+    dead_letters_by_reason: BTreeMap<String, i64>,
+    /// Units retried, by cause.
+    retried_units: BTreeMap<String, u64>,
+    /// Requests to `/api/v2/…`.
+    api_calls: u64,
+    /// Attribute PATCHes received by the emulator.
+    attribute_patches: u64,
+    /// Answers with status 429.
+    http_429: u64,
+    /// Pauses of the rate limiter.
+    limiter_pauses: u64,
+    /// Median time from enqueue to applied.
+    enqueue_to_applied_p50_ms: Option<f64>,
+    /// 99th percentile of the same.
+    enqueue_to_applied_p99_ms: Option<f64>,
+    /// How long the worker ran.
+    seconds: f64,
+}
+
+impl DemoReport {
+    /// Every accepted update was applied or dead-lettered, and every applied value is visible.
+    fn complete(&self) -> bool {
+        self.lost == 0 && self.not_visible == 0
+    }
+}
+
+/// Prints the report: pretty JSON, or the table people read.
+fn print_report(report: &DemoReport, json_output: bool) -> anyhow::Result<()> {
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    // Numbers as JSON writes them (`12.0`, `null`), as this table always showed them.
+    let ms = |value: Option<f64>| value.map_or_else(|| "null".to_owned(), |v| format!("{v:?}"));
     println!("\n== pdq demo report ==");
-    for key in [
-        "enqueued",
-        "applied",
-        "dead_lettered",
-        "pending",
-        "lost",
-        "not_visible",
-        "seconds",
+    for (key, value) in [
+        ("enqueued", report.enqueued.to_string()),
+        ("applied", report.applied.to_string()),
+        ("dead_lettered", report.dead_lettered.to_string()),
+        ("pending", report.pending.to_string()),
+        ("lost", report.lost.to_string()),
+        ("not_visible", report.not_visible.to_string()),
+        ("seconds", format!("{:?}", report.seconds)),
     ] {
-        println!("{key:<28} {}", report[key]);
+        println!("{key:<28} {value}");
     }
     println!(
         "{:<28} {} (p99 {})",
         "enqueue→applied p50 ms",
-        report["enqueue_to_applied_p50_ms"],
-        report["enqueue_to_applied_p99_ms"]
+        ms(report.enqueue_to_applied_p50_ms),
+        ms(report.enqueue_to_applied_p99_ms)
     );
     println!(
         "{:<28} {} calls, {} attribute PATCHes, {} answered 429",
-        "API", report["api_calls"], report["attribute_patches"], report["http_429"]
+        "API", report.api_calls, report.attribute_patches, report.http_429
     );
-    println!("{:<28} {}", "rate-limit pauses", report["limiter_pauses"]);
-    println!("retried units by cause:     {}", report["retried_units"]);
+    println!("{:<28} {}", "rate-limit pauses", report.limiter_pauses);
+    println!(
+        "retried units by cause:     {}",
+        serde_json::to_string(&report.retried_units)?
+    );
     println!(
         "dead letters by reason:     {}",
-        report["dead_letters_by_reason"]
+        serde_json::to_string(&report.dead_letters_by_reason)?
     );
-    let verdict = if report["lost"] == 0 && report["not_visible"] == 0 {
+    let verdict = if report.complete() {
         "every accepted update was applied or dead-lettered, and every applied value is visible on the emulator"
     } else {
         "SOMETHING WAS LOST OR IS NOT VISIBLE"
     };
     println!("\n{verdict}");
+    Ok(())
 }
