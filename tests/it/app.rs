@@ -3,11 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use pdq::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use pdq::emulator::{
+    ConversationSpec, CreatedConversation, Emulator, EmulatorConfig, EmulatorHandle,
+};
 use pdq::genesys::GenesysClient;
 use pdq::queue::{self, Locators, NewJob};
 use pdq::worker::{Api, Backoff, Budget, Worker, WorkerConfig};
 use secrecy::SecretString;
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::TestDb;
@@ -47,6 +50,28 @@ impl TestApp {
     pub(crate) fn worker(&self, config: WorkerConfig) -> Worker {
         let api = Api::new(self.client("pdq-demo-secret", Duration::from_millis(500)));
         Worker::new(self.db.pool.clone(), api, config)
+    }
+
+    /// A voice conversation with one customer ("X") in the emulator, and that customer's id.
+    pub(crate) fn customer_conversation(&self) -> (CreatedConversation, Uuid) {
+        let conversation = self
+            .emulator
+            .create_conversation(ConversationSpec::voice().customer("X"));
+        let customer = conversation.participant("customer").unwrap();
+        (conversation, customer)
+    }
+
+    /// `n` customer conversations, each with one job `{"n": "<i>"}` enqueued for its customer;
+    /// returns their `(conversation, customer)` ids in order.
+    pub(crate) async fn customers_with_one_job(&self, n: usize) -> Vec<(Uuid, Uuid)> {
+        let mut targets = Vec::with_capacity(n);
+        for i in 0..n {
+            let (c, pid) = self.customer_conversation();
+            self.enqueue(job(Locators::ids(c.id, pid), json!({ "n": i.to_string() })))
+                .await;
+            targets.push((c.id, pid));
+        }
+        targets
     }
 
     /// Enqueues one job; returns its id.

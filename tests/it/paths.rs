@@ -32,10 +32,7 @@ async fn healthy_samples(health: &Health, span: Duration) -> usize {
 #[tokio::test]
 async fn a_missing_permission_pauses_without_flapping_and_resumes_once_granted() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    let c = app
-        .emulator
-        .create_conversation(ConversationSpec::voice().customer("X"));
-    let pid = c.participant("customer").unwrap();
+    let (c, pid) = app.customer_conversation();
     app.enqueue(job(Locators::ids(c.id, pid), json!({"tier": "gold"})))
         .await;
     app.emulator.set_faults(Faults {
@@ -87,16 +84,9 @@ async fn a_missing_permission_pauses_without_flapping_and_resumes_once_granted()
 #[tokio::test]
 async fn five_refused_conversations_in_a_row_pause_the_worker_until_access_returns() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    let mut targets = Vec::new();
-    for i in 0..7 {
-        let c = app
-            .emulator
-            .create_conversation(ConversationSpec::voice().customer("X"));
-        let pid = c.participant("customer").unwrap();
-        assert!(app.emulator.set_forbidden(c.id, true));
-        app.enqueue(job(Locators::ids(c.id, pid), json!({ "n": i.to_string() })))
-            .await;
-        targets.push((c.id, pid));
+    let targets = app.customers_with_one_job(7).await;
+    for (cid, _) in &targets {
+        assert!(app.emulator.set_forbidden(*cid, true));
     }
     let worker = app.worker(WorkerConfig {
         executors: 1,
@@ -150,10 +140,7 @@ async fn one_401_renews_the_token_and_a_second_401_after_renewal_pauses() {
         ..EmulatorConfig::default()
     })
     .await;
-    let c = app
-        .emulator
-        .create_conversation(ConversationSpec::voice().customer("X"));
-    let pid = c.participant("customer").unwrap();
+    let (c, pid) = app.customer_conversation();
     let worker = app.worker(fast());
     app.enqueue(job(Locators::ids(c.id, pid), json!({"n": "1"})))
         .await;
@@ -218,16 +205,7 @@ async fn an_exhausted_rate_limit_window_pauses_the_worker_before_any_429() {
         window_secs: 2,
         scope: pdq::emulator::RateLimitScope::Token,
     }));
-    let mut targets = Vec::new();
-    for i in 0..12 {
-        let c = app
-            .emulator
-            .create_conversation(ConversationSpec::voice().customer("X"));
-        let pid = c.participant("customer").unwrap();
-        app.enqueue(job(Locators::ids(c.id, pid), json!({ "n": i.to_string() })))
-            .await;
-        targets.push((c.id, pid));
-    }
+    let targets = app.customers_with_one_job(12).await;
     let worker = app.worker(WorkerConfig {
         executors: 1,
         ..fast()
@@ -268,10 +246,7 @@ async fn an_exhausted_rate_limit_window_pauses_the_worker_before_any_429() {
 #[tokio::test]
 async fn a_job_whose_every_attempt_fails_is_dead_lettered_as_retries_exhausted() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    let c = app
-        .emulator
-        .create_conversation(ConversationSpec::voice().customer("X"));
-    let pid = c.participant("customer").unwrap();
+    let (c, pid) = app.customer_conversation();
     app.enqueue(NewJob {
         max_attempts: Some(3),
         ..job(Locators::ids(c.id, pid), json!({"n": "1"}))
@@ -362,10 +337,7 @@ async fn a_tag_on_two_active_conversations_is_dead_lettered_as_ambiguous() {
 #[tokio::test]
 async fn an_expired_job_inside_a_merged_unit_is_dead_lettered_and_the_rest_sent_in_one_patch() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    let c = app
-        .emulator
-        .create_conversation(ConversationSpec::voice().customer("X"));
-    let pid = c.participant("customer").unwrap();
+    let (c, pid) = app.customer_conversation();
     app.enqueue(job(Locators::ids(c.id, pid), json!({"a": "1"})))
         .await;
     let late = app
@@ -514,16 +486,7 @@ async fn a_live_worker_renews_the_lease_of_a_unit_that_outlives_it() {
 #[tokio::test]
 async fn shutdown_lets_the_unit_in_flight_finish_and_sends_nothing_more() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    let mut targets = Vec::new();
-    for i in 0..5 {
-        let c = app
-            .emulator
-            .create_conversation(ConversationSpec::voice().customer("X"));
-        let pid = c.participant("customer").unwrap();
-        app.enqueue(job(Locators::ids(c.id, pid), json!({ "n": i.to_string() })))
-            .await;
-        targets.push((c.id, pid));
-    }
+    let targets = app.customers_with_one_job(5).await;
     let api = Api::new(app.client("pdq-demo-secret", Duration::from_millis(2_500)));
     let worker = Worker::new(
         app.db.pool.clone(),
@@ -597,10 +560,7 @@ async fn merged_updates_over_512_kb_are_split_into_patches_under_the_limit() {
         ..EmulatorConfig::default()
     })
     .await;
-    let c = app
-        .emulator
-        .create_conversation(ConversationSpec::voice().customer("X"));
-    let pid = c.participant("customer").unwrap();
+    let (c, pid) = app.customer_conversation();
     // Three jobs of 100 keys with 2,000-character values: about 600 kB merged.
     let mut expected = std::collections::BTreeMap::new();
     for j in 0..3 {
@@ -748,10 +708,7 @@ impl Drop for RunningPdq {
 #[tokio::test]
 async fn pdq_run_serves_metrics_and_a_healthz_that_turns_red_on_a_missing_permission() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    let c = app
-        .emulator
-        .create_conversation(ConversationSpec::voice().customer("X"));
-    let pid = c.participant("customer").unwrap();
+    let (c, pid) = app.customer_conversation();
     app.enqueue(job(Locators::ids(c.id, pid), json!({"n": "1"})))
         .await;
     let pdq = RunningPdq::spawn(&app);

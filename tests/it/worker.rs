@@ -211,16 +211,7 @@ async fn server_errors_resets_and_hangs_are_retried_until_everything_applies() {
 #[tokio::test]
 async fn a_429_storm_pauses_every_executor_until_retry_after_and_nothing_fails() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    let mut targets = Vec::new();
-    for i in 0..20 {
-        let c = app
-            .emulator
-            .create_conversation(ConversationSpec::voice().customer("X"));
-        let pid = c.participant("customer").unwrap();
-        app.enqueue(job(Locators::ids(c.id, pid), json!({ "n": i.to_string() })))
-            .await;
-        targets.push((c.id, pid));
-    }
+    app.customers_with_one_job(20).await;
     app.emulator.set_faults(Faults {
         storm_secs: 2,
         storm_retry_after_secs: 1,
@@ -268,10 +259,7 @@ async fn token_expiry_and_revocation_mid_run_renew_the_token_and_fail_nothing() 
     let mut targets = Vec::new();
     for round in 0..3 {
         for i in 0..5 {
-            let c = app
-                .emulator
-                .create_conversation(ConversationSpec::voice().customer("X"));
-            let pid = c.participant("customer").unwrap();
+            let (c, pid) = app.customer_conversation();
             app.enqueue(job(
                 Locators::ids(c.id, pid),
                 json!({ "n": format!("{round}-{i}") }),
@@ -298,16 +286,7 @@ async fn token_expiry_and_revocation_mid_run_renew_the_token_and_fail_nothing() 
 #[tokio::test]
 async fn bad_credentials_pause_the_worker_dead_letter_nothing_and_resume_once_fixed() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    let mut targets = Vec::new();
-    for i in 0..10 {
-        let c = app
-            .emulator
-            .create_conversation(ConversationSpec::voice().customer("X"));
-        let pid = c.participant("customer").unwrap();
-        app.enqueue(job(Locators::ids(c.id, pid), json!({ "n": i.to_string() })))
-            .await;
-        targets.push((c.id, pid));
-    }
+    app.customers_with_one_job(10).await;
     let api = Api::new(app.client("rotated-secret", Duration::from_millis(500)));
     let worker = Worker::new(app.db.pool.clone(), api, fast());
     let health = worker.health();
@@ -401,14 +380,7 @@ async fn a_live_job_overtakes_twenty_thousand_pending_backfill_jobs_under_a_rate
 #[tokio::test]
 async fn two_workers_share_one_budget_through_postgres() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    for i in 0..60 {
-        let c = app
-            .emulator
-            .create_conversation(ConversationSpec::voice().customer("X"));
-        let pid = c.participant("customer").unwrap();
-        let new = job(Locators::ids(c.id, pid), json!({ "n": i.to_string() }));
-        app.enqueue(new).await;
-    }
+    app.customers_with_one_job(60).await;
     let budget = Budget {
         per_minute: 600,
         backfill_share: 1.0,
@@ -464,10 +436,7 @@ async fn two_workers_share_one_budget_through_postgres() {
 #[tokio::test]
 async fn a_worker_whose_lease_ran_out_sends_no_patch() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    let c = app
-        .emulator
-        .create_conversation(ConversationSpec::voice().customer("X"));
-    let pid = c.participant("customer").unwrap();
+    let (c, pid) = app.customer_conversation();
     // By purpose: the conversation GET comes first, and it outlasts the lease.
     app.enqueue(job(
         Locators::conversation(c.id).purpose("customer"),
@@ -551,10 +520,7 @@ async fn jobs_naming_one_participant_by_tag_and_by_ids_apply_in_insertion_order(
 #[tokio::test]
 async fn a_requeued_dead_letter_does_not_overwrite_a_newer_value_unless_forced() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    let c = app
-        .emulator
-        .create_conversation(ConversationSpec::voice().customer("X"));
-    let pid = c.participant("customer").unwrap();
+    let (c, pid) = app.customer_conversation();
     let silver = NewJob {
         run_at: Some(chrono::Utc::now() - chrono::Duration::seconds(10)),
         expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
@@ -626,10 +592,7 @@ async fn a_requeued_dead_letter_does_not_overwrite_a_newer_value_unless_forced()
 #[tokio::test]
 async fn a_refused_job_in_a_coalesced_unit_dead_letters_only_itself() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    let c = app
-        .emulator
-        .create_conversation(ConversationSpec::voice().customer("X"));
-    let pid = c.participant("customer").unwrap();
+    let (c, pid) = app.customer_conversation();
     let too_long = "x".repeat(300);
     for attributes in [
         json!({"a": "1"}),
@@ -670,10 +633,7 @@ async fn an_outage_of_the_api_and_its_login_host_spends_no_attempt_and_dead_lett
     let app = TestApp::new(EmulatorConfig::default()).await;
     let mut targets = Vec::new();
     for i in 0..12 {
-        let c = app
-            .emulator
-            .create_conversation(ConversationSpec::voice().customer("X"));
-        let pid = c.participant("customer").unwrap();
+        let (c, pid) = app.customer_conversation();
         let update = NewJob {
             max_attempts: Some(3),
             ..job(Locators::ids(c.id, pid), json!({ "n": i.to_string() }))
@@ -771,14 +731,7 @@ async fn claims_that_keep_failing_turn_healthz_red_with_the_reason() {
 #[tokio::test]
 async fn shutdown_ends_within_the_grace_and_a_bound_while_postgres_hangs() {
     let app = TestApp::new(EmulatorConfig::default()).await;
-    for i in 0..40 {
-        let c = app
-            .emulator
-            .create_conversation(ConversationSpec::voice().customer("X"));
-        let pid = c.participant("customer").unwrap();
-        app.enqueue(job(Locators::ids(c.id, pid), json!({ "n": i.to_string() })))
-            .await;
-    }
+    app.customers_with_one_job(40).await;
     app.emulator.set_faults(Faults {
         latency_ms: 200,
         ..Faults::default()
