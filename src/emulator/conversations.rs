@@ -113,17 +113,17 @@ pub(crate) async fn patch_participant(
 ) -> Result<Response, ApiError> {
     let (cid, pid) = (parse_id(&cid)?, parse_id(&pid)?);
     let request: Map<String, Value> = parse_object(&body)?;
+    const FIELDS: [&str; 8] = [
+        "wrapup",
+        "state",
+        "recording",
+        "muted",
+        "confined",
+        "held",
+        "wrapupSkipped",
+        "resumeTime",
+    ];
     shared.with(|org| {
-        const FIELDS: [&str; 8] = [
-            "wrapup",
-            "state",
-            "recording",
-            "muted",
-            "confined",
-            "held",
-            "wrapupSkipped",
-            "resumeTime",
-        ];
         if let Some(unknown) = request.keys().find(|k| !FIELDS.contains(&k.as_str())) {
             if org.config.reject_tutorial_patch || unknown != "attributes" {
                 return Err(ApiError::new(
