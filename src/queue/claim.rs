@@ -9,6 +9,15 @@ use uuid::Uuid;
 
 use super::{DbClock, DeadLetterRecord, DeadReason, Error, Fence, Job, Unit};
 
+/// Units claimed per claim statement unless told otherwise (`pdq run --claim-batch`).
+pub const DEFAULT_CLAIM_BATCH: u32 = 64;
+
+/// Jobs of one participant coalesced into one unit (one PATCH) at most, unless told otherwise.
+pub const DEFAULT_MAX_COALESCE: u32 = 100;
+
+/// How long a claim holds before another worker may take the unit over, unless told otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
 /// How much to claim, and for how long.
 #[derive(Debug, Clone)]
 pub struct ClaimOptions {
@@ -25,9 +34,9 @@ pub struct ClaimOptions {
 impl Default for ClaimOptions {
     fn default() -> Self {
         ClaimOptions {
-            units: 32,
-            max_coalesce: 100,
-            lease: Duration::from_secs(60),
+            units: DEFAULT_CLAIM_BATCH,
+            max_coalesce: DEFAULT_MAX_COALESCE,
+            lease: DEFAULT_LEASE,
             worker_id: "pdq".to_owned(),
         }
     }

@@ -26,7 +26,10 @@ use serde::Serialize;
 use sqlx::FromRow;
 use uuid::Uuid;
 
-pub use claim::{claim, rescue_expired_leases, ClaimOptions};
+pub use claim::{
+    claim, rescue_expired_leases, ClaimOptions, DEFAULT_CLAIM_BATCH, DEFAULT_LEASE,
+    DEFAULT_MAX_COALESCE,
+};
 pub use dlq::{DeadLetter, DeadLetterFilter};
 pub use enqueue::{advance_job_ids, enqueue, enqueue_many, NewJob};
 pub use finish::{

@@ -34,7 +34,7 @@ use crate::queue::{self, ClaimOptions, Fence, Unit};
 pub use api::Api;
 pub use backoff::Backoff;
 pub use execute::UnitOutcome;
-pub use pacer::{Budget, Pacer};
+pub use pacer::{Budget, Pacer, DEFAULT_BACKFILL_SHARE, DEFAULT_RATE_LIMIT};
 
 /// Worker settings (from `pdq run`'s flags, or built directly by tests and the demo).
 #[derive(Debug, Clone)]
@@ -103,20 +103,34 @@ impl WorkerConfig {
     }
 }
 
+/// Concurrent executors (API calls in flight) unless told otherwise.
+pub const DEFAULT_EXECUTORS: usize = 16;
+
+/// How long an external tag may stay unfindable before `conversation_not_found`, unless told
+/// otherwise: analytics usually catches up with live data well within a minute.
+pub const DEFAULT_LOOKUP_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long in-flight units may finish after shutdown is asked for, unless told otherwise:
+/// above the API request timeout and under the 30 s a container runtime waits before SIGKILL.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+/// How long applied jobs stay in `pdq.finished_jobs`, unless told otherwise.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            executors: 16,
-            claim_batch: 64,
-            max_coalesce: 100,
-            lease: Duration::from_secs(60),
+            executors: DEFAULT_EXECUTORS,
+            claim_batch: queue::DEFAULT_CLAIM_BATCH,
+            max_coalesce: queue::DEFAULT_MAX_COALESCE,
+            lease: queue::DEFAULT_LEASE,
             poll_interval: Duration::from_secs(1),
-            lookup_window: Duration::from_secs(60),
+            lookup_window: DEFAULT_LOOKUP_WINDOW,
             conversation_cache_ttl: Duration::from_secs(2),
             backoff: Backoff::default(),
             budget: Budget::default(),
-            shutdown_grace: Duration::from_secs(25),
-            retention: Duration::from_secs(7 * 86_400),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            retention: DEFAULT_RETENTION,
             dead_letter_retention: queue::DEFAULT_DEAD_LETTER_RETENTION,
             idempotency_horizon: queue::DEFAULT_IDEMPOTENCY_KEY_HORIZON,
             worker_id: format!("pdq-{}", std::process::id()),

@@ -32,11 +32,17 @@ pub struct Budget {
     pub name: String,
 }
 
+/// API requests per minute for all pdq processes on one database, unless told otherwise.
+pub const DEFAULT_RATE_LIMIT: u32 = 300;
+
+/// Share of the budget backfill may use while live updates wait, unless told otherwise.
+pub const DEFAULT_BACKFILL_SHARE: f64 = 0.5;
+
 impl Default for Budget {
     fn default() -> Self {
         Budget {
-            per_minute: 300,
-            backfill_share: 0.5,
+            per_minute: DEFAULT_RATE_LIMIT,
+            backfill_share: DEFAULT_BACKFILL_SHARE,
             shared: true,
             name: "default".to_owned(),
         }
