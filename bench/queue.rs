@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{median, ms, percentile, BenchDb};
-use pdq::queue::{self, ClaimOptions, Success, Unit};
+use pdq::queue::lease::{ClaimOptions, Success};
+use pdq::queue::{self, Unit};
 
 const RUNS: usize = 3;
 
@@ -138,7 +139,7 @@ async fn finish_statement(units: usize) -> Duration {
     };
     let mut claimed: Vec<Unit> = Vec::new();
     while claimed.len() < units + WARM_UP_UNITS {
-        let batch = queue::claim(&db.pool, &options).await.unwrap();
+        let batch = queue::lease::claim(&db.pool, &options).await.unwrap();
         assert!(!batch.is_empty(), "every enqueued job is claimable");
         claimed.extend(batch);
     }
@@ -154,12 +155,14 @@ async fn finish_statement(units: usize) -> Duration {
         })
         .collect();
     let (warm_up, measured) = done.split_at(WARM_UP_UNITS);
-    assert!(queue::succeed_batch(&db.pool, warm_up)
+    assert!(queue::lease::succeed_batch(&db.pool, warm_up)
         .await
         .unwrap()
         .is_empty());
     let started = Instant::now();
-    let lost = queue::succeed_batch(&db.pool, measured).await.unwrap();
+    let lost = queue::lease::succeed_batch(&db.pool, measured)
+        .await
+        .unwrap();
     let elapsed = started.elapsed();
     assert!(lost.is_empty(), "every lease was still held");
     let (pending, applied_keys): (i64, i64) = sqlx::query_as(
@@ -215,7 +218,7 @@ async fn drain(db: &BenchDb, claimers: usize, batch: u32, jobs: usize) -> (f64, 
             };
             while done.load(std::sync::atomic::Ordering::Relaxed) < jobs {
                 let claim_started = Instant::now();
-                let units = queue::claim(&pool, &options).await.unwrap();
+                let units = queue::lease::claim(&pool, &options).await.unwrap();
                 latencies.lock().unwrap().push(claim_started.elapsed());
                 if units.is_empty() {
                     break;
@@ -230,7 +233,7 @@ async fn drain(db: &BenchDb, claimers: usize, batch: u32, jobs: usize) -> (f64, 
                         superseded: Vec::new(),
                     })
                     .collect();
-                queue::succeed_batch(&pool, &finished).await.unwrap();
+                queue::lease::succeed_batch(&pool, &finished).await.unwrap();
                 let n: usize = units.iter().map(|u| u.jobs.len()).sum();
                 done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }

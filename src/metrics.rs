@@ -120,36 +120,36 @@ pub const PAUSE_REASONS: [&str; 5] = [
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Units claimed.
-    pub claims: AtomicU64,
+    pub(crate) claims: AtomicU64,
     /// Job outcomes, keyed `applied`, `lease_lost`, `retry:<failure>` or
     /// `dead_letter:<reason>`; exported with separate `outcome` and `reason` labels.
-    pub outcomes: LabelledCounter,
+    pub(crate) outcomes: LabelledCounter,
     /// API responses by HTTP status (or transport error kind).
-    pub api_statuses: LabelledCounter,
+    pub(crate) api_statuses: LabelledCounter,
     /// Enqueue → applied latency.
-    pub enqueue_to_applied: Histogram,
+    pub(crate) enqueue_to_applied: Histogram,
     /// API call latency.
-    pub api_latency: Histogram,
+    pub(crate) api_latency: Histogram,
     /// Requests that waited for the request budget (copied from the pacer).
-    pub limiter_waits: AtomicU64,
+    pub(crate) limiter_waits: AtomicU64,
     /// Time requests spent waiting for the budget, in microseconds (copied from the pacer).
-    pub limiter_wait_micros: AtomicU64,
+    pub(crate) limiter_wait_micros: AtomicU64,
     /// Pauses after a 429 or a spent rate-limit window (copied from the pacer).
-    pub limiter_pauses: AtomicU64,
+    pub(crate) limiter_pauses: AtomicU64,
     /// OAuth token renewals.
-    pub token_renewals: AtomicU64,
+    pub(crate) token_renewals: AtomicU64,
     /// Attribute values over 1,024 characters (analytics truncates them).
-    pub long_values: AtomicU64,
+    pub(crate) long_values: AtomicU64,
     /// Pending jobs at the last sample.
-    pub queue_depth: AtomicU64,
+    pub(crate) queue_depth: AtomicU64,
     /// The request budget per minute (0 = unlimited).
-    pub budget_per_minute: AtomicU64,
+    pub(crate) budget_per_minute: AtomicU64,
     /// The shared budget's pause reason while it is in force (sampled from Postgres).
-    pub budget_pause: Mutex<Option<String>>,
+    pub(crate) budget_pause: Mutex<Option<String>>,
     /// API requests sent in the last minute.
-    pub recent_requests: RecentRequests,
+    pub(crate) recent_requests: RecentRequests,
     /// The database gauges at the last sample.
-    pub gauges: Mutex<crate::queue::gauges::Gauges>,
+    pub(crate) gauges: Mutex<crate::queue::gauges::Gauges>,
 }
 
 /// Counts requests in a sliding one-minute window.
@@ -203,6 +203,17 @@ pub fn build_commit() -> &'static str {
 }
 
 impl Metrics {
+    /// The count of job outcomes under `key` (`applied`, `lease_lost`, `retry:<failure>`,
+    /// `dead_letter:<reason>`).
+    pub fn outcome_count(&self, key: &str) -> u64 {
+        self.outcomes.get(key)
+    }
+
+    /// OAuth token renewals so far.
+    pub fn token_renewals(&self) -> u64 {
+        self.token_renewals.load(Ordering::Relaxed)
+    }
+
     /// Empty metrics for a worker with a budget of `per_minute` requests (0 = unlimited).
     pub fn for_budget(per_minute: u32) -> Metrics {
         let metrics = Metrics::default();

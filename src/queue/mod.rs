@@ -14,6 +14,7 @@ mod enqueue;
 mod finish;
 pub mod gauges;
 pub mod jobs;
+pub mod lease;
 mod locators;
 mod retention;
 mod stats;
@@ -26,16 +27,9 @@ use serde::Serialize;
 use sqlx::FromRow;
 use uuid::Uuid;
 
-pub use claim::{
-    claim, rescue_expired_leases, ClaimOptions, DEFAULT_CLAIM_BATCH, DEFAULT_LEASE,
-    DEFAULT_MAX_COALESCE,
-};
 pub use dlq::{DeadLetter, DeadLetterFilter};
 pub use enqueue::{advance_job_ids, enqueue, enqueue_many, NewJob};
-pub use finish::{
-    dead_letter, end_lease, hold_target, prune_applied_keys, prune_finished, release, renew_leases,
-    retry, succeed_batch, target_key, DeadLetterRecord, Success, TargetHold,
-};
+pub use finish::{prune_applied_keys, prune_finished};
 pub use locators::Locators;
 pub use retention::{
     prune_dead_letters, prune_idempotency_keys, DEFAULT_DEAD_LETTER_RETENTION,
@@ -336,8 +330,6 @@ pub struct Job {
 pub struct Unit {
     /// Fences every finishing operation on this unit.
     pub lease: Uuid,
-    /// When the lease runs out unless renewed (database clock).
-    pub locked_until: DateTime<Utc>,
     /// When the lease runs out unless renewed, on this process's monotonic clock, measured
     /// from before the claim was sent (so it errs early, never late).
     pub deadline: Instant,
@@ -472,7 +464,6 @@ mod tests {
         };
         let unit = Unit {
             lease: Uuid::new_v4(),
-            locked_until: Utc::now(),
             deadline: Instant::now(),
             clock: DbClock::new(Utc::now()),
             jobs: vec![

@@ -13,7 +13,8 @@ use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
-use crate::queue::{self, Success};
+use crate::queue::lease::Success;
+use crate::queue::{self};
 
 /// Collects successes and writes them together.
 pub struct Completer {
@@ -75,7 +76,7 @@ impl Completer {
     async fn record(&self, chunk: &[Success]) {
         let mut delay = Duration::from_millis(50);
         loop {
-            match queue::succeed_batch(&self.pool, chunk).await {
+            match queue::lease::succeed_batch(&self.pool, chunk).await {
                 Ok(lost) => {
                     for lease in lost {
                         tracing::warn!(%lease, "an applied unit had lost its lease; another worker may apply it again");

@@ -13,7 +13,8 @@ use super::api::CallError;
 use super::decide::{decide, Attempt, Decision, Failure};
 use super::resolve::{pick_participant, ParticipantLocator, Target};
 use super::{outage, Inner};
-use crate::queue::{self, DeadLetterRecord, DeadReason, Job, Priority, Success, Unit};
+use crate::queue::lease::{DeadLetterRecord, Success};
+use crate::queue::{self, DeadReason, Job, Priority, Unit};
 
 /// What happened to a unit.
 #[derive(Debug, Clone, PartialEq)]
@@ -233,7 +234,8 @@ async fn drop_expired(inner: &Inner, mut unit: Unit) -> Result<Option<Unit>, que
             job_list(&ids)
         );
         let record = DeadLetterRecord::new(DeadReason::Expired, note.to_json().to_string());
-        queue::dead_letter(&inner.pool, &fence, Some(&ids), &record, live.is_empty()).await?;
+        queue::lease::dead_letter(&inner.pool, &fence, Some(&ids), &record, live.is_empty())
+            .await?;
         inner
             .metrics
             .outcomes
@@ -341,12 +343,12 @@ async fn send(
 /// naming it by ids (or another way) may also update: take that participant too, so the two
 /// never run at once, and leave out the keys a newer job of it already wrote.
 async fn hold_target(inner: &Inner, unit: &mut Unit, target: Target) -> Result<(), Stop> {
-    let key = queue::target_key(target.conversation_id, target.participant_id);
+    let key = queue::lease::target_key(target.conversation_id, target.participant_id);
     if unit.head().participant_key == key {
         return Ok(());
     }
-    match queue::hold_target(&inner.pool, unit.lease, &key, &unit.key_versions()).await? {
-        queue::TargetHold::Held { superseded } => {
+    match queue::lease::hold_target(&inner.pool, unit.lease, &key, &unit.key_versions()).await? {
+        queue::lease::TargetHold::Held { superseded } => {
             for job in &mut unit.jobs {
                 let written: Vec<String> = superseded
                     .iter()
@@ -358,7 +360,7 @@ async fn hold_target(inner: &Inner, unit: &mut Unit, target: Target) -> Result<(
             }
             Ok(())
         }
-        queue::TargetHold::Busy => Err(Stop::from(Failed {
+        queue::lease::TargetHold::Busy => Err(Stop::from(Failed {
             failure: Failure::Busy,
             detail: format!(
                 "participant {} is being updated by another unit",
@@ -403,8 +405,14 @@ async fn split(calls: &mut Calls<'_>, unit: &Unit, target: Target) -> Result<Uni
                     (attempt_of(&alone), job.max_attempts),
                     unit.clock.now(),
                 );
-                queue::dead_letter(&inner.pool, &unit.fence(), Some(&[job.id]), &record, false)
-                    .await?;
+                queue::lease::dead_letter(
+                    &inner.pool,
+                    &unit.fence(),
+                    Some(&[job.id]),
+                    &record,
+                    false,
+                )
+                .await?;
                 inner
                     .metrics
                     .outcomes
@@ -447,7 +455,7 @@ async fn split(calls: &mut Calls<'_>, unit: &Unit, target: Target) -> Result<Uni
             };
             on_failure(inner, &rest_unit, failed).await?;
         }
-        None if counts.0 == 0 => queue::end_lease(&inner.pool, unit.lease).await?,
+        None if counts.0 == 0 => queue::lease::end_lease(&inner.pool, unit.lease).await?,
         None => {}
     }
     Ok(UnitOutcome::Split {
@@ -653,7 +661,7 @@ async fn on_failure(
                 message: &failed.detail,
             }
             .to_json();
-            queue::retry(&inner.pool, &unit.fence(), after, &note, spend_attempt).await?;
+            queue::lease::retry(&inner.pool, &unit.fence(), after, &note, spend_attempt).await?;
             inner.metrics.outcomes.add(
                 &format!("retry:{}", failure_label(&failed.failure)),
                 jobs as u64,
@@ -677,7 +685,7 @@ async fn on_failure(
             );
             let attempts = (attempt.attempts, attempt.max_attempts);
             let record = dead_letter_record(reason, failed, attempts, unit.clock.now());
-            queue::dead_letter(&inner.pool, &unit.fence(), None, &record, true).await?;
+            queue::lease::dead_letter(&inner.pool, &unit.fence(), None, &record, true).await?;
             inner
                 .metrics
                 .outcomes
@@ -695,7 +703,7 @@ async fn on_failure(
             );
             super::maintenance::remember_pause(inner, unit, status, failed.target);
             inner.health.fail(failed.detail);
-            queue::release(&inner.pool, &unit.fence()).await?;
+            queue::lease::release(&inner.pool, &unit.fence()).await?;
             for waiting in inner.buffer.take_all() {
                 inner.release(waiting.fence()).await;
             }

@@ -34,7 +34,7 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
         }
         probe.maybe_resume(&inner).await;
         follow_operator_resume(&inner, &mut last_resume).await;
-        match queue::rescue_expired_leases(&inner.pool).await {
+        match queue::lease::rescue_expired_leases(&inner.pool).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "recovered {n} jobs whose worker lost its lease"),
             Err(error) => tracing::warn!(%error, "recovering expired leases failed: {error}"),
@@ -68,7 +68,7 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Copies the pacer's wait and pause counters into the metrics.
 fn export_pacer_stats(inner: &Inner) {
-    let stats = &inner.pacer.stats;
+    let stats = inner.pacer.stats();
     let metrics = &inner.metrics;
     let copy = |from: &std::sync::atomic::AtomicU64, to: &std::sync::atomic::AtomicU64| {
         to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -177,7 +177,7 @@ async fn follow_operator_resume(
 async fn renew(inner: &Inner) {
     let leases: Vec<Uuid> = inner.in_flight.lock().unwrap().keys().copied().collect();
     let from = Instant::now();
-    match queue::renew_leases(&inner.pool, &leases, inner.config.lease).await {
+    match queue::lease::renew_leases(&inner.pool, &leases, inner.config.lease).await {
         Ok(lost) => {
             let held: Vec<Uuid> = leases.into_iter().filter(|l| !lost.contains(l)).collect();
             inner.renewed(&held, &lost, from);

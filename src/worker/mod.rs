@@ -5,17 +5,17 @@
 //! request budget ([`pacer::Pacer`]) and run it ([`execute`]); a completer archives applied
 //! units in batches; a maintenance task renews leases, recovers expired ones and prunes.
 
-pub mod api;
-pub mod backoff;
+mod api;
+mod backoff;
 mod buffer;
 mod completer;
-pub mod decide;
+mod decide;
 mod execute;
 mod heartbeat;
 mod maintenance;
 mod outage;
-pub mod pacer;
-pub mod resolve;
+mod pacer;
+mod resolve;
 mod wakeup;
 
 use std::collections::HashMap;
@@ -30,11 +30,14 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::{Condition, Health, Metrics};
-use crate::queue::{self, ClaimOptions, Fence, Unit};
+use crate::queue::lease::ClaimOptions;
+use crate::queue::{self, Fence, Unit};
 pub use api::Api;
 pub use backoff::Backoff;
+pub use decide::Failure;
 pub use execute::UnitOutcome;
 pub use pacer::{Budget, Pacer, DEFAULT_BACKFILL_SHARE, DEFAULT_RATE_LIMIT};
+pub use resolve::Target;
 
 /// Worker settings (from `pdq run`'s flags, or built directly by tests and the demo).
 #[derive(Debug, Clone)]
@@ -121,9 +124,9 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             executors: DEFAULT_EXECUTORS,
-            claim_batch: queue::DEFAULT_CLAIM_BATCH,
-            max_coalesce: queue::DEFAULT_MAX_COALESCE,
-            lease: queue::DEFAULT_LEASE,
+            claim_batch: queue::lease::DEFAULT_CLAIM_BATCH,
+            max_coalesce: queue::lease::DEFAULT_MAX_COALESCE,
+            lease: queue::lease::DEFAULT_LEASE,
             poll_interval: Duration::from_secs(1),
             lookup_window: DEFAULT_LOOKUP_WINDOW,
             conversation_cache_ttl: Duration::from_secs(2),
@@ -213,7 +216,7 @@ impl Worker {
     /// Claims one batch and runs every unit in it to an outcome, in this task; returns the
     /// outcomes (empty when nothing was due). Tests and the demo drive the queue with this.
     pub async fn process_next(&self) -> Result<Vec<UnitOutcome>, queue::Error> {
-        let units = queue::claim(
+        let units = queue::lease::claim(
             &self.inner.pool,
             &self.claim_options(self.inner.config.claim_batch),
         )
@@ -308,7 +311,7 @@ impl Worker {
         let db_deadline = tokio::time::Instant::now() + SHUTDOWN_DB_BOUND;
         let bounded = tokio::time::timeout_at(db_deadline, async {
             for fence in leftover {
-                if let Err(error) = queue::release(&inner.pool, &fence).await {
+                if let Err(error) = queue::lease::release(&inner.pool, &fence).await {
                     tracing::warn!(%error, lease = %fence.lease, "could not give a unit back ({error}); its lease will expire");
                 }
             }
@@ -437,7 +440,7 @@ impl Inner {
             return Err(queue::Error::LeaseLost);
         }
         let from = Instant::now();
-        let lost = queue::renew_leases(&self.pool, &[lease], self.config.lease).await?;
+        let lost = queue::lease::renew_leases(&self.pool, &[lease], self.config.lease).await?;
         if lost.is_empty() {
             self.renewed(&[lease], &[], from);
         } else {
@@ -452,7 +455,7 @@ impl Inner {
 
     async fn release(&self, fence: Fence) {
         self.untrack(fence.lease);
-        if let Err(error) = queue::release(&self.pool, &fence).await {
+        if let Err(error) = queue::lease::release(&self.pool, &fence).await {
             tracing::warn!(%error, lease = %fence.lease, "could not release a unit ({error}); its lease will expire");
         }
     }
@@ -499,7 +502,7 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
         let room = inner.buffer.room().max(usize::from(nudged)) as u32;
         let wanted = room.min(inner.config.claim_batch);
         nudged = false;
-        match queue::claim(&inner.pool, &worker.claim_options(wanted)).await {
+        match queue::lease::claim(&inner.pool, &worker.claim_options(wanted)).await {
             Ok(units) if !units.is_empty() => {
                 if failures > 0 {
                     failures = 0;

@@ -70,8 +70,7 @@ pub struct Pacer {
     paused_until: Mutex<Option<Instant>>,
     probe: Mutex<Probe>,
     shared: Option<SharedSlots>,
-    /// Wait and pause counters.
-    pub stats: PacerStats,
+    stats: PacerStats,
 }
 
 struct SharedSlots {
@@ -122,6 +121,16 @@ impl Pacer {
             shared,
             stats: PacerStats::default(),
         }
+    }
+
+    /// Wait and pause counters, copied into the worker's metrics.
+    pub(crate) fn stats(&self) -> &PacerStats {
+        &self.stats
+    }
+
+    /// Pauses so far after a 429 or a spent rate-limit window.
+    pub fn pauses(&self) -> u64 {
+        self.stats.pauses.load(Ordering::Relaxed)
     }
 
     /// The time between two requests at the configured budget (zero without a limit).

@@ -266,7 +266,7 @@ async fn an_unbounded_retry_after_is_capped() {
 #[tokio::test]
 async fn a_shared_rate_limit_pause_is_capped_shown_and_lifted_by_an_operator() {
     use pdq::queue::budget::{self, PauseReason};
-    use pdq::worker::pacer::{Budget, Pacer};
+    use pdq::worker::{Budget, Pacer};
     use std::time::Duration;
 
     let db = crate::helpers::TestDb::new().await;

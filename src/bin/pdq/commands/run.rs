@@ -34,13 +34,13 @@ pub struct RunArgs {
     #[arg(long, env = "PDQ_LOCAL_BUDGET")]
     pub local_budget: bool,
     /// Units claimed per statement.
-    #[arg(long, env = "PDQ_CLAIM_BATCH", default_value_t = queue::DEFAULT_CLAIM_BATCH)]
+    #[arg(long, env = "PDQ_CLAIM_BATCH", default_value_t = queue::lease::DEFAULT_CLAIM_BATCH)]
     pub claim_batch: u32,
     /// Jobs of one participant coalesced into one PATCH at most.
-    #[arg(long, env = "PDQ_MAX_COALESCE", default_value_t = queue::DEFAULT_MAX_COALESCE)]
+    #[arg(long, env = "PDQ_MAX_COALESCE", default_value_t = queue::lease::DEFAULT_MAX_COALESCE)]
     pub max_coalesce: u32,
     /// Lease on claimed units, in seconds.
-    #[arg(long, env = "PDQ_LEASE_SECS", default_value_t = queue::DEFAULT_LEASE.as_secs())]
+    #[arg(long, env = "PDQ_LEASE_SECS", default_value_t = queue::lease::DEFAULT_LEASE.as_secs())]
     pub lease_secs: u64,
     /// How long an external tag may stay unfindable before conversation_not_found, in seconds.
     #[arg(long, env = "PDQ_LOOKUP_WINDOW_SECS", default_value_t = worker::DEFAULT_LOOKUP_WINDOW.as_secs())]
