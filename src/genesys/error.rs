@@ -1,8 +1,12 @@
-//! `genesys::Error`: every way a call can fail, with the API's own words kept, and its class.
+//! `genesys::Error`: every way a call can fail, with the API's own words kept, and its
+//! [`Failure`] class (the outcome table's one classification).
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::model::{ErrorBody, OAuthError};
+use crate::queue::DeadReason;
 
 /// The longest wait a server's `Retry-After` (seconds or HTTP date) or `inin-ratelimit-reset`
 /// can impose: 180 s, where the official Genesys Cloud SDKs give up waiting. A longer value is
@@ -33,27 +37,38 @@ impl RateLimitInfo {
     }
 }
 
-/// How the worker's outcome table treats an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Retry with backoff: this call failed (408, 5xx, a timeout or reset of one request).
-    Transient,
-    /// Not the job's fault: Genesys Cloud or the way to it is down (DNS, connect and TLS
-    /// failures on any call, a token endpoint answering 5xx or unreachable). The fleet pauses
-    /// like after a 429 and the job's attempt is not spent.
-    Outage,
-    /// 429: wait for `Retry-After`.
+/// Why an attempt failed, as the worker's outcome table sees it: the one classification of
+/// failures. [`Error::class`] gives it for a failed call; the worker raises the kinds no call
+/// reports ([`Failure::Busy`], [`Failure::NotYetVisible`], a [`Failure::Permanent`] resolution).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// 429: the server asked to wait (`Retry-After`), every executor slows down.
     RateLimited {
-        /// The server's `Retry-After`.
+        /// The server's `Retry-After`, if any.
         retry_after: Option<Duration>,
     },
-    /// 401 after the one renewal the client already tried.
-    Unauthorized,
-    /// This request can never succeed (400, 404, 409, 413, 415, a 403 on one resource…).
-    Permanent,
-    /// The setup is wrong: credentials, base URL, a permission every request needs, a proxy or
-    /// redirect between pdq and the API.
+    /// 408, 5xx, a timeout or reset of a call about one conversation: try again later.
+    Transient,
+    /// Not the job's fault: Genesys Cloud or the way to it is down (DNS, connect and TLS
+    /// failures on any call, a token endpoint answering 5xx or unreachable), or most calls fail
+    /// across conversations. The fleet pauses like after a 429; no attempt is spent.
+    Outage,
+    /// Another unit holds the participant this unit resolved to: try again shortly, free.
+    Busy,
+    /// A lookup found nothing yet (analytics lags live data); retry inside the lookup window.
+    NotYetVisible {
+        /// When the lookup window closes.
+        window_ends: DateTime<Utc>,
+        /// The reason to dead-letter with once the window has closed.
+        reason: DeadReason,
+    },
+    /// The setup is wrong: credentials (a 401 after the one renewal the client tries), the
+    /// base URL, a permission every request needs, a proxy or redirect between pdq and the API.
     Configuration,
+    /// A 403 that concerns this conversation only.
+    Forbidden,
+    /// This request can never succeed (400, 404, 409, 413, 415, an unresolvable participant…).
+    Permanent(DeadReason),
 }
 
 /// A failed call to Genesys Cloud.
@@ -193,39 +208,38 @@ fn oauth_text(error: &OAuthError) -> String {
 
 impl Error {
     /// How the outcome table treats this error.
-    pub fn class(&self) -> ErrorClass {
+    pub fn class(&self) -> Failure {
         match self {
             Error::Http(http) => match http.status {
-                429 => ErrorClass::RateLimited {
+                429 => Failure::RateLimited {
                     retry_after: http.retry_after,
                 },
-                401 => ErrorClass::Unauthorized,
-                403 if is_missing_permission(&http.body) => ErrorClass::Configuration,
-                408 | 500..=599 => ErrorClass::Transient,
-                _ => ErrorClass::Permanent,
+                401 => Failure::Configuration,
+                403 if is_missing_permission(&http.body) => Failure::Configuration,
+                403 => Failure::Forbidden,
+                408 | 500..=599 => Failure::Transient,
+                status => Failure::Permanent(reason_for(status)),
             },
             Error::OAuth {
                 status,
                 retry_after,
                 ..
             } => match status {
-                429 => ErrorClass::RateLimited {
+                429 => Failure::RateLimited {
                     retry_after: *retry_after,
                 },
-                408 | 500..=599 => ErrorClass::Outage,
-                _ => ErrorClass::Configuration,
+                408 | 500..=599 => Failure::Outage,
+                _ => Failure::Configuration,
             },
             Error::Transport { endpoint, kind, .. } => match kind {
-                TransportKind::Dns | TransportKind::Connect | TransportKind::Tls => {
-                    ErrorClass::Outage
-                }
-                _ if *endpoint == TOKEN_ENDPOINT => ErrorClass::Outage,
-                TransportKind::Timeout | TransportKind::Other => ErrorClass::Transient,
+                TransportKind::Dns | TransportKind::Connect | TransportKind::Tls => Failure::Outage,
+                _ if *endpoint == TOKEN_ENDPOINT => Failure::Outage,
+                TransportKind::Timeout | TransportKind::Other => Failure::Transient,
             },
             Error::NotGenesys { .. }
             | Error::Redirected { .. }
             | Error::UnexpectedSuccess { .. }
-            | Error::Settings(_) => ErrorClass::Configuration,
+            | Error::Settings(_) => Failure::Configuration,
         }
     }
 
@@ -321,6 +335,18 @@ impl Error {
     }
 }
 
+/// The dead-letter reason for a permanent HTTP status.
+fn reason_for(status: u16) -> DeadReason {
+    match status {
+        400 => DeadReason::BadRequest,
+        404 => DeadReason::NotFound,
+        409 => DeadReason::Conflict,
+        413 => DeadReason::PayloadTooLarge,
+        415 => DeadReason::UnsupportedMediaType,
+        _ => DeadReason::Rejected,
+    }
+}
+
 fn is_missing_permission(body: &Option<ErrorBody>) -> bool {
     matches!(
         body.as_ref().and_then(|b| b.code.as_deref()),
@@ -372,7 +398,7 @@ mod tests {
 
     #[test]
     fn classification_follows_the_outcome_table() {
-        use ErrorClass::*;
+        use Failure::*;
         let rate = RateLimited {
             retry_after: Some(Duration::from_secs(9)),
         };
@@ -383,15 +409,21 @@ mod tests {
             (http(502, None), Transient),
             (http(503, None), Transient),
             (http(504, None), Transient),
-            (http(401, Some("bad.credentials")), Unauthorized),
+            (http(401, Some("bad.credentials")), Configuration),
             (http(403, Some("missing.permissions")), Configuration),
             (http(403, Some("missing.any.permissions")), Configuration),
-            (http(403, Some("not.authorized")), Permanent),
-            (http(400, Some("invalid.value")), Permanent),
-            (http(404, Some("not.found")), Permanent),
-            (http(409, Some("conflict")), Permanent),
-            (http(413, None), Permanent),
-            (http(415, None), Permanent),
+            (http(403, Some("not.authorized")), Forbidden),
+            (
+                http(400, Some("invalid.value")),
+                Permanent(DeadReason::BadRequest),
+            ),
+            (
+                http(404, Some("not.found")),
+                Permanent(DeadReason::NotFound),
+            ),
+            (http(409, Some("conflict")), Permanent(DeadReason::Conflict)),
+            (http(413, None), Permanent(DeadReason::PayloadTooLarge)),
+            (http(415, None), Permanent(DeadReason::UnsupportedMediaType)),
         ];
         for (error, class) in table {
             assert_eq!(error.class(), class, "{error}");
@@ -439,7 +471,7 @@ mod tests {
 
     #[test]
     fn outages_are_told_apart_from_a_failed_request() {
-        use ErrorClass::*;
+        use Failure::*;
         use TransportKind::*;
         let api = "GET conversation";
         let table = [

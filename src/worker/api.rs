@@ -7,9 +7,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::decide::Failure;
-use crate::genesys::{self, ErrorClass, GenesysClient, RateLimitInfo};
-use crate::queue::DeadReason;
+use crate::genesys::{self, Failure, GenesysClient, RateLimitInfo};
 
 /// Calls the API for the worker.
 #[derive(Clone)]
@@ -188,19 +186,11 @@ fn meta_of<T>(response: &genesys::ApiResponse<T>) -> CallMeta {
     }
 }
 
-/// Maps a client error onto the outcome table.
+/// Keeps what the dead letter needs of a client error, with its class.
 fn classify(error: genesys::Error) -> CallError {
     let status = error.status();
-    let failure = match error.class() {
-        ErrorClass::RateLimited { retry_after } => Failure::RateLimited { retry_after },
-        ErrorClass::Transient => Failure::Transient,
-        ErrorClass::Outage => Failure::Outage,
-        ErrorClass::Unauthorized | ErrorClass::Configuration => Failure::Configuration,
-        ErrorClass::Permanent if status == Some(403) => Failure::Forbidden,
-        ErrorClass::Permanent => Failure::Permanent(reason_for(status)),
-    };
     CallError {
-        failure,
+        failure: error.class(),
         status,
         code: error.code().map(str::to_owned),
         message: error.message().map(str::to_owned),
@@ -215,17 +205,5 @@ fn classify(error: genesys::Error) -> CallError {
             elapsed: Duration::ZERO,
         },
         description: error.to_string(),
-    }
-}
-
-/// The dead-letter reason for a permanent HTTP status.
-pub fn reason_for(status: Option<u16>) -> DeadReason {
-    match status {
-        Some(400) => DeadReason::BadRequest,
-        Some(404) => DeadReason::NotFound,
-        Some(409) => DeadReason::Conflict,
-        Some(413) => DeadReason::PayloadTooLarge,
-        Some(415) => DeadReason::UnsupportedMediaType,
-        _ => DeadReason::Rejected,
     }
 }

@@ -6,38 +6,8 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use super::backoff::{jitter, Backoff};
+use crate::genesys::Failure;
 use crate::queue::DeadReason;
-
-/// Why an attempt failed, as far as the policy cares.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Failure {
-    /// 429: the server asked to wait (`Retry-After`), every executor slows down.
-    RateLimited {
-        /// The server's `Retry-After`, if any.
-        retry_after: Option<Duration>,
-    },
-    /// 408, 5xx, a timeout or reset of a call about one conversation: try again later.
-    Transient,
-    /// Not the job's fault: Genesys Cloud or the way to it is down (DNS, connect, TLS, the
-    /// login host), or most calls fail across conversations. The fleet pauses; no attempt is
-    /// spent.
-    Outage,
-    /// Another unit holds the participant this unit resolved to: try again shortly, free.
-    Busy,
-    /// A lookup found nothing yet (analytics lags live data); retry inside the lookup window.
-    NotYetVisible {
-        /// When the lookup window closes.
-        window_ends: DateTime<Utc>,
-        /// The reason to dead-letter with once the window has closed.
-        reason: DeadReason,
-    },
-    /// The configuration is wrong (credentials, base URL, a permission every job needs).
-    Configuration,
-    /// A 403 that concerns this conversation only.
-    Forbidden,
-    /// This job can never succeed.
-    Permanent(DeadReason),
-}
 
 /// What the worker does next with the unit.
 #[derive(Debug, Clone, PartialEq)]

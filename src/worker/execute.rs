@@ -10,9 +10,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::api::CallError;
-use super::decide::{decide, Attempt, Decision, Failure};
+use super::decide::{decide, Attempt, Decision};
 use super::resolve::{pick_participant, ParticipantLocator, Target};
 use super::{outage, Inner};
+use crate::genesys::Failure;
 use crate::queue::lease::{DeadLetterRecord, Success};
 use crate::queue::{self, DeadReason, Job, Priority, Unit};
 

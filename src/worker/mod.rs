@@ -34,7 +34,6 @@ use crate::queue::lease::ClaimOptions;
 use crate::queue::{self, Fence, Unit};
 pub use api::Api;
 pub use backoff::Backoff;
-pub use decide::Failure;
 pub use execute::UnitOutcome;
 pub use pacer::{Budget, Pacer, DEFAULT_BACKFILL_SHARE, DEFAULT_RATE_LIMIT};
 pub use resolve::Target;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use pdq::genesys::{is_loopback, Error, ErrorClass, GenesysClient};
+use pdq::genesys::{is_loopback, Error, Failure, GenesysClient};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -238,8 +238,8 @@ fn exit_code(error: &Error) -> Exit {
     match (error.status(), error.class()) {
         (Some(403), _) => PERMISSION,
         (Some(404), _) => Exit::NotFound,
-        (_, ErrorClass::Transient | ErrorClass::Outage) => UNREACHABLE,
-        (_, ErrorClass::Configuration | ErrorClass::Unauthorized) => CONFIGURATION,
+        (_, Failure::Transient | Failure::Outage) => UNREACHABLE,
+        (_, Failure::Configuration) => CONFIGURATION,
         _ => Exit::Failure,
     }
 }
