@@ -8,14 +8,17 @@
 mod api;
 mod backoff;
 mod buffer;
+mod calls;
 mod completer;
 mod decide;
 mod execute;
 mod heartbeat;
 mod maintenance;
 mod outage;
+mod outcome;
 mod pacer;
 mod resolve;
+mod send;
 mod wakeup;
 
 use std::collections::HashMap;
