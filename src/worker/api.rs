@@ -20,8 +20,6 @@ pub struct Api {
 pub struct CallMeta {
     /// HTTP status.
     pub status: u16,
-    /// `ININ-Correlation-Id`.
-    pub correlation_id: Option<String>,
     /// The `inin-ratelimit-*` headers.
     pub rate_limit: Option<RateLimitInfo>,
     /// How long the call took.
@@ -89,7 +87,10 @@ impl Api {
     }
 
     /// `GET /api/v2/conversations/{id}`.
-    pub async fn conversation(&self, id: Uuid) -> Result<(ConversationView, CallMeta), CallError> {
+    pub(crate) async fn conversation(
+        &self,
+        id: Uuid,
+    ) -> Result<(ConversationView, CallMeta), CallError> {
         let response = self.client.get_conversation(id).await.map_err(classify)?;
         let conversation = &response.value;
         let view = ConversationView {
@@ -112,7 +113,7 @@ impl Api {
     }
 
     /// The attributes PATCH (the generic endpoint).
-    pub async fn patch(
+    pub(crate) async fn patch(
         &self,
         conversation_id: Uuid,
         participant_id: Uuid,
@@ -127,7 +128,7 @@ impl Api {
     }
 
     /// The active conversations carrying `tag` (analytics details query).
-    pub async fn find_by_tag(&self, tag: &str) -> Result<(Vec<Uuid>, CallMeta), CallError> {
+    pub(crate) async fn find_by_tag(&self, tag: &str) -> Result<(Vec<Uuid>, CallMeta), CallError> {
         let response = self
             .client
             .find_active_conversations_by_external_tag(tag)
@@ -141,46 +142,56 @@ impl Api {
         Ok((ids, meta_of(&response)))
     }
 
-    /// Gets a token (used to find out whether a paused worker may resume).
-    pub async fn probe(&self) -> Result<(), String> {
-        self.client.probe_token().await.map_err(|e| e.to_string())
+    /// Gets a token (used to find out whether a worker paused on its configuration may resume).
+    pub(crate) async fn check_credentials(&self) -> Result<(), CheckError> {
+        Ok(self.client.probe_token().await?)
     }
 
     /// Gets one conversation to find out whether a worker paused on a 403 may resume: `Err`
     /// while the API refuses it for a permission (401/403) or gives no verdict (no response,
     /// 429, 5xx); any other answer, a 404 too, means the permission is back.
-    pub async fn probe_conversation(&self, id: Uuid) -> Result<(), String> {
+    pub(crate) async fn check_conversation(&self, id: Uuid) -> Result<(), CheckError> {
         verdict(self.conversation(id).await.map(|_| ()))
     }
 
-    /// Looks a tag up, as [`Api::probe_conversation`] does a conversation.
-    pub async fn probe_tag(&self, tag: &str) -> Result<(), String> {
+    /// Looks a tag up, as [`Api::check_conversation`] does a conversation.
+    pub(crate) async fn check_tag(&self, tag: &str) -> Result<(), CheckError> {
         verdict(self.find_by_tag(tag).await.map(|_| ()))
     }
 
     /// The longest one API request may take.
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         self.client.request_timeout()
     }
 
     /// OAuth token renewals so far.
-    pub fn token_renewals(&self) -> u64 {
+    pub(crate) fn token_renewals(&self) -> u64 {
         self.client.token_renewals()
     }
 }
 
-fn verdict(result: Result<(), CallError>) -> Result<(), String> {
+/// Why a paused worker's check of its configuration did not pass: it stays paused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CheckError {
+    /// The token request failed (credentials refused, login host unreachable).
+    #[error(transparent)]
+    Token(#[from] genesys::Error),
+    /// The API still refuses the call that paused the worker, or gave no verdict.
+    #[error("{0}")]
+    Call(Box<CallError>),
+}
+
+fn verdict(result: Result<(), CallError>) -> Result<(), CheckError> {
     match result {
         Ok(()) => Ok(()),
         Err(error) if matches!(error.failure, Failure::Permanent(_)) => Ok(()),
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(CheckError::Call(Box::new(error))),
     }
 }
 
 fn meta_of<T>(response: &genesys::ApiResponse<T>) -> CallMeta {
     CallMeta {
         status: response.status,
-        correlation_id: response.correlation_id.clone(),
         rate_limit: response.rate_limit.clone(),
         elapsed: response.elapsed,
     }
@@ -200,7 +211,6 @@ fn classify(error: genesys::Error) -> CallError {
         retry_after: error.retry_after(),
         meta: CallMeta {
             status: status.unwrap_or(0),
-            correlation_id: error.correlation_id().map(str::to_owned),
             rate_limit: error.rate_limit().cloned(),
             elapsed: Duration::ZERO,
         },

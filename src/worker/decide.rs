@@ -41,6 +41,11 @@ pub struct Attempt {
 /// How soon a unit whose participant another unit holds tries again (plus jitter up to as much).
 pub const BUSY_RETRY: Duration = Duration::from_millis(200);
 
+/// The shortest wait before a lookup that found nothing is tried again, even when the lookup
+/// window is about to close: analytics needs a moment to catch up, and an immediate retry
+/// would only ask the same question again.
+pub const NOT_YET_VISIBLE_FLOOR: Duration = Duration::from_millis(200);
+
 /// After this many 403s in a row the worker assumes a missing permission and pauses rather
 /// than dead-letter the queue.
 pub const FORBIDDEN_PAUSE_THRESHOLD: u32 = 5;
@@ -90,7 +95,7 @@ pub fn decide<R: Rng>(
             }
             let left = (*window_ends - now).to_std().unwrap_or_default();
             let after = backoff.delay(attempt_number, None, rng).min(left);
-            retry(after.max(Duration::from_millis(200)), true)
+            retry(after.max(NOT_YET_VISIBLE_FLOOR), true)
         }
         Failure::Configuration => Decision::Pause,
         Failure::Forbidden if attempt.consecutive_forbidden >= FORBIDDEN_PAUSE_THRESHOLD => {

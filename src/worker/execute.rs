@@ -44,16 +44,16 @@ pub enum UnitOutcome {
     },
     /// The unit goes back to pending.
     Retried {
-        /// Why.
+        /// The failure the outcome table retried.
         failure: Failure,
-        /// After how long.
+        /// The delay before the unit may be claimed again.
         after: Duration,
     },
     /// The jobs were dead-lettered.
     DeadLettered {
-        /// The reason.
+        /// The reason recorded with the dead letters.
         reason: DeadReason,
-        /// How many jobs.
+        /// How many jobs were dead-lettered.
         jobs: usize,
     },
     /// The worker paused on a configuration problem; the unit was given back.

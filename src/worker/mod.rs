@@ -163,8 +163,9 @@ struct Inner {
     outage: outage::Detector,
     completer: completer::Completer,
     forbidden_streak: AtomicU32,
-    /// What the configuration-pause probe asks (see [`maintenance::remember_pause`]).
-    pause_probe: Mutex<maintenance::ProbeCall>,
+    /// What the credential check of a configuration pause asks (see
+    /// [`maintenance::remember_pause`]).
+    credential_check: Mutex<maintenance::CheckCall>,
     rng: Mutex<SmallRng>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -190,7 +191,7 @@ impl Worker {
                 cutoff: Mutex::new(None),
                 outage: outage::Detector::default(),
                 forbidden_streak: AtomicU32::new(0),
-                pause_probe: Mutex::default(),
+                credential_check: Mutex::default(),
                 rng: Mutex::new(rng),
                 metrics: Arc::new(Metrics::for_budget(config.budget.per_minute)),
                 health: Arc::new(Health::default()),
@@ -479,6 +480,10 @@ const CLAIM_FAILURES_UNHEALTHY: u32 = 3;
 /// The pause between two failed claims.
 const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(500);
 
+/// How long a claimer with nothing to do (worker paused, buffer full) sleeps before it looks
+/// again, in case a wake-up or drain notification was missed.
+const CLAIMER_IDLE_POLL: Duration = Duration::from_millis(200);
+
 /// Keeps the buffer topped up: claims in batches when half of it is free, and on every
 /// wake-up (a NOTIFY, the poll) claims at least one unit even when it is full, unless a live unit
 /// already waits: the claim order puts a new live job first, so it never queues behind backfill.
@@ -496,7 +501,7 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
             tokio::select! {
                 _ = wake.notified() => nudged = true,
                 _ = inner.buffer.drained.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(CLAIMER_IDLE_POLL) => {}
                 _ = stop.cancelled() => return,
             }
             continue;

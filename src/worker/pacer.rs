@@ -68,7 +68,7 @@ pub struct Pacer {
     live_waiting: AtomicUsize,
     live_seen: Mutex<Option<Instant>>,
     paused_until: Mutex<Option<Instant>>,
-    probe: Mutex<Probe>,
+    probe: Mutex<PauseProbe>,
     shared: Option<SharedSlots>,
     stats: PacerStats,
 }
@@ -117,7 +117,7 @@ impl Pacer {
             live_waiting: AtomicUsize::new(0),
             live_seen: Mutex::new(None),
             paused_until: Mutex::new(None),
-            probe: Mutex::new(Probe::default()),
+            probe: Mutex::new(PauseProbe::default()),
             shared,
             stats: PacerStats::default(),
         }
@@ -234,7 +234,7 @@ impl Pacer {
             *paused = Some(until);
             self.stats.pauses.fetch_add(1, Ordering::Relaxed);
         }
-        *self.probe.lock().unwrap() = Probe {
+        *self.probe.lock().unwrap() = PauseProbe {
             pending: true,
             in_flight_since: None,
         };
@@ -244,7 +244,7 @@ impl Pacer {
     /// ahead without waiting for a probe.
     pub fn clear_pause(&self) {
         *self.paused_until.lock().unwrap() = None;
-        *self.probe.lock().unwrap() = Probe::default();
+        *self.probe.lock().unwrap() = PauseProbe::default();
     }
 
     /// When this process is paused: the pause still in force, if any.
@@ -291,7 +291,7 @@ impl Pacer {
             if !must_wait {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(PROBE_ANSWER_POLL).await;
         }
     }
 
@@ -370,9 +370,12 @@ const LIVE_MEMORY: Duration = Duration::from_secs(2);
 /// How long the other executors wait for a probe's answer before going ahead anyway.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The request that tests the API after a pause.
+/// How often an executor waiting behind the pause probe looks whether it was answered.
+const PROBE_ANSWER_POLL: Duration = Duration::from_millis(10);
+
+/// The one request that tests the API after a 429 or outage pause before the others follow.
 #[derive(Debug, Default)]
-struct Probe {
+struct PauseProbe {
     /// The next request after the pause is the probe.
     pending: bool,
     /// The probe was sent at this time and has no answer yet.
