@@ -272,6 +272,30 @@ impl std::fmt::Display for DeadReason {
     }
 }
 
+/// A reason equals the name it is stored under (`DeadReason::NotFound == "not_found"`).
+impl PartialEq<&str> for DeadReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for DeadReason {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for DeadReason {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Ok(text.parse()?)
+    }
+}
+
 impl std::str::FromStr for DeadReason {
     type Err = String;
 

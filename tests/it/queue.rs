@@ -581,7 +581,7 @@ async fn dead_letter_then_requeue_makes_the_job_claimable_again_with_history_kep
     );
 
     let filter = DeadLetterFilter {
-        reason: Some("not_found".into()),
+        reason: Some(DeadReason::NotFound),
         ..DeadLetterFilter::default()
     };
     assert_eq!(

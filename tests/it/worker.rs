@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use pdq::emulator::{ConversationSpec, EmulatorConfig, Faults, ParticipantSpec};
-use pdq::queue::{self, Locators, NewJob};
+use pdq::queue::{self, DeadReason, Locators, NewJob};
 use pdq::worker::{Api, Budget, Worker, WorkerConfig};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -568,7 +568,7 @@ async fn a_requeued_dead_letter_does_not_overwrite_a_newer_value_unless_forced()
     assert_eq!(values_sent(&app, c.id, pid, "tier"), vec!["gold"]);
 
     let all = queue::DeadLetterFilter {
-        reason: Some("expired".into()),
+        reason: Some(DeadReason::Expired),
         ..queue::DeadLetterFilter::default()
     };
     let would_drop: Vec<String> = sqlx::query_scalar(
