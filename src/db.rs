@@ -22,7 +22,7 @@ pub enum Error {
     #[error("cannot connect to Postgres: {}", describe(.0))]
     Connect(sqlx::Error),
     /// A migration failed.
-    #[error("migration failed: {0}")]
+    #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The database has no pdq schema yet.
     #[error("the database has no pdq schema: run `pdq migrate` first")]
