@@ -152,7 +152,11 @@ pub async fn requeue<'e>(
     };
     filter.push_where(&mut query);
     query.push("))");
-    let count: i64 = query.build_query_scalar().fetch_one(db).await?;
+    let count: i64 = query
+        .build_query_scalar()
+        .fetch_one(db)
+        .await
+        .map_err(Error::on_insert)?;
     Ok(count as u64)
 }
 

@@ -50,7 +50,8 @@ pub async fn enqueue<'e>(db: impl PgExecutor<'e>, job: &NewJob) -> Result<Option
     .bind(&job.idempotency_key)
     .bind(job.max_attempts.unwrap_or(20))
     .fetch_one(db)
-    .await?;
+    .await
+    .map_err(Error::on_insert)?;
     Ok(id)
 }
 
@@ -99,7 +100,8 @@ pub async fn enqueue_many<'e>(db: impl PgExecutor<'e>, jobs: &[NewJob]) -> Resul
     .bind(column(|j| j.idempotency_key.clone()))
     .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
     .execute(db)
-    .await?;
+    .await
+    .map_err(Error::on_insert)?;
     Ok(result.rows_affected())
 }
 

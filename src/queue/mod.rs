@@ -72,7 +72,9 @@ async fn index_only_transaction(
 /// A queue operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Postgres refused a row because it breaks a rule of the SQL contract.
+    /// Postgres refused a row inserted into `pdq.jobs` because it breaks a rule of the SQL
+    /// contract (only statements that insert jobs report this; any other statement's
+    /// constraint error is a [`Error::Database`] that names its own constraint).
     #[error("refused by constraint {constraint}: {meaning}")]
     Refused {
         /// The constraint's name, e.g. `attribute_values_must_be_strings`.
@@ -90,6 +92,14 @@ pub enum Error {
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
+        Error::Database(error)
+    }
+}
+
+impl Error {
+    /// The error of a statement that inserts into `pdq.jobs` (an enqueue, a requeue): a
+    /// constraint it broke is a rule of the SQL contract, explained to the producer.
+    fn on_insert(error: sqlx::Error) -> Error {
         let constraint = error
             .as_database_error()
             .and_then(|db| db.constraint())
