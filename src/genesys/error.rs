@@ -319,6 +319,45 @@ impl Error {
         }
     }
 
+    /// What an operator should check or change, for the errors a setup problem causes (wrong
+    /// credentials, a missing permission, a conversation out of the client's reach).
+    pub fn advice(&self) -> Option<String> {
+        if self.code() == Some("invalid_client") {
+            return Some(
+                "The client id is unknown or the secret is wrong: check GENESYS_CLIENT_ID / \
+                 GENESYS_CLIENT_SECRET, and that the OAuth client uses the Client Credentials \
+                 grant in this region's organization"
+                    .to_owned(),
+            );
+        }
+        match self.status() {
+            Some(403) => {
+                let permission = self
+                    .missing_permission()
+                    .unwrap_or_else(|| "a permission".into());
+                Some(format!(
+                    "The OAuth client lacks {permission}: client-credentials access comes from \
+                     the client's roles and their divisions (scopes do not apply); add a role \
+                     granting it on the conversation's division"
+                ))
+            }
+            Some(404) => Some(
+                "The conversation does not exist, or is in a division the client's roles do not \
+                 cover"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The error, followed by its [`advice`](Error::advice) when it has some.
+    pub fn with_advice(&self) -> String {
+        match self.advice() {
+            Some(advice) => format!("{self}. {advice}"),
+            None => self.to_string(),
+        }
+    }
+
     /// The permission a 403 says is missing, if it names one.
     pub fn missing_permission(&self) -> Option<String> {
         let body = self.body()?;
@@ -617,5 +656,41 @@ mod tests {
             error.missing_permission().as_deref(),
             Some("conversation:communication:view")
         );
+    }
+
+    #[test]
+    fn setup_errors_carry_advice_and_others_none() {
+        let bad_client = oauth(401, "invalid_client");
+        let advice = bad_client.advice().expect("advice for invalid_client");
+        assert!(advice.contains("GENESYS_CLIENT_SECRET"), "{advice}");
+        assert_eq!(bad_client.with_advice(), format!("{bad_client}. {advice}"));
+        let forbidden = Error::Http(Box::new(HttpFailure {
+            endpoint: "x",
+            status: 403,
+            body: Some(ErrorBody {
+                code: Some("missing.permissions".into()),
+                message_params: Some(
+                    [(
+                        "permissions".to_owned(),
+                        "conversation:participant:wrapup".to_owned(),
+                    )]
+                    .into_iter()
+                    .collect(),
+                ),
+                ..ErrorBody::default()
+            }),
+            raw: String::new(),
+            correlation_id: None,
+            retry_after: None,
+            rate_limit: None,
+        }));
+        let advice = forbidden.advice().expect("advice for a 403");
+        assert!(
+            advice.contains("conversation:participant:wrapup"),
+            "{advice}"
+        );
+        assert!(http(404, Some("not.found")).advice().is_some());
+        assert_eq!(http(503, None).advice(), None);
+        assert_eq!(http(503, None).with_advice(), http(503, None).to_string());
     }
 }

@@ -71,6 +71,8 @@ pub struct CallError {
     pub retry_after: Option<Duration>,
     /// Response metadata.
     pub meta: CallMeta,
+    /// What an operator should check ([`genesys::Error::advice`]).
+    pub advice: Option<String>,
     description: String,
 }
 
@@ -214,6 +216,7 @@ fn classify(error: genesys::Error) -> CallError {
             rate_limit: error.rate_limit().cloned(),
             elapsed: Duration::ZERO,
         },
+        advice: error.advice(),
         description: error.to_string(),
     }
 }

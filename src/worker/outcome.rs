@@ -241,16 +241,20 @@ pub(super) async fn on_failure(
             Ok(UnitOutcome::DeadLettered { reason, jobs })
         }
         Decision::Pause => {
+            let advice = failed.api.as_ref().and_then(|api| api.advice.as_deref());
+            let reason = match advice {
+                Some(advice) => format!("{}. {advice}", failed.detail),
+                None => failed.detail,
+            };
             tracing::error!(
                 reason = "configuration",
                 http.status = status,
                 correlation_id,
-                "pausing the worker (configuration): {}; no job is dead-lettered, checking again \
-                 with backoff",
-                failed.detail
+                "pausing the worker (configuration): {reason}; no job is dead-lettered, checking \
+                 again with backoff"
             );
             super::maintenance::remember_pause(inner, unit, status, failed.target);
-            inner.health.fail(failed.detail);
+            inner.health.fail(reason);
             lease::release(&inner.pool, &unit.fence()).await?;
             for waiting in inner.buffer.take_all() {
                 inner.release(waiting.fence()).await;
