@@ -1,6 +1,6 @@
 //! Queue-only benchmark (no HTTP): claim + finish throughput with K concurrent claimers, the
 //! cost of one claim with 10k and with 1M pending rows, and the cost of one finish statement
-//! (`queue::succeed_batch`) of 1,000 and of 10,000 units.
+//! (`queue::lease::succeed_batch`) of 1,000 and of 10,000 units.
 //!
 //! `cargo bench --bench queue` (append `-- --claimers 8 --batch 64` to change the shape, or
 //! `-- --finish-only` for the finish statement alone). Every mode appends its line to
@@ -121,7 +121,7 @@ async fn finish_figures(sizes: [usize; 2], runs: usize) -> serde_json::Value {
     figures
 }
 
-/// Times one `queue::succeed_batch` of `units` claimed units of one job each. Every job names
+/// Times one `queue::lease::succeed_batch` of `units` claimed units of one job each. Every job names
 /// both ids and two keys, so the statement also writes `pdq.applied_keys`. A fresh database
 /// with a single connection; the statement is prepared by a small untimed finish first.
 async fn finish_statement(units: usize) -> Duration {

@@ -1,8 +1,6 @@
 //! The API calls of one unit: each waits for the request budget and reports its answer to the
 //! pacer, the outage detector and the metrics.
 
-use std::sync::atomic::Ordering;
-
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -41,10 +39,11 @@ impl<'a> Calls<'a> {
 
     async fn after(&self, status: Option<u16>, meta: Option<&CallMeta>, error: Option<&CallError>) {
         let label = status.map_or_else(|| "transport_error".to_owned(), |s| s.to_string());
-        self.inner.metrics.api_statuses.add(&label, 1);
-        self.inner.metrics.recent_requests.note();
-        if let Some(meta) = meta.or(error.map(|e| &e.meta)) {
-            self.inner.metrics.api_latency.observe(meta.elapsed);
+        let meta = meta.or(error.map(|e| &e.meta));
+        self.inner
+            .metrics
+            .record_api_response(&label, meta.map(|m| m.elapsed));
+        if let Some(meta) = meta {
             let retry_after = error.and_then(|e| e.retry_after);
             self.inner
                 .pacer
@@ -110,7 +109,6 @@ impl<'a> Calls<'a> {
         }
         self.inner
             .metrics
-            .token_renewals
-            .store(self.inner.api.token_renewals(), Ordering::Relaxed);
+            .set_token_renewals(self.inner.api.token_renewals());
     }
 }

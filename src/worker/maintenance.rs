@@ -50,7 +50,7 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             last_prune = Instant::now();
         }
         if let Ok(depth) = queue::pending_count(&inner.pool).await {
-            inner.metrics.queue_depth.store(depth, Ordering::Relaxed);
+            inner.metrics.set_queue_depth(depth);
         }
         export_pacer_stats(&inner);
         if last_gauges.elapsed() >= GAUGE_INTERVAL {
@@ -69,19 +69,18 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
 /// Copies the pacer's wait and pause counters into the metrics.
 fn export_pacer_stats(inner: &Inner) {
     let stats = inner.pacer.stats();
-    let metrics = &inner.metrics;
-    let copy = |from: &std::sync::atomic::AtomicU64, to: &std::sync::atomic::AtomicU64| {
-        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
-    };
-    copy(&stats.waits, &metrics.limiter_waits);
-    copy(&stats.wait_micros, &metrics.limiter_wait_micros);
-    copy(&stats.pauses, &metrics.limiter_pauses);
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    inner.metrics.set_limiter(
+        load(&stats.waits),
+        load(&stats.wait_micros),
+        load(&stats.pauses),
+    );
 }
 
 /// Samples jobs by state, dead letters, workers and the shared budget's pause for `/metrics`.
 async fn sample_gauges(inner: &Inner) {
     match queue::gauges::gauges(&inner.pool).await {
-        Ok(gauges) => *inner.metrics.gauges.lock().unwrap() = gauges,
+        Ok(gauges) => inner.metrics.set_gauges(gauges),
         Err(error) => tracing::debug!(%error, "could not sample the queue gauges"),
     }
     let budget = &inner.config.budget;
@@ -91,7 +90,7 @@ async fn sample_gauges(inner: &Inner) {
             Ok(Some(state)) if state.paused_until.is_some() => state.pause_reason,
             _ => None,
         };
-        *inner.metrics.budget_pause.lock().unwrap() = reason;
+        inner.metrics.set_budget_pause(reason);
     }
 }
 
@@ -116,14 +115,11 @@ impl Progress {
         if elapsed < PROGRESS_INTERVAL {
             return;
         }
-        let applied_total = inner.metrics.outcomes.get("applied");
+        let applied_total = inner.metrics.outcome_count("applied");
         let applied = applied_total.saturating_sub(self.applied);
         self.at = Instant::now();
         self.applied = applied_total;
-        let pending: i64 = {
-            let gauges = inner.metrics.gauges.lock().unwrap();
-            gauges.priorities.iter().map(|p| p.due + p.running).sum()
-        };
+        let pending = inner.metrics.jobs_in_progress();
         if pending <= 0 {
             return;
         }

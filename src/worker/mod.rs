@@ -516,10 +516,7 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
                     inner.health.clear(Condition::Claims);
                 }
                 let full = units.len() as u32 == wanted;
-                inner
-                    .metrics
-                    .claims
-                    .fetch_add(units.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                inner.metrics.count_claims(units.len() as u64);
                 for unit in &units {
                     inner.track(unit);
                     if unit.head().priority == crate::queue::Priority::Live {

@@ -61,19 +61,18 @@ pub(super) async fn applied(inner: &Inner, unit: &Unit, target: Target) {
     let now = Utc::now();
     for job in &unit.jobs {
         let latency = (now - job.created_at).to_std().unwrap_or_default();
-        inner.metrics.enqueue_to_applied.observe(latency);
+        inner.metrics.observe_enqueue_to_applied(latency);
     }
     inner
         .metrics
-        .outcomes
-        .add("applied", unit.jobs.len() as u64);
+        .record_outcome("applied", unit.jobs.len() as u64);
     let success = Success::of(unit, target.conversation_id, target.participant_id);
     inner.completer.push(success).await;
 }
 
 /// Another worker took the unit over: nothing was recorded, only counted.
 pub(super) fn lease_lost(inner: &Inner) {
-    inner.metrics.outcomes.add("lease_lost", 1);
+    inner.metrics.record_outcome("lease_lost", 1);
 }
 
 /// Dead-letters the `expired` jobs of the unit `fence` holds (`now` on the database's clock);
@@ -137,8 +136,7 @@ pub(super) fn log_split(jobs: usize, applied: usize, dead_lettered: usize, retri
 fn count_dead_lettered(inner: &Inner, reason: DeadReason, jobs: usize) {
     inner
         .metrics
-        .outcomes
-        .add(&format!("dead_letter:{}", reason.as_str()), jobs as u64);
+        .record_outcome(&format!("dead_letter:{}", reason.as_str()), jobs as u64);
 }
 
 /// Applies the outcome table to a failed attempt and records the decision: retry, dead letter,
@@ -213,7 +211,7 @@ pub(super) async fn on_failure(
             }
             .to_json();
             lease::retry(&inner.pool, &unit.fence(), after, &note, spend_attempt).await?;
-            inner.metrics.outcomes.add(
+            inner.metrics.record_outcome(
                 &format!("retry:{}", failure_label(&failed.failure)),
                 jobs as u64,
             );

@@ -1,8 +1,6 @@
 //! Sending a resolved unit: request bodies under the size limit, warnings about values
 //! analytics will truncate, and the one-at-a-time pass when the API refuses a merged update.
 
-use std::sync::atomic::Ordering;
-
 use serde_json::{Map, Value};
 
 use super::calls::Calls;
@@ -158,7 +156,7 @@ fn warn_on_long_values(inner: &Inner, attributes: &Map<String, Value>, unit: &Un
             .as_str()
             .is_some_and(|v| v.chars().count() > ANALYTICS_VALUE_CHARS)
         {
-            inner.metrics.long_values.fetch_add(1, Ordering::Relaxed);
+            inner.metrics.count_long_value();
             tracing::warn!(
                 key,
                 chars = value.as_str().map_or(0, |v| v.chars().count()),
