@@ -1,9 +1,13 @@
 //! The worker: claims units, applies them through the Genesys Cloud API, records outcomes.
 //!
-//! One claimer task fills a small in-memory [`buffer::Buffer`] (batch claims, woken by
-//! `NOTIFY pdq_jobs` or a slow poll); N executors take the most urgent unit, wait for the
-//! request budget ([`pacer::Pacer`]) and run it ([`execute`]); a completer archives applied
-//! units in batches; a maintenance task renews leases, recovers expired ones and prunes.
+//! One claimer task fills a small in-memory buffer (batch claims, woken by `NOTIFY pdq_jobs`
+//! or a slow poll); N executors take the most urgent unit, wait for the request budget
+//! ([`Pacer`]) and run it through a pipeline of named steps (`execute.rs`: resolve, hold the
+//! target, send, classify a failure with the outcome table, record the outcome); a completer
+//! archives applied units in batches; a maintenance task renews leases, recovers expired ones
+//! and prunes.
+//!
+//! A library user needs [`Worker`], [`WorkerConfig`] and [`Api`]; everything else is internal.
 
 mod api;
 mod backoff;

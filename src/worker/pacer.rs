@@ -134,12 +134,12 @@ impl Pacer {
     }
 
     /// The time between two requests at the configured budget (zero without a limit).
-    pub fn token_interval(&self) -> Duration {
+    pub(crate) fn token_interval(&self) -> Duration {
         self.interval
     }
 
     /// Waits until one more request of `lane` may be sent.
-    pub async fn acquire(&self, lane: Priority) {
+    pub(crate) async fn acquire(&self, lane: Priority) {
         if self.main.is_none() {
             self.wait_for_pause().await;
             return;
@@ -170,7 +170,7 @@ impl Pacer {
     }
 
     /// Notes live work (a live unit claimed or taken): backfill keeps to its share for a while.
-    pub fn note_live(&self) {
+    pub(crate) fn note_live(&self) {
         *self.live_seen.lock().unwrap() = Some(Instant::now());
     }
 
@@ -226,7 +226,7 @@ impl Pacer {
 
     /// Pauses every executor of this process for `duration`, at most
     /// [`crate::genesys::MAX_RETRY_AFTER`] (whatever the caller passes, nothing overflows).
-    pub fn pause_for(&self, duration: Duration) {
+    pub(crate) fn pause_for(&self, duration: Duration) {
         let now = Instant::now();
         let until = now.checked_add(cap_wait(duration)).unwrap_or(now);
         let mut paused = self.paused_until.lock().unwrap();
@@ -242,13 +242,13 @@ impl Pacer {
 
     /// Lifts this process's pause at once (an operator resumed the shared budget): executors go
     /// ahead without waiting for a probe.
-    pub fn clear_pause(&self) {
+    pub(crate) fn clear_pause(&self) {
         *self.paused_until.lock().unwrap() = None;
         *self.probe.lock().unwrap() = PauseProbe::default();
     }
 
     /// When this process is paused: the pause still in force, if any.
-    pub fn paused_for(&self) -> Option<Duration> {
+    pub(crate) fn paused_for(&self) -> Option<Duration> {
         let until = (*self.paused_until.lock().unwrap())?;
         let left = until.saturating_duration_since(Instant::now());
         (!left.is_zero()).then_some(left)
