@@ -176,90 +176,124 @@ pub(super) async fn on_failure(
             &mut *rng,
         )
     };
-    let jobs = unit.jobs.len();
-    let (status, correlation_id) = match &failed.api {
-        Some(api) => (api.status, api.correlation_id.clone()),
-        None => (None, None),
-    };
     match decision {
         Decision::Retry {
             after,
             spend_attempt,
-        } => {
-            let counted = match spend_attempt {
-                true => format!("attempt {} of {}", attempt.attempts, attempt.max_attempts),
-                false => "no attempt spent".to_owned(),
-            };
-            tracing::info!(
-                outcome = "retried",
-                failure = failure_label(&failed.failure),
-                http.status = status,
-                correlation_id,
-                retry_in_ms = after.as_millis() as u64,
-                "retrying {} in {} ({counted}): {}",
-                job_list(&unit.job_ids()),
-                seconds(after),
-                failed.detail
-            );
-            let note = ErrorNote {
-                at: unit.clock.now(),
-                attempt: attempt.attempts,
-                max_attempts: attempt.max_attempts,
-                failure: failure_label(&failed.failure),
-                api: failed.api.as_ref(),
-                message: &failed.detail,
-            }
-            .to_json();
-            lease::retry(&inner.pool, &unit.fence(), after, &note, spend_attempt).await?;
-            inner.metrics.record_outcome(
-                &format!("retry:{}", failure_label(&failed.failure)),
-                jobs as u64,
-            );
-            Ok(UnitOutcome::Retried {
-                failure: failed.failure,
-                after,
-            })
-        }
-        Decision::DeadLetter(reason) => {
-            tracing::info!(
-                outcome = "dead_lettered",
-                reason = reason.as_str(),
-                http.status = status,
-                correlation_id,
-                "dead-lettered {} as {reason} (attempt {} of {}): {}",
-                job_list(&unit.job_ids()),
-                attempt.attempts,
-                attempt.max_attempts,
-                failed.detail
-            );
-            let attempts = (attempt.attempts, attempt.max_attempts);
-            let record = dead_letter_record(reason, failed, attempts, unit.clock.now());
-            lease::dead_letter(&inner.pool, &unit.fence(), None, &record, true).await?;
-            count_dead_lettered(inner, reason, jobs);
-            Ok(UnitOutcome::DeadLettered { reason, jobs })
-        }
-        Decision::Pause => {
-            let advice = failed.api.as_ref().and_then(|api| api.advice.as_deref());
-            let reason = match advice {
-                Some(advice) => format!("{}. {advice}", failed.detail),
-                None => failed.detail,
-            };
-            tracing::error!(
-                reason = "configuration",
-                http.status = status,
-                correlation_id,
-                "pausing the worker (configuration): {reason}; no job is dead-lettered, checking \
-                 again with backoff"
-            );
-            super::maintenance::remember_pause(inner, unit, status, failed.target);
-            inner.health.fail(reason);
-            lease::release(&inner.pool, &unit.fence()).await?;
-            for waiting in inner.buffer.take_all() {
-                inner.release(waiting.fence()).await;
-            }
-            Ok(UnitOutcome::Paused)
-        }
+        } => retried(inner, unit, failed, attempt, after, spend_attempt).await,
+        Decision::DeadLetter(reason) => dead_lettered(inner, unit, failed, attempt, reason).await,
+        Decision::Pause => paused(inner, unit, failed).await,
     }
+}
+
+/// The HTTP status and correlation id of a failed call, for the log line.
+fn call_ids(failed: &FailedAttempt) -> (Option<u16>, Option<String>) {
+    match &failed.api {
+        Some(api) => (api.status, api.correlation_id.clone()),
+        None => (None, None),
+    }
+}
+
+/// Puts the unit back to pending `after` from now.
+async fn retried(
+    inner: &Inner,
+    unit: &Unit,
+    failed: FailedAttempt,
+    attempt: Attempt,
+    after: Duration,
+    spend_attempt: bool,
+) -> Result<UnitOutcome, queue::Error> {
+    let (status, correlation_id) = call_ids(&failed);
+    let counted = match spend_attempt {
+        true => format!("attempt {} of {}", attempt.attempts, attempt.max_attempts),
+        false => "no attempt spent".to_owned(),
+    };
+    tracing::info!(
+        outcome = "retried",
+        failure = failure_label(&failed.failure),
+        http.status = status,
+        correlation_id,
+        retry_in_ms = after.as_millis() as u64,
+        "retrying {} in {} ({counted}): {}",
+        job_list(&unit.job_ids()),
+        seconds(after),
+        failed.detail
+    );
+    let note = ErrorNote {
+        at: unit.clock.now(),
+        attempt: attempt.attempts,
+        max_attempts: attempt.max_attempts,
+        failure: failure_label(&failed.failure),
+        api: failed.api.as_ref(),
+        message: &failed.detail,
+    }
+    .to_json();
+    lease::retry(&inner.pool, &unit.fence(), after, &note, spend_attempt).await?;
+    inner.metrics.record_outcome(
+        &format!("retry:{}", failure_label(&failed.failure)),
+        unit.jobs.len() as u64,
+    );
+    Ok(UnitOutcome::Retried {
+        failure: failed.failure,
+        after,
+    })
+}
+
+/// Moves every job of the unit to the dead letters with `reason`.
+async fn dead_lettered(
+    inner: &Inner,
+    unit: &Unit,
+    failed: FailedAttempt,
+    attempt: Attempt,
+    reason: DeadReason,
+) -> Result<UnitOutcome, queue::Error> {
+    let (status, correlation_id) = call_ids(&failed);
+    tracing::info!(
+        outcome = "dead_lettered",
+        reason = reason.as_str(),
+        http.status = status,
+        correlation_id,
+        "dead-lettered {} as {reason} (attempt {} of {}): {}",
+        job_list(&unit.job_ids()),
+        attempt.attempts,
+        attempt.max_attempts,
+        failed.detail
+    );
+    let attempts = (attempt.attempts, attempt.max_attempts);
+    let record = dead_letter_record(reason, failed, attempts, unit.clock.now());
+    lease::dead_letter(&inner.pool, &unit.fence(), None, &record, true).await?;
+    let jobs = unit.jobs.len();
+    count_dead_lettered(inner, reason, jobs);
+    Ok(UnitOutcome::DeadLettered { reason, jobs })
+}
+
+/// Pauses the whole worker on a configuration problem: `/healthz` and the log give the error
+/// with its advice, and the unit and every buffered one are given back untouched.
+async fn paused(
+    inner: &Inner,
+    unit: &Unit,
+    failed: FailedAttempt,
+) -> Result<UnitOutcome, queue::Error> {
+    let (status, correlation_id) = call_ids(&failed);
+    let advice = failed.api.as_ref().and_then(|api| api.advice.as_deref());
+    let reason = match advice {
+        Some(advice) => format!("{}. {advice}", failed.detail),
+        None => failed.detail,
+    };
+    tracing::error!(
+        reason = "configuration",
+        http.status = status,
+        correlation_id,
+        "pausing the worker (configuration): {reason}; no job is dead-lettered, checking again \
+         with backoff"
+    );
+    super::maintenance::remember_pause(inner, unit, status, failed.target);
+    inner.health.fail(reason);
+    lease::release(&inner.pool, &unit.fence()).await?;
+    for waiting in inner.buffer.take_all() {
+        inner.release(waiting.fence()).await;
+    }
+    Ok(UnitOutcome::Paused)
 }
 
 /// The `failure` label of a retry in logs, metrics and `last_error`.
