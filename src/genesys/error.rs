@@ -90,7 +90,7 @@ pub enum Error {
     /// A response that is not what Genesys Cloud sends (wrong base URL, a proxy page…).
     #[error("{endpoint}: the response does not look like Genesys Cloud ({detail}); check the region or base URL")]
     NotGenesys {
-        /// Which call.
+        /// The call that failed (`GET conversation`, `POST /oauth/token`…), without ids.
         endpoint: &'static str,
         /// What was wrong with it.
         detail: String,
@@ -98,7 +98,7 @@ pub enum Error {
     /// No response: DNS, connect, TLS, timeout, reset.
     #[error("{endpoint}: {kind}: {detail}")]
     Transport {
-        /// Which call.
+        /// The call that failed (`GET conversation`, `POST /oauth/token`…), without ids.
         endpoint: &'static str,
         /// DNS, connect, TLS, timeout or other.
         kind: TransportKind,
@@ -113,7 +113,7 @@ pub enum Error {
         .location_host.as_deref().unwrap_or("no location")
     )]
     Redirected {
-        /// Which call.
+        /// The call that failed (`GET conversation`, `POST /oauth/token`…), without ids.
         endpoint: &'static str,
         /// The 3xx status.
         status: u16,
@@ -127,7 +127,7 @@ pub enum Error {
          URL or proxy"
     )]
     UnexpectedSuccess {
-        /// Which call.
+        /// The call that failed (`GET conversation`, `POST /oauth/token`…), without ids.
         endpoint: &'static str,
         /// The status received.
         status: u16,

@@ -69,7 +69,7 @@ pub struct CallError {
     pub body: Option<Value>,
     /// `Retry-After`.
     pub retry_after: Option<Duration>,
-    /// Response metadata.
+    /// What the response carried (rate-limit headers, status), for the pacer.
     pub meta: CallMeta,
     /// What an operator should check ([`genesys::Error::advice`]).
     pub advice: Option<String>,

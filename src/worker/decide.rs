@@ -14,7 +14,7 @@ use crate::queue::DeadReason;
 pub enum Decision {
     /// Back to pending, not before `after` from now.
     Retry {
-        /// The delay.
+        /// How long from now until the unit may be claimed again.
         after: Duration,
         /// Whether this attempt counts toward `max_attempts` (a rate-limit wait does not).
         spend_attempt: bool,

@@ -18,9 +18,9 @@ use crate::queue::{DeadReason, Locators, Unit};
 /// Where an update goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
-    /// The conversation.
+    /// The conversation the PATCH goes to.
     pub conversation_id: Uuid,
-    /// The participant.
+    /// The participant whose attributes it writes.
     pub participant_id: Uuid,
 }
 
