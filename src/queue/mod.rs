@@ -466,6 +466,71 @@ pub struct Fence {
 mod tests {
     use super::*;
 
+    /// A constraint error as Postgres reports it, naming `constraint`.
+    #[derive(Debug)]
+    struct Violation {
+        constraint: &'static str,
+        unique: bool,
+    }
+
+    impl std::fmt::Display for Violation {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "violates constraint \"{}\"", self.constraint)
+        }
+    }
+
+    impl std::error::Error for Violation {}
+
+    impl sqlx::error::DatabaseError for Violation {
+        fn message(&self) -> &str {
+            "violates a constraint"
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn constraint(&self) -> Option<&str> {
+            Some(self.constraint)
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            match self.unique {
+                true => sqlx::error::ErrorKind::UniqueViolation,
+                false => sqlx::error::ErrorKind::CheckViolation,
+            }
+        }
+    }
+
+    fn violation(constraint: &'static str, unique: bool) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(Violation { constraint, unique }))
+    }
+
+    #[test]
+    fn only_an_insert_of_jobs_reports_a_broken_rule_of_pdq_jobs() {
+        let check = || violation("attribute_values_must_be_strings", false);
+        match Error::on_insert(check()) {
+            Error::Refused {
+                constraint,
+                meaning,
+            } => {
+                assert_eq!(constraint, "attribute_values_must_be_strings");
+                assert_eq!(meaning, constraint_meaning(&constraint));
+            }
+            other => panic!("an insert's check violation is a refusal: {other:?}"),
+        }
+        let clash = violation("finished_jobs_pkey", true);
+        let error = Error::from(clash);
+        assert!(matches!(error, Error::Database(_)), "{error:?}");
+        let text = error.to_string();
+        assert!(text.contains("finished_jobs_pkey"), "{text}");
+        assert!(!text.contains("rule of pdq.jobs"), "{text}");
+        assert!(matches!(Error::from(check()), Error::Database(_)));
+    }
+
     #[test]
     fn the_database_clock_moves_with_this_process_from_what_the_database_said() {
         let said = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
