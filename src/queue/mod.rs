@@ -28,7 +28,7 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 pub use dlq::{DeadLetter, DeadLetterFilter};
-pub use enqueue::{advance_job_ids, enqueue, enqueue_many, NewJob};
+pub use enqueue::{advance_job_ids, enqueue, enqueue_many, NewJob, DEFAULT_MAX_ATTEMPTS};
 pub use finish::{prune_applied_keys, prune_finished};
 pub use locators::Locators;
 pub use retention::{
