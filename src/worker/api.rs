@@ -146,7 +146,7 @@ impl Api {
 
     /// Gets a token (used to find out whether a worker paused on its configuration may resume).
     pub(crate) async fn check_credentials(&self) -> Result<(), CheckError> {
-        Ok(self.client.probe_token().await?)
+        self.client.probe_token().await.map_err(CheckError::Token)
     }
 
     /// Gets one conversation to find out whether a worker paused on a 403 may resume: `Err`
@@ -175,11 +175,16 @@ impl Api {
 /// Why a paused worker's check of its configuration did not pass: it stays paused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CheckError {
-    /// The token request failed (credentials refused, login host unreachable).
-    #[error(transparent)]
-    Token(#[from] genesys::Error),
-    /// The API still refuses the call that paused the worker, or gave no verdict.
-    #[error("{0}")]
+    /// The token request failed (credentials refused, login host unreachable); said with the
+    /// error's advice, as `/healthz` says it.
+    #[error("{}", .0.with_advice())]
+    Token(genesys::Error),
+    /// The API still refuses the call that paused the worker, or gave no verdict; said with
+    /// the error's advice.
+    #[error("{}", match &.0.advice {
+        Some(advice) => format!("{}. {advice}", .0),
+        None => .0.to_string(),
+    })]
     Call(Box<CallError>),
 }
 
