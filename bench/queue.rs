@@ -1,6 +1,6 @@
 //! Queue-only benchmark (no HTTP): claim + finish throughput with K concurrent claimers, the
 //! cost of one claim with 10k and with 1M pending rows, and the cost of one finish statement
-//! (`queue::succeed_batch`) of 1,000 and of 10,000 units.
+//! (`queue::lease::succeed_batch`) of 1,000 and of 10,000 units.
 //!
 //! `cargo bench --bench queue` (append `-- --claimers 8 --batch 64` to change the shape, or
 //! `-- --finish-only` for the finish statement alone). Every mode appends its line to
@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{median, ms, percentile, BenchDb};
-use pdq::queue::{self, ClaimOptions, Success, Unit};
+use pdq::queue::lease::{ClaimOptions, Success};
+use pdq::queue::{self, Unit};
 
 const RUNS: usize = 3;
 
@@ -120,7 +121,7 @@ async fn finish_figures(sizes: [usize; 2], runs: usize) -> serde_json::Value {
     figures
 }
 
-/// Times one `queue::succeed_batch` of `units` claimed units of one job each. Every job names
+/// Times one `queue::lease::succeed_batch` of `units` claimed units of one job each. Every job names
 /// both ids and two keys, so the statement also writes `pdq.applied_keys`. A fresh database
 /// with a single connection; the statement is prepared by a small untimed finish first.
 async fn finish_statement(units: usize) -> Duration {
@@ -138,7 +139,7 @@ async fn finish_statement(units: usize) -> Duration {
     };
     let mut claimed: Vec<Unit> = Vec::new();
     while claimed.len() < units + WARM_UP_UNITS {
-        let batch = queue::claim(&db.pool, &options).await.unwrap();
+        let batch = queue::lease::claim(&db.pool, &options).await.unwrap();
         assert!(!batch.is_empty(), "every enqueued job is claimable");
         claimed.extend(batch);
     }
@@ -154,12 +155,14 @@ async fn finish_statement(units: usize) -> Duration {
         })
         .collect();
     let (warm_up, measured) = done.split_at(WARM_UP_UNITS);
-    assert!(queue::succeed_batch(&db.pool, warm_up)
+    assert!(queue::lease::succeed_batch(&db.pool, warm_up)
         .await
         .unwrap()
         .is_empty());
     let started = Instant::now();
-    let lost = queue::succeed_batch(&db.pool, measured).await.unwrap();
+    let lost = queue::lease::succeed_batch(&db.pool, measured)
+        .await
+        .unwrap();
     let elapsed = started.elapsed();
     assert!(lost.is_empty(), "every lease was still held");
     let (pending, applied_keys): (i64, i64) = sqlx::query_as(
@@ -215,7 +218,7 @@ async fn drain(db: &BenchDb, claimers: usize, batch: u32, jobs: usize) -> (f64, 
             };
             while done.load(std::sync::atomic::Ordering::Relaxed) < jobs {
                 let claim_started = Instant::now();
-                let units = queue::claim(&pool, &options).await.unwrap();
+                let units = queue::lease::claim(&pool, &options).await.unwrap();
                 latencies.lock().unwrap().push(claim_started.elapsed());
                 if units.is_empty() {
                     break;
@@ -230,7 +233,7 @@ async fn drain(db: &BenchDb, claimers: usize, batch: u32, jobs: usize) -> (f64, 
                         superseded: Vec::new(),
                     })
                     .collect();
-                queue::succeed_batch(&pool, &finished).await.unwrap();
+                queue::lease::succeed_batch(&pool, &finished).await.unwrap();
                 let n: usize = units.iter().map(|u| u.jobs.len()).sum();
                 done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }

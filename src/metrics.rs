@@ -18,7 +18,7 @@ const BUCKETS: [f64; 14] = [
 
 /// A latency histogram with fixed buckets.
 #[derive(Debug, Default)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     counts: [AtomicU64; BUCKETS.len()],
     sum_micros: AtomicU64,
     total: AtomicU64,
@@ -53,7 +53,7 @@ impl Histogram {
 
 /// Labelled counters (label value → count).
 #[derive(Debug, Default)]
-pub struct LabelledCounter(Mutex<BTreeMap<String, u64>>);
+pub(crate) struct LabelledCounter(Mutex<BTreeMap<String, u64>>);
 
 impl LabelledCounter {
     /// Adds `n` to the counter for `label`.
@@ -120,41 +120,41 @@ pub const PAUSE_REASONS: [&str; 5] = [
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Units claimed.
-    pub claims: AtomicU64,
+    claims: AtomicU64,
     /// Job outcomes, keyed `applied`, `lease_lost`, `retry:<failure>` or
     /// `dead_letter:<reason>`; exported with separate `outcome` and `reason` labels.
-    pub outcomes: LabelledCounter,
+    outcomes: LabelledCounter,
     /// API responses by HTTP status (or transport error kind).
-    pub api_statuses: LabelledCounter,
+    api_statuses: LabelledCounter,
     /// Enqueue → applied latency.
-    pub enqueue_to_applied: Histogram,
+    enqueue_to_applied: Histogram,
     /// API call latency.
-    pub api_latency: Histogram,
+    api_latency: Histogram,
     /// Requests that waited for the request budget (copied from the pacer).
-    pub limiter_waits: AtomicU64,
+    limiter_waits: AtomicU64,
     /// Time requests spent waiting for the budget, in microseconds (copied from the pacer).
-    pub limiter_wait_micros: AtomicU64,
+    limiter_wait_micros: AtomicU64,
     /// Pauses after a 429 or a spent rate-limit window (copied from the pacer).
-    pub limiter_pauses: AtomicU64,
+    limiter_pauses: AtomicU64,
     /// OAuth token renewals.
-    pub token_renewals: AtomicU64,
+    token_renewals: AtomicU64,
     /// Attribute values over 1,024 characters (analytics truncates them).
-    pub long_values: AtomicU64,
+    long_values: AtomicU64,
     /// Pending jobs at the last sample.
-    pub queue_depth: AtomicU64,
+    queue_depth: AtomicU64,
     /// The request budget per minute (0 = unlimited).
-    pub budget_per_minute: AtomicU64,
+    budget_per_minute: AtomicU64,
     /// The shared budget's pause reason while it is in force (sampled from Postgres).
-    pub budget_pause: Mutex<Option<String>>,
+    budget_pause: Mutex<Option<String>>,
     /// API requests sent in the last minute.
-    pub recent_requests: RecentRequests,
+    recent_requests: RecentRequests,
     /// The database gauges at the last sample.
-    pub gauges: Mutex<crate::queue::gauges::Gauges>,
+    gauges: Mutex<crate::queue::gauges::Gauges>,
 }
 
 /// Counts requests in a sliding one-minute window.
 #[derive(Debug, Default)]
-pub struct RecentRequests(Mutex<std::collections::VecDeque<Instant>>);
+pub(crate) struct RecentRequests(Mutex<std::collections::VecDeque<Instant>>);
 
 impl RecentRequests {
     const WINDOW: Duration = Duration::from_secs(60);
@@ -203,6 +203,82 @@ pub fn build_commit() -> &'static str {
 }
 
 impl Metrics {
+    /// Counts `jobs` jobs under the outcome `key` (`applied`, `lease_lost`, `retry:<failure>`,
+    /// `dead_letter:<reason>`).
+    pub(crate) fn record_outcome(&self, key: &str, jobs: u64) {
+        self.outcomes.add(key, jobs);
+    }
+
+    /// Records how long an applied job took from its insert.
+    pub(crate) fn observe_enqueue_to_applied(&self, latency: Duration) {
+        self.enqueue_to_applied.observe(latency);
+    }
+
+    /// Counts one API response (`label`: its status, or `transport_error`), with its latency
+    /// when the call was timed.
+    pub(crate) fn record_api_response(&self, label: &str, latency: Option<Duration>) {
+        self.api_statuses.add(label, 1);
+        self.recent_requests.note();
+        if let Some(latency) = latency {
+            self.api_latency.observe(latency);
+        }
+    }
+
+    /// Counts `units` claimed units.
+    pub(crate) fn count_claims(&self, units: u64) {
+        self.claims.fetch_add(units, Ordering::Relaxed);
+    }
+
+    /// Counts one attribute value over 1,024 characters.
+    pub(crate) fn count_long_value(&self) {
+        self.long_values.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The OAuth token renewals so far, as the client counts them.
+    pub(crate) fn set_token_renewals(&self, renewals: u64) {
+        self.token_renewals.store(renewals, Ordering::Relaxed);
+    }
+
+    /// The pending jobs at the last sample.
+    pub(crate) fn set_queue_depth(&self, depth: u64) {
+        self.queue_depth.store(depth, Ordering::Relaxed);
+    }
+
+    /// The pacer's counters: waits, time waited (microseconds) and pauses.
+    pub(crate) fn set_limiter(&self, waits: u64, wait_micros: u64, pauses: u64) {
+        self.limiter_waits.store(waits, Ordering::Relaxed);
+        self.limiter_wait_micros
+            .store(wait_micros, Ordering::Relaxed);
+        self.limiter_pauses.store(pauses, Ordering::Relaxed);
+    }
+
+    /// The database gauges just sampled.
+    pub(crate) fn set_gauges(&self, gauges: crate::queue::gauges::Gauges) {
+        *self.gauges.lock().unwrap() = gauges;
+    }
+
+    /// Due and running jobs at the last gauge sample.
+    pub(crate) fn jobs_in_progress(&self) -> i64 {
+        let gauges = self.gauges.lock().unwrap();
+        gauges.priorities.iter().map(|p| p.due + p.running).sum()
+    }
+
+    /// The shared budget's pause reason while it is in force.
+    pub(crate) fn set_budget_pause(&self, reason: Option<String>) {
+        *self.budget_pause.lock().unwrap() = reason;
+    }
+
+    /// The count of job outcomes under `key` (`applied`, `lease_lost`, `retry:<failure>`,
+    /// `dead_letter:<reason>`).
+    pub fn outcome_count(&self, key: &str) -> u64 {
+        self.outcomes.get(key)
+    }
+
+    /// OAuth token renewals so far.
+    pub fn token_renewals(&self) -> u64 {
+        self.token_renewals.load(Ordering::Relaxed)
+    }
+
     /// Empty metrics for a worker with a budget of `per_minute` requests (0 = unlimited).
     pub fn for_budget(per_minute: u32) -> Metrics {
         let metrics = Metrics::default();

@@ -1,8 +1,12 @@
-//! `genesys::Error`: every way a call can fail, with the API's own words kept, and its class.
+//! `genesys::Error`: every way a call can fail, with the API's own words kept, and its
+//! [`Failure`] class (the outcome table's one classification).
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::model::{ErrorBody, OAuthError};
+use crate::queue::DeadReason;
 
 /// The longest wait a server's `Retry-After` (seconds or HTTP date) or `inin-ratelimit-reset`
 /// can impose: 180 s, where the official Genesys Cloud SDKs give up waiting. A longer value is
@@ -33,27 +37,38 @@ impl RateLimitInfo {
     }
 }
 
-/// How the worker's outcome table treats an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Retry with backoff: this call failed (408, 5xx, a timeout or reset of one request).
-    Transient,
-    /// Not the job's fault: Genesys Cloud or the way to it is down (DNS, connect and TLS
-    /// failures on any call, a token endpoint answering 5xx or unreachable). The fleet pauses
-    /// like after a 429 and the job's attempt is not spent.
-    Outage,
-    /// 429: wait for `Retry-After`.
+/// Why an attempt failed, as the worker's outcome table sees it: the one classification of
+/// failures. [`Error::class`] gives it for a failed call; the worker raises the kinds no call
+/// reports ([`Failure::Busy`], [`Failure::NotYetVisible`], a [`Failure::Permanent`] resolution).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// 429: the server asked to wait (`Retry-After`), every executor slows down.
     RateLimited {
-        /// The server's `Retry-After`.
+        /// The server's `Retry-After`, if any.
         retry_after: Option<Duration>,
     },
-    /// 401 after the one renewal the client already tried.
-    Unauthorized,
-    /// This request can never succeed (400, 404, 409, 413, 415, a 403 on one resource…).
-    Permanent,
-    /// The setup is wrong: credentials, base URL, a permission every request needs, a proxy or
-    /// redirect between pdq and the API.
+    /// 408, 5xx, a timeout or reset of a call about one conversation: try again later.
+    Transient,
+    /// Not the job's fault: Genesys Cloud or the way to it is down (DNS, connect and TLS
+    /// failures on any call, a token endpoint answering 5xx or unreachable), or most calls fail
+    /// across conversations. The fleet pauses like after a 429; no attempt is spent.
+    Outage,
+    /// Another unit holds the participant this unit resolved to: try again shortly, free.
+    Busy,
+    /// A lookup found nothing yet (analytics lags live data); retry inside the lookup window.
+    NotYetVisible {
+        /// When the lookup window closes.
+        window_ends: DateTime<Utc>,
+        /// The reason to dead-letter with once the window has closed.
+        reason: DeadReason,
+    },
+    /// The setup is wrong: credentials (a 401 after the one renewal the client tries), the
+    /// base URL, a permission every request needs, a proxy or redirect between pdq and the API.
     Configuration,
+    /// A 403 that concerns this conversation only.
+    Forbidden,
+    /// This request can never succeed (400, 404, 409, 413, 415, an unresolvable participant…).
+    Permanent(DeadReason),
 }
 
 /// A failed call to Genesys Cloud.
@@ -75,7 +90,7 @@ pub enum Error {
     /// A response that is not what Genesys Cloud sends (wrong base URL, a proxy page…).
     #[error("{endpoint}: the response does not look like Genesys Cloud ({detail}); check the region or base URL")]
     NotGenesys {
-        /// Which call.
+        /// The call that failed (`GET conversation`, `POST /oauth/token`…), without ids.
         endpoint: &'static str,
         /// What was wrong with it.
         detail: String,
@@ -83,7 +98,7 @@ pub enum Error {
     /// No response: DNS, connect, TLS, timeout, reset.
     #[error("{endpoint}: {kind}: {detail}")]
     Transport {
-        /// Which call.
+        /// The call that failed (`GET conversation`, `POST /oauth/token`…), without ids.
         endpoint: &'static str,
         /// DNS, connect, TLS, timeout or other.
         kind: TransportKind,
@@ -98,7 +113,7 @@ pub enum Error {
         .location_host.as_deref().unwrap_or("no location")
     )]
     Redirected {
-        /// Which call.
+        /// The call that failed (`GET conversation`, `POST /oauth/token`…), without ids.
         endpoint: &'static str,
         /// The 3xx status.
         status: u16,
@@ -112,7 +127,7 @@ pub enum Error {
          URL or proxy"
     )]
     UnexpectedSuccess {
-        /// Which call.
+        /// The call that failed (`GET conversation`, `POST /oauth/token`…), without ids.
         endpoint: &'static str,
         /// The status received.
         status: u16,
@@ -193,39 +208,38 @@ fn oauth_text(error: &OAuthError) -> String {
 
 impl Error {
     /// How the outcome table treats this error.
-    pub fn class(&self) -> ErrorClass {
+    pub fn class(&self) -> Failure {
         match self {
             Error::Http(http) => match http.status {
-                429 => ErrorClass::RateLimited {
+                429 => Failure::RateLimited {
                     retry_after: http.retry_after,
                 },
-                401 => ErrorClass::Unauthorized,
-                403 if is_missing_permission(&http.body) => ErrorClass::Configuration,
-                408 | 500..=599 => ErrorClass::Transient,
-                _ => ErrorClass::Permanent,
+                401 => Failure::Configuration,
+                403 if is_missing_permission(&http.body) => Failure::Configuration,
+                403 => Failure::Forbidden,
+                408 | 500..=599 => Failure::Transient,
+                status => Failure::Permanent(reason_for(status)),
             },
             Error::OAuth {
                 status,
                 retry_after,
                 ..
             } => match status {
-                429 => ErrorClass::RateLimited {
+                429 => Failure::RateLimited {
                     retry_after: *retry_after,
                 },
-                408 | 500..=599 => ErrorClass::Outage,
-                _ => ErrorClass::Configuration,
+                408 | 500..=599 => Failure::Outage,
+                _ => Failure::Configuration,
             },
             Error::Transport { endpoint, kind, .. } => match kind {
-                TransportKind::Dns | TransportKind::Connect | TransportKind::Tls => {
-                    ErrorClass::Outage
-                }
-                _ if *endpoint == TOKEN_ENDPOINT => ErrorClass::Outage,
-                TransportKind::Timeout | TransportKind::Other => ErrorClass::Transient,
+                TransportKind::Dns | TransportKind::Connect | TransportKind::Tls => Failure::Outage,
+                _ if *endpoint == TOKEN_ENDPOINT => Failure::Outage,
+                TransportKind::Timeout | TransportKind::Other => Failure::Transient,
             },
             Error::NotGenesys { .. }
             | Error::Redirected { .. }
             | Error::UnexpectedSuccess { .. }
-            | Error::Settings(_) => ErrorClass::Configuration,
+            | Error::Settings(_) => Failure::Configuration,
         }
     }
 
@@ -305,6 +319,45 @@ impl Error {
         }
     }
 
+    /// What an operator should check or change, for the errors a setup problem causes (wrong
+    /// credentials, a missing permission, a conversation out of the client's reach).
+    pub fn advice(&self) -> Option<String> {
+        if self.code() == Some("invalid_client") {
+            return Some(
+                "The client id is unknown or the secret is wrong: check GENESYS_CLIENT_ID / \
+                 GENESYS_CLIENT_SECRET, and that the OAuth client uses the Client Credentials \
+                 grant in this region's organization"
+                    .to_owned(),
+            );
+        }
+        match self.status() {
+            Some(403) => {
+                let permission = self
+                    .missing_permission()
+                    .unwrap_or_else(|| "a permission".into());
+                Some(format!(
+                    "The OAuth client lacks {permission}: client-credentials access comes from \
+                     the client's roles and their divisions (scopes do not apply); add a role \
+                     granting it on the conversation's division"
+                ))
+            }
+            Some(404) => Some(
+                "The conversation does not exist, or is in a division the client's roles do not \
+                 cover"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The error, followed by its [`advice`](Error::advice) when it has some.
+    pub fn with_advice(&self) -> String {
+        match self.advice() {
+            Some(advice) => format!("{self}. {advice}"),
+            None => self.to_string(),
+        }
+    }
+
     /// The permission a 403 says is missing, if it names one.
     pub fn missing_permission(&self) -> Option<String> {
         let body = self.body()?;
@@ -318,6 +371,18 @@ impl Error {
         let message = body.message.as_deref()?;
         let (_, tail) = message.split_once("permission(s):")?;
         Some(tail.trim().to_owned())
+    }
+}
+
+/// The dead-letter reason for a permanent HTTP status.
+fn reason_for(status: u16) -> DeadReason {
+    match status {
+        400 => DeadReason::BadRequest,
+        404 => DeadReason::NotFound,
+        409 => DeadReason::Conflict,
+        413 => DeadReason::PayloadTooLarge,
+        415 => DeadReason::UnsupportedMediaType,
+        _ => DeadReason::Rejected,
     }
 }
 
@@ -372,7 +437,7 @@ mod tests {
 
     #[test]
     fn classification_follows_the_outcome_table() {
-        use ErrorClass::*;
+        use Failure::*;
         let rate = RateLimited {
             retry_after: Some(Duration::from_secs(9)),
         };
@@ -383,15 +448,21 @@ mod tests {
             (http(502, None), Transient),
             (http(503, None), Transient),
             (http(504, None), Transient),
-            (http(401, Some("bad.credentials")), Unauthorized),
+            (http(401, Some("bad.credentials")), Configuration),
             (http(403, Some("missing.permissions")), Configuration),
             (http(403, Some("missing.any.permissions")), Configuration),
-            (http(403, Some("not.authorized")), Permanent),
-            (http(400, Some("invalid.value")), Permanent),
-            (http(404, Some("not.found")), Permanent),
-            (http(409, Some("conflict")), Permanent),
-            (http(413, None), Permanent),
-            (http(415, None), Permanent),
+            (http(403, Some("not.authorized")), Forbidden),
+            (
+                http(400, Some("invalid.value")),
+                Permanent(DeadReason::BadRequest),
+            ),
+            (
+                http(404, Some("not.found")),
+                Permanent(DeadReason::NotFound),
+            ),
+            (http(409, Some("conflict")), Permanent(DeadReason::Conflict)),
+            (http(413, None), Permanent(DeadReason::PayloadTooLarge)),
+            (http(415, None), Permanent(DeadReason::UnsupportedMediaType)),
         ];
         for (error, class) in table {
             assert_eq!(error.class(), class, "{error}");
@@ -439,7 +510,7 @@ mod tests {
 
     #[test]
     fn outages_are_told_apart_from_a_failed_request() {
-        use ErrorClass::*;
+        use Failure::*;
         use TransportKind::*;
         let api = "GET conversation";
         let table = [
@@ -585,5 +656,41 @@ mod tests {
             error.missing_permission().as_deref(),
             Some("conversation:communication:view")
         );
+    }
+
+    #[test]
+    fn setup_errors_carry_advice_and_others_none() {
+        let bad_client = oauth(401, "invalid_client");
+        let advice = bad_client.advice().expect("advice for invalid_client");
+        assert!(advice.contains("GENESYS_CLIENT_SECRET"), "{advice}");
+        assert_eq!(bad_client.with_advice(), format!("{bad_client}. {advice}"));
+        let forbidden = Error::Http(Box::new(HttpFailure {
+            endpoint: "x",
+            status: 403,
+            body: Some(ErrorBody {
+                code: Some("missing.permissions".into()),
+                message_params: Some(
+                    [(
+                        "permissions".to_owned(),
+                        "conversation:participant:wrapup".to_owned(),
+                    )]
+                    .into_iter()
+                    .collect(),
+                ),
+                ..ErrorBody::default()
+            }),
+            raw: String::new(),
+            correlation_id: None,
+            retry_after: None,
+            rate_limit: None,
+        }));
+        let advice = forbidden.advice().expect("advice for a 403");
+        assert!(
+            advice.contains("conversation:participant:wrapup"),
+            "{advice}"
+        );
+        assert!(http(404, Some("not.found")).advice().is_some());
+        assert_eq!(http(503, None).advice(), None);
+        assert_eq!(http(503, None).with_advice(), http(503, None).to_string());
     }
 }

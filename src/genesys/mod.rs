@@ -3,7 +3,7 @@
 //!
 //! It knows HTTP and JSON, nothing about queues. Every error keeps the API's `ErrorBody`,
 //! `ININ-Correlation-Id` and rate-limit headers, and says how the worker should treat it
-//! ([`ErrorClass`]).
+//! ([`Failure`]).
 
 mod auth;
 mod error;
@@ -22,7 +22,7 @@ use url::Url;
 use uuid::Uuid;
 
 pub use error::{
-    cap_wait, parse_retry_after, Error, ErrorClass, HttpFailure, RateLimitInfo, TransportKind,
+    cap_wait, parse_retry_after, Error, Failure, HttpFailure, RateLimitInfo, TransportKind,
     MAX_RETRY_AFTER,
 };
 pub use settings::{is_loopback, GenesysSettings, GenesysSettingsBuilder, SettingsError};

@@ -7,7 +7,17 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
-use super::{DbClock, DeadLetterRecord, DeadReason, Error, Fence, Job, Unit};
+use super::finish::DeadLetterRecord;
+use super::{DbClock, DeadReason, Error, Fence, Job, Unit};
+
+/// Units claimed per claim statement unless told otherwise (`pdq run --claim-batch`).
+pub const DEFAULT_CLAIM_BATCH: u32 = 64;
+
+/// Jobs of one participant coalesced into one unit (one PATCH) at most, unless told otherwise.
+pub const DEFAULT_MAX_COALESCE: u32 = 100;
+
+/// How long a claim holds before another worker may take the unit over, unless told otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// How much to claim, and for how long.
 #[derive(Debug, Clone)]
@@ -25,9 +35,9 @@ pub struct ClaimOptions {
 impl Default for ClaimOptions {
     fn default() -> Self {
         ClaimOptions {
-            units: 32,
-            max_coalesce: 100,
-            lease: Duration::from_secs(60),
+            units: DEFAULT_CLAIM_BATCH,
+            max_coalesce: DEFAULT_MAX_COALESCE,
+            lease: DEFAULT_LEASE,
             worker_id: "pdq".to_owned(),
         }
     }
@@ -130,14 +140,13 @@ returning j.id, j.conversation_id, j.external_tag, j.participant_id, j.participa
           join pdq.applied_keys a on a.target = j.participant_key and a.key = k.key
           where a.seq > coalesce(j.seq, j.id)
           order by a.key) as superseded,
-    j.lease_token, j.locked_until, now() as db_now";
+    j.lease_token, now() as db_now";
 
 #[derive(sqlx::FromRow)]
 struct ClaimedRow {
     #[sqlx(flatten)]
     job: Job,
     lease_token: Uuid,
-    locked_until: DateTime<Utc>,
     db_now: DateTime<Utc>,
 }
 
@@ -170,13 +179,7 @@ fn decode(row: &PgRow) -> Result<ClaimedRow, String> {
 }
 
 /// The timestamp columns a claimed row carries.
-const TIME_COLUMNS: [&str; 5] = [
-    "run_at",
-    "expires_at",
-    "created_at",
-    "first_attempt_at",
-    "locked_until",
-];
+const TIME_COLUMNS: [&str; 4] = ["run_at", "expires_at", "created_at", "first_attempt_at"];
 
 struct MalformedRow {
     id: i64,
@@ -192,7 +195,6 @@ fn group_into_units(mut rows: Vec<ClaimedRow>, deadline: Instant) -> Vec<Unit> {
             Some(unit) if unit.lease == row.lease_token => unit.jobs.push(row.job),
             _ => units.push(Unit {
                 lease: row.lease_token,
-                locked_until: row.locked_until,
                 deadline,
                 clock: DbClock::new(row.db_now),
                 jobs: vec![row.job],
@@ -232,7 +234,7 @@ async fn dead_letter_malformed(
             row.id,
             row.error
         );
-        match super::dead_letter(pool, &fence, None, &record, release_unit).await {
+        match super::finish::dead_letter(pool, &fence, None, &record, release_unit).await {
             Ok(_) | Err(Error::LeaseLost) => {}
             Err(error) => return Err(error),
         }

@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{Error, Locators};
+use super::{DeadReason, Error, Locators};
 
 /// A dead-lettered job with the reason and the API's answer.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -29,7 +29,7 @@ pub struct DeadLetter {
     /// When the last attempt started.
     pub last_attempt_at: Option<DateTime<Utc>>,
     /// The reason category (`conversation_ended`, `not_found`, …).
-    pub reason: String,
+    pub reason: DeadReason,
     /// A human explanation.
     pub detail: Option<String>,
     /// The API's HTTP status.
@@ -62,7 +62,7 @@ pub struct DeadLetterFilter {
     /// Only these ids.
     pub ids: Vec<i64>,
     /// Only this reason.
-    pub reason: Option<String>,
+    pub reason: Option<DeadReason>,
     /// Only dead-lettered at or after this time.
     pub since: Option<DateTime<Utc>>,
     /// Only dead-lettered before this time.
@@ -84,8 +84,8 @@ impl DeadLetterFilter {
                 .push_bind(self.ids.clone())
                 .push(")");
         }
-        if let Some(reason) = &self.reason {
-            query.push(" and reason = ").push_bind(reason.clone());
+        if let Some(reason) = self.reason {
+            query.push(" and reason = ").push_bind(reason.as_str());
         }
         if let Some(since) = self.since {
             query.push(" and dead_at >= ").push_bind(since);
@@ -152,7 +152,11 @@ pub async fn requeue<'e>(
     };
     filter.push_where(&mut query);
     query.push("))");
-    let count: i64 = query.build_query_scalar().fetch_one(db).await?;
+    let count: i64 = query
+        .build_query_scalar()
+        .fetch_one(db)
+        .await
+        .map_err(Error::on_insert)?;
     Ok(count as u64)
 }
 

@@ -6,6 +6,10 @@ use sqlx::PgExecutor;
 
 use super::{Error, Locators, Priority};
 
+/// Attempts a job is allowed unless its producer says otherwise: the default of
+/// `pdq.jobs.max_attempts` (the migrations say the same for producers writing SQL).
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 20;
+
 /// One update to enqueue, named after the columns of `pdq.jobs`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct NewJob {
@@ -22,7 +26,7 @@ pub struct NewJob {
     pub expires_at: Option<DateTime<Utc>>,
     /// A repeated insert with the same key is a no-op.
     pub idempotency_key: Option<String>,
-    /// Attempts allowed before `retries_exhausted` (default 20).
+    /// Attempts allowed before `retries_exhausted` (default [`DEFAULT_MAX_ATTEMPTS`]).
     pub max_attempts: Option<i32>,
 }
 
@@ -48,9 +52,10 @@ pub async fn enqueue<'e>(db: impl PgExecutor<'e>, job: &NewJob) -> Result<Option
     .bind(job.run_at)
     .bind(job.expires_at)
     .bind(&job.idempotency_key)
-    .bind(job.max_attempts.unwrap_or(20))
+    .bind(job.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS))
     .fetch_one(db)
-    .await?;
+    .await
+    .map_err(Error::on_insert)?;
     Ok(id)
 }
 
@@ -64,7 +69,7 @@ pub async fn enqueue_many<'e>(db: impl PgExecutor<'e>, jobs: &[NewJob]) -> Resul
         "insert into pdq.jobs (attributes, conversation_id, external_tag, participant_id,
             participant_purpose, participant_external_contact_id, participant_name, priority,
             run_at, expires_at, idempotency_key, max_attempts)
-         select a, c, t, p, pp, px, pn, pr, coalesce(r, now()), e, k, coalesce(m, 20)
+         select a, c, t, p, pp, px, pn, pr, coalesce(r, now()), e, k, coalesce(m, $13)
          from unnest($1::jsonb[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[],
                      $12::int[])
@@ -98,8 +103,10 @@ pub async fn enqueue_many<'e>(db: impl PgExecutor<'e>, jobs: &[NewJob]) -> Resul
     .bind(jobs.iter().map(|j| j.expires_at).collect::<Vec<_>>())
     .bind(column(|j| j.idempotency_key.clone()))
     .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+    .bind(DEFAULT_MAX_ATTEMPTS)
     .execute(db)
-    .await?;
+    .await
+    .map_err(Error::on_insert)?;
     Ok(result.rows_affected())
 }
 

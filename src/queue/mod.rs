@@ -14,6 +14,7 @@ mod enqueue;
 mod finish;
 pub mod gauges;
 pub mod jobs;
+pub mod lease;
 mod locators;
 mod retention;
 mod stats;
@@ -26,13 +27,9 @@ use serde::Serialize;
 use sqlx::FromRow;
 use uuid::Uuid;
 
-pub use claim::{claim, rescue_expired_leases, ClaimOptions};
 pub use dlq::{DeadLetter, DeadLetterFilter};
-pub use enqueue::{advance_job_ids, enqueue, enqueue_many, NewJob};
-pub use finish::{
-    dead_letter, end_lease, hold_target, prune_applied_keys, prune_finished, release, renew_leases,
-    retry, succeed_batch, target_key, DeadLetterRecord, Success, TargetHold,
-};
+pub use enqueue::{advance_job_ids, enqueue, enqueue_many, NewJob, DEFAULT_MAX_ATTEMPTS};
+pub use finish::{prune_applied_keys, prune_finished};
 pub use locators::Locators;
 pub use retention::{
     prune_dead_letters, prune_idempotency_keys, DEFAULT_DEAD_LETTER_RETENTION,
@@ -75,7 +72,9 @@ async fn index_only_transaction(
 /// A queue operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Postgres refused a row because it breaks a rule of the SQL contract.
+    /// Postgres refused a row inserted into `pdq.jobs` because it breaks a rule of the SQL
+    /// contract (only statements that insert jobs report this; any other statement's
+    /// constraint error is a [`Error::Database`] that names its own constraint).
     #[error("refused by constraint {constraint}: {meaning}")]
     Refused {
         /// The constraint's name, e.g. `attribute_values_must_be_strings`.
@@ -93,6 +92,14 @@ pub enum Error {
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
+        Error::Database(error)
+    }
+}
+
+impl Error {
+    /// The error of a statement that inserts into `pdq.jobs` (an enqueue, a requeue): a
+    /// constraint it broke is a rule of the SQL contract, explained to the producer.
+    fn on_insert(error: sqlx::Error) -> Error {
         let constraint = error
             .as_database_error()
             .and_then(|db| db.constraint())
@@ -275,6 +282,30 @@ impl std::fmt::Display for DeadReason {
     }
 }
 
+/// A reason equals the name it is stored under (`DeadReason::NotFound == "not_found"`).
+impl PartialEq<&str> for DeadReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for DeadReason {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for DeadReason {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Ok(text.parse()?)
+    }
+}
+
 impl std::str::FromStr for DeadReason {
     type Err = String;
 
@@ -333,8 +364,6 @@ pub struct Job {
 pub struct Unit {
     /// Fences every finishing operation on this unit.
     pub lease: Uuid,
-    /// When the lease runs out unless renewed (database clock).
-    pub locked_until: DateTime<Utc>,
     /// When the lease runs out unless renewed, on this process's monotonic clock, measured
     /// from before the claim was sent (so it errs early, never late).
     pub deadline: Instant,
@@ -437,6 +466,71 @@ pub struct Fence {
 mod tests {
     use super::*;
 
+    /// A constraint error as Postgres reports it, naming `constraint`.
+    #[derive(Debug)]
+    struct Violation {
+        constraint: &'static str,
+        unique: bool,
+    }
+
+    impl std::fmt::Display for Violation {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "violates constraint \"{}\"", self.constraint)
+        }
+    }
+
+    impl std::error::Error for Violation {}
+
+    impl sqlx::error::DatabaseError for Violation {
+        fn message(&self) -> &str {
+            "violates a constraint"
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn constraint(&self) -> Option<&str> {
+            Some(self.constraint)
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            match self.unique {
+                true => sqlx::error::ErrorKind::UniqueViolation,
+                false => sqlx::error::ErrorKind::CheckViolation,
+            }
+        }
+    }
+
+    fn violation(constraint: &'static str, unique: bool) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(Violation { constraint, unique }))
+    }
+
+    #[test]
+    fn only_an_insert_of_jobs_reports_a_broken_rule_of_pdq_jobs() {
+        let check = || violation("attribute_values_must_be_strings", false);
+        match Error::on_insert(check()) {
+            Error::Refused {
+                constraint,
+                meaning,
+            } => {
+                assert_eq!(constraint, "attribute_values_must_be_strings");
+                assert_eq!(meaning, constraint_meaning(&constraint));
+            }
+            other => panic!("an insert's check violation is a refusal: {other:?}"),
+        }
+        let clash = violation("finished_jobs_pkey", true);
+        let error = Error::from(clash);
+        assert!(matches!(error, Error::Database(_)), "{error:?}");
+        let text = error.to_string();
+        assert!(text.contains("finished_jobs_pkey"), "{text}");
+        assert!(!text.contains("rule of pdq.jobs"), "{text}");
+        assert!(matches!(Error::from(check()), Error::Database(_)));
+    }
+
     #[test]
     fn the_database_clock_moves_with_this_process_from_what_the_database_said() {
         let said = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
@@ -469,7 +563,6 @@ mod tests {
         };
         let unit = Unit {
             lease: Uuid::new_v4(),
-            locked_until: Utc::now(),
             deadline: Instant::now(),
             clock: DbClock::new(Utc::now()),
             jobs: vec![

@@ -7,9 +7,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::decide::Failure;
-use crate::genesys::{self, ErrorClass, GenesysClient, RateLimitInfo};
-use crate::queue::DeadReason;
+use crate::genesys::{self, Failure, GenesysClient, RateLimitInfo};
 
 /// Calls the API for the worker.
 #[derive(Clone)]
@@ -22,8 +20,6 @@ pub struct Api {
 pub struct CallMeta {
     /// HTTP status.
     pub status: u16,
-    /// `ININ-Correlation-Id`.
-    pub correlation_id: Option<String>,
     /// The `inin-ratelimit-*` headers.
     pub rate_limit: Option<RateLimitInfo>,
     /// How long the call took.
@@ -73,8 +69,10 @@ pub struct CallError {
     pub body: Option<Value>,
     /// `Retry-After`.
     pub retry_after: Option<Duration>,
-    /// Response metadata.
+    /// What the response carried (rate-limit headers, status), for the pacer.
     pub meta: CallMeta,
+    /// What an operator should check ([`genesys::Error::advice`]).
+    pub advice: Option<String>,
     description: String,
 }
 
@@ -91,7 +89,10 @@ impl Api {
     }
 
     /// `GET /api/v2/conversations/{id}`.
-    pub async fn conversation(&self, id: Uuid) -> Result<(ConversationView, CallMeta), CallError> {
+    pub(crate) async fn conversation(
+        &self,
+        id: Uuid,
+    ) -> Result<(ConversationView, CallMeta), CallError> {
         let response = self.client.get_conversation(id).await.map_err(classify)?;
         let conversation = &response.value;
         let view = ConversationView {
@@ -114,7 +115,7 @@ impl Api {
     }
 
     /// The attributes PATCH (the generic endpoint).
-    pub async fn patch(
+    pub(crate) async fn patch(
         &self,
         conversation_id: Uuid,
         participant_id: Uuid,
@@ -129,7 +130,7 @@ impl Api {
     }
 
     /// The active conversations carrying `tag` (analytics details query).
-    pub async fn find_by_tag(&self, tag: &str) -> Result<(Vec<Uuid>, CallMeta), CallError> {
+    pub(crate) async fn find_by_tag(&self, tag: &str) -> Result<(Vec<Uuid>, CallMeta), CallError> {
         let response = self
             .client
             .find_active_conversations_by_external_tag(tag)
@@ -143,64 +144,71 @@ impl Api {
         Ok((ids, meta_of(&response)))
     }
 
-    /// Gets a token (used to find out whether a paused worker may resume).
-    pub async fn probe(&self) -> Result<(), String> {
-        self.client.probe_token().await.map_err(|e| e.to_string())
+    /// Gets a token (used to find out whether a worker paused on its configuration may resume).
+    pub(crate) async fn check_credentials(&self) -> Result<(), CheckError> {
+        self.client.probe_token().await.map_err(CheckError::Token)
     }
 
     /// Gets one conversation to find out whether a worker paused on a 403 may resume: `Err`
     /// while the API refuses it for a permission (401/403) or gives no verdict (no response,
     /// 429, 5xx); any other answer, a 404 too, means the permission is back.
-    pub async fn probe_conversation(&self, id: Uuid) -> Result<(), String> {
+    pub(crate) async fn check_conversation(&self, id: Uuid) -> Result<(), CheckError> {
         verdict(self.conversation(id).await.map(|_| ()))
     }
 
-    /// Looks a tag up, as [`Api::probe_conversation`] does a conversation.
-    pub async fn probe_tag(&self, tag: &str) -> Result<(), String> {
+    /// Looks a tag up, as [`Api::check_conversation`] does a conversation.
+    pub(crate) async fn check_tag(&self, tag: &str) -> Result<(), CheckError> {
         verdict(self.find_by_tag(tag).await.map(|_| ()))
     }
 
     /// The longest one API request may take.
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         self.client.request_timeout()
     }
 
     /// OAuth token renewals so far.
-    pub fn token_renewals(&self) -> u64 {
+    pub(crate) fn token_renewals(&self) -> u64 {
         self.client.token_renewals()
     }
 }
 
-fn verdict(result: Result<(), CallError>) -> Result<(), String> {
+/// Why a paused worker's check of its configuration did not pass: it stays paused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CheckError {
+    /// The token request failed (credentials refused, login host unreachable); said with the
+    /// error's advice, as `/healthz` says it.
+    #[error("{}", .0.with_advice())]
+    Token(genesys::Error),
+    /// The API still refuses the call that paused the worker, or gave no verdict; said with
+    /// the error's advice.
+    #[error("{}", match &.0.advice {
+        Some(advice) => format!("{}. {advice}", .0),
+        None => .0.to_string(),
+    })]
+    Call(Box<CallError>),
+}
+
+fn verdict(result: Result<(), CallError>) -> Result<(), CheckError> {
     match result {
         Ok(()) => Ok(()),
         Err(error) if matches!(error.failure, Failure::Permanent(_)) => Ok(()),
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(CheckError::Call(Box::new(error))),
     }
 }
 
 fn meta_of<T>(response: &genesys::ApiResponse<T>) -> CallMeta {
     CallMeta {
         status: response.status,
-        correlation_id: response.correlation_id.clone(),
         rate_limit: response.rate_limit.clone(),
         elapsed: response.elapsed,
     }
 }
 
-/// Maps a client error onto the outcome table.
+/// Keeps what the dead letter needs of a client error, with its class.
 fn classify(error: genesys::Error) -> CallError {
     let status = error.status();
-    let failure = match error.class() {
-        ErrorClass::RateLimited { retry_after } => Failure::RateLimited { retry_after },
-        ErrorClass::Transient => Failure::Transient,
-        ErrorClass::Outage => Failure::Outage,
-        ErrorClass::Unauthorized | ErrorClass::Configuration => Failure::Configuration,
-        ErrorClass::Permanent if status == Some(403) => Failure::Forbidden,
-        ErrorClass::Permanent => Failure::Permanent(reason_for(status)),
-    };
     CallError {
-        failure,
+        failure: error.class(),
         status,
         code: error.code().map(str::to_owned),
         message: error.message().map(str::to_owned),
@@ -210,22 +218,10 @@ fn classify(error: genesys::Error) -> CallError {
         retry_after: error.retry_after(),
         meta: CallMeta {
             status: status.unwrap_or(0),
-            correlation_id: error.correlation_id().map(str::to_owned),
             rate_limit: error.rate_limit().cloned(),
             elapsed: Duration::ZERO,
         },
+        advice: error.advice(),
         description: error.to_string(),
-    }
-}
-
-/// The dead-letter reason for a permanent HTTP status.
-pub fn reason_for(status: Option<u16>) -> DeadReason {
-    match status {
-        Some(400) => DeadReason::BadRequest,
-        Some(404) => DeadReason::NotFound,
-        Some(409) => DeadReason::Conflict,
-        Some(413) => DeadReason::PayloadTooLarge,
-        Some(415) => DeadReason::UnsupportedMediaType,
-        _ => DeadReason::Rejected,
     }
 }

@@ -112,9 +112,10 @@ mod tests {
         use rand::rngs::SmallRng;
         use rand::SeedableRng;
 
+        use crate::genesys::Failure;
         use crate::genesys::{parse_retry_after, MAX_RETRY_AFTER};
         use crate::worker::backoff::Backoff;
-        use crate::worker::decide::{decide, Attempt, Decision, Failure};
+        use crate::worker::decide::{decide, Attempt, Decision};
         use crate::worker::pacer::{Budget, Pacer};
         use std::time::Duration;
 

@@ -13,7 +13,8 @@ use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
-use crate::queue::{self, Success};
+use crate::queue::lease::Success;
+use crate::queue::{self};
 
 /// Collects successes and writes them together.
 pub struct Completer {
@@ -29,7 +30,15 @@ const BATCH: usize = 128;
 pub const STATEMENT_UNITS: usize = 256;
 /// At most this many applied units wait to be recorded; further executors wait.
 pub const MAX_UNRECORDED: usize = 1_024;
+
+/// The longest an applied unit waits for others to share its recording statement.
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
+
+/// The first wait before recording applied units is tried again after a database error.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
+
+/// The longest wait between two tries to record applied units.
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Completer {
     /// An empty completer.
@@ -72,10 +81,12 @@ impl Completer {
         Ok(())
     }
 
+    /// Records one chunk, retrying (with a delay doubling from [`RECORD_RETRY_FIRST`] up to
+    /// [`RECORD_RETRY_MAX`]) until Postgres takes it: the updates are already applied.
     async fn record(&self, chunk: &[Success]) {
-        let mut delay = Duration::from_millis(50);
+        let mut delay = RECORD_RETRY_FIRST;
         loop {
-            match queue::succeed_batch(&self.pool, chunk).await {
+            match queue::lease::succeed_batch(&self.pool, chunk).await {
                 Ok(lost) => {
                     for lease in lost {
                         tracing::warn!(%lease, "an applied unit had lost its lease; another worker may apply it again");
@@ -85,7 +96,7 @@ impl Completer {
                 Err(error) => {
                     tracing::warn!(%error, "recording applied units failed: {error}; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    delay = (delay * 2).min(RECORD_RETRY_MAX);
                 }
             }
         }

@@ -6,45 +6,15 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use super::backoff::{jitter, Backoff};
+use crate::genesys::Failure;
 use crate::queue::DeadReason;
-
-/// Why an attempt failed, as far as the policy cares.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Failure {
-    /// 429: the server asked to wait (`Retry-After`), every executor slows down.
-    RateLimited {
-        /// The server's `Retry-After`, if any.
-        retry_after: Option<Duration>,
-    },
-    /// 408, 5xx, a timeout or reset of a call about one conversation: try again later.
-    Transient,
-    /// Not the job's fault: Genesys Cloud or the way to it is down (DNS, connect, TLS, the
-    /// login host), or most calls fail across conversations. The fleet pauses; no attempt is
-    /// spent.
-    Outage,
-    /// Another unit holds the participant this unit resolved to: try again shortly, free.
-    Busy,
-    /// A lookup found nothing yet (analytics lags live data); retry inside the lookup window.
-    NotYetVisible {
-        /// When the lookup window closes.
-        window_ends: DateTime<Utc>,
-        /// The reason to dead-letter with once the window has closed.
-        reason: DeadReason,
-    },
-    /// The configuration is wrong (credentials, base URL, a permission every job needs).
-    Configuration,
-    /// A 403 that concerns this conversation only.
-    Forbidden,
-    /// This job can never succeed.
-    Permanent(DeadReason),
-}
 
 /// What the worker does next with the unit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Back to pending, not before `after` from now.
     Retry {
-        /// The delay.
+        /// How long from now until the unit may be claimed again.
         after: Duration,
         /// Whether this attempt counts toward `max_attempts` (a rate-limit wait does not).
         spend_attempt: bool,
@@ -70,6 +40,11 @@ pub struct Attempt {
 
 /// How soon a unit whose participant another unit holds tries again (plus jitter up to as much).
 pub const BUSY_RETRY: Duration = Duration::from_millis(200);
+
+/// The shortest wait before a lookup that found nothing is tried again, even when the lookup
+/// window is about to close: analytics needs a moment to catch up, and an immediate retry
+/// would only ask the same question again.
+pub const NOT_YET_VISIBLE_FLOOR: Duration = Duration::from_millis(200);
 
 /// After this many 403s in a row the worker assumes a missing permission and pauses rather
 /// than dead-letter the queue.
@@ -120,7 +95,7 @@ pub fn decide<R: Rng>(
             }
             let left = (*window_ends - now).to_std().unwrap_or_default();
             let after = backoff.delay(attempt_number, None, rng).min(left);
-            retry(after.max(Duration::from_millis(200)), true)
+            retry(after.max(NOT_YET_VISIBLE_FLOOR), true)
         }
         Failure::Configuration => Decision::Pause,
         Failure::Forbidden if attempt.consecutive_forbidden >= FORBIDDEN_PAUSE_THRESHOLD => {

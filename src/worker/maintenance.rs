@@ -15,7 +15,7 @@ use crate::queue::{self, Unit};
 pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
     let mut last_prune = Instant::now() - Duration::from_secs(3_600);
     let mut last_renew = Instant::now();
-    let mut probe = Probe::default();
+    let mut check = CredentialCheck::default();
     let mut last_resume = None;
     let mut last_gauges = Instant::now() - GAUGE_INTERVAL;
     let mut progress = Progress::default();
@@ -32,9 +32,9 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             renew(&inner).await;
             last_renew = Instant::now();
         }
-        probe.maybe_resume(&inner).await;
+        check.maybe_resume(&inner).await;
         follow_operator_resume(&inner, &mut last_resume).await;
-        match queue::rescue_expired_leases(&inner.pool).await {
+        match queue::lease::rescue_expired_leases(&inner.pool).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "recovered {n} jobs whose worker lost its lease"),
             Err(error) => tracing::warn!(%error, "recovering expired leases failed: {error}"),
@@ -50,7 +50,7 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             last_prune = Instant::now();
         }
         if let Ok(depth) = queue::pending_count(&inner.pool).await {
-            inner.metrics.queue_depth.store(depth, Ordering::Relaxed);
+            inner.metrics.set_queue_depth(depth);
         }
         export_pacer_stats(&inner);
         if last_gauges.elapsed() >= GAUGE_INTERVAL {
@@ -68,20 +68,19 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Copies the pacer's wait and pause counters into the metrics.
 fn export_pacer_stats(inner: &Inner) {
-    let stats = &inner.pacer.stats;
-    let metrics = &inner.metrics;
-    let copy = |from: &std::sync::atomic::AtomicU64, to: &std::sync::atomic::AtomicU64| {
-        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
-    };
-    copy(&stats.waits, &metrics.limiter_waits);
-    copy(&stats.wait_micros, &metrics.limiter_wait_micros);
-    copy(&stats.pauses, &metrics.limiter_pauses);
+    let stats = inner.pacer.stats();
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    inner.metrics.set_limiter(
+        load(&stats.waits),
+        load(&stats.wait_micros),
+        load(&stats.pauses),
+    );
 }
 
 /// Samples jobs by state, dead letters, workers and the shared budget's pause for `/metrics`.
 async fn sample_gauges(inner: &Inner) {
     match queue::gauges::gauges(&inner.pool).await {
-        Ok(gauges) => *inner.metrics.gauges.lock().unwrap() = gauges,
+        Ok(gauges) => inner.metrics.set_gauges(gauges),
         Err(error) => tracing::debug!(%error, "could not sample the queue gauges"),
     }
     let budget = &inner.config.budget;
@@ -91,7 +90,7 @@ async fn sample_gauges(inner: &Inner) {
             Ok(Some(state)) if state.paused_until.is_some() => state.pause_reason,
             _ => None,
         };
-        *inner.metrics.budget_pause.lock().unwrap() = reason;
+        inner.metrics.set_budget_pause(reason);
     }
 }
 
@@ -116,14 +115,11 @@ impl Progress {
         if elapsed < PROGRESS_INTERVAL {
             return;
         }
-        let applied_total = inner.metrics.outcomes.get("applied");
+        let applied_total = inner.metrics.outcome_count("applied");
         let applied = applied_total.saturating_sub(self.applied);
         self.at = Instant::now();
         self.applied = applied_total;
-        let pending: i64 = {
-            let gauges = inner.metrics.gauges.lock().unwrap();
-            gauges.priorities.iter().map(|p| p.due + p.running).sum()
-        };
+        let pending = inner.metrics.jobs_in_progress();
         if pending <= 0 {
             return;
         }
@@ -177,7 +173,7 @@ async fn follow_operator_resume(
 async fn renew(inner: &Inner) {
     let leases: Vec<Uuid> = inner.in_flight.lock().unwrap().keys().copied().collect();
     let from = Instant::now();
-    match queue::renew_leases(&inner.pool, &leases, inner.config.lease).await {
+    match queue::lease::renew_leases(&inner.pool, &leases, inner.config.lease).await {
         Ok(lost) => {
             let held: Vec<Uuid> = leases.into_iter().filter(|l| !lost.contains(l)).collect();
             inner.renewed(&held, &lost, from);
@@ -189,9 +185,9 @@ async fn renew(inner: &Inner) {
     }
 }
 
-/// The call a configuration-pause probe makes: the kind of call that failed.
+/// The call the credential check of a configuration pause makes: the kind of call that failed.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(super) enum ProbeCall {
+pub(super) enum CheckCall {
     /// Get a token (credentials refused).
     #[default]
     Token,
@@ -201,18 +197,18 @@ pub(super) enum ProbeCall {
     Tag(String),
 }
 
-impl ProbeCall {
-    /// What the probe asks, in words.
+impl CheckCall {
+    /// What the check asks, in words.
     fn describe(&self) -> String {
         match self {
-            ProbeCall::Token => "the credentials".to_owned(),
-            ProbeCall::Conversation(id) => format!("a read of conversation {id}"),
-            ProbeCall::Tag(tag) => format!("a lookup of external tag {tag}"),
+            CheckCall::Token => "the credentials".to_owned(),
+            CheckCall::Conversation(id) => format!("a read of conversation {id}"),
+            CheckCall::Tag(tag) => format!("a lookup of external tag {tag}"),
         }
     }
 }
 
-/// Remembers what the probe must ask before the worker pauses on `unit`'s failed call: after a
+/// Remembers what the credential check must ask before the worker pauses on `unit`'s failed call: after a
 /// 403 (a missing permission, or refusals in a row) the conversation or tag it concerned, since
 /// a token says nothing about permissions; otherwise the token.
 pub(super) fn remember_pause(
@@ -226,47 +222,47 @@ pub(super) fn remember_pause(
         .map(|t| t.conversation_id)
         .or(locators.conversation_id);
     let call = match (status, conversation, &locators.external_tag) {
-        (Some(403), Some(id), _) => ProbeCall::Conversation(id),
-        (Some(403), None, Some(tag)) => ProbeCall::Tag(tag.clone()),
-        _ => ProbeCall::Token,
+        (Some(403), Some(id), _) => CheckCall::Conversation(id),
+        (Some(403), None, Some(tag)) => CheckCall::Tag(tag.clone()),
+        _ => CheckCall::Token,
     };
-    *inner.pause_probe.lock().unwrap() = call;
+    *inner.credential_check.lock().unwrap() = call;
 }
 
 /// While paused, checks now and then (backing off) whether the API takes our credentials again
 /// (or, after a 403, whether it grants the refused call again).
 /// The backoff survives a resume that is followed by another pause soon after (a token that is
-/// accepted by the login host but refused by the API), so a persistent problem is probed ever
+/// accepted by the login host but refused by the API), so a persistent problem is checked ever
 /// less often instead of every few seconds.
-struct Probe {
+struct CredentialCheck {
     next: Instant,
     delay: Duration,
     healthy_since: Option<Instant>,
 }
 
-/// The first probe delay; it doubles up to [`PROBE_MAX`].
-const PROBE_FIRST: Duration = Duration::from_secs(2);
-/// The longest delay between two credential probes.
-const PROBE_MAX: Duration = Duration::from_secs(300);
-/// A resume that holds this long resets the probe backoff.
-const PROBE_RESET_AFTER: Duration = Duration::from_secs(600);
+/// The first check delay; it doubles up to [`CHECK_MAX`].
+const CHECK_FIRST: Duration = Duration::from_secs(2);
+/// The longest delay between two credential checks.
+const CHECK_MAX: Duration = Duration::from_secs(300);
+/// A resume that holds this long resets the check backoff.
+const CHECK_RESET_AFTER: Duration = Duration::from_secs(600);
 
-impl Default for Probe {
+impl Default for CredentialCheck {
     fn default() -> Self {
-        Probe {
+        CredentialCheck {
             next: Instant::now(),
-            delay: PROBE_FIRST,
+            delay: CHECK_FIRST,
             healthy_since: Some(Instant::now()),
         }
     }
 }
 
-impl Probe {
+impl CredentialCheck {
     async fn maybe_resume(&mut self, inner: &Inner) {
         if !inner.health.is_paused() {
             let since = *self.healthy_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= PROBE_RESET_AFTER {
-                self.delay = PROBE_FIRST;
+            if since.elapsed() >= CHECK_RESET_AFTER {
+                self.delay = CHECK_FIRST;
             }
             return;
         }
@@ -276,11 +272,11 @@ impl Probe {
         if Instant::now() < self.next {
             return;
         }
-        let call = inner.pause_probe.lock().unwrap().clone();
+        let call = inner.credential_check.lock().unwrap().clone();
         let verdict = match &call {
-            ProbeCall::Token => inner.api.probe().await,
-            ProbeCall::Conversation(id) => inner.api.probe_conversation(*id).await,
-            ProbeCall::Tag(tag) => inner.api.probe_tag(tag).await,
+            CheckCall::Token => inner.api.check_credentials().await,
+            CheckCall::Conversation(id) => inner.api.check_conversation(*id).await,
+            CheckCall::Tag(tag) => inner.api.check_tag(tag).await,
         };
         match verdict {
             Ok(()) => {
@@ -295,10 +291,10 @@ impl Probe {
                 reason = "configuration",
                 %error,
                 "still paused: {error} (next check in {} s)",
-                (self.delay * 2).min(PROBE_MAX).as_secs()
+                (self.delay * 2).min(CHECK_MAX).as_secs()
             ),
         }
-        self.delay = (self.delay * 2).min(PROBE_MAX);
+        self.delay = (self.delay * 2).min(CHECK_MAX);
         self.next = Instant::now() + self.delay;
     }
 }

@@ -1,21 +1,29 @@
 //! The worker: claims units, applies them through the Genesys Cloud API, records outcomes.
 //!
-//! One claimer task fills a small in-memory [`buffer::Buffer`] (batch claims, woken by
-//! `NOTIFY pdq_jobs` or a slow poll); N executors take the most urgent unit, wait for the
-//! request budget ([`pacer::Pacer`]) and run it ([`execute`]); a completer archives applied
-//! units in batches; a maintenance task renews leases, recovers expired ones and prunes.
+//! One claimer task fills a small in-memory buffer (batch claims, woken by `NOTIFY pdq_jobs`
+//! or a slow poll); N executors take the most urgent unit, wait for the request budget
+//! ([`Pacer`]) and run it through a pipeline of named steps (`execute.rs`: resolve, hold the
+//! target, send, classify a failure with the outcome table, record the outcome); a completer
+//! archives applied units in batches; a maintenance task renews leases, recovers expired ones
+//! and prunes.
+//!
+//! A library user needs [`Worker`], [`WorkerConfig`] and [`Api`]; everything else is internal.
 
-pub mod api;
-pub mod backoff;
+mod api;
+mod backoff;
 mod buffer;
+mod calls;
 mod completer;
-pub mod decide;
+mod config;
+mod decide;
 mod execute;
 mod heartbeat;
 mod maintenance;
 mod outage;
-pub mod pacer;
-pub mod resolve;
+mod outcome;
+mod pacer;
+mod resolve;
+mod send;
 mod wakeup;
 
 use std::collections::HashMap;
@@ -30,100 +38,17 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::{Condition, Health, Metrics};
-use crate::queue::{self, ClaimOptions, Fence, Unit};
+use crate::queue::lease::ClaimOptions;
+use crate::queue::{self, Fence, Unit};
 pub use api::Api;
 pub use backoff::Backoff;
+pub use config::{
+    WorkerConfig, DEFAULT_EXECUTORS, DEFAULT_LOOKUP_WINDOW, DEFAULT_RETENTION,
+    DEFAULT_SHUTDOWN_GRACE,
+};
 pub use execute::UnitOutcome;
-pub use pacer::{Budget, Pacer};
-
-/// Worker settings (from `pdq run`'s flags, or built directly by tests and the demo).
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    /// Concurrent executors (API calls in flight).
-    pub executors: usize,
-    /// Units claimed per claim statement.
-    pub claim_batch: u32,
-    /// Jobs coalesced into one PATCH at most.
-    pub max_coalesce: u32,
-    /// Lease on claimed units; renewed while a unit is worked on.
-    pub lease: Duration,
-    /// Safety-net poll when no notification arrives.
-    pub poll_interval: Duration,
-    /// How long an external tag may stay unfindable (analytics lag) before `conversation_not_found`.
-    pub lookup_window: Duration,
-    /// How long a conversation read is reused for other jobs of the same conversation.
-    pub conversation_cache_ttl: Duration,
-    /// Retry delays.
-    pub backoff: Backoff,
-    /// The request budget.
-    pub budget: Budget,
-    /// How long in-flight units may finish after shutdown is asked for; at least the API
-    /// request timeout, so no request is still on the wire when the rest are given back.
-    pub shutdown_grace: Duration,
-    /// How long applied jobs stay in `pdq.finished_jobs` (and which value of a key was
-    /// applied stays in `pdq.applied_keys`).
-    pub retention: Duration,
-    /// How long dead letters (which hold customer data) are kept.
-    pub dead_letter_retention: Duration,
-    /// How long an idempotency key is remembered (at least `retention`).
-    pub idempotency_horizon: Duration,
-    /// Recorded in `locked_by`.
-    pub worker_id: String,
-    /// Seed for jitter (tests and the demo repeat).
-    pub seed: Option<u64>,
-}
-
-impl WorkerConfig {
-    /// Checks the timing rules that keep a PATCH inside its lease: the API request timeout
-    /// must be under half the lease, and the shutdown grace at least the request timeout.
-    pub fn check_timing(&self, request_timeout: Duration) -> Result<(), String> {
-        if request_timeout >= self.lease / 2 {
-            return Err(format!(
-                "the API request timeout ({} ms) must be under half the lease ({} s): raise \
-                 --lease-secs or lower GENESYS_REQUEST_TIMEOUT_MS",
-                request_timeout.as_millis(),
-                self.lease.as_secs_f64()
-            ));
-        }
-        if self.idempotency_horizon < self.retention {
-            return Err(format!(
-                "idempotency keys must be remembered ({} days) at least as long as applied jobs are kept ({} days)",
-                self.idempotency_horizon.as_secs() / 86_400,
-                self.retention.as_secs() / 86_400
-            ));
-        }
-        if self.shutdown_grace < request_timeout {
-            return Err(format!(
-                "the shutdown grace ({} s) must be at least the API request timeout ({} ms)",
-                self.shutdown_grace.as_secs_f64(),
-                request_timeout.as_millis()
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            executors: 16,
-            claim_batch: 64,
-            max_coalesce: 100,
-            lease: Duration::from_secs(60),
-            poll_interval: Duration::from_secs(1),
-            lookup_window: Duration::from_secs(60),
-            conversation_cache_ttl: Duration::from_secs(2),
-            backoff: Backoff::default(),
-            budget: Budget::default(),
-            shutdown_grace: Duration::from_secs(25),
-            retention: Duration::from_secs(7 * 86_400),
-            dead_letter_retention: queue::DEFAULT_DEAD_LETTER_RETENTION,
-            idempotency_horizon: queue::DEFAULT_IDEMPOTENCY_KEY_HORIZON,
-            worker_id: format!("pdq-{}", std::process::id()),
-            seed: None,
-        }
-    }
-}
+pub use pacer::{Budget, Pacer, DEFAULT_BACKFILL_SHARE, DEFAULT_RATE_LIMIT};
+pub use resolve::Target;
 
 /// A worker process's shared state.
 #[derive(Clone)]
@@ -144,8 +69,9 @@ struct Inner {
     outage: outage::Detector,
     completer: completer::Completer,
     forbidden_streak: AtomicU32,
-    /// What the configuration-pause probe asks (see [`maintenance::remember_pause`]).
-    pause_probe: Mutex<maintenance::ProbeCall>,
+    /// What the credential check of a configuration pause asks (see
+    /// [`maintenance::remember_pause`]).
+    credential_check: Mutex<maintenance::CheckCall>,
     rng: Mutex<SmallRng>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -171,7 +97,7 @@ impl Worker {
                 cutoff: Mutex::new(None),
                 outage: outage::Detector::default(),
                 forbidden_streak: AtomicU32::new(0),
-                pause_probe: Mutex::default(),
+                credential_check: Mutex::default(),
                 rng: Mutex::new(rng),
                 metrics: Arc::new(Metrics::for_budget(config.budget.per_minute)),
                 health: Arc::new(Health::default()),
@@ -199,7 +125,7 @@ impl Worker {
     /// Claims one batch and runs every unit in it to an outcome, in this task; returns the
     /// outcomes (empty when nothing was due). Tests and the demo drive the queue with this.
     pub async fn process_next(&self) -> Result<Vec<UnitOutcome>, queue::Error> {
-        let units = queue::claim(
+        let units = queue::lease::claim(
             &self.inner.pool,
             &self.claim_options(self.inner.config.claim_batch),
         )
@@ -294,7 +220,7 @@ impl Worker {
         let db_deadline = tokio::time::Instant::now() + SHUTDOWN_DB_BOUND;
         let bounded = tokio::time::timeout_at(db_deadline, async {
             for fence in leftover {
-                if let Err(error) = queue::release(&inner.pool, &fence).await {
+                if let Err(error) = queue::lease::release(&inner.pool, &fence).await {
                     tracing::warn!(%error, lease = %fence.lease, "could not give a unit back ({error}); its lease will expire");
                 }
             }
@@ -423,7 +349,7 @@ impl Inner {
             return Err(queue::Error::LeaseLost);
         }
         let from = Instant::now();
-        let lost = queue::renew_leases(&self.pool, &[lease], self.config.lease).await?;
+        let lost = queue::lease::renew_leases(&self.pool, &[lease], self.config.lease).await?;
         if lost.is_empty() {
             self.renewed(&[lease], &[], from);
         } else {
@@ -438,7 +364,7 @@ impl Inner {
 
     async fn release(&self, fence: Fence) {
         self.untrack(fence.lease);
-        if let Err(error) = queue::release(&self.pool, &fence).await {
+        if let Err(error) = queue::lease::release(&self.pool, &fence).await {
             tracing::warn!(%error, lease = %fence.lease, "could not release a unit ({error}); its lease will expire");
         }
     }
@@ -460,6 +386,10 @@ const CLAIM_FAILURES_UNHEALTHY: u32 = 3;
 /// The pause between two failed claims.
 const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(500);
 
+/// How long a claimer with nothing to do (worker paused, buffer full) sleeps before it looks
+/// again, in case a wake-up or drain notification was missed.
+const CLAIMER_IDLE_POLL: Duration = Duration::from_millis(200);
+
 /// Keeps the buffer topped up: claims in batches when half of it is free, and on every
 /// wake-up (a NOTIFY, the poll) claims at least one unit even when it is full, unless a live unit
 /// already waits: the claim order puts a new live job first, so it never queues behind backfill.
@@ -477,7 +407,7 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
             tokio::select! {
                 _ = wake.notified() => nudged = true,
                 _ = inner.buffer.drained.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(CLAIMER_IDLE_POLL) => {}
                 _ = stop.cancelled() => return,
             }
             continue;
@@ -485,17 +415,14 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
         let room = inner.buffer.room().max(usize::from(nudged)) as u32;
         let wanted = room.min(inner.config.claim_batch);
         nudged = false;
-        match queue::claim(&inner.pool, &worker.claim_options(wanted)).await {
+        match queue::lease::claim(&inner.pool, &worker.claim_options(wanted)).await {
             Ok(units) if !units.is_empty() => {
                 if failures > 0 {
                     failures = 0;
                     inner.health.clear(Condition::Claims);
                 }
                 let full = units.len() as u32 == wanted;
-                inner
-                    .metrics
-                    .claims
-                    .fetch_add(units.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                inner.metrics.count_claims(units.len() as u64);
                 for unit in &units {
                     inner.track(unit);
                     if unit.head().priority == crate::queue::Priority::Live {
@@ -551,21 +478,5 @@ mod tests {
         tasks.spawn(named("completer", async {}));
         let report = task_ended(tasks.join_next().await.unwrap());
         assert_eq!(report, "the completer returned before shutdown");
-    }
-
-    #[test]
-    fn timing_rules_keep_a_patch_inside_its_lease_and_the_grace() {
-        let config = WorkerConfig::default();
-        assert!(config.check_timing(Duration::from_secs(20)).is_ok());
-        let too_slow = config.check_timing(Duration::from_secs(30)).unwrap_err();
-        assert!(too_slow.contains("half the lease"), "{too_slow}");
-        let short_grace = WorkerConfig {
-            shutdown_grace: Duration::from_secs(5),
-            ..WorkerConfig::default()
-        };
-        let refused = short_grace
-            .check_timing(Duration::from_secs(10))
-            .unwrap_err();
-        assert!(refused.contains("shutdown grace"), "{refused}");
     }
 }

@@ -32,11 +32,17 @@ pub struct Budget {
     pub name: String,
 }
 
+/// API requests per minute for all pdq processes on one database, unless told otherwise.
+pub const DEFAULT_RATE_LIMIT: u32 = 300;
+
+/// Share of the budget backfill may use while live updates wait, unless told otherwise.
+pub const DEFAULT_BACKFILL_SHARE: f64 = 0.5;
+
 impl Default for Budget {
     fn default() -> Self {
         Budget {
-            per_minute: 300,
-            backfill_share: 0.5,
+            per_minute: DEFAULT_RATE_LIMIT,
+            backfill_share: DEFAULT_BACKFILL_SHARE,
             shared: true,
             name: "default".to_owned(),
         }
@@ -62,10 +68,9 @@ pub struct Pacer {
     live_waiting: AtomicUsize,
     live_seen: Mutex<Option<Instant>>,
     paused_until: Mutex<Option<Instant>>,
-    probe: Mutex<Probe>,
+    probe: Mutex<PauseProbe>,
     shared: Option<SharedSlots>,
-    /// Wait and pause counters.
-    pub stats: PacerStats,
+    stats: PacerStats,
 }
 
 struct SharedSlots {
@@ -112,19 +117,29 @@ impl Pacer {
             live_waiting: AtomicUsize::new(0),
             live_seen: Mutex::new(None),
             paused_until: Mutex::new(None),
-            probe: Mutex::new(Probe::default()),
+            probe: Mutex::new(PauseProbe::default()),
             shared,
             stats: PacerStats::default(),
         }
     }
 
+    /// Wait and pause counters, copied into the worker's metrics.
+    pub(crate) fn stats(&self) -> &PacerStats {
+        &self.stats
+    }
+
+    /// Pauses so far after a 429 or a spent rate-limit window.
+    pub fn pauses(&self) -> u64 {
+        self.stats.pauses.load(Ordering::Relaxed)
+    }
+
     /// The time between two requests at the configured budget (zero without a limit).
-    pub fn token_interval(&self) -> Duration {
+    pub(crate) fn token_interval(&self) -> Duration {
         self.interval
     }
 
     /// Waits until one more request of `lane` may be sent.
-    pub async fn acquire(&self, lane: Priority) {
+    pub(crate) async fn acquire(&self, lane: Priority) {
         if self.main.is_none() {
             self.wait_for_pause().await;
             return;
@@ -155,7 +170,7 @@ impl Pacer {
     }
 
     /// Notes live work (a live unit claimed or taken): backfill keeps to its share for a while.
-    pub fn note_live(&self) {
+    pub(crate) fn note_live(&self) {
         *self.live_seen.lock().unwrap() = Some(Instant::now());
     }
 
@@ -211,7 +226,7 @@ impl Pacer {
 
     /// Pauses every executor of this process for `duration`, at most
     /// [`crate::genesys::MAX_RETRY_AFTER`] (whatever the caller passes, nothing overflows).
-    pub fn pause_for(&self, duration: Duration) {
+    pub(crate) fn pause_for(&self, duration: Duration) {
         let now = Instant::now();
         let until = now.checked_add(cap_wait(duration)).unwrap_or(now);
         let mut paused = self.paused_until.lock().unwrap();
@@ -219,7 +234,7 @@ impl Pacer {
             *paused = Some(until);
             self.stats.pauses.fetch_add(1, Ordering::Relaxed);
         }
-        *self.probe.lock().unwrap() = Probe {
+        *self.probe.lock().unwrap() = PauseProbe {
             pending: true,
             in_flight_since: None,
         };
@@ -227,13 +242,13 @@ impl Pacer {
 
     /// Lifts this process's pause at once (an operator resumed the shared budget): executors go
     /// ahead without waiting for a probe.
-    pub fn clear_pause(&self) {
+    pub(crate) fn clear_pause(&self) {
         *self.paused_until.lock().unwrap() = None;
-        *self.probe.lock().unwrap() = Probe::default();
+        *self.probe.lock().unwrap() = PauseProbe::default();
     }
 
     /// When this process is paused: the pause still in force, if any.
-    pub fn paused_for(&self) -> Option<Duration> {
+    pub(crate) fn paused_for(&self) -> Option<Duration> {
         let until = (*self.paused_until.lock().unwrap())?;
         let left = until.saturating_duration_since(Instant::now());
         (!left.is_zero()).then_some(left)
@@ -276,7 +291,7 @@ impl Pacer {
             if !must_wait {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(PROBE_ANSWER_POLL).await;
         }
     }
 
@@ -355,9 +370,12 @@ const LIVE_MEMORY: Duration = Duration::from_secs(2);
 /// How long the other executors wait for a probe's answer before going ahead anyway.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The request that tests the API after a pause.
+/// How often an executor waiting behind the pause probe looks whether it was answered.
+const PROBE_ANSWER_POLL: Duration = Duration::from_millis(10);
+
+/// The one request that tests the API after a 429 or outage pause before the others follow.
 #[derive(Debug, Default)]
-struct Probe {
+struct PauseProbe {
     /// The next request after the pause is the probe.
     pending: bool,
     /// The probe was sent at this time and has no answer yet.

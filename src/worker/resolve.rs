@@ -1,4 +1,5 @@
-//! Finding the conversation and participant a job names, with a short cache per conversation.
+//! Finding the conversation and participant a job names (by id, external tag, purpose, external
+//! contact id or name), with a short cache per conversation read.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -6,15 +7,20 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::api::{ConversationView, ParticipantView};
-use crate::queue::{DeadReason, Locators};
+use chrono::Utc;
+
+use super::api::{CallError, ConversationView, ParticipantView};
+use super::calls::Calls;
+use super::outcome::FailedAttempt;
+use crate::genesys::Failure;
+use crate::queue::{DeadReason, Locators, Unit};
 
 /// Where an update goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
-    /// The conversation.
+    /// The conversation the PATCH goes to.
     pub conversation_id: Uuid,
-    /// The participant.
+    /// The participant whose attributes it writes.
     pub participant_id: Uuid,
 }
 
@@ -118,6 +124,131 @@ impl ConversationCache {
     /// Forgets a conversation (after a write was refused, say).
     pub fn forget(&self, id: Uuid) {
         self.entries.lock().unwrap().remove(&id);
+    }
+}
+
+/// Finds where the unit's update goes: the conversation (by id, or by external tag through
+/// analytics) and the participant (by id, or picked from a fresh or cached read).
+pub(super) async fn resolve(calls: &mut Calls<'_>, unit: &Unit) -> Result<Target, FailedAttempt> {
+    let head = unit.head();
+    let conversation_id = match (head.locators.conversation_id, &head.locators.external_tag) {
+        (Some(id), _) => id,
+        (None, Some(tag)) => find_by_tag(calls, unit, tag).await?,
+        (None, None) => {
+            return Err(FailedAttempt::permanent(
+                DeadReason::BadRequest,
+                "job names no conversation",
+            ))
+        }
+    };
+    let locator = ParticipantLocator::of(&head.locators);
+    if let ParticipantLocator::Id(participant_id) = locator {
+        return Ok(Target {
+            conversation_id,
+            participant_id,
+        });
+    }
+    let view = match calls.inner.cache.get(conversation_id) {
+        Some(view) => view,
+        None => {
+            let view = calls
+                .conversation(conversation_id)
+                .await
+                .map_err(FailedAttempt::from_call)?;
+            calls.inner.cache.put(conversation_id, view.clone());
+            view
+        }
+    };
+    let participant_id = pick_participant(&view, &locator).map_err(|reason| {
+        FailedAttempt::permanent(reason, unresolved(&locator, reason, conversation_id))
+    })?;
+    Ok(Target {
+        conversation_id,
+        participant_id,
+    })
+}
+
+/// The one active conversation carrying `tag`; none yet retries inside the lookup window.
+async fn find_by_tag(calls: &mut Calls<'_>, unit: &Unit, tag: &str) -> Result<Uuid, FailedAttempt> {
+    let found = calls
+        .find_by_tag(tag)
+        .await
+        .map_err(FailedAttempt::from_call)?;
+    match found.as_slice() {
+        [only] => Ok(*only),
+        [] => {
+            let first = unit
+                .jobs
+                .iter()
+                .filter_map(|j| j.first_attempt_at)
+                .min()
+                .unwrap_or_else(Utc::now);
+            let window =
+                chrono::Duration::from_std(calls.inner.config.lookup_window).unwrap_or_default();
+            Err(FailedAttempt {
+                failure: Failure::NotYetVisible {
+                    window_ends: first + window,
+                    reason: DeadReason::ConversationNotFound,
+                },
+                detail: format!("no active conversation has external tag {tag}"),
+                api: None,
+                target: None,
+            })
+        }
+        many => Err(FailedAttempt::permanent(
+            DeadReason::ConversationAmbiguous,
+            format!(
+                "{} active conversations have external tag {tag}",
+                many.len()
+            ),
+        )),
+    }
+}
+
+/// A 400 or 409 from the PATCH usually means the conversation or participant is gone: one GET
+/// tells which, so the dead letter says `conversation_ended` rather than a bare status.
+pub(super) async fn explain_refusal(
+    calls: &mut Calls<'_>,
+    target: Target,
+    error: CallError,
+) -> FailedAttempt {
+    let mut failed = FailedAttempt::from_call(error);
+    if !matches!(failed.api.as_ref().and_then(|e| e.status), Some(400 | 409)) {
+        return failed;
+    }
+    calls.inner.cache.forget(target.conversation_id);
+    if let Ok(view) = calls.conversation(target.conversation_id).await {
+        let locator = ParticipantLocator::Id(target.participant_id);
+        if let Err(reason @ (DeadReason::ConversationEnded | DeadReason::ParticipantDisconnected)) =
+            pick_participant(&view, &locator)
+        {
+            failed.failure = Failure::Permanent(reason);
+        }
+    }
+    failed
+}
+
+/// Why a participant locator found no single live participant, in words.
+fn unresolved(locator: &ParticipantLocator, reason: DeadReason, conversation_id: Uuid) -> String {
+    let who = match locator {
+        ParticipantLocator::Id(id) => format!("participant {id}"),
+        ParticipantLocator::Purpose(purpose) => format!("the participant with purpose {purpose}"),
+        ParticipantLocator::ExternalContactId(id) => {
+            format!("the participant with external contact id {id}")
+        }
+        ParticipantLocator::Name(name) => format!("the participant named {name}"),
+    };
+    match reason {
+        DeadReason::ConversationEnded => {
+            format!("conversation {conversation_id} has ended (looking for {who})")
+        }
+        DeadReason::ParticipantDisconnected => {
+            format!("{who} has left conversation {conversation_id}")
+        }
+        DeadReason::ParticipantAmbiguous => {
+            format!("several live participants match {who} in conversation {conversation_id}")
+        }
+        _ => format!("no live participant matches {who} in conversation {conversation_id}"),
     }
 }
 

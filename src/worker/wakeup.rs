@@ -12,13 +12,19 @@ use tokio_util::sync::CancellationToken;
 /// The channel the insert trigger notifies.
 pub const CHANNEL: &str = "pdq_jobs";
 
+/// The first wait before a failed `LISTEN` is tried again (the claimer polls meanwhile).
+const RELISTEN_FIRST: Duration = Duration::from_millis(100);
+
+/// The longest wait between two `LISTEN` attempts.
+const RELISTEN_MAX: Duration = Duration::from_secs(10);
+
 /// Wakes the claimer on every notification until `stop`.
 pub async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
-    let mut delay = Duration::from_millis(100);
+    let mut delay = RELISTEN_FIRST;
     while !stop.is_cancelled() {
         let mut listener = match connect(&pool).await {
             Ok(listener) => {
-                delay = Duration::from_millis(100);
+                delay = RELISTEN_FIRST;
                 listener
             }
             Err(error) => {
@@ -27,7 +33,7 @@ pub async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => return,
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
+                delay = (delay * 2).min(RELISTEN_MAX);
                 continue;
             }
         };

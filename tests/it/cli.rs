@@ -94,6 +94,40 @@ fn a_missing_database_url_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("set DATABASE_URL"));
 }
 
+/// A misspelt `--reason` is refused before any database is touched (it would otherwise match
+/// nothing and requeue or purge nothing, silently), and the refusal lists every valid reason;
+/// a valid reason gets past the parser.
+#[test]
+fn a_misspelt_dead_letter_reason_is_refused_with_the_valid_ones() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pdq"))
+            .args(args)
+            // Nothing listens on port 1: reaching the database would fail with exit code 5.
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run pdq")
+    };
+    for command in ["list", "requeue", "purge"] {
+        let refused = run(&["dlq", command, "--reason", "conversation_over"]);
+        assert_eq!(refused.status.code(), Some(2), "{command}: {refused:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("conversation_over"), "{command}: {stderr}");
+        for reason in pdq::queue::DeadReason::ALL {
+            assert!(
+                stderr.contains(reason.as_str()),
+                "{command}: {reason} is not listed in {stderr}"
+            );
+        }
+    }
+    let valid = run(&["dlq", "list", "--reason", "conversation_ended"]);
+    assert_eq!(
+        valid.status.code(),
+        Some(5),
+        "parsed, then the database: {valid:?}"
+    );
+}
+
 #[tokio::test]
 async fn doctor_checks_credentials_and_organization_against_the_emulator() {
     let emulator = pdq::emulator::Emulator::start(pdq::emulator::EmulatorConfig::default())

@@ -4,7 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pdq::queue::{self, ClaimOptions, DeadLetterFilter, DeadLetterRecord, DeadReason, NewJob};
+use pdq::queue::lease::{ClaimOptions, DeadLetterRecord};
+use pdq::queue::{self, DeadLetterFilter, DeadReason, NewJob};
 use serde_json::json;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
@@ -32,11 +33,11 @@ async fn claim_all(pool: &PgPool) -> Vec<queue::Unit> {
         units: 1_000,
         ..ClaimOptions::default()
     };
-    queue::claim(pool, &options).await.unwrap()
+    queue::lease::claim(pool, &options).await.unwrap()
 }
 
-fn success(unit: &queue::Unit) -> queue::Success {
-    queue::Success {
+fn success(unit: &queue::Unit) -> queue::lease::Success {
+    queue::lease::Success {
         fence: unit.fence(),
         conversation_id: unit.head().locators.conversation_id,
         participant_id: unit.head().locators.participant_id,
@@ -156,7 +157,7 @@ async fn non_finite_times_and_a_deadline_before_run_at_are_refused_by_name() {
     };
     queue::enqueue(&db.pool, &deadline).await.unwrap().unwrap();
     let unit = claim_all(&db.pool).await.remove(0);
-    queue::retry(
+    queue::lease::retry(
         &db.pool,
         &unit.fence(),
         Duration::from_secs(30),
@@ -175,11 +176,11 @@ async fn archive_two(db: &TestDb) -> (i64, i64) {
     let second = queue::enqueue(&db.pool, &job()).await.unwrap().unwrap();
     for unit in claim_all(&db.pool).await {
         if unit.head().id == first {
-            let left = queue::succeed_batch(&db.pool, &[success(&unit)]).await;
+            let left = queue::lease::succeed_batch(&db.pool, &[success(&unit)]).await;
             assert!(left.unwrap().is_empty(), "job {first} archived");
         } else {
             assert_eq!(unit.head().id, second);
-            queue::dead_letter(&db.pool, &unit.fence(), None, &record, true)
+            queue::lease::dead_letter(&db.pool, &unit.fence(), None, &record, true)
                 .await
                 .unwrap();
         }
@@ -289,7 +290,9 @@ async fn concurrent_inserts_of_one_key_while_finishes_run_yield_one_job() {
         while !finisher_stop.is_cancelled() && tokio::time::Instant::now() < deadline {
             let units = claim_all(&finisher_pool).await;
             let done: Vec<_> = units.iter().map(success).collect();
-            queue::succeed_batch(&finisher_pool, &done).await.unwrap();
+            queue::lease::succeed_batch(&finisher_pool, &done)
+                .await
+                .unwrap();
         }
     });
     for key in &keys {
@@ -323,7 +326,7 @@ async fn a_key_stays_known_after_its_finished_job_was_pruned_until_the_horizon()
     let first = queue::enqueue(&db.pool, &keyed("order-9")).await.unwrap();
     assert!(first.is_some());
     let unit = claim_all(&db.pool).await.remove(0);
-    queue::succeed_batch(&db.pool, &[success(&unit)])
+    queue::lease::succeed_batch(&db.pool, &[success(&unit)])
         .await
         .unwrap();
     let pruned = queue::prune_finished(&db.pool, Duration::ZERO, 100)
@@ -468,7 +471,7 @@ async fn dead_letters_are_pruned_after_their_retention_and_never_before() {
     }
     let record = DeadLetterRecord::new(DeadReason::NotFound, "gone");
     for unit in claim_all(&db.pool).await {
-        queue::dead_letter(&db.pool, &unit.fence(), None, &record, true)
+        queue::lease::dead_letter(&db.pool, &unit.fence(), None, &record, true)
             .await
             .unwrap();
     }

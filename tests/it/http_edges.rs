@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::Router;
-use pdq::genesys::{Error, ErrorClass, GenesysClient, GenesysSettings};
+use pdq::genesys::{Error, Failure, GenesysClient, GenesysSettings};
 use serde_json::{json, Map};
 use uuid::Uuid;
 
@@ -73,7 +73,7 @@ async fn patch(client: &GenesysClient) -> Result<(), Error> {
 
 fn assert_configuration(result: Result<(), Error>, expect_in_text: &[&str]) {
     let error = result.expect_err("must not count as applied");
-    assert_eq!(error.class(), ErrorClass::Configuration, "{error}");
+    assert_eq!(error.class(), Failure::Configuration, "{error}");
     let text = error.to_string();
     for needle in expect_in_text {
         assert!(text.contains(needle), "{needle:?} missing from {text:?}");
@@ -176,7 +176,7 @@ async fn a_redirecting_token_endpoint_is_not_followed() {
     );
 }
 
-fn assert_class(result: Result<(), Error>, class: ErrorClass) -> Error {
+fn assert_class(result: Result<(), Error>, class: Failure) -> Error {
     let error = result.expect_err("must fail");
     assert_eq!(error.class(), class, "{error}");
     let text = error.to_string();
@@ -193,18 +193,18 @@ async fn an_unreachable_host_is_an_outage() {
     let refused = client(&format!("http://127.0.0.1:{unused}"));
     let error = assert_class(
         refused.get_conversation(Uuid::new_v4()).await.map(|_| ()),
-        ErrorClass::Outage,
+        Failure::Outage,
     );
     assert!(error.to_string().contains("could not connect"), "{error}");
     // `.invalid` never resolves (RFC 2606): a DNS failure, or a resolver failure, both outages.
     let unresolvable = client("https://pdq-test.invalid");
-    let error = assert_class(unresolvable.probe_token().await, ErrorClass::Outage);
+    let error = assert_class(unresolvable.probe_token().await, Failure::Outage);
     let text = error.to_string();
     assert!(
         text.contains("did not resolve") || text.contains("could not connect"),
         "{text}"
     );
-    assert_class(patch(&unresolvable).await, ErrorClass::Outage);
+    assert_class(patch(&unresolvable).await, Failure::Outage);
 }
 
 #[tokio::test]
@@ -214,8 +214,8 @@ async fn a_failing_token_endpoint_is_an_outage_and_bad_credentials_are_configura
         post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "upstream unavailable") }),
     );
     let base = serve(down).await;
-    assert_class(client(&base).probe_token().await, ErrorClass::Outage);
-    assert_class(patch(&client(&base)).await, ErrorClass::Outage);
+    assert_class(client(&base).probe_token().await, Failure::Outage);
+    assert_class(patch(&client(&base)).await, Failure::Outage);
 
     let refused = Router::new().route(
         "/oauth/token",
@@ -227,7 +227,7 @@ async fn a_failing_token_endpoint_is_an_outage_and_bad_credentials_are_configura
         }),
     );
     let base = serve(refused).await;
-    let error = assert_class(client(&base).probe_token().await, ErrorClass::Configuration);
+    let error = assert_class(client(&base).probe_token().await, Failure::Configuration);
     assert_eq!(error.code(), Some("invalid_client"));
 }
 
@@ -252,7 +252,7 @@ async fn an_unbounded_retry_after_is_capped() {
         }));
         let base = genesys_like(api).await;
         let error = patch(&client(&base)).await.expect_err("429");
-        let ErrorClass::RateLimited { retry_after } = error.class() else {
+        let Failure::RateLimited { retry_after } = error.class() else {
             panic!("{error}")
         };
         assert_eq!(retry_after, Some(pdq::genesys::MAX_RETRY_AFTER), "{value}");
@@ -264,7 +264,7 @@ async fn an_unbounded_retry_after_is_capped() {
 #[tokio::test]
 async fn a_shared_rate_limit_pause_is_capped_shown_and_lifted_by_an_operator() {
     use pdq::queue::budget::{self, PauseReason};
-    use pdq::worker::pacer::{Budget, Pacer};
+    use pdq::worker::{Budget, Pacer};
     use std::time::Duration;
 
     let db = crate::helpers::TestDb::new().await;

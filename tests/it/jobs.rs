@@ -5,7 +5,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use pdq::queue::jobs::{self, JobFilter, JobState};
-use pdq::queue::{self, ClaimOptions, DeadLetterFilter, DeadLetterRecord, DeadReason, NewJob};
+use pdq::queue::lease::{ClaimOptions, DeadLetterRecord};
+use pdq::queue::{self, DeadLetterFilter, DeadReason, NewJob};
 use pdq::queue::{Locators, Unit};
 use serde_json::{json, Value};
 use sqlx::postgres::PgListener;
@@ -51,7 +52,7 @@ async fn claim_one(db: &TestDb) -> Unit {
         worker_id: "worker-a".into(),
         ..ClaimOptions::default()
     };
-    let mut units = queue::claim(&db.pool, &options).await.unwrap();
+    let mut units = queue::lease::claim(&db.pool, &options).await.unwrap();
     assert_eq!(units.len(), 1, "one unit due");
     units.remove(0)
 }
@@ -64,7 +65,7 @@ fn server_error() -> Value {
 }
 
 async fn retry_later(db: &TestDb, unit: &Unit) {
-    queue::retry(
+    queue::lease::retry(
         &db.pool,
         &unit.fence(),
         Duration::from_secs(120),
@@ -89,8 +90,8 @@ fn not_found() -> DeadLetterRecord {
 }
 
 async fn apply(db: &TestDb, unit: &Unit, conversation: Uuid, participant: Uuid) {
-    let done = queue::Success::of(unit, conversation, participant);
-    assert!(queue::succeed_batch(&db.pool, &[done])
+    let done = queue::lease::Success::of(unit, conversation, participant);
+    assert!(queue::lease::succeed_batch(&db.pool, &[done])
         .await
         .unwrap()
         .is_empty());
@@ -101,7 +102,7 @@ async fn dead_letter_requeue_and_apply(db: &TestDb, key: &str) -> (i64, i64) {
     let (cid, pid) = (Uuid::new_v4(), Uuid::new_v4());
     let first = enqueue(db, Locators::ids(cid, pid), Some(key)).await;
     let unit = claim_one(db).await;
-    queue::dead_letter(&db.pool, &unit.fence(), None, &not_found(), true)
+    queue::lease::dead_letter(&db.pool, &unit.fence(), None, &not_found(), true)
         .await
         .unwrap();
     let requeue = DeadLetterFilter {
@@ -155,7 +156,7 @@ async fn job_status_reports_each_state_with_times_and_reason() {
         .await
         .unwrap();
     let unit = claim_one(&db).await;
-    queue::dead_letter(&db.pool, &unit.fence(), None, &not_found(), true)
+    queue::lease::dead_letter(&db.pool, &unit.fence(), None, &not_found(), true)
         .await
         .unwrap();
     let dead = jobs::job_status_by_key(&db.pool, "order-43")
@@ -562,12 +563,12 @@ async fn producers_ask_job_status_and_only_operators_cancel() {
         units: 1,
         ..ClaimOptions::default()
     };
-    let unit = queue::claim(&worker.pool, &options)
+    let unit = queue::lease::claim(&worker.pool, &options)
         .await
         .unwrap()
         .remove(0);
-    let done = queue::Success::of(&unit, cid, pid);
-    assert!(queue::succeed_batch(&worker.pool, &[done])
+    let done = queue::lease::Success::of(&unit, cid, pid);
+    assert!(queue::lease::succeed_batch(&worker.pool, &[done])
         .await
         .unwrap()
         .is_empty());
@@ -628,7 +629,7 @@ async fn each_requeued_dead_letter_records_the_job_it_became_even_when_ids_repea
     for key in ["old", "new"] {
         enqueue(&db, Locators::external_tag("ORDER-5"), Some(key)).await;
         let unit = claim_one(&db).await;
-        queue::dead_letter(&db.pool, &unit.fence(), None, &not_found(), true)
+        queue::lease::dead_letter(&db.pool, &unit.fence(), None, &not_found(), true)
             .await
             .unwrap();
         sqlx::query("truncate pdq.jobs restart identity")

@@ -4,10 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pdq::queue::{
-    self, ClaimOptions, DeadLetterFilter, DeadLetterRecord, DeadReason, Fence, Locators, NewJob,
-    Priority, Success,
-};
+use pdq::queue::lease::{ClaimOptions, DeadLetterRecord, Success};
+use pdq::queue::{self, DeadLetterFilter, DeadReason, Fence, Locators, NewJob, Priority};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -70,14 +68,14 @@ async fn eight_concurrent_claimers_claim_every_job_exactly_once() {
                 ..ClaimOptions::default()
             };
             for _ in 0..1_000 {
-                let units = queue::claim(&pool, &opts).await.unwrap();
+                let units = queue::lease::claim(&pool, &opts).await.unwrap();
                 if units.is_empty() {
                     break;
                 }
                 let ids: Vec<i64> = units.iter().flat_map(|u| u.job_ids()).collect();
                 claimed.lock().unwrap().extend(ids);
                 let done: Vec<Success> = units.iter().map(success).collect();
-                let lost = queue::succeed_batch(&pool, &done).await.unwrap();
+                let lost = queue::lease::succeed_batch(&pool, &done).await.unwrap();
                 assert!(lost.is_empty(), "no lease may be lost: {lost:?}");
             }
         }));
@@ -108,16 +106,19 @@ async fn expired_lease_is_claimed_by_another_worker_and_the_late_finish_is_refus
         worker_id: "slow".into(),
         ..options(10)
     };
-    let first = queue::claim(&db.pool, &short).await.unwrap();
+    let first = queue::lease::claim(&db.pool, &short).await.unwrap();
     assert_eq!(first.len(), 1);
-    assert!(queue::claim(&db.pool, &options(10))
+    assert!(queue::lease::claim(&db.pool, &options(10))
         .await
         .unwrap()
         .is_empty());
 
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(queue::rescue_expired_leases(&db.pool).await.unwrap(), 1);
-    let second = queue::claim(&db.pool, &options(10)).await.unwrap();
+    assert_eq!(
+        queue::lease::rescue_expired_leases(&db.pool).await.unwrap(),
+        1
+    );
+    let second = queue::lease::claim(&db.pool, &options(10)).await.unwrap();
     assert_eq!(second.len(), 1, "another worker takes the unit over");
     assert_eq!(
         second[0].head().attempts,
@@ -125,11 +126,11 @@ async fn expired_lease_is_claimed_by_another_worker_and_the_late_finish_is_refus
         "the dead worker's attempt stays counted"
     );
 
-    let lost = queue::succeed_batch(&db.pool, &[success(&first[0])])
+    let lost = queue::lease::succeed_batch(&db.pool, &[success(&first[0])])
         .await
         .unwrap();
     assert_eq!(lost, vec![first[0].lease], "the late finish is refused");
-    let late_retry = queue::retry(
+    let late_retry = queue::lease::retry(
         &db.pool,
         &first[0].fence(),
         Duration::ZERO,
@@ -139,11 +140,12 @@ async fn expired_lease_is_claimed_by_another_worker_and_the_late_finish_is_refus
     .await;
     assert!(matches!(late_retry, Err(queue::Error::LeaseLost)));
     let record = DeadLetterRecord::new(DeadReason::NotFound, "late");
-    let late_dead = queue::dead_letter(&db.pool, &first[0].fence(), None, &record, true).await;
+    let late_dead =
+        queue::lease::dead_letter(&db.pool, &first[0].fence(), None, &record, true).await;
     assert!(matches!(late_dead, Err(queue::Error::LeaseLost)));
     assert_eq!(db.count("pdq.dead_letters").await, 0);
 
-    let lost = queue::succeed_batch(&db.pool, &[success(&second[0])])
+    let lost = queue::lease::succeed_batch(&db.pool, &[success(&second[0])])
         .await
         .unwrap();
     assert!(lost.is_empty(), "the current owner finishes normally");
@@ -163,7 +165,10 @@ async fn one_claimed_unit(db: &TestDb, lease: Duration) -> queue::Unit {
         lease,
         ..options(1)
     };
-    queue::claim(&db.pool, &options).await.unwrap().remove(0)
+    queue::lease::claim(&db.pool, &options)
+        .await
+        .unwrap()
+        .remove(0)
 }
 
 #[tokio::test]
@@ -176,13 +181,16 @@ async fn units_are_recovered_when_a_crash_emptied_the_unlogged_lease_table() {
         .await
         .unwrap();
     assert_eq!(
-        queue::rescue_expired_leases(&db.pool).await.unwrap(),
+        queue::lease::rescue_expired_leases(&db.pool).await.unwrap(),
         0,
         "the claim-time lease still runs"
     );
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(queue::rescue_expired_leases(&db.pool).await.unwrap(), 1);
-    let again = queue::claim(&db.pool, &options(1)).await.unwrap();
+    assert_eq!(
+        queue::lease::rescue_expired_leases(&db.pool).await.unwrap(),
+        1
+    );
+    let again = queue::lease::claim(&db.pool, &options(1)).await.unwrap();
     assert_eq!(again[0].job_ids(), unit.job_ids());
     db.drop_database().await;
 }
@@ -198,7 +206,7 @@ async fn a_finish_touches_only_the_jobs_its_fence_names() {
         .await
         .unwrap();
     }
-    let units = queue::claim(&db.pool, &options(10)).await.unwrap();
+    let units = queue::lease::claim(&db.pool, &options(10)).await.unwrap();
     assert_eq!(units.len(), 2);
     let (a, b) = (&units[0], &units[1]);
 
@@ -206,7 +214,8 @@ async fn a_finish_touches_only_the_jobs_its_fence_names() {
         lease: a.lease,
         job_ids: b.job_ids(),
     };
-    let refused = queue::retry(&db.pool, &foreign_jobs, Duration::ZERO, &json!({}), true).await;
+    let refused =
+        queue::lease::retry(&db.pool, &foreign_jobs, Duration::ZERO, &json!({}), true).await;
     assert!(matches!(refused, Err(queue::Error::LeaseLost)));
     let wrong_lease = Success {
         fence: Fence {
@@ -215,7 +224,7 @@ async fn a_finish_touches_only_the_jobs_its_fence_names() {
         },
         ..success(a)
     };
-    let lost = queue::succeed_batch(&db.pool, std::slice::from_ref(&wrong_lease))
+    let lost = queue::lease::succeed_batch(&db.pool, std::slice::from_ref(&wrong_lease))
         .await
         .unwrap();
     assert_eq!(lost, vec![wrong_lease.fence.lease]);
@@ -229,7 +238,7 @@ async fn a_finish_touches_only_the_jobs_its_fence_names() {
         "both units still run under their own leases"
     );
 
-    let lost = queue::succeed_batch(&db.pool, &[success(a), success(b)])
+    let lost = queue::lease::succeed_batch(&db.pool, &[success(a), success(b)])
         .await
         .unwrap();
     assert!(lost.is_empty());
@@ -243,13 +252,17 @@ async fn lease_renewal_keeps_a_slow_unit_from_being_rescued() {
     let unit = one_claimed_unit(&db, Duration::from_millis(1_000)).await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let lost = queue::renew_leases(&db.pool, &[unit.lease], Duration::from_millis(1_000))
-            .await
-            .unwrap();
+        let lost =
+            queue::lease::renew_leases(&db.pool, &[unit.lease], Duration::from_millis(1_000))
+                .await
+                .unwrap();
         assert!(lost.is_empty());
-        assert_eq!(queue::rescue_expired_leases(&db.pool).await.unwrap(), 0);
+        assert_eq!(
+            queue::lease::rescue_expired_leases(&db.pool).await.unwrap(),
+            0
+        );
     }
-    assert!(queue::succeed_batch(&db.pool, &[success(&unit)])
+    assert!(queue::lease::succeed_batch(&db.pool, &[success(&unit)])
         .await
         .unwrap()
         .is_empty());
@@ -269,20 +282,20 @@ async fn a_participants_jobs_never_run_concurrently_and_apply_in_order() {
         max_coalesce: 1,
         ..options(10)
     };
-    let first = queue::claim(&db.pool, &one_at_a_time).await.unwrap();
+    let first = queue::lease::claim(&db.pool, &one_at_a_time).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].head().attributes, json!({"step": "0"}));
     assert!(
-        queue::claim(&db.pool, &one_at_a_time)
+        queue::lease::claim(&db.pool, &one_at_a_time)
             .await
             .unwrap()
             .is_empty(),
         "the second update waits while the first is in flight"
     );
-    queue::succeed_batch(&db.pool, &[success(&first[0])])
+    queue::lease::succeed_batch(&db.pool, &[success(&first[0])])
         .await
         .unwrap();
-    let second = queue::claim(&db.pool, &one_at_a_time).await.unwrap();
+    let second = queue::lease::claim(&db.pool, &one_at_a_time).await.unwrap();
     assert_eq!(second[0].head().attributes, json!({"step": "1"}));
     db.drop_database().await;
 }
@@ -312,7 +325,7 @@ async fn concurrent_claimers_never_hold_two_units_of_one_participant() {
             };
             let mut idle = 0;
             while idle < 20 {
-                let units = queue::claim(&pool, &opts).await.unwrap();
+                let units = queue::lease::claim(&pool, &opts).await.unwrap();
                 if units.is_empty() {
                     idle += 1;
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -337,7 +350,7 @@ async fn concurrent_claimers_never_hold_two_units_of_one_participant() {
                         .remove(&unit.head().participant_key);
                 }
                 let done: Vec<Success> = units.iter().map(success).collect();
-                let lost = queue::succeed_batch(&pool, &done).await.unwrap();
+                let lost = queue::lease::succeed_batch(&pool, &done).await.unwrap();
                 assert!(lost.is_empty(), "leases lost: {lost:?}");
             }
         }));
@@ -377,7 +390,7 @@ async fn five_queued_updates_to_one_participant_coalesce_with_the_last_value_win
         .await
         .unwrap();
 
-    let units = queue::claim(&db.pool, &options(10)).await.unwrap();
+    let units = queue::lease::claim(&db.pool, &options(10)).await.unwrap();
     assert_eq!(units.len(), 2, "one unit per participant");
     let unit = units
         .iter()
@@ -388,9 +401,10 @@ async fn five_queued_updates_to_one_participant_coalesce_with_the_last_value_win
         serde_json::Value::Object(unit.merged_attributes()),
         json!({"status": "step-5", "tier": "gold"})
     );
-    let lost = queue::succeed_batch(&db.pool, &units.iter().map(success).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let lost =
+        queue::lease::succeed_batch(&db.pool, &units.iter().map(success).collect::<Vec<_>>())
+            .await
+            .unwrap();
     assert!(lost.is_empty());
     assert_eq!(
         db.count("pdq.finished_jobs").await,
@@ -413,7 +427,7 @@ async fn a_live_job_behind_ten_thousand_backfill_jobs_is_claimed_next() {
     .await
     .unwrap()
     .unwrap();
-    let next = queue::claim(&db.pool, &options(1)).await.unwrap();
+    let next = queue::lease::claim(&db.pool, &options(1)).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].head().id, live);
     assert_eq!(next[0].head().priority, Priority::Live);
@@ -505,8 +519,11 @@ async fn the_same_idempotency_key_twice_yields_one_job_even_after_it_finished() 
     );
     assert_eq!(db.count("pdq.jobs").await, 1);
 
-    let unit = queue::claim(&db.pool, &options(1)).await.unwrap().remove(0);
-    queue::succeed_batch(&db.pool, &[success(&unit)])
+    let unit = queue::lease::claim(&db.pool, &options(1))
+        .await
+        .unwrap()
+        .remove(0);
+    queue::lease::succeed_batch(&db.pool, &[success(&unit)])
         .await
         .unwrap();
     sqlx::query(insert).execute(&db.pool).await.unwrap();
@@ -526,7 +543,10 @@ async fn dead_letter_then_requeue_makes_the_job_claimable_again_with_history_kep
     queue::enqueue(&db.pool, &job_for(c, p, json!({"k": "v"})))
         .await
         .unwrap();
-    let unit = queue::claim(&db.pool, &options(1)).await.unwrap().remove(0);
+    let unit = queue::lease::claim(&db.pool, &options(1))
+        .await
+        .unwrap()
+        .remove(0);
     let record = DeadLetterRecord {
         http_status: Some(404),
         error_code: Some("not.found".into()),
@@ -537,7 +557,7 @@ async fn dead_letter_then_requeue_makes_the_job_claimable_again_with_history_kep
         ..DeadLetterRecord::new(DeadReason::NotFound, "participant not found")
     };
     assert_eq!(
-        queue::dead_letter(&db.pool, &unit.fence(), None, &record, true)
+        queue::lease::dead_letter(&db.pool, &unit.fence(), None, &record, true)
             .await
             .unwrap(),
         1
@@ -561,7 +581,7 @@ async fn dead_letter_then_requeue_makes_the_job_claimable_again_with_history_kep
     );
 
     let filter = DeadLetterFilter {
-        reason: Some("not_found".into()),
+        reason: Some(DeadReason::NotFound),
         ..DeadLetterFilter::default()
     };
     assert_eq!(
@@ -573,7 +593,7 @@ async fn dead_letter_then_requeue_makes_the_job_claimable_again_with_history_kep
         0,
         "requeued once"
     );
-    let again = queue::claim(&db.pool, &options(1)).await.unwrap();
+    let again = queue::lease::claim(&db.pool, &options(1)).await.unwrap();
     assert_eq!(again.len(), 1, "claimable again");
     assert_eq!(again[0].head().attributes, json!({"k": "v"}));
     assert_eq!(
@@ -614,8 +634,11 @@ async fn a_retried_unit_waits_for_its_run_at_and_a_snooze_spends_no_attempt() {
     )
     .await
     .unwrap();
-    let unit = queue::claim(&db.pool, &options(1)).await.unwrap().remove(0);
-    queue::retry(
+    let unit = queue::lease::claim(&db.pool, &options(1))
+        .await
+        .unwrap()
+        .remove(0);
+    queue::lease::retry(
         &db.pool,
         &unit.fence(),
         Duration::from_millis(300),
@@ -625,21 +648,29 @@ async fn a_retried_unit_waits_for_its_run_at_and_a_snooze_spends_no_attempt() {
     .await
     .unwrap();
     assert!(
-        queue::claim(&db.pool, &options(1))
+        queue::lease::claim(&db.pool, &options(1))
             .await
             .unwrap()
             .is_empty(),
         "not before run_at"
     );
     tokio::time::sleep(Duration::from_millis(350)).await;
-    let again = queue::claim(&db.pool, &options(1)).await.unwrap().remove(0);
+    let again = queue::lease::claim(&db.pool, &options(1))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(
         again.head().attempts,
         1,
         "the rate-limit wait gave its attempt back"
     );
-    queue::release(&db.pool, &again.fence()).await.unwrap();
-    let third = queue::claim(&db.pool, &options(1)).await.unwrap().remove(0);
+    queue::lease::release(&db.pool, &again.fence())
+        .await
+        .unwrap();
+    let third = queue::lease::claim(&db.pool, &options(1))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(
         third.head().attempts,
         1,
@@ -657,9 +688,12 @@ async fn status_reports_depth_age_and_dead_letters() {
     queue::enqueue_many(&db.pool, &distinct_jobs(2, Priority::Live))
         .await
         .unwrap();
-    let unit = queue::claim(&db.pool, &options(1)).await.unwrap().remove(0);
+    let unit = queue::lease::claim(&db.pool, &options(1))
+        .await
+        .unwrap()
+        .remove(0);
     let record = DeadLetterRecord::new(DeadReason::ConversationEnded, "ended");
-    queue::dead_letter(&db.pool, &unit.fence(), None, &record, true)
+    queue::lease::dead_letter(&db.pool, &unit.fence(), None, &record, true)
         .await
         .unwrap();
 
@@ -683,8 +717,8 @@ async fn pruning_removes_only_archived_jobs_past_retention() {
     queue::enqueue_many(&db.pool, &distinct_jobs(4, Priority::Live))
         .await
         .unwrap();
-    let units = queue::claim(&db.pool, &options(4)).await.unwrap();
-    queue::succeed_batch(&db.pool, &units.iter().map(success).collect::<Vec<_>>())
+    let units = queue::lease::claim(&db.pool, &options(4)).await.unwrap();
+    queue::lease::succeed_batch(&db.pool, &units.iter().map(success).collect::<Vec<_>>())
         .await
         .unwrap();
     sqlx::query("update pdq.finished_jobs set finished_at = now() - interval '2 days' where id in (select id from pdq.finished_jobs order by id limit 3)")
@@ -712,7 +746,7 @@ async fn a_job_scheduled_for_later_does_not_block_a_due_job_behind_it() {
         .await
         .unwrap()
         .unwrap();
-    let units = queue::claim(&db.pool, &options(10)).await.unwrap();
+    let units = queue::lease::claim(&db.pool, &options(10)).await.unwrap();
     assert_eq!(units.len(), 1, "the due job is claimed at once");
     assert_eq!(units[0].job_ids(), vec![live]);
     db.drop_database().await;
@@ -725,11 +759,11 @@ async fn a_job_waiting_for_its_retry_still_blocks_the_jobs_behind_it() {
     queue::enqueue(&db.pool, &job_for(cid, pid, json!({"v": "1"})))
         .await
         .unwrap();
-    let first = queue::claim(&db.pool, &options(10))
+    let first = queue::lease::claim(&db.pool, &options(10))
         .await
         .unwrap()
         .remove(0);
-    queue::retry(
+    queue::lease::retry(
         &db.pool,
         &first.fence(),
         Duration::from_secs(3_600),
@@ -742,7 +776,7 @@ async fn a_job_waiting_for_its_retry_still_blocks_the_jobs_behind_it() {
         .await
         .unwrap();
     assert!(
-        queue::claim(&db.pool, &options(10))
+        queue::lease::claim(&db.pool, &options(10))
             .await
             .unwrap()
             .is_empty(),
@@ -770,7 +804,7 @@ async fn a_row_the_worker_cannot_read_is_dead_lettered_as_malformed_and_the_rest
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    let units = queue::claim(&db.pool, &options(10)).await.unwrap();
+    let units = queue::lease::claim(&db.pool, &options(10)).await.unwrap();
     assert_eq!(units.len(), 1);
     assert_eq!(units[0].job_ids(), vec![good]);
     let (reason, detail): (String, String) =
@@ -797,13 +831,15 @@ async fn finishing_ten_thousand_units_in_bounded_statements_archives_each_once()
         .unwrap();
     let mut units = Vec::new();
     while units.len() < 10_000 {
-        let claimed = queue::claim(&db.pool, &options(2_000)).await.unwrap();
+        let claimed = queue::lease::claim(&db.pool, &options(2_000))
+            .await
+            .unwrap();
         assert!(!claimed.is_empty());
         units.extend(claimed);
     }
     let done: Vec<Success> = units.iter().map(success).collect();
     for chunk in done.chunks(256) {
-        assert!(queue::succeed_batch(&db.pool, chunk)
+        assert!(queue::lease::succeed_batch(&db.pool, chunk)
             .await
             .unwrap()
             .is_empty());

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use pdq::queue::{self, ClaimOptions, DeadLetterFilter, DeadLetterRecord, DeadReason, NewJob};
+use pdq::queue::lease::{ClaimOptions, DeadLetterRecord};
+use pdq::queue::{self, DeadLetterFilter, DeadReason, NewJob};
 use serde_json::json;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -116,31 +117,37 @@ async fn the_worker_role_runs_the_worker_and_nothing_more() {
         units: 3,
         ..ClaimOptions::default()
     };
-    let mut units = queue::claim(w, &options).await.unwrap();
+    let mut units = queue::lease::claim(w, &options).await.unwrap();
     assert_eq!(units.len(), 3);
     let (first, second, third) = (units.remove(0), units.remove(0), units.remove(0));
-    queue::renew_leases(w, &[first.lease], Duration::from_secs(60))
+    queue::lease::renew_leases(w, &[first.lease], Duration::from_secs(60))
         .await
         .unwrap();
-    let target = queue::target_key(Uuid::new_v4(), Uuid::new_v4());
-    let held = queue::hold_target(w, first.lease, &target, &first.key_versions())
+    let target = queue::lease::target_key(Uuid::new_v4(), Uuid::new_v4());
+    let held = queue::lease::hold_target(w, first.lease, &target, &first.key_versions())
         .await
         .unwrap();
-    assert!(matches!(held, queue::TargetHold::Held { .. }), "{held:?}");
-    let done = queue::Success {
+    assert!(
+        matches!(held, queue::lease::TargetHold::Held { .. }),
+        "{held:?}"
+    );
+    let done = queue::lease::Success {
         fence: first.fence(),
         conversation_id: Some(Uuid::new_v4()),
         participant_id: Some(Uuid::new_v4()),
         key_versions: first.key_versions(),
         superseded: vec![Vec::new(); first.jobs.len()],
     };
-    assert!(queue::succeed_batch(w, &[done]).await.unwrap().is_empty());
+    assert!(queue::lease::succeed_batch(w, &[done])
+        .await
+        .unwrap()
+        .is_empty());
     let record = DeadLetterRecord::new(DeadReason::NotFound, "gone");
-    queue::dead_letter(w, &second.fence(), None, &record, true)
+    queue::lease::dead_letter(w, &second.fence(), None, &record, true)
         .await
         .unwrap();
-    queue::release(w, &third.fence()).await.unwrap();
-    queue::rescue_expired_leases(w).await.unwrap();
+    queue::lease::release(w, &third.fence()).await.unwrap();
+    queue::lease::rescue_expired_leases(w).await.unwrap();
     queue::prune_finished(w, Duration::from_secs(86_400), 10)
         .await
         .unwrap();
@@ -191,12 +198,12 @@ async fn the_operator_role_reads_requeues_and_purges_but_cannot_enqueue() {
     for _ in 0..2 {
         queue::enqueue(&db.pool, &job()).await.unwrap();
     }
-    let units = queue::claim(&db.pool, &ClaimOptions::default())
+    let units = queue::lease::claim(&db.pool, &ClaimOptions::default())
         .await
         .unwrap();
     let record = DeadLetterRecord::new(DeadReason::NotFound, "gone");
     for unit in &units {
-        queue::dead_letter(&db.pool, &unit.fence(), None, &record, true)
+        queue::lease::dead_letter(&db.pool, &unit.fence(), None, &record, true)
             .await
             .unwrap();
     }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use pdq::emulator::{Emulator, EmulatorConfig};
 use pdq::genesys::GenesysClient;
 use pdq::queue::budget::{self, PauseReason};
+use pdq::queue::lease::ClaimOptions;
 use pdq::queue::workers::{self, Heartbeat, WorkerState};
-use pdq::queue::{self, ClaimOptions, Locators, NewJob, Priority};
+use pdq::queue::{self, Locators, NewJob, Priority};
 use pdq::worker::{Api, Budget, Worker, WorkerConfig};
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -62,13 +63,13 @@ async fn known_state(db: &TestDb) -> i64 {
     .await
     .unwrap()
     .unwrap();
-    let unit = queue::claim(pool, &ClaimOptions::default())
+    let unit = queue::lease::claim(pool, &ClaimOptions::default())
         .await
         .unwrap()
         .remove(0);
     assert_eq!(unit.head().id, retrying);
     let error = json!({ "failure": "conversation_not_found", "detail": RETRY_ERROR });
-    queue::retry(pool, &unit.fence(), Duration::from_secs(600), &error, true)
+    queue::lease::retry(pool, &unit.fence(), Duration::from_secs(600), &error, true)
         .await
         .unwrap();
     // A newer job of the same participant is due, but waits behind the retry.

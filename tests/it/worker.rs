@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use pdq::emulator::{ConversationSpec, EmulatorConfig, Faults, ParticipantSpec};
-use pdq::queue::{self, Locators, NewJob};
+use pdq::queue::{self, DeadReason, Locators, NewJob};
 use pdq::worker::{Api, Budget, Worker, WorkerConfig};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -273,13 +273,7 @@ async fn token_expiry_and_revocation_mid_run_renew_the_token_and_fail_nothing() 
     }
     assert_eq!(app.db.count("pdq.dead_letters").await, 0);
     assert_eq!(app.db.count("pdq.finished_jobs").await, 15);
-    assert!(
-        worker
-            .metrics()
-            .token_renewals
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 3
-    );
+    assert!(worker.metrics().token_renewals() >= 3);
     app.db.drop_database().await;
 }
 
@@ -462,7 +456,9 @@ async fn a_worker_whose_lease_ran_out_sends_no_patch() {
     // The unit comes back after its lease and is applied by a worker that holds it.
     app.emulator.set_faults(Faults::default());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    queue::rescue_expired_leases(&app.db.pool).await.unwrap();
+    queue::lease::rescue_expired_leases(&app.db.pool)
+        .await
+        .unwrap();
     app.drain(&app.worker(fast()), Duration::from_secs(10))
         .await;
     assert_eq!(values_sent(&app, c.id, pid, "seq"), vec!["1"]);
@@ -538,7 +534,7 @@ async fn a_requeued_dead_letter_does_not_overwrite_a_newer_value_unless_forced()
     assert_eq!(values_sent(&app, c.id, pid, "tier"), vec!["gold"]);
 
     let all = queue::DeadLetterFilter {
-        reason: Some("expired".into()),
+        reason: Some(DeadReason::Expired),
         ..queue::DeadLetterFilter::default()
     };
     let would_drop: Vec<String> = sqlx::query_scalar(

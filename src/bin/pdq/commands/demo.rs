@@ -297,7 +297,7 @@ async fn report(
         .map(|kind| {
             (
                 kind.to_string(),
-                metrics.outcomes.get(&format!("retry:{kind}")),
+                metrics.outcome_count(&format!("retry:{kind}")),
             )
         })
         .collect();
@@ -313,11 +313,7 @@ async fn report(
         api_calls: calls,
         attribute_patches: patches,
         http_429: too_many,
-        limiter_pauses: worker
-            .pacer()
-            .stats
-            .pauses
-            .load(std::sync::atomic::Ordering::Relaxed),
+        limiter_pauses: worker.pacer().pauses(),
         enqueue_to_applied_p50_ms: p50.map(|s| (s * 1000.0).round()),
         enqueue_to_applied_p99_ms: p99.map(|s| (s * 1000.0).round()),
         seconds: (elapsed.as_secs_f64() * 10.0).round() / 10.0,

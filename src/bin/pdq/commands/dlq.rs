@@ -25,7 +25,7 @@ pub async fn run(db: &Database, command: DlqCommand, json: bool) -> anyhow::Resu
                         vec![
                             d.id.to_string(),
                             d.dead_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                            d.reason.clone(),
+                            d.reason.to_string(),
                             cell(&d.http_status),
                             cell(&d.error_code),
                             cell(&d.locators.conversation_id.or(d.resolved_conversation_id)),
@@ -69,7 +69,7 @@ pub async fn run(db: &Database, command: DlqCommand, json: bool) -> anyhow::Resu
 fn filter(args: &DlqFilterArgs) -> DeadLetterFilter {
     DeadLetterFilter {
         ids: args.ids.clone(),
-        reason: args.reason.map(|reason| reason.as_str().to_owned()),
+        reason: args.reason,
         since: args.since,
         until: args.until,
         conversation_id: args.conversation_id,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use pdq::genesys::{is_loopback, Error, ErrorClass, GenesysClient};
+use pdq::genesys::{is_loopback, Error, Failure, GenesysClient};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -238,33 +238,13 @@ fn exit_code(error: &Error) -> Exit {
     match (error.status(), error.class()) {
         (Some(403), _) => PERMISSION,
         (Some(404), _) => Exit::NotFound,
-        (_, ErrorClass::Transient | ErrorClass::Outage) => UNREACHABLE,
-        (_, ErrorClass::Configuration | ErrorClass::Unauthorized) => CONFIGURATION,
+        (_, Failure::Transient | Failure::Outage) => UNREACHABLE,
+        (_, Failure::Configuration) => CONFIGURATION,
         _ => Exit::Failure,
     }
 }
 
-/// Turns an API error into advice.
+/// An API error with the advice that goes with it (the same words `/healthz` gives).
 fn explain(error: &Error) -> String {
-    if error.code() == Some("invalid_client") {
-        return format!(
-            "{error}. The client id is unknown or the secret is wrong: check GENESYS_CLIENT_ID / \
-             GENESYS_CLIENT_SECRET, and that the OAuth client uses the Client Credentials grant in \
-             this region's organization"
-        );
-    }
-    if error.status() == Some(403) {
-        let permission = error
-            .missing_permission()
-            .unwrap_or_else(|| "a permission".into());
-        return format!(
-            "{error}. The OAuth client lacks {permission}: client-credentials access comes from \
-             the client's roles and their divisions (scopes do not apply); add a role granting it \
-             on the conversation's division"
-        );
-    }
-    if error.status() == Some(404) {
-        return format!("{error}. The conversation does not exist, or is in a division the client's roles do not cover");
-    }
-    error.to_string()
+    error.with_advice()
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use pdq::genesys::GenesysClient;
-use pdq::worker::{Api, Backoff, Budget, Worker, WorkerConfig};
+use pdq::queue;
+use pdq::worker::{self, Api, Backoff, Budget, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::Database;
@@ -21,40 +22,40 @@ pub struct RunArgs {
     #[command(flatten)]
     pub genesys: GenesysArgs,
     /// Concurrent API calls.
-    #[arg(long, env = "PDQ_EXECUTORS", default_value_t = 16)]
+    #[arg(long, env = "PDQ_EXECUTORS", default_value_t = worker::DEFAULT_EXECUTORS)]
     pub executors: usize,
     /// API requests per minute for all pdq processes on this database (0 = unlimited).
-    #[arg(long, env = "PDQ_RATE_LIMIT", default_value_t = 300)]
+    #[arg(long, env = "PDQ_RATE_LIMIT", default_value_t = worker::DEFAULT_RATE_LIMIT)]
     pub rate_limit: u32,
     /// Share of the budget backfill may use while live updates wait (0.0–1.0).
-    #[arg(long, env = "PDQ_BACKFILL_SHARE", default_value_t = 0.5)]
+    #[arg(long, env = "PDQ_BACKFILL_SHARE", default_value_t = worker::DEFAULT_BACKFILL_SHARE)]
     pub backfill_share: f64,
     /// Pace this process alone instead of sharing the budget through Postgres.
     #[arg(long, env = "PDQ_LOCAL_BUDGET")]
     pub local_budget: bool,
     /// Units claimed per statement.
-    #[arg(long, env = "PDQ_CLAIM_BATCH", default_value_t = 64)]
+    #[arg(long, env = "PDQ_CLAIM_BATCH", default_value_t = queue::lease::DEFAULT_CLAIM_BATCH)]
     pub claim_batch: u32,
     /// Jobs of one participant coalesced into one PATCH at most.
-    #[arg(long, env = "PDQ_MAX_COALESCE", default_value_t = 100)]
+    #[arg(long, env = "PDQ_MAX_COALESCE", default_value_t = queue::lease::DEFAULT_MAX_COALESCE)]
     pub max_coalesce: u32,
     /// Lease on claimed units, in seconds.
-    #[arg(long, env = "PDQ_LEASE_SECS", default_value_t = 60)]
+    #[arg(long, env = "PDQ_LEASE_SECS", default_value_t = queue::lease::DEFAULT_LEASE.as_secs())]
     pub lease_secs: u64,
     /// How long an external tag may stay unfindable before conversation_not_found, in seconds.
-    #[arg(long, env = "PDQ_LOOKUP_WINDOW_SECS", default_value_t = 60)]
+    #[arg(long, env = "PDQ_LOOKUP_WINDOW_SECS", default_value_t = worker::DEFAULT_LOOKUP_WINDOW.as_secs())]
     pub lookup_window_secs: u64,
     /// Grace period for in-flight units at shutdown, in seconds.
-    #[arg(long, env = "PDQ_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    #[arg(long, env = "PDQ_SHUTDOWN_GRACE_SECS", default_value_t = worker::DEFAULT_SHUTDOWN_GRACE.as_secs())]
     pub shutdown_grace_secs: u64,
     /// Days applied jobs stay in pdq.finished_jobs.
-    #[arg(long, env = "PDQ_RETENTION_DAYS", default_value_t = 7)]
+    #[arg(long, env = "PDQ_RETENTION_DAYS", default_value_t = days(worker::DEFAULT_RETENTION))]
     pub retention_days: u64,
     /// Days dead letters are kept before they are pruned (they hold customer data).
-    #[arg(long, env = "PDQ_DEAD_LETTER_RETENTION_DAYS", default_value_t = 30)]
+    #[arg(long, env = "PDQ_DEAD_LETTER_RETENTION_DAYS", default_value_t = days(queue::DEFAULT_DEAD_LETTER_RETENTION))]
     pub dead_letter_retention_days: u64,
     /// Days an idempotency key is remembered (at least --retention-days).
-    #[arg(long, env = "PDQ_IDEMPOTENCY_HORIZON_DAYS", default_value_t = 30)]
+    #[arg(long, env = "PDQ_IDEMPOTENCY_HORIZON_DAYS", default_value_t = days(queue::DEFAULT_IDEMPOTENCY_KEY_HORIZON))]
     pub idempotency_horizon_days: u64,
     /// Where /metrics and /healthz listen.
     #[arg(long, env = "PDQ_METRICS_ADDR", default_value = "127.0.0.1:9187")]
@@ -62,6 +63,11 @@ pub struct RunArgs {
     /// Apply pending migrations before starting.
     #[arg(long, env = "PDQ_MIGRATE")]
     pub migrate: bool,
+}
+
+/// Whole days in a default duration, for the `*_DAYS` flags.
+fn days(duration: Duration) -> u64 {
+    duration.as_secs() / 86_400
 }
 
 impl RunArgs {

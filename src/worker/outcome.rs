@@ -1,0 +1,391 @@
+//! Recording how a unit ended: the jobs applied, retried or dead-lettered, with the one log
+//! line and the metrics of each outcome written here and nowhere else.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::api::CallError;
+use super::decide::{decide, Attempt, Decision};
+use super::execute::UnitOutcome;
+use super::resolve::Target;
+use super::{outage, Inner};
+use crate::genesys::Failure;
+use crate::queue::lease::{self, DeadLetterRecord, Success};
+use crate::queue::{self, DeadReason, Fence, Job, Unit};
+
+/// An attempt that failed, with what the outcome table and the dead-letter record need.
+pub(super) struct FailedAttempt {
+    /// How the outcome table treats it.
+    pub(super) failure: Failure,
+    /// What happened, in words (the log line and the record's `message`).
+    pub(super) detail: String,
+    /// The API's answer, when a call failed.
+    pub(super) api: Option<CallError>,
+    /// Where the update was going, once resolved.
+    pub(super) target: Option<Target>,
+}
+
+impl FailedAttempt {
+    /// A failure no retry can fix, found without a failed call (resolution, a bad job).
+    pub(super) fn permanent(reason: DeadReason, detail: impl Into<String>) -> FailedAttempt {
+        FailedAttempt {
+            failure: Failure::Permanent(reason),
+            detail: detail.into(),
+            api: None,
+            target: None,
+        }
+    }
+
+    /// A failed API call, classified.
+    pub(super) fn from_call(error: CallError) -> FailedAttempt {
+        FailedAttempt {
+            failure: error.failure.clone(),
+            detail: error.to_string(),
+            api: Some(error),
+            target: None,
+        }
+    }
+
+    /// The same failure, about an update that was going to `target`.
+    pub(super) fn with_target(mut self, target: Target) -> FailedAttempt {
+        self.target = Some(target);
+        self
+    }
+}
+
+/// The unit was applied: counts it and hands it to the completer, which archives it.
+pub(super) async fn applied(inner: &Inner, unit: &Unit, target: Target) {
+    let now = Utc::now();
+    for job in &unit.jobs {
+        let latency = (now - job.created_at).to_std().unwrap_or_default();
+        inner.metrics.observe_enqueue_to_applied(latency);
+    }
+    inner
+        .metrics
+        .record_outcome("applied", unit.jobs.len() as u64);
+    let success = Success::of(unit, target.conversation_id, target.participant_id);
+    inner.completer.push(success).await;
+}
+
+/// Another worker took the unit over: nothing was recorded, only counted.
+pub(super) fn lease_lost(inner: &Inner) {
+    inner.metrics.record_outcome("lease_lost", 1);
+}
+
+/// Dead-letters the `expired` jobs of the unit `fence` holds (`now` on the database's clock);
+/// `last` ends the unit.
+pub(super) async fn dead_letter_expired(
+    inner: &Inner,
+    fence: &Fence,
+    now: DateTime<Utc>,
+    expired: &[Job],
+    last: bool,
+) -> Result<(), queue::Error> {
+    let ids: Vec<i64> = expired.iter().map(|job| job.id).collect();
+    let message = "expires_at passed before the update could be applied";
+    let note = ErrorNote {
+        at: now,
+        attempt: expired.iter().map(|j| j.attempts).max().unwrap_or(0),
+        max_attempts: expired.iter().map(|j| j.max_attempts).min().unwrap_or(1),
+        failure: DeadReason::Expired.as_str(),
+        api: None,
+        message,
+    };
+    tracing::info!(
+        outcome = "dead_lettered",
+        reason = "expired",
+        "dead-lettered {} expired job(s) ({}): {message}",
+        ids.len(),
+        job_list(&ids)
+    );
+    let record = DeadLetterRecord::new(DeadReason::Expired, note.to_json().to_string());
+    lease::dead_letter(&inner.pool, fence, Some(&ids), &record, last).await?;
+    count_dead_lettered(inner, DeadReason::Expired, ids.len());
+    Ok(())
+}
+
+/// Dead-letters the one job of `alone` (cut from a split unit) the API refused on its own.
+pub(super) async fn dead_letter_alone(
+    inner: &Inner,
+    alone: &Unit,
+    reason: DeadReason,
+    failed: FailedAttempt,
+) -> Result<(), queue::Error> {
+    let job = alone.head();
+    let attempts = (attempt_of(alone), job.max_attempts);
+    let record = dead_letter_record(reason, failed, attempts, alone.clock.now());
+    lease::dead_letter(&inner.pool, &alone.fence(), Some(&[job.id]), &record, false).await?;
+    count_dead_lettered(inner, reason, 1);
+    Ok(())
+}
+
+/// The summary line of a split unit.
+pub(super) fn log_split(jobs: usize, applied: usize, dead_lettered: usize, retried: usize) {
+    tracing::info!(
+        applied,
+        dead_lettered,
+        retried,
+        "the API refused a merged update of {jobs} jobs; sent them one at a time: {applied} \
+         applied, {dead_lettered} dead-lettered, {retried} retried"
+    );
+}
+
+fn count_dead_lettered(inner: &Inner, reason: DeadReason, jobs: usize) {
+    inner
+        .metrics
+        .record_outcome(&format!("dead_letter:{}", reason.as_str()), jobs as u64);
+}
+
+/// Applies the outcome table to a failed attempt and records the decision: retry, dead letter,
+/// or a pause of the whole worker (the unit and every buffered one given back).
+pub(super) async fn on_failure(
+    inner: &Inner,
+    unit: &Unit,
+    mut failed: FailedAttempt,
+) -> Result<UnitOutcome, queue::Error> {
+    if failed.failure == Failure::Forbidden {
+        inner.forbidden_streak.fetch_add(1, Ordering::Relaxed);
+    }
+    if failed.failure == Failure::Transient && inner.outage.is_widespread() {
+        failed.failure = Failure::Outage;
+        failed.detail = format!(
+            "most calls across conversations fail ({}); the last: {}",
+            inner.outage.summary(),
+            failed.detail
+        );
+    }
+    if failed.failure == Failure::Outage {
+        outage::pause_fleet(inner, &failed.detail).await;
+    }
+    let attempt = Attempt {
+        attempts: unit.jobs.iter().map(|j| j.attempts).max().unwrap_or(1),
+        max_attempts: unit.jobs.iter().map(|j| j.max_attempts).min().unwrap_or(1),
+        expires_at: unit.jobs.iter().filter_map(|j| j.expires_at).min(),
+        consecutive_forbidden: inner.forbidden_streak.load(Ordering::Relaxed),
+    };
+    let decision = {
+        let mut rng = inner.rng.lock().unwrap();
+        decide(
+            &failed.failure,
+            attempt,
+            unit.clock.now(),
+            &inner.config.backoff,
+            &mut *rng,
+        )
+    };
+    match decision {
+        Decision::Retry {
+            after,
+            spend_attempt,
+        } => retried(inner, unit, failed, attempt, after, spend_attempt).await,
+        Decision::DeadLetter(reason) => dead_lettered(inner, unit, failed, attempt, reason).await,
+        Decision::Pause => paused(inner, unit, failed).await,
+    }
+}
+
+/// The HTTP status and correlation id of a failed call, for the log line.
+fn call_ids(failed: &FailedAttempt) -> (Option<u16>, Option<String>) {
+    match &failed.api {
+        Some(api) => (api.status, api.correlation_id.clone()),
+        None => (None, None),
+    }
+}
+
+/// Puts the unit back to pending `after` from now.
+async fn retried(
+    inner: &Inner,
+    unit: &Unit,
+    failed: FailedAttempt,
+    attempt: Attempt,
+    after: Duration,
+    spend_attempt: bool,
+) -> Result<UnitOutcome, queue::Error> {
+    let (status, correlation_id) = call_ids(&failed);
+    let counted = match spend_attempt {
+        true => format!("attempt {} of {}", attempt.attempts, attempt.max_attempts),
+        false => "no attempt spent".to_owned(),
+    };
+    tracing::info!(
+        outcome = "retried",
+        failure = failure_label(&failed.failure),
+        http.status = status,
+        correlation_id,
+        retry_in_ms = after.as_millis() as u64,
+        "retrying {} in {} ({counted}): {}",
+        job_list(&unit.job_ids()),
+        seconds(after),
+        failed.detail
+    );
+    let note = ErrorNote {
+        at: unit.clock.now(),
+        attempt: attempt.attempts,
+        max_attempts: attempt.max_attempts,
+        failure: failure_label(&failed.failure),
+        api: failed.api.as_ref(),
+        message: &failed.detail,
+    }
+    .to_json();
+    lease::retry(&inner.pool, &unit.fence(), after, &note, spend_attempt).await?;
+    inner.metrics.record_outcome(
+        &format!("retry:{}", failure_label(&failed.failure)),
+        unit.jobs.len() as u64,
+    );
+    Ok(UnitOutcome::Retried {
+        failure: failed.failure,
+        after,
+    })
+}
+
+/// Moves every job of the unit to the dead letters with `reason`.
+async fn dead_lettered(
+    inner: &Inner,
+    unit: &Unit,
+    failed: FailedAttempt,
+    attempt: Attempt,
+    reason: DeadReason,
+) -> Result<UnitOutcome, queue::Error> {
+    let (status, correlation_id) = call_ids(&failed);
+    tracing::info!(
+        outcome = "dead_lettered",
+        reason = reason.as_str(),
+        http.status = status,
+        correlation_id,
+        "dead-lettered {} as {reason} (attempt {} of {}): {}",
+        job_list(&unit.job_ids()),
+        attempt.attempts,
+        attempt.max_attempts,
+        failed.detail
+    );
+    let attempts = (attempt.attempts, attempt.max_attempts);
+    let record = dead_letter_record(reason, failed, attempts, unit.clock.now());
+    lease::dead_letter(&inner.pool, &unit.fence(), None, &record, true).await?;
+    let jobs = unit.jobs.len();
+    count_dead_lettered(inner, reason, jobs);
+    Ok(UnitOutcome::DeadLettered { reason, jobs })
+}
+
+/// Pauses the whole worker on a configuration problem: `/healthz` and the log give the error
+/// with its advice, and the unit and every buffered one are given back untouched.
+async fn paused(
+    inner: &Inner,
+    unit: &Unit,
+    failed: FailedAttempt,
+) -> Result<UnitOutcome, queue::Error> {
+    let (status, correlation_id) = call_ids(&failed);
+    let advice = failed.api.as_ref().and_then(|api| api.advice.as_deref());
+    let reason = match advice {
+        Some(advice) => format!("{}. {advice}", failed.detail),
+        None => failed.detail,
+    };
+    tracing::error!(
+        reason = "configuration",
+        http.status = status,
+        correlation_id,
+        "pausing the worker (configuration): {reason}; no job is dead-lettered, checking again \
+         with backoff"
+    );
+    super::maintenance::remember_pause(inner, unit, status, failed.target);
+    inner.health.fail(reason);
+    lease::release(&inner.pool, &unit.fence()).await?;
+    for waiting in inner.buffer.take_all() {
+        inner.release(waiting.fence()).await;
+    }
+    Ok(UnitOutcome::Paused)
+}
+
+/// The `failure` label of a retry in logs, metrics and `last_error`.
+fn failure_label(failure: &Failure) -> &'static str {
+    match failure {
+        Failure::RateLimited { .. } => "rate_limited",
+        Failure::Transient => "transient",
+        Failure::NotYetVisible { .. } => "not_yet_visible",
+        Failure::Outage => "outage",
+        Failure::Busy => "participant_busy",
+        Failure::Configuration => "configuration",
+        Failure::Forbidden => "forbidden",
+        Failure::Permanent(_) => "permanent",
+    }
+}
+
+/// What `last_error` and a dead letter's `detail` hold: a JSON object, never a Rust dump.
+struct ErrorNote<'a> {
+    at: DateTime<Utc>,
+    attempt: i32,
+    max_attempts: i32,
+    failure: &'a str,
+    api: Option<&'a CallError>,
+    message: &'a str,
+}
+
+impl ErrorNote<'_> {
+    fn to_json(&self) -> Value {
+        let api = self.api;
+        serde_json::json!({
+            "at": self.at,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "failure": self.failure,
+            "status": api.and_then(|e| e.status),
+            "code": api.and_then(|e| e.code.clone()),
+            "correlation_id": api.and_then(|e| e.correlation_id.clone()),
+            "message": self.message,
+        })
+    }
+}
+
+/// `job 3` or `jobs 3, 4, 5`.
+fn job_list(ids: &[i64]) -> String {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    match ids.len() {
+        1 => format!("job {}", list[0]),
+        _ => format!("jobs {}", list.join(", ")),
+    }
+}
+
+/// `0.5 s`, `12 s`.
+fn seconds(duration: Duration) -> String {
+    let secs = duration.as_secs_f64();
+    if secs < 10.0 {
+        format!("{:.1} s", secs)
+    } else {
+        format!("{:.0} s", secs)
+    }
+}
+
+/// The attempt a unit is on (its furthest job).
+fn attempt_of(unit: &Unit) -> i32 {
+    unit.jobs.iter().map(|j| j.attempts).max().unwrap_or(1)
+}
+
+/// The dead-letter record of a failed attempt, with the API's answer when there was one.
+fn dead_letter_record(
+    reason: DeadReason,
+    failed: FailedAttempt,
+    (attempt, max_attempts): (i32, i32),
+    at: DateTime<Utc>,
+) -> DeadLetterRecord {
+    let note = ErrorNote {
+        at,
+        attempt,
+        max_attempts,
+        failure: reason.as_str(),
+        api: failed.api.as_ref(),
+        message: &failed.detail,
+    }
+    .to_json();
+    let mut record = DeadLetterRecord::new(reason, note.to_string());
+    record.resolved_conversation_id = failed.target.map(|t| t.conversation_id);
+    record.resolved_participant_id = failed.target.map(|t| t.participant_id);
+    if let Some(api) = failed.api {
+        record.http_status = api.status;
+        record.error_code = api.code;
+        record.error_message = api.message;
+        record.context_id = api.context_id;
+        record.correlation_id = api.correlation_id;
+        record.error_body = api.body;
+    }
+    record
+}
