@@ -1,5 +1,5 @@
 //! A local emulator of the Genesys Cloud endpoints pdq uses, faithful to the real API's paths,
-//! JSON shapes, status codes, error bodies and rate-limit headers (see `shared/genesys-api.md`).
+//! JSON shapes, status codes, error bodies and rate-limit headers (see `docs/genesys-api.md`).
 //!
 //! Login and API are served on one base URL: point a client's API *and* login base URLs at
 //! [`EmulatorHandle::base_url`]. Tests and the demo start it in-process on a random port;

@@ -192,7 +192,7 @@ pub struct QueueStatus {
     pub budget_use: Vec<BudgetUse>,
     /// The workers' heartbeats (stale ones as `gone`).
     pub workers: Vec<WorkerRow>,
-    /// Participants blocked behind a job that cannot run yet (at most [`BLOCKED_SHOWN`]).
+    /// Participants blocked behind a job that cannot run yet (at most five).
     pub blocked_participants: Vec<BlockedParticipant>,
     /// How many participants are blocked in all.
     pub blocked_total: i64,

@@ -50,7 +50,7 @@ pub const NOT_YET_VISIBLE_FLOOR: Duration = Duration::from_millis(200);
 /// than dead-letter the queue.
 pub const FORBIDDEN_PAUSE_THRESHOLD: u32 = 5;
 
-/// Applies the outcome table (`design.md`) to one failed attempt.
+/// Applies the outcome table (`docs/outcomes.md`) to one failed attempt.
 pub fn decide<R: Rng>(
     failure: &Failure,
     attempt: Attempt,

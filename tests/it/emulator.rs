@@ -1,4 +1,4 @@
-//! The emulator answers as `shared/genesys-api.md` says: raw JSON and headers, asserted
+//! The emulator answers as `docs/genesys-api.md` says: raw JSON and headers, asserted
 //! without pdq's own client types (so a mistake shared by client and emulator fails here).
 
 use std::time::Duration;
