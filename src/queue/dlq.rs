@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{DeadReason, Error, Locators};
+use super::{ApiRefusal, DeadReason, Error, Locators};
 
 /// A dead-lettered job with the reason and the API's answer.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -32,18 +32,10 @@ pub struct DeadLetter {
     pub reason: DeadReason,
     /// A human explanation.
     pub detail: Option<String>,
-    /// The API's HTTP status.
-    pub http_status: Option<i32>,
-    /// The API's error code.
-    pub error_code: Option<String>,
-    /// The API's error message.
-    pub error_message: Option<String>,
-    /// The API's contextId.
-    pub context_id: Option<String>,
-    /// The `ININ-Correlation-Id` of the failing response.
-    pub correlation_id: Option<String>,
-    /// The API's whole error body.
-    pub error_body: Option<serde_json::Value>,
+    /// The API's answer, when there was one.
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub api: ApiRefusal,
     /// The conversation the job had resolved to.
     pub resolved_conversation_id: Option<Uuid>,
     /// The participant the job had resolved to.

@@ -15,7 +15,7 @@ use chrono::Utc;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::{DeadReason, Error, Fence, Unit};
+use super::{ApiRefusal, DeadReason, Error, Fence, Unit};
 
 /// A unit that was applied, with the ids the worker resolved it to.
 #[derive(Debug, Clone)]
@@ -273,18 +273,8 @@ pub struct DeadLetterRecord {
     pub reason: DeadReason,
     /// A human explanation.
     pub detail: String,
-    /// The API's HTTP status, when there was a response.
-    pub http_status: Option<u16>,
-    /// The API's error `code`.
-    pub error_code: Option<String>,
-    /// The API's error `message`.
-    pub error_message: Option<String>,
-    /// The API's error `contextId`.
-    pub context_id: Option<String>,
-    /// The `ININ-Correlation-Id` response header.
-    pub correlation_id: Option<String>,
-    /// The API's whole error body.
-    pub error_body: Option<serde_json::Value>,
+    /// The API's answer, when there was one.
+    pub api: ApiRefusal,
     /// The conversation the job resolved to, if it got that far.
     pub resolved_conversation_id: Option<Uuid>,
     /// The participant the job resolved to, if it got that far.
@@ -297,12 +287,7 @@ impl DeadLetterRecord {
         DeadLetterRecord {
             reason,
             detail: detail.into(),
-            http_status: None,
-            error_code: None,
-            error_message: None,
-            context_id: None,
-            correlation_id: None,
-            error_body: None,
+            api: ApiRefusal::default(),
             resolved_conversation_id: None,
             resolved_participant_id: None,
         }
@@ -353,12 +338,12 @@ pub async fn dead_letter<'e>(
     })
     .bind(record.reason.as_str())
     .bind(&record.detail)
-    .bind(record.http_status.map(i32::from))
-    .bind(&record.error_code)
-    .bind(&record.error_message)
-    .bind(&record.context_id)
-    .bind(&record.correlation_id)
-    .bind(&record.error_body)
+    .bind(record.api.http_status)
+    .bind(&record.api.error_code)
+    .bind(&record.api.error_message)
+    .bind(&record.api.context_id)
+    .bind(&record.api.correlation_id)
+    .bind(&record.api.error_body)
     .bind(record.resolved_conversation_id)
     .bind(record.resolved_participant_id)
     .bind(release_unit)

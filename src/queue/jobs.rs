@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{Error, Locators};
+use super::{ApiRefusal, Error, Locators};
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
@@ -116,18 +116,10 @@ pub struct JobRecord {
     pub reason: Option<String>,
     /// The explanation stored with a dead letter (or the cancellation note).
     pub detail: Option<String>,
-    /// The API's HTTP status.
-    pub http_status: Option<i32>,
-    /// The API's error code.
-    pub error_code: Option<String>,
-    /// The API's error message.
-    pub error_message: Option<String>,
-    /// The API's contextId.
-    pub context_id: Option<String>,
-    /// The `ININ-Correlation-Id` of the failing response.
-    pub correlation_id: Option<String>,
-    /// The API's whole error body.
-    pub error_body: Option<serde_json::Value>,
+    /// The API's answer, when there was one.
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub api: ApiRefusal,
     /// When an operator requeued this dead letter.
     pub requeued_at: Option<DateTime<Utc>>,
     /// The job the requeue made of it.

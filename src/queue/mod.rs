@@ -16,6 +16,7 @@ pub mod gauges;
 pub mod jobs;
 pub mod lease;
 mod locators;
+mod refusal;
 mod retention;
 mod stats;
 pub mod workers;
@@ -31,6 +32,7 @@ pub use dlq::{DeadLetter, DeadLetterFilter};
 pub use enqueue::{advance_job_ids, enqueue, enqueue_many, NewJob, DEFAULT_MAX_ATTEMPTS};
 pub use finish::{prune_applied_keys, prune_finished};
 pub use locators::Locators;
+pub use refusal::ApiRefusal;
 pub use retention::{
     prune_dead_letters, prune_idempotency_keys, DEFAULT_DEAD_LETTER_RETENTION,
     DEFAULT_IDEMPOTENCY_KEY_HORIZON,

@@ -14,7 +14,7 @@ use super::resolve::Target;
 use super::{outage, Inner};
 use crate::genesys::Failure;
 use crate::queue::lease::{self, DeadLetterRecord, Success};
-use crate::queue::{self, DeadReason, Fence, Job, Unit};
+use crate::queue::{self, ApiRefusal, DeadReason, Fence, Job, Unit};
 
 /// An attempt that failed, with what the outcome table and the dead-letter record need.
 pub(super) struct FailedAttempt {
@@ -380,12 +380,14 @@ fn dead_letter_record(
     record.resolved_conversation_id = failed.target.map(|t| t.conversation_id);
     record.resolved_participant_id = failed.target.map(|t| t.participant_id);
     if let Some(api) = failed.api {
-        record.http_status = api.status;
-        record.error_code = api.code;
-        record.error_message = api.message;
-        record.context_id = api.context_id;
-        record.correlation_id = api.correlation_id;
-        record.error_body = api.body;
+        record.api = ApiRefusal {
+            http_status: api.status.map(i32::from),
+            error_code: api.code,
+            error_message: api.message,
+            context_id: api.context_id,
+            correlation_id: api.correlation_id,
+            error_body: api.body,
+        };
     }
     record
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pdq::queue::jobs::{self, JobFilter, JobState};
 use pdq::queue::lease::{ClaimOptions, DeadLetterRecord};
-use pdq::queue::{self, DeadLetterFilter, DeadReason, NewJob};
+use pdq::queue::{self, ApiRefusal, DeadLetterFilter, DeadReason, NewJob};
 use pdq::queue::{Locators, Unit};
 use serde_json::{json, Value};
 use sqlx::postgres::PgListener;
@@ -78,13 +78,15 @@ async fn retry_later(db: &TestDb, unit: &Unit) {
 
 fn not_found() -> DeadLetterRecord {
     DeadLetterRecord {
-        http_status: Some(404),
-        error_code: Some("not.found".into()),
-        error_message: Some("Conversation not found".into()),
-        context_id: Some("ctx-1".into()),
-        correlation_id: Some("corr-404".into()),
-        error_body: Some(json!({"status": 404, "code": "not.found",
-                                "message": "Conversation not found", "contextId": "ctx-1"})),
+        api: ApiRefusal {
+            http_status: Some(404),
+            error_code: Some("not.found".into()),
+            error_message: Some("Conversation not found".into()),
+            context_id: Some("ctx-1".into()),
+            correlation_id: Some("corr-404".into()),
+            error_body: Some(json!({"status": 404, "code": "not.found",
+                                    "message": "Conversation not found", "contextId": "ctx-1"})),
+        },
         ..DeadLetterRecord::new(DeadReason::NotFound, "the conversation does not exist")
     }
 }

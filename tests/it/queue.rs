@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pdq::queue::lease::{ClaimOptions, DeadLetterRecord, Success};
-use pdq::queue::{self, DeadLetterFilter, DeadReason, Fence, Locators, NewJob, Priority};
+use pdq::queue::{
+    self, ApiRefusal, DeadLetterFilter, DeadReason, Fence, Locators, NewJob, Priority,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -548,12 +550,14 @@ async fn dead_letter_then_requeue_makes_the_job_claimable_again_with_history_kep
         .unwrap()
         .remove(0);
     let record = DeadLetterRecord {
-        http_status: Some(404),
-        error_code: Some("not.found".into()),
-        error_message: Some("The requested resource was not found.".into()),
-        context_id: Some("ctx-1".into()),
-        correlation_id: Some("ctx-1".into()),
-        error_body: Some(json!({"code": "not.found", "status": 404})),
+        api: ApiRefusal {
+            http_status: Some(404),
+            error_code: Some("not.found".into()),
+            error_message: Some("The requested resource was not found.".into()),
+            context_id: Some("ctx-1".into()),
+            correlation_id: Some("ctx-1".into()),
+            error_body: Some(json!({"code": "not.found", "status": 404})),
+        },
         ..DeadLetterRecord::new(DeadReason::NotFound, "participant not found")
     };
     assert_eq!(
@@ -569,8 +573,8 @@ async fn dead_letter_then_requeue_makes_the_job_claimable_again_with_history_kep
         .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason, "not_found");
-    assert_eq!(dead[0].http_status, Some(404));
-    assert_eq!(dead[0].error_code.as_deref(), Some("not.found"));
+    assert_eq!(dead[0].api.http_status, Some(404));
+    assert_eq!(dead[0].api.error_code.as_deref(), Some("not.found"));
     assert_eq!(dead[0].attempts, 1);
     assert_eq!(dead[0].locators, Locators::ids(c, p));
     let shown = serde_json::to_value(&dead[0]).unwrap();

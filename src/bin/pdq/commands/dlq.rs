@@ -26,8 +26,8 @@ pub async fn run(db: &Database, command: DlqCommand, json: bool) -> anyhow::Resu
                             d.id.to_string(),
                             d.dead_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                             d.reason.to_string(),
-                            cell(&d.http_status),
-                            cell(&d.error_code),
+                            cell(&d.api.http_status),
+                            cell(&d.api.error_code),
                             cell(&d.locators.conversation_id.or(d.resolved_conversation_id)),
                             d.attempts.to_string(),
                         ]

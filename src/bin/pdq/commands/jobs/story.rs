@@ -144,25 +144,25 @@ fn outcome_lines(job: &JobRecord, now: DateTime<Utc>, lines: &mut Vec<(&'static 
 
 fn api_lines(job: &JobRecord, lines: &mut Vec<(&'static str, String)>) {
     let mut parts = Vec::new();
-    if let Some(status) = job.http_status {
+    if let Some(status) = job.api.http_status {
         parts.push(format!("HTTP {status}"));
     }
-    if let Some(code) = &job.error_code {
+    if let Some(code) = &job.api.error_code {
         parts.push(format!("code {code}"));
     }
-    if let Some(message) = &job.error_message {
+    if let Some(message) = &job.api.error_message {
         parts.push(message.clone());
     }
     if !parts.is_empty() {
         lines.push(("API error", parts.join(", ")));
     }
-    if let Some(id) = &job.correlation_id {
+    if let Some(id) = &job.api.correlation_id {
         lines.push(("correlation id", id.clone()));
     }
-    if let Some(id) = &job.context_id {
+    if let Some(id) = &job.api.context_id {
         lines.push(("context id", id.clone()));
     }
-    if let Some(body) = &job.error_body {
+    if let Some(body) = &job.api.error_body {
         lines.push(("error body", body.to_string()));
     }
 }
