@@ -386,45 +386,6 @@ pub async fn renew_leases<'e>(
         .collect())
 }
 
-/// Deletes archived jobs finished more than `retention` ago, at most `limit` rows per call.
-pub async fn prune_finished<'e>(
-    db: impl PgExecutor<'e>,
-    retention: Duration,
-    limit: i64,
-) -> Result<u64, Error> {
-    let result = sqlx::query(
-        "delete from pdq.finished_jobs where id in (
-             select id from pdq.finished_jobs
-             where finished_at < now() - $1 * interval '1 second'
-             order by finished_at limit $2)",
-    )
-    .bind(retention.as_secs_f64())
-    .bind(limit)
-    .execute(db)
-    .await?;
-    Ok(result.rows_affected())
-}
-
-/// Forgets which value of a key was applied when that happened more than `retention` ago, at
-/// most `limit` rows per call. Jobs older than that are not expected to arrive any more.
-pub async fn prune_applied_keys<'e>(
-    db: impl PgExecutor<'e>,
-    retention: Duration,
-    limit: i64,
-) -> Result<u64, Error> {
-    let result = sqlx::query(
-        "delete from pdq.applied_keys where (target, key) in (
-             select target, key from pdq.applied_keys
-             where applied_at < now() - $1 * interval '1 second'
-             order by applied_at limit $2)",
-    )
-    .bind(retention.as_secs_f64())
-    .bind(limit)
-    .execute(db)
-    .await?;
-    Ok(result.rows_affected())
-}
-
 fn fenced(changed: i64) -> Result<(), Error> {
     if changed == 0 {
         Err(Error::LeaseLost)

@@ -1,7 +1,8 @@
-//! Retention of what pdq keeps after a job is done: dead letters and idempotency keys.
+//! Retention of what pdq keeps after a job is done: applied jobs, the newest applied value of
+//! each key, dead letters and idempotency keys.
 //!
-//! Both prune through `SECURITY DEFINER` functions, so the worker role needs no DELETE right on
-//! either table.
+//! Dead letters and idempotency keys prune through `SECURITY DEFINER` functions, so the worker
+//! role needs no DELETE right on either table.
 
 use std::time::Duration;
 
@@ -43,6 +44,49 @@ pub async fn prune_idempotency_keys<'e>(
         db,
         "select pdq.prune_idempotency_keys($1 * interval '1 second', $2)",
         horizon,
+        limit,
+    )
+    .await
+}
+
+/// Deletes archived jobs finished more than `retention` ago, at most `limit` rows per call.
+pub async fn prune_finished<'e>(
+    db: impl PgExecutor<'e>,
+    retention: Duration,
+    limit: i64,
+) -> Result<u64, Error> {
+    prune(
+        db,
+        "with gone as (
+             delete from pdq.finished_jobs where id in (
+                 select id from pdq.finished_jobs
+                 where finished_at < now() - $1 * interval '1 second'
+                 order by finished_at limit $2)
+             returning 1)
+         select count(*) from gone",
+        retention,
+        limit,
+    )
+    .await
+}
+
+/// Forgets which value of a key was applied when that happened more than `retention` ago, at
+/// most `limit` rows per call. Jobs older than that are not expected to arrive any more.
+pub async fn prune_applied_keys<'e>(
+    db: impl PgExecutor<'e>,
+    retention: Duration,
+    limit: i64,
+) -> Result<u64, Error> {
+    prune(
+        db,
+        "with gone as (
+             delete from pdq.applied_keys where (target, key) in (
+                 select target, key from pdq.applied_keys
+                 where applied_at < now() - $1 * interval '1 second'
+                 order by applied_at limit $2)
+             returning 1)
+         select count(*) from gone",
+        retention,
         limit,
     )
     .await
