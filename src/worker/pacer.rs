@@ -402,16 +402,19 @@ impl Drop for LiveWaiter<'_> {
 mod tests {
     use super::*;
 
+    /// A pacer of this process only (no shared budget) allowing `per_minute` requests.
+    fn local_pacer(per_minute: u32) -> Pacer {
+        let budget = Budget {
+            per_minute,
+            shared: false,
+            ..Budget::default()
+        };
+        Pacer::new(&budget, None)
+    }
+
     #[tokio::test]
     async fn the_probe_after_a_pause_goes_out_when_the_pause_ends() {
-        let pacer = Pacer::new(
-            &Budget {
-                per_minute: 6_000,
-                shared: false,
-                ..Budget::default()
-            },
-            None,
-        );
+        let pacer = local_pacer(6_000);
         pacer.acquire(Priority::Live).await;
         pacer.pause_for(Duration::from_millis(200));
         let started = Instant::now();
@@ -432,14 +435,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_endless_pause_is_capped_and_an_operator_can_lift_it() {
-        let pacer = Pacer::new(
-            &Budget {
-                per_minute: 6_000,
-                shared: false,
-                ..Budget::default()
-            },
-            None,
-        );
+        let pacer = local_pacer(6_000);
         pacer.pause_for(Duration::MAX);
         let left = pacer.paused_for().expect("paused");
         assert!(left <= crate::genesys::MAX_RETRY_AFTER, "{left:?}");
@@ -454,13 +450,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_huge_window_reset_pauses_at_most_the_cap() {
-        let pacer = Pacer::new(
-            &Budget {
-                shared: false,
-                ..Budget::default()
-            },
-            None,
-        );
+        let pacer = local_pacer(Budget::default().per_minute);
         let spent = RateLimitInfo {
             count: Some(300),
             allowed: Some(300),
