@@ -62,6 +62,19 @@ fn print_status(status: &QueueStatus) {
     );
 
     println!();
+    print_queue(status);
+    println!();
+    print_throughput(status);
+    println!();
+    print_budgets(status);
+    println!();
+    print_workers(status);
+    print_blocked(status);
+    print_dead_letters(status);
+}
+
+/// Jobs by priority and state.
+fn print_queue(status: &QueueStatus) {
     let queue: Vec<Vec<String>> = status
         .priorities
         .iter()
@@ -87,8 +100,10 @@ fn print_status(status: &QueueStatus) {
         ],
         &queue,
     );
+}
 
-    println!();
+/// Finished jobs over the last 1, 5 and 15 minutes, the rate and the ETA of the backlog.
+fn print_throughput(status: &QueueStatus) {
     let t = &status.throughput;
     let windows = |label: &str, w: &pdq::queue::Windows| {
         vec![
@@ -111,8 +126,11 @@ fn print_status(status: &QueueStatus) {
         t.backlog,
         t.eta_secs.map_or("-".to_owned(), human_duration)
     );
+}
 
-    println!();
+/// Each request budget: its limit, its use in the last minute and its pause.
+fn print_budgets(status: &QueueStatus) {
+    let now = status.generated_at;
     if status.budget_use.is_empty() {
         println!("budget: none in use (no shared budget and no live worker)");
     } else {
@@ -156,8 +174,11 @@ fn print_status(status: &QueueStatus) {
             println!("lift a pause with: pdq budget resume [--name NAME]");
         }
     }
+}
 
-    println!();
+/// The workers' heartbeats.
+fn print_workers(status: &QueueStatus) {
+    let now = status.generated_at;
     if status.workers.is_empty() {
         println!("workers: none has sent a heartbeat (is `pdq run` started?)");
     } else {
@@ -197,7 +218,11 @@ fn print_status(status: &QueueStatus) {
             &workers,
         );
     }
+}
 
+/// Participants whose due jobs wait behind one that cannot run yet.
+fn print_blocked(status: &QueueStatus) {
+    let now = status.generated_at;
     if status.blocked_total > 0 {
         println!("\nblocked participants: {}", status.blocked_total);
         for b in &status.blocked_participants {
@@ -214,7 +239,10 @@ fn print_status(status: &QueueStatus) {
             println!("  … and {hidden} more");
         }
     }
+}
 
+/// Dead letters waiting, by reason.
+fn print_dead_letters(status: &QueueStatus) {
     if !status.dead_letters.is_empty() {
         let dead: Vec<String> = status
             .dead_letters
