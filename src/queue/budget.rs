@@ -125,33 +125,50 @@ pub async fn pause(
     Ok(())
 }
 
-/// Lifts the pause of budget `name` (every paused budget when `None`) now, recording `by`;
-/// returns the budgets as they were before (only those that were paused).
+/// An operator's resume of budget `name` (every budget when `None`), recorded with `by`: lifts
+/// its pause now, and tells the workers that use it to lift their own pauses (a configuration
+/// pause too) and try again. Returns the budgets that were paused, as they were before.
 pub async fn resume(
     pool: &PgPool,
     name: Option<&str>,
     by: &str,
 ) -> Result<Vec<BudgetState>, Error> {
     let cleared = sqlx::query_as(
-        "with paused as (
-             select name, paused_until, pause_reason, next_slot, resumed_by, resumed_at
+        "with matched as (
+             select name, paused_until, pause_reason, next_slot, resumed_by, resumed_at,
+                    paused_until > now() as was_paused
              from pdq.rate_budgets
-             where ($1::text is null or name = $1) and paused_until > now()
+             where ($1::text is null or name = $1)
              for update
          ), lifted as (
              update pdq.rate_budgets b
-             set paused_until = now(), next_slot = least(b.next_slot, now()),
+             set paused_until = case when matched.was_paused then now() else b.paused_until end,
+                 next_slot = case when matched.was_paused then least(b.next_slot, now())
+                                  else b.next_slot end,
                  resumed_by = $2, resumed_at = now(), updated_at = now()
-             from paused where b.name = paused.name
+             from matched where b.name = matched.name
          )
          select name, paused_until, pause_reason, next_slot, resumed_by, resumed_at
-         from paused order by name",
+         from matched where was_paused order by name",
     )
     .bind(name)
     .bind(by)
     .fetch_all(pool)
     .await?;
     Ok(cleared)
+}
+
+/// Makes sure budget `name` has its row, so an operator's resume reaches the workers using it
+/// even while it has never been paused or paced (an unlimited budget).
+pub async fn ensure(pool: &PgPool, name: &str) -> Result<(), Error> {
+    sqlx::query(
+        "insert into pdq.rate_budgets (name, next_slot) values ($1, now())
+         on conflict (name) do nothing",
+    )
+    .bind(name)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Every shared budget, by name.

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::resolve::Target;
 use super::Inner;
+use crate::metrics::Condition;
 use crate::queue::{self, Unit};
 
 /// Runs every second until `stop`.
@@ -150,7 +151,10 @@ fn human_duration(duration: Duration) -> String {
     }
 }
 
-/// An operator lifted the shared pause (`pdq budget resume`): lift this process's copy too.
+/// An operator resumed the shared budget (`pdq budget resume`): lift this process's copy of
+/// the budget's pause and a configuration pause too, and count 403s from zero again. A
+/// configuration pause that its check can never lift (conversations refused for good after the
+/// 403 streak) ends this way; if the problem remains, the next call pauses again.
 async fn follow_operator_resume(
     inner: &Inner,
     last_resume: &mut Option<Option<chrono::DateTime<chrono::Utc>>>,
@@ -158,15 +162,33 @@ async fn follow_operator_resume(
     if !inner.config.budget.shared {
         return;
     }
-    let Ok(Some(state)) = queue::budget::state(&inner.pool, &inner.config.budget.name).await else {
+    let name = &inner.config.budget.name;
+    if last_resume.is_none() {
+        if let Err(error) = queue::budget::ensure(&inner.pool, name).await {
+            tracing::warn!(%error, "cannot create budget {name}'s row: {error}");
+        }
+    }
+    let Ok(Some(state)) = queue::budget::state(&inner.pool, name).await else {
         return;
     };
     let seen_before = last_resume.replace(state.resumed_at);
     let changed = seen_before.is_some_and(|before| before != state.resumed_at);
-    if changed && state.paused_until.is_none() {
-        let by = state.resumed_by.as_deref().unwrap_or("an operator");
+    if !changed {
+        return;
+    }
+    let by = state.resumed_by.as_deref().unwrap_or("an operator");
+    if state.paused_until.is_none() {
         tracing::info!(by, "the shared budget pause was lifted by {by}: resuming");
         inner.pacer.clear_pause();
+    }
+    if inner.health.has(Condition::Configuration) {
+        tracing::warn!(
+            by,
+            reason = "configuration",
+            "resumed by {by}: trying again (a call that fails the same way pauses again)"
+        );
+        inner.forbidden_streak.store(0, Ordering::Relaxed);
+        inner.health.recover();
     }
 }
 

@@ -133,6 +133,66 @@ async fn five_refused_conversations_in_a_row_pause_the_worker_until_access_retur
     app.db.drop_database().await;
 }
 
+/// Five conversations that stay refused for good (a producer aiming at conversations of a
+/// division the OAuth client cannot see) pause the worker; its checks keep finding the refused
+/// conversation refused, so only an operator can lift the pause. After `pdq budget resume`
+/// the refused jobs are dead-lettered one by one and the others are applied.
+#[tokio::test]
+async fn an_operator_resume_lifts_a_pause_that_refused_conversations_would_hold_forever() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let targets = app.customers_with_one_job(7).await;
+    for (cid, _) in targets.iter().take(5) {
+        assert!(app.emulator.set_forbidden(*cid, true));
+    }
+    let worker = app.worker(WorkerConfig {
+        executors: 1,
+        ..fast()
+    });
+    let health = worker.health();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(10), || async { health.is_paused() }).await,
+        "the fifth 403 in a row pauses the worker"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            app.emulator.count(GET_CONVERSATION, Some(403)) >= 1
+        })
+        .await,
+        "the check asks for the refused conversation"
+    );
+    assert!(health.is_paused(), "the check found it still refused");
+    assert_eq!(app.db.count("pdq.finished_jobs").await, 0);
+
+    let resumed = pdq::queue::budget::resume(&app.db.pool, None, "an operator")
+        .await
+        .unwrap();
+    assert!(resumed.is_empty(), "no budget was paused, only the worker");
+    let done = wait_until(Duration::from_secs(20), || async {
+        app.db.count("pdq.jobs").await == 0
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(done, "every job ended after the operator's resume");
+    assert!(!health.is_unhealthy(), "{}", health.reason());
+    let not_authorized = (
+        "forbidden".to_owned(),
+        Some(403),
+        Some("not.authorized".to_owned()),
+    );
+    assert_eq!(app.dead_reasons().await, vec![not_authorized; 5]);
+    for (i, (cid, pid)) in targets.into_iter().enumerate() {
+        let sent = values_sent(&app, cid, pid, "n");
+        match i {
+            0..=4 => assert!(sent.is_empty(), "refused target {i} shows {sent:?}"),
+            _ => assert_eq!(sent, vec![i.to_string()]),
+        }
+    }
+    app.db.drop_database().await;
+}
+
 #[tokio::test]
 async fn one_401_renews_the_token_and_a_second_401_after_renewal_pauses() {
     let app = TestApp::new(EmulatorConfig {

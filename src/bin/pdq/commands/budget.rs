@@ -1,4 +1,5 @@
-//! `pdq budget resume`: lift a pause of the shared API budget by hand.
+//! `pdq budget resume`: lift a pause of the shared API budget by hand, and let workers paused
+//! on a configuration problem try again.
 
 use std::process::ExitCode;
 
@@ -27,8 +28,14 @@ pub async fn run(db: &Database, command: BudgetCommand, json: bool) -> anyhow::R
             }
             if cleared.is_empty() {
                 match name {
-                    Some(name) => println!("budget {name} is not paused; nothing to resume"),
-                    None => println!("no budget is paused; nothing to resume"),
+                    Some(name) => println!(
+                        "budget {name} is not paused; workers using it that paused on a \
+                         configuration problem try again now"
+                    ),
+                    None => println!(
+                        "no budget is paused; workers that paused on a configuration problem \
+                         try again now"
+                    ),
                 }
             }
             for state in &cleared {

@@ -218,6 +218,9 @@ fn print_workers(status: &QueueStatus) {
             &workers,
         );
     }
+    if status.workers.iter().any(|w| w.pause_reason.is_some()) {
+        println!("a paused worker tries again at once after: pdq budget resume");
+    }
 }
 
 /// Participants whose due jobs wait behind one that cannot run yet.
