@@ -221,10 +221,20 @@ async fn dead_letter_malformed(
             lease: row.lease,
             job_ids: vec![row.id],
         };
+        // The times as Postgres writes them: the dead letter stores a time past the year 9999
+        // as the last second of 9999, so its story stays readable; the note keeps the original.
+        let times: Option<(String, Option<String>)> =
+            sqlx::query_as("select run_at::text, expires_at::text from pdq.jobs where id = $1")
+                .bind(row.id)
+                .fetch_optional(pool)
+                .await?;
+        let (run_at, expires_at) = times.unzip();
         let note = serde_json::json!({
             "at": chrono::Utc::now(),
             "failure": DeadReason::MalformedRow.as_str(),
             "message": format!("the worker cannot read this row: {}", row.error),
+            "run_at": run_at,
+            "expires_at": expires_at.flatten(),
         });
         let record = DeadLetterRecord::new(DeadReason::MalformedRow, note.to_string());
         tracing::error!(

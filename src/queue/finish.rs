@@ -317,8 +317,9 @@ pub async fn dead_letter<'e>(
                  http_status, error_code, error_message, context_id, correlation_id, error_body,
                  resolved_conversation_id, resolved_participant_id, locked_by, seq)
              select id, conversation_id, external_tag, participant_id, participant_purpose,
-                 participant_external_contact_id, participant_name, attributes, priority, run_at,
-                 expires_at, idempotency_key, max_attempts, created_at, attempts,
+                 participant_external_contact_id, participant_name, attributes, priority,
+                 pdq.readable_time(run_at), pdq.readable_time(expires_at), idempotency_key,
+                 max_attempts, created_at, attempts,
                  first_attempt_at, last_attempt_at, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
                  locked_by, coalesce(seq, id)
              from dead

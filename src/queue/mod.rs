@@ -136,6 +136,8 @@ pub fn constraint_meaning(constraint: &str) -> &'static str {
         "expires_at_must_be_finite" => "expires_at must be a real time, not infinity or -infinity (leave it null for no deadline)",
         "expires_at_must_be_after_run_at" => "expires_at must be later than run_at",
         "attempts_must_not_be_negative" => "attempts must not be negative",
+        "run_at_must_be_before_the_year_10000" => "run_at must be before the year 10000",
+        "expires_at_must_be_before_the_year_10000" => "expires_at must be before the year 10000 (leave it null for no deadline)",
         "attributes_must_not_contain_nul" => "attribute keys and values must not contain a NUL character (\\u0000)",
         "text_must_not_contain_nul" => "locators and idempotency_key must not contain a NUL character",
         _ => "the row breaks a rule of pdq.jobs",

@@ -119,7 +119,7 @@ async fn a_producer_may_insert_only_the_contract_columns() {
 }
 
 #[tokio::test]
-async fn non_finite_times_and_a_deadline_before_run_at_are_refused_by_name() {
+async fn non_finite_or_unreadable_times_and_a_deadline_before_run_at_are_refused_by_name() {
     let db = TestDb::new().await;
     let cases = [
         ("run_at", "'-infinity'", "run_at_must_be_finite"),
@@ -133,6 +133,17 @@ async fn non_finite_times_and_a_deadline_before_run_at_are_refused_by_name() {
             "expires_at_must_be_after_run_at",
         ),
         ("attempts", "-1", "attempts_must_not_be_negative"),
+        // Finite for Postgres, but past what any client (and the worker) can read.
+        (
+            "run_at",
+            "'10000-01-01 00:00:00+00'",
+            "run_at_must_be_before_the_year_10000",
+        ),
+        (
+            "expires_at",
+            "'290000-01-01'",
+            "expires_at_must_be_before_the_year_10000",
+        ),
     ];
     for (column, value, constraint) in cases {
         let error = sqlx::query(&format!(

@@ -799,7 +799,12 @@ async fn a_row_the_worker_cannot_read_is_dead_lettered_as_malformed_and_the_rest
     .await
     .unwrap()
     .unwrap();
-    // A finite deadline past the year the worker's clock type can hold.
+    // A finite deadline past the year the worker's clock type can hold, written before the
+    // rule that refuses it existed.
+    sqlx::query("alter table pdq.jobs drop constraint expires_at_must_be_before_the_year_10000")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let bad: i64 = sqlx::query_scalar(
         "insert into pdq.jobs (conversation_id, participant_id, attributes, expires_at)
          values (gen_random_uuid(), gen_random_uuid(), '{\"k\": \"v\"}', '290000-01-01')
@@ -819,6 +824,18 @@ async fn a_row_the_worker_cannot_read_is_dead_lettered_as_malformed_and_the_rest
             .unwrap();
     assert_eq!(reason, "malformed_row");
     assert!(detail.contains("expires_at"), "{detail}");
+    assert!(
+        detail.contains("290000"),
+        "the unreadable value is kept: {detail}"
+    );
+    // Its story can be read (`pdq jobs show`, the console): the time is stored as the last
+    // readable one.
+    let records = queue::jobs::records(&db.pool, bad)
+        .await
+        .expect("the dead letter's record can be read");
+    assert_eq!(records.len(), 1);
+    let expires_at = records[0].expires_at.expect("a deadline");
+    assert_eq!(expires_at.format("%Y").to_string(), "9999");
     assert_eq!(
         db.count("pdq.inflight").await,
         1,
