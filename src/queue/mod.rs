@@ -16,6 +16,7 @@ pub mod gauges;
 pub mod jobs;
 mod locators;
 mod retention;
+pub mod roles;
 mod stats;
 pub mod workers;
 

@@ -71,6 +71,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Emulator(args) => commands::emulator::run(*args, shutdown_signal()).await,
         Command::Demo(args) => commands::demo::run(&db, args, json).await,
         Command::Doctor(args) => commands::doctor::run(&db, *args, json).await,
+        Command::Healthcheck(args) => commands::healthcheck::run(args).await,
+        Command::Roles(args) => commands::roles::run(&db, args).await,
+        Command::Completions(args) => commands::completions::run(args),
+        Command::Man(args) => commands::man::run(args),
     }
 }
 

@@ -1,13 +1,17 @@
 //! One module per subcommand, each a short `run` over library calls.
 
 pub mod budget;
+pub mod completions;
 pub mod demo;
 pub mod dlq;
 pub mod doctor;
 pub mod emulator;
 pub mod enqueue;
+pub mod healthcheck;
 pub mod jobs;
+pub mod man;
 pub mod migrate;
+pub mod roles;
 pub mod run;
 pub mod status;
 
@@ -43,5 +47,15 @@ impl Database {
     /// A small pool for operator commands.
     pub async fn pool(&self) -> anyhow::Result<PgPool> {
         Ok(pdq::db::connect(self.options()?, 2).await?)
+    }
+}
+
+/// Writes generated text to stdout; a reader that stops early (`| head`) is not an error.
+pub fn print_bytes(bytes: &[u8]) -> anyhow::Result<std::process::ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(std::process::ExitCode::SUCCESS),
     }
 }
