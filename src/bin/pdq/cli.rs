@@ -21,6 +21,15 @@ pub struct Cli {
     /// Postgres connection URL.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Read the Postgres URL from this file instead (systemd credentials, Kubernetes secrets).
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL_FILE",
+        value_name = "PATH",
+        conflicts_with = "database_url"
+    )]
+    pub database_url_file: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,

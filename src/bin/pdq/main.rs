@@ -58,7 +58,11 @@ fn explain(command: clap::Command) -> clap::Command {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let db = commands::Database::new(cli.database_url);
+    let url = match &cli.database_url_file {
+        Some(path) => Some(commands::read_secret_file(path, "database URL")?),
+        None => cli.database_url,
+    };
+    let db = commands::Database::new(url);
     let json = cli.json;
     match cli.command {
         Command::Migrate => commands::migrate::run(&db, json).await,

@@ -59,3 +59,24 @@ pub fn print_bytes(bytes: &[u8]) -> anyhow::Result<std::process::ExitCode> {
         _ => Ok(std::process::ExitCode::SUCCESS),
     }
 }
+
+/// A secret kept in a file (`*_FILE` variables): its text without one trailing newline; a
+/// missing or empty file is a usage error that names the file, never its content.
+pub fn read_secret_file(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    use crate::exit::{Exit, Failed};
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        Failed::error(
+            Exit::Usage,
+            format!("cannot read the {what} file {}: {error}", path.display()),
+        )
+    })?;
+    let value = text.strip_suffix('\n').unwrap_or(&text);
+    let value = value.strip_suffix('\r').unwrap_or(value);
+    if value.is_empty() {
+        return Err(Failed::error(
+            Exit::Usage,
+            format!("the {what} file {} is empty", path.display()),
+        ));
+    }
+    Ok(value.to_owned())
+}
