@@ -2,6 +2,8 @@
 
 mod cli;
 mod commands;
+#[cfg(test)]
+mod deploy_check;
 mod exit;
 mod genesys_args;
 mod output;
