@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 use pdq::genesys::{self, GenesysSettings};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Where Genesys Cloud is and how pdq logs in (client credentials grant).
 #[derive(Debug, Clone, Args)]
@@ -64,7 +64,9 @@ impl GenesysArgs {
     /// The client secret, from the flag or variable, or read from `--client-secret-file`.
     fn secret(&self) -> Result<Option<SecretString>, genesys::Error> {
         let Some(path) = &self.client_secret_file else {
-            return Ok(self.client_secret.clone());
+            // An empty variable (Compose's `${GENESYS_CLIENT_SECRET:-}`) is a missing secret.
+            let given = self.client_secret.as_ref();
+            return Ok(given.filter(|s| !s.expose_secret().is_empty()).cloned());
         };
         let text = std::fs::read_to_string(path).map_err(|error| {
             genesys::Error::Settings(format!(
@@ -94,7 +96,6 @@ fn given(value: &Option<String>) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
-    use secrecy::ExposeSecret;
 
     use super::*;
 
@@ -153,5 +154,15 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("unknown"), "{error}");
+        let args = parse(&[
+            "--region",
+            "eu-west-1",
+            "--client-id",
+            "id",
+            "--client-secret",
+            "",
+        ]);
+        let error = args.settings().map(|_| ()).unwrap_err().to_string();
+        assert!(error.contains("no OAuth client secret"), "{error}");
     }
 }
