@@ -53,10 +53,11 @@ RUN apt-get update \
 COPY --from=build /out/pdq /usr/local/bin/pdq
 USER 10001:10001
 # In a container /metrics and /healthz must listen beyond loopback to be scraped or probed;
-# publish the port on the host's loopback only (Compose does).
+# publish the port on the host's loopback only (Compose does). `pdq healthcheck` follows
+# PDQ_METRICS_ADDR (asking 127.0.0.1 on its port).
 ENV PDQ_METRICS_ADDR=0.0.0.0:9187
 EXPOSE 9187
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["pdq", "healthcheck", "--url", "http://127.0.0.1:9187/healthz"]
+    CMD ["pdq", "healthcheck"]
 ENTRYPOINT ["pdq"]
 CMD ["run"]

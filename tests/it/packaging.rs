@@ -113,10 +113,7 @@ async fn completions_parse_in_their_shell_and_offer_every_subcommand() {
         for subcommand in SUBCOMMANDS {
             assert!(script.contains(subcommand), "{shell} lacks {subcommand}");
         }
-        assert!(
-            script.contains("--metrics-addr"),
-            "{shell} lacks run's flags"
-        );
+        assert!(script.contains("metrics-addr"), "{shell} lacks run's flags");
         // Syntax-check with the shell itself where it is installed (bash always is here).
         let dir = scratch_dir();
         let file = dir.join(format!("pdq.{shell}"));
@@ -210,6 +207,24 @@ async fn healthcheck_exits_0_on_200_and_1_on_anything_else_with_one_line_saying_
         line.contains("503") && line.contains("rejects the credentials"),
         "{line}"
     );
+
+    // Without --url: PDQ_METRICS_ADDR's port, on loopback when it listens everywhere (the image).
+    let mut follows = pdq();
+    follows
+        .arg("healthcheck")
+        .env_remove("PDQ_HEALTHCHECK_URL")
+        .env("PDQ_METRICS_ADDR", format!("0.0.0.0:{}", ok.port()));
+    let out = output(follows).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text(&out.stdout).contains(&format!("http://127.0.0.1:{}/healthz", ok.port())),
+        "{out:?}"
+    );
+
+    // The emulator's healthcheck in docker-compose.yml.
+    let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let out = output(check(format!("{}/admin/faults", emulator.base_url()))).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 
     // A closed port: bind, note the port, close.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -517,13 +532,45 @@ async fn a_pdq_roles_login_cannot_migrate_or_change_the_schema() {
         admin.close().await;
     }
 
+    // Applying is idempotent (Compose's `roles` service runs at every `up`) ...
+    for _ in 0..2 {
+        let mut again = pdq();
+        again
+            .args(["roles", "--apply", "--worker", &worker])
+            .env("DATABASE_URL", db.url());
+        let out = output(again).await;
+        assert!(out.status.success(), "{out:?}");
+    }
+    // ... but never hands a group to a role that holds more than the group gives.
+    let mighty = format!("pdq_t_big_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!("create role {mighty} login createdb"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut refused = pdq();
+    refused
+        .args(["roles", "--apply", "--operator", &mighty])
+        .env("DATABASE_URL", db.url());
+    let out = output(refused).await;
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("more rights than pdq_operator"),
+        "{out:?}"
+    );
+    let member: bool = sqlx::query_scalar("select pg_has_role($1, 'pdq_operator', 'member')")
+        .bind(&mighty)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(!member, "nothing was granted");
+
     // A name that is not a plain identifier is a usage error, and nothing runs.
     let mut bad = pdq();
     bad.args(["roles", "--apply", "--worker", "x; drop table pdq.jobs"])
         .env("DATABASE_URL", db.url());
     let out = output(bad).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    drop_roles(db, &[&worker, &role]).await;
+    drop_roles(db, &[&worker, &role, &mighty]).await;
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it.

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use clap::{ArgAction, CommandFactory, Parser};
+use clap::{ArgAction, CommandFactory, FromArgMatches};
 use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::cli::Cli;
@@ -156,7 +156,18 @@ fn parse_with_env(args: &[String], env: &[(String, String)]) -> Result<Cli, Stri
             (false, false) => argv.push(format!("--{long}={value}")),
         }
     }
-    Cli::try_parse_from(&argv).map_err(|e| format!("{argv:?}: {e}"))
+    let matches = without_env(Cli::command())
+        .try_get_matches_from(&argv)
+        .map_err(|e| format!("{argv:?}: {e}"))?;
+    Cli::from_arg_matches(&matches).map_err(|e| format!("{argv:?}: {e}"))
+}
+
+/// The CLI with every `env = …` removed, so the parse sees only the file's variables and never
+/// those of the process running the tests (CI exports DATABASE_URL, for one).
+fn without_env(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| arg.env(None::<&str>))
+        .mut_subcommands(without_env)
 }
 
 /// `[(name, service)]` of docker-compose.yml, merge keys applied.

@@ -9,21 +9,41 @@ use clap::Args;
 /// Where the worker's health endpoint is.
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
-    /// The worker's health URL (its --metrics-addr, path /healthz).
-    #[arg(
-        long,
-        env = "PDQ_HEALTHCHECK_URL",
-        default_value = "http://127.0.0.1:9187/healthz"
-    )]
-    pub url: String,
+    /// The worker's health URL [default: /healthz on PDQ_METRICS_ADDR's port, on loopback when
+    /// it listens on every address; else http://127.0.0.1:9187/healthz].
+    #[arg(long, env = "PDQ_HEALTHCHECK_URL")]
+    pub url: Option<String>,
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub timeout_ms: u64,
 }
 
+impl HealthcheckArgs {
+    /// The URL to ask: --url, else the one `pdq run` serves with the same PDQ_METRICS_ADDR.
+    pub fn url(&self) -> String {
+        if let Some(url) = &self.url {
+            return url.clone();
+        }
+        let metrics = std::env::var("PDQ_METRICS_ADDR").ok();
+        let addr = metrics.and_then(|addr| addr.trim().parse::<std::net::SocketAddr>().ok());
+        match addr {
+            Some(mut addr) => {
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(match addr {
+                        std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                        std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                format!("http://{addr}/healthz")
+            }
+            None => "http://127.0.0.1:9187/healthz".to_owned(),
+        }
+    }
+}
+
 /// Prints one line saying why, and exits 0 when `/healthz` answered 200.
 pub async fn run(args: HealthcheckArgs) -> anyhow::Result<ExitCode> {
-    let (healthy, line) = check(&args.url, Duration::from_millis(args.timeout_ms)).await;
+    let (healthy, line) = check(&args.url(), Duration::from_millis(args.timeout_ms)).await;
     println!("{line}");
     Ok(match healthy {
         true => ExitCode::SUCCESS,
