@@ -357,7 +357,7 @@ async fn drop_roles(db: TestDb, names: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_with_a_pdq_roles_login_a_secret_file_and_a_proxy_applies_jobs() {
+async fn a_worker_with_a_pdq_roles_login_secret_files_and_a_proxy_applies_jobs() {
     let db = TestDb::new().await;
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let proxy = Proxy::start().await;
@@ -389,13 +389,15 @@ async fn a_worker_with_a_pdq_roles_login_a_secret_file_and_a_proxy_applies_jobs(
     let dir = scratch_dir();
     let secret = dir.join("client-secret");
     std::fs::write(&secret, "pdq-demo-secret\n").unwrap();
+    let database_url = dir.join("database-url");
+    std::fs::write(&database_url, format!("{}\n", url_as(&db, &role))).unwrap();
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
     let mut worker = pdq()
         .args(["run", "--metrics-addr", &metrics.to_string()])
-        .env("DATABASE_URL", url_as(&db, &role))
+        .env("DATABASE_URL_FILE", &database_url)
         .env("GENESYS_API_URL", emulator.base_url())
         .env("GENESYS_CLIENT_ID", "pdq-demo")
         .env_remove("GENESYS_CLIENT_SECRET")
@@ -563,6 +565,21 @@ async fn a_pdq_roles_login_cannot_migrate_or_change_the_schema() {
         .await
         .unwrap();
     assert!(!member, "nothing was granted");
+
+    // A database URL file that cannot be read is a usage error naming the file.
+    let mut missing = pdq();
+    missing.args([
+        "status",
+        "--database-url-file",
+        "/nonexistent/pdq/database-url",
+    ]);
+    let out = output(missing).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr)
+            .contains("cannot read the database URL file /nonexistent/pdq/database-url"),
+        "{out:?}"
+    );
 
     // A name that is not a plain identifier is a usage error, and nothing runs.
     let mut bad = pdq();
