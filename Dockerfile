@@ -48,7 +48,8 @@ LABEL org.opencontainers.image.title="pdq" \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+    && groupadd --system --gid 10001 pdq \
+    && useradd --system --uid 10001 --gid pdq --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin pdq
 COPY --from=build /out/pdq /usr/local/bin/pdq
 USER 10001:10001
