@@ -494,6 +494,16 @@ async fn a_pdq_roles_login_cannot_migrate_or_change_the_schema() {
     // The printed SQL is what --apply runs: run it through Postgres as printed.
     sqlx::raw_sql(&sql).execute(&db.pool).await.unwrap();
 
+    // The operator login does an operator's work.
+    for command in [&["status"][..], &["dlq", "list"][..], &["jobs", "list"][..]] {
+        let mut operator = pdq();
+        operator
+            .args(command)
+            .env("DATABASE_URL", url_as(&db, &role));
+        let out = output(operator).await;
+        assert!(out.status.success(), "{command:?}: {out:?}");
+    }
+
     for name in [&worker, &role] {
         // A fresh database: migrating needs CREATE on it, which the login role lacks.
         let mut admin = pdq::db::connect(db.options.clone(), 1).await.unwrap();
