@@ -61,8 +61,14 @@ struct Inner {
 impl GenesysClient {
     /// Builds the client (rustls, certificate verification on, timeouts from the settings,
     /// redirects never followed: a 3xx is an error, for the token request too).
+    ///
+    /// Trusted roots: the built-in Mozilla roots *and* the system store (or `SSL_CERT_FILE` /
+    /// `SSL_CERT_DIR`), so a company's TLS-inspecting proxy works once its CA is installed.
+    /// Proxies come from `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` (never disabled).
     pub fn new(settings: GenesysSettings) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
+            .tls_built_in_webpki_certs(true)
+            .tls_built_in_native_certs(true)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)

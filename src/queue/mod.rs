@@ -18,6 +18,7 @@ pub mod lease;
 mod locators;
 mod refusal;
 mod retention;
+pub mod roles;
 mod stats;
 pub mod workers;
 

@@ -7,6 +7,7 @@ mod hostile;
 mod http_edges;
 mod jobs;
 mod observability;
+mod packaging;
 mod paths;
 mod queue;
 mod roles;

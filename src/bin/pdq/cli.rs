@@ -4,13 +4,32 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
+/// The version line: the crate version, the commit and the build date (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PDQ_COMMIT"),
+    ", built ",
+    env!("PDQ_BUILD_DATE"),
+    ")"
+);
+
 /// pdq: the participant-data queue for Genesys Cloud.
 #[derive(Debug, Parser)]
-#[command(name = "pdq", version, about, propagate_version = true)]
+#[command(name = "pdq", version = VERSION, about, propagate_version = true)]
 pub struct Cli {
     /// Postgres connection URL.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Read the Postgres URL from this file instead (systemd credentials, Kubernetes secrets).
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL_FILE",
+        value_name = "PATH",
+        conflicts_with = "database_url"
+    )]
+    pub database_url_file: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -65,6 +84,16 @@ pub enum Command {
     Run(Box<crate::commands::run::RunArgs>),
     /// Serve the Genesys Cloud emulator (login and API on one port).
     Emulator(Box<crate::commands::emulator::EmulatorArgs>),
+    /// Ask a worker's /healthz whether it is healthy (exit 0 on 200, else 1): for container
+    /// HEALTHCHECKs without curl.
+    Healthcheck(crate::commands::healthcheck::HealthcheckArgs),
+    /// Print (or apply) the SQL that creates login roles with only pdq_worker, pdq_operator or
+    /// pdq_producer rights.
+    Roles(crate::commands::roles::RolesArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(crate::commands::completions::CompletionsArgs),
+    /// Print the manual page (roff: `pdq man | man -l -`).
+    Man(crate::commands::man::ManArgs),
 }
 
 /// How `pdq status` shows the queue.

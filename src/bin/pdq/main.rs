@@ -2,6 +2,8 @@
 
 mod cli;
 mod commands;
+#[cfg(test)]
+mod deploy_check;
 mod exit;
 mod genesys_args;
 mod output;
@@ -58,7 +60,11 @@ fn explain(command: clap::Command) -> clap::Command {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let db = commands::Database::new(cli.database_url);
+    let url = match &cli.database_url_file {
+        Some(path) => Some(commands::read_secret_file(path, "database URL")?),
+        None => cli.database_url,
+    };
+    let db = commands::Database::new(url);
     let json = cli.json;
     match cli.command {
         Command::Migrate => commands::migrate::run(&db, json).await,
@@ -71,6 +77,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Emulator(args) => commands::emulator::run(*args, shutdown_signal()).await,
         Command::Demo(args) => commands::demo::run(&db, args, json).await,
         Command::Doctor(args) => commands::doctor::run(&db, *args, json).await,
+        Command::Healthcheck(args) => commands::healthcheck::run(args).await,
+        Command::Roles(args) => commands::roles::run(&db, args).await,
+        Command::Completions(args) => commands::completions::run(args),
+        Command::Man(args) => commands::man::run(args),
     }
 }
 

@@ -181,8 +181,12 @@ async fn check_genesys(args: &DoctorArgs, checks: &mut Checks) -> anyhow::Result
         }
     };
     let hosts = format!("API {} · login {}", settings.api_base, settings.login_base);
+    // Behind a proxy the proxy resolves the hosts; the machine itself may have no outside DNS.
+    let proxied = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .any(|name| std::env::var(name).is_ok_and(|proxy| !proxy.trim().is_empty()));
     for url in [&settings.api_base, &settings.login_base] {
-        if is_loopback(url) {
+        if is_loopback(url) || proxied {
             continue;
         }
         let host = format!(

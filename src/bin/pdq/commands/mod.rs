@@ -1,13 +1,17 @@
 //! One module per subcommand, each a short `run` over library calls.
 
 pub mod budget;
+pub mod completions;
 pub mod demo;
 pub mod dlq;
 pub mod doctor;
 pub mod emulator;
 pub mod enqueue;
+pub mod healthcheck;
 pub mod jobs;
+pub mod man;
 pub mod migrate;
+pub mod roles;
 pub mod run;
 pub mod status;
 
@@ -49,4 +53,35 @@ impl Database {
     pub async fn pool(&self) -> anyhow::Result<PgPool> {
         Ok(pdq::db::connect(self.options()?, 2).await?)
     }
+}
+
+/// Writes generated text to stdout; a reader that stops early (`| head`) is not an error.
+pub fn print_bytes(bytes: &[u8]) -> anyhow::Result<std::process::ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(std::process::ExitCode::SUCCESS),
+    }
+}
+
+/// A secret kept in a file (`*_FILE` variables): its text without one trailing newline; a
+/// missing or empty file is a usage error that names the file, never its content.
+pub fn read_secret_file(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    use crate::exit::{Exit, Failed};
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        Failed::error(
+            Exit::Usage,
+            format!("cannot read the {what} file {}: {error}", path.display()),
+        )
+    })?;
+    let value = text.strip_suffix('\n').unwrap_or(&text);
+    let value = value.strip_suffix('\r').unwrap_or(value);
+    if value.is_empty() {
+        return Err(Failed::error(
+            Exit::Usage,
+            format!("the {what} file {} is empty", path.display()),
+        ));
+    }
+    Ok(value.to_owned())
 }
