@@ -44,13 +44,19 @@ pub enum SettingsError {
     /// No OAuth client secret.
     #[error("no OAuth client secret: set GENESYS_CLIENT_SECRET")]
     MissingClientSecret,
-    /// The file that should hold the client secret cannot be read, or is empty.
-    #[error("the client secret file {path}: {problem}")]
-    SecretFile {
+    /// The file that should hold the client secret cannot be read.
+    #[error("cannot read the client secret file {path}: {reason}")]
+    SecretFileUnreadable {
         /// The file's path, as given.
         path: String,
-        /// What is wrong with it (the reading error, or that it is empty).
-        problem: String,
+        /// The reading error.
+        reason: String,
+    },
+    /// The file that should hold the client secret is empty.
+    #[error("the client secret file {path} is empty")]
+    SecretFileEmpty {
+        /// The file's path, as given.
+        path: String,
     },
     /// A base URL that does not parse.
     #[error("{text:?} is not a URL: {reason}")]

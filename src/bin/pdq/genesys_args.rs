@@ -77,20 +77,21 @@ impl GenesysArgs {
             let given = self.client_secret.as_ref();
             return Ok(given.filter(|s| !s.expose_secret().is_empty()).cloned());
         };
-        let file_problem = |problem: String| {
-            genesys::Error::Settings(SettingsError::SecretFile {
-                path: path.display().to_string(),
-                problem,
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            genesys::Error::Settings(SettingsError::SecretFileUnreadable {
+                path: shown.clone(),
+                reason: error.to_string(),
             })
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| file_problem(format!("cannot be read: {error}")))?;
+        })?;
         let secret = text
             .strip_suffix('\n')
             .map(|s| s.strip_suffix('\r').unwrap_or(s))
             .unwrap_or(&text);
         if secret.is_empty() {
-            return Err(file_problem("is empty".to_owned()));
+            return Err(genesys::Error::Settings(SettingsError::SecretFileEmpty {
+                path: shown,
+            }));
         }
         Ok(Some(SecretString::from(secret.to_owned())))
     }
