@@ -8,6 +8,7 @@
 
 pub mod budget;
 pub mod checks;
+pub mod console;
 mod claim;
 pub mod dlq;
 mod enqueue;

@@ -65,6 +65,8 @@ pub enum Command {
     Run(Box<crate::commands::run::RunArgs>),
     /// Serve the Genesys Cloud emulator (login and API on one port).
     Emulator(Box<crate::commands::emulator::EmulatorArgs>),
+    /// Serve the operator web console (read-only unless --allow-writes).
+    Console(crate::commands::console::ConsoleArgs),
 }
 
 /// How `pdq status` shows the queue.

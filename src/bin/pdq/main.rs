@@ -71,6 +71,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Emulator(args) => commands::emulator::run(*args, shutdown_signal()).await,
         Command::Demo(args) => commands::demo::run(&db, args, json).await,
         Command::Doctor(args) => commands::doctor::run(&db, *args, json).await,
+        Command::Console(args) => commands::console::run(&db, args, shutdown_signal()).await,
     }
 }
 

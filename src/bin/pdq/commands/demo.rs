@@ -31,6 +31,9 @@ pub struct DemoArgs {
     /// Keep the demo database afterwards (its name is printed).
     #[arg(long)]
     pub keep: bool,
+    /// Do not serve the console at the end (in a terminal it stays up until Ctrl-C).
+    #[arg(long)]
+    pub no_console: bool,
 }
 
 const LOCAL_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -107,6 +110,9 @@ pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Re
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
+    }
+    if !args.no_console {
+        super::console::after_demo(&pool, json_output).await?;
     }
     pool.close().await;
     if !args.keep {

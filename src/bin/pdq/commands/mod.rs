@@ -1,6 +1,7 @@
 //! One module per subcommand, each a short `run` over library calls.
 
 pub mod budget;
+pub mod console;
 pub mod demo;
 pub mod dlq;
 pub mod doctor;
