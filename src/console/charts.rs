@@ -58,6 +58,27 @@ pub(crate) fn chart(
         Kind::Stacked => series.iter().flat_map(|s| s.values.iter()).sum(),
         Kind::Lines => max,
     };
+    let mut bars = Vec::new();
+    if kind == Kind::Stacked {
+        for b in 0..buckets {
+            let mut base = 0.0;
+            for s in series {
+                let v = value(s.values, b);
+                if v > 0.0 {
+                    bars.push(Bar {
+                        class: &s.class,
+                        label: &s.label,
+                        value: v,
+                        x: LEFT + b as f64 * step + 0.5,
+                        y: y(base + v),
+                        w: (step - 1.0).max(0.5),
+                        h: y(base) - y(base + v),
+                    });
+                }
+                base += v;
+            }
+        }
+    }
     let caption = match kind {
         Kind::Stacked => format!("{} {unit} in all", format_number(total)),
         Kind::Lines => format!("peak {} {unit}", format_number(total)),
@@ -84,20 +105,10 @@ pub(crate) fn chart(
                 }
                 @match kind {
                     Kind::Stacked => {
-                        @for b in 0..buckets {
-                            @let mut base = 0.0;
-                            @for s in series {
-                                @let v = value(s.values, b);
-                                @if v > 0.0 {
-                                    rect class=(s.class)
-                                        x=(format!("{:.1}", LEFT + b as f64 * step + 0.5))
-                                        y=(format!("{:.1}", y(base + v)))
-                                        width=(format!("{:.1}", (step - 1.0).max(0.5)))
-                                        height=(format!("{:.1}", y(base) - y(base + v))) {
-                                        title { (s.label) ": " (format_number(v)) }
-                                    }
-                                }
-                                @let _ = { base += v; };
+                        @for bar in &bars {
+                            rect class=(bar.class) x=(format!("{:.1}", bar.x)) y=(format!("{:.1}", bar.y))
+                                width=(format!("{:.1}", bar.w)) height=(format!("{:.1}", bar.h)) {
+                                title { (bar.label) ": " (format_number(bar.value)) }
                             }
                         }
                     }
@@ -118,8 +129,22 @@ pub(crate) fn chart(
     }
 }
 
+struct Bar<'a> {
+    class: &'a str,
+    label: &'a str,
+    value: f64,
+    x: f64,
+    y: f64,
+    w: f64,
+    h: f64,
+}
+
 fn value(values: &[f64], b: usize) -> f64 {
-    values.get(b).copied().filter(|v| v.is_finite()).unwrap_or(0.0)
+    values
+        .get(b)
+        .copied()
+        .filter(|v| v.is_finite())
+        .unwrap_or(0.0)
 }
 
 fn points(values: &[f64], step: f64, y: &dyn Fn(f64) -> f64) -> String {

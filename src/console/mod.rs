@@ -123,7 +123,10 @@ pub fn router(pool: PgPool, config: ConsoleConfig) -> Router {
         .route("/", get(pages::overview))
         .route("/jobs", get(pages::jobs))
         .route("/jobs/{id}", get(pages::job))
-        .route("/jobs/{id}/cancel", get(pages::cancel_confirm).post(pages::cancel))
+        .route(
+            "/jobs/{id}/cancel",
+            get(pages::cancel_confirm).post(pages::cancel),
+        )
         .route("/dlq", get(pages::dead_letters))
         .route("/dlq/confirm", post(pages::dlq_confirm))
         .route("/dlq/requeue", post(pages::dlq_requeue))

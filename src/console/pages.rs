@@ -170,7 +170,10 @@ fn participant(locators: &queue::Locators) -> String {
     }
     format!(
         "purpose {}",
-        locators.participant_purpose.as_deref().unwrap_or("customer")
+        locators
+            .participant_purpose
+            .as_deref()
+            .unwrap_or("customer")
     )
 }
 
@@ -355,7 +358,12 @@ pub(crate) async fn overview(State(state): State<Shared>, RawQuery(raw): RawQuer
             }
         }
     };
-    ok(page("Overview", Section::Overview, state.config.allow_writes, body))
+    ok(page(
+        "Overview",
+        Section::Overview,
+        state.config.allow_writes,
+        body,
+    ))
 }
 
 // ---------------------------------------------------------------- jobs
@@ -529,7 +537,12 @@ pub(crate) async fn job(State(state): State<Shared>, Path(raw): Path<String>) ->
             @for other in &records[1..] { div.card { (record_facts(other)) } }
         }
     };
-    ok(page(&format!("Job {id}"), Section::Jobs, state.config.allow_writes, body))
+    ok(page(
+        &format!("Job {id}"),
+        Section::Jobs,
+        state.config.allow_writes,
+        body,
+    ))
 }
 
 fn read_only_notice() -> Markup {
@@ -568,7 +581,12 @@ pub(crate) async fn cancel_confirm(
             }
         }
     };
-    ok(page(&format!("Cancel job {id}"), Section::Jobs, state.config.allow_writes, body))
+    ok(page(
+        &format!("Cancel job {id}"),
+        Section::Jobs,
+        state.config.allow_writes,
+        body,
+    ))
 }
 
 /// `POST /jobs/{id}/cancel`: cancels the job if it is still pending.
@@ -597,7 +615,12 @@ pub(crate) async fn cancel(
         }
         p { a href=(format!("/jobs/{id}")) { "Back to job " (id) } }
     };
-    ok(page("Cancelled", Section::Jobs, state.config.allow_writes, body))
+    ok(page(
+        "Cancelled",
+        Section::Jobs,
+        state.config.allow_writes,
+        body,
+    ))
 }
 
 // ---------------------------------------------------------------- dead letters
@@ -746,7 +769,10 @@ fn dead_letter_facts(d: &DeadLetter) -> Markup {
 }
 
 /// `/dlq/{id}`: one dead letter with the API's error body.
-pub(crate) async fn dead_letter(State(state): State<Shared>, Path(raw): Path<String>) -> PageResult {
+pub(crate) async fn dead_letter(
+    State(state): State<Shared>,
+    Path(raw): Path<String>,
+) -> PageResult {
     let id = parse_id(&raw)?;
     let Some(d) = dlq::show(&state.pool, id).await? else {
         return Err(PageError::NotFound(format!("no dead letter {id}")));
@@ -774,7 +800,12 @@ pub(crate) async fn dead_letter(State(state): State<Shared>, Path(raw): Path<Str
         h2 { "Attributes" }
         pre #attributes { (pretty(&d.attributes)) }
     };
-    ok(page(&format!("Dead letter {id}"), Section::DeadLetters, state.config.allow_writes, body))
+    ok(page(
+        &format!("Dead letter {id}"),
+        Section::DeadLetters,
+        state.config.allow_writes,
+        body,
+    ))
 }
 
 /// Requeue or purge, as a form names it.
@@ -794,7 +825,9 @@ fn form_ids(form: &Params) -> Result<Vec<i64>, PageError> {
         ));
     }
     if ids.len() > 1_000 {
-        return Err(PageError::Bad("select at most 1,000 dead letters at once".to_owned()));
+        return Err(PageError::Bad(
+            "select at most 1,000 dead letters at once".to_owned(),
+        ));
     }
     Ok(ids)
 }
@@ -872,7 +905,12 @@ pub(crate) async fn dlq_confirm(State(state): State<Shared>, body: Bytes) -> Pag
             }
         }
     };
-    ok(page(&format!("{verb}?"), Section::DeadLetters, state.config.allow_writes, body))
+    ok(page(
+        &format!("{verb}?"),
+        Section::DeadLetters,
+        state.config.allow_writes,
+        body,
+    ))
 }
 
 fn ids_filter(ids: Vec<i64>) -> DeadLetterFilter {
@@ -893,7 +931,12 @@ pub(crate) async fn dlq_requeue(State(state): State<Shared>, body: Bytes) -> Pag
         div.banner.done.result { "Requeued " (requeued) " dead letter" @if requeued != 1 { "s" } "." }
         p { a href="/dlq" { "Back to the dead letters" } }
     };
-    ok(page("Requeued", Section::DeadLetters, state.config.allow_writes, body))
+    ok(page(
+        "Requeued",
+        Section::DeadLetters,
+        state.config.allow_writes,
+        body,
+    ))
 }
 
 /// `POST /dlq/purge`: deletes the confirmed dead letters.
@@ -906,5 +949,10 @@ pub(crate) async fn dlq_purge(State(state): State<Shared>, body: Bytes) -> PageR
         div.banner.done.result { "Purged " (purged) " dead letter" @if purged != 1 { "s" } "." }
         p { a href="/dlq" { "Back to the dead letters" } }
     };
-    ok(page("Purged", Section::DeadLetters, state.config.allow_writes, body))
+    ok(page(
+        "Purged",
+        Section::DeadLetters,
+        state.config.allow_writes,
+        body,
+    ))
 }

@@ -46,12 +46,10 @@ impl Params {
     ) -> Result<Option<T>, BadInput> {
         match self.text(name) {
             None => Ok(None),
-            Some(value) => value.parse().map(Some).map_err(|_| {
-                BadInput(format!(
-                    "{name}={}: expected {what}",
-                    shorten(&value)
-                ))
-            }),
+            Some(value) => value
+                .parse()
+                .map(Some)
+                .map_err(|_| BadInput(format!("{name}={}: expected {what}", shorten(&value)))),
         }
     }
 
@@ -123,8 +121,16 @@ mod tests {
         let params = Params::parse(b"id=abc&conversation=nope&since=yesterday&state=x");
         assert!(params.id("id").unwrap_err().0.contains("id=\"abc\""));
         assert!(params.uuid("conversation").unwrap_err().0.contains("UUID"));
-        assert!(params.time("since").unwrap_err().0.contains("2026-11-25T14:30"));
-        assert_eq!(Params::parse(b"id=-3").id("id").unwrap_err().0.contains("positive"), true);
+        assert!(params
+            .time("since")
+            .unwrap_err()
+            .0
+            .contains("2026-11-25T14:30"));
+        assert!(Params::parse(b"id=-3")
+            .id("id")
+            .unwrap_err()
+            .0
+            .contains("positive"));
     }
 
     #[test]

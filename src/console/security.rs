@@ -186,7 +186,10 @@ mod tests {
         assert!(!authorized(&with_auth("Bearer 0123456789abcdeX"), token));
         assert!(!authorized(&with_auth("Bearer 0123456789abcde"), token));
         let user_only = base64::engine::general_purpose::STANDARD.encode("0123456789abcdef");
-        assert!(!authorized(&with_auth(&format!("Basic {user_only}")), token));
+        assert!(!authorized(
+            &with_auth(&format!("Basic {user_only}")),
+            token
+        ));
         assert!(!authorized(&HeaderMap::new(), token));
     }
 

@@ -88,7 +88,9 @@ pub async fn search_jobs(pool: &PgPool, search: &JobSearch) -> Result<Page<JobRe
     if let Some(before) = search.before {
         query.push(" and r.id < ").push_bind(before);
     }
-    query.push(" order by r.id desc limit ").push_bind(limit + 1);
+    query
+        .push(" order by r.id desc limit ")
+        .push_bind(limit + 1);
     let mut tx = planned(pool).await?;
     let mut rows: Vec<JobRecord> = query.build_query_as().fetch_all(&mut *tx).await?;
     tx.commit().await?;
@@ -147,7 +149,9 @@ pub async fn search_dead_letters(
             .push(")");
     }
     if let Some(after) = search.after {
-        query.push(" and (dead_at, id) < (").push_bind(after.dead_at);
+        query
+            .push(" and (dead_at, id) < (")
+            .push_bind(after.dead_at);
         query.push(", ").push_bind(after.id).push(")");
     }
     query.push(" order by dead_at desc, id desc limit ");
@@ -208,12 +212,10 @@ pub struct DroppedKey {
 
 /// `pdq.requeue_would_drop(ids)`: the keys a requeue would leave out.
 pub async fn requeue_would_drop(pool: &PgPool, ids: &[i64]) -> Result<Vec<DroppedKey>, Error> {
-    Ok(
-        sqlx::query_as("select * from pdq.requeue_would_drop($1)")
-            .bind(ids)
-            .fetch_all(pool)
-            .await?,
-    )
+    Ok(sqlx::query_as("select * from pdq.requeue_would_drop($1)")
+        .bind(ids)
+        .fetch_all(pool)
+        .await?)
 }
 
 /// The span a chart covers.

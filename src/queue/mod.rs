@@ -8,8 +8,8 @@
 
 pub mod budget;
 pub mod checks;
-pub mod console;
 mod claim;
+pub mod console;
 pub mod dlq;
 mod enqueue;
 mod finish;
