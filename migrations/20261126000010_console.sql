@@ -62,10 +62,6 @@ create or replace function pdq.sample_worker() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if new.api_requests_total is null and new.rate_limited_total is null
-       and new.limiter_pauses_total is null then
-        return null;
-    end if;
     insert into pdq.worker_samples as s (worker_id, minute, api_requests_total,
         rate_limited_total, limiter_pauses_total, paused)
     values (new.id, date_trunc('minute', now()), new.api_requests_total,
@@ -75,19 +71,15 @@ begin
             rate_limited_total = excluded.rate_limited_total,
             limiter_pauses_total = excluded.limiter_pauses_total,
             paused = s.paused or excluded.paused;
-    -- Keep two days: a cheap range delete through the index, once a minute at most per worker.
-    if tg_op = 'INSERT' then
-        delete from pdq.worker_samples where minute < now() - interval '2 days';
-    elsif date_trunc('minute', old.last_seen_at) <> date_trunc('minute', now()) then
-        delete from pdq.worker_samples where minute < now() - interval '2 days';
-    end if;
+    -- Keep two days (a range delete through the index: usually finds nothing).
+    delete from pdq.worker_samples where minute < now() - interval '2 days';
     return null;
 end
 $$;
 revoke all on function pdq.sample_worker() from public;
 
 create trigger workers_sample
-    after insert or update on pdq.workers
+    after update of api_requests_total, rate_limited_total, limiter_pauses_total on pdq.workers
     for each row execute function pdq.sample_worker();
 
 do $$

@@ -426,3 +426,36 @@ pub async fn chart_series(pool: &PgPool, range: ChartRange) -> Result<ChartSerie
     }
     Ok(series)
 }
+
+/// Counters a worker keeps in memory, totals since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerCounters {
+    /// API requests sent.
+    pub api_requests: u64,
+    /// 429 responses received.
+    pub rate_limited: u64,
+    /// Pauses taken after a 429 or a spent rate-limit window.
+    pub limiter_pauses: u64,
+}
+
+/// Stores a worker's counters in its heartbeat row; a trigger keeps one sample per minute in
+/// `pdq.worker_samples` for the console's charts.
+pub async fn record_worker_counters(
+    pool: &PgPool,
+    worker: Uuid,
+    counters: WorkerCounters,
+) -> Result<(), Error> {
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    sqlx::query(
+        "update pdq.workers set api_requests_total = $2, rate_limited_total = $3,
+             limiter_pauses_total = $4
+         where id = $1",
+    )
+    .bind(worker)
+    .bind(clamp(counters.api_requests))
+    .bind(clamp(counters.rate_limited))
+    .bind(clamp(counters.limiter_pauses))
+    .execute(pool)
+    .await?;
+    Ok(())
+}

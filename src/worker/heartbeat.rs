@@ -28,6 +28,10 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             .map(|total| requests.last_minute(Instant::now(), total));
         if let Err(error) = workers::beat(&inner.pool, &beat).await {
             tracing::warn!(%error, "could not write the worker heartbeat");
+        } else if let Err(error) =
+            crate::queue::console::record_worker_counters(&inner.pool, id, counters(&inner)).await
+        {
+            tracing::warn!(%error, "could not record the worker's counters");
         }
         if beats % PRUNE_EVERY == 0 {
             if let Err(error) = workers::prune(&inner.pool, workers::FORGET_AFTER).await {
@@ -70,6 +74,18 @@ fn heartbeat(inner: &Inner, id: Uuid) -> Heartbeat {
         budget_name: budget.shared.then(|| budget.name.clone()),
         budget_per_minute: budget.per_minute,
         api_requests_last_minute: None,
+    }
+}
+
+/// The counters the console charts (429s, pauses, requests), totals since the start.
+fn counters(inner: &Inner) -> crate::queue::console::WorkerCounters {
+    let metrics = &inner.metrics;
+    crate::queue::console::WorkerCounters {
+        api_requests: api_requests(&metrics.render()).unwrap_or(0),
+        rate_limited: metrics.api_statuses.get("429"),
+        limiter_pauses: metrics
+            .limiter_pauses
+            .load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use chrono::{Duration, Utc};
 use pdq::console::{self, ConsoleConfig};
+use pdq::queue::console::WorkerCounters;
 use pdq::queue::{self, Locators, NewJob, Priority};
 use secrecy::SecretString;
 use serde_json::json;
@@ -219,17 +220,25 @@ pub async fn seed(pool: &PgPool) -> Seeded {
         .unwrap();
 
     // A worker that reports 429s, and a budget paused by one.
+    let worker = Uuid::new_v4();
     sqlx::query(
         "insert into pdq.workers (id, name, host, pid, version, executors, state, pause_reason,
-             budget_name, budget_per_minute, api_requests_last_minute, api_requests_total,
-             rate_limited_total, limiter_pauses_total)
+             budget_name, budget_per_minute, api_requests_last_minute)
          values ($1, 'worker-a', 'host-1', 4242, '0.1.0', 16, 'paused',
-             'rate limited: 429 from Genesys Cloud', 'pdq-client', 300, 120, 500, 7, 2)",
+             'rate limited: 429 from Genesys Cloud', 'pdq-client', 300, 120)",
     )
-    .bind(Uuid::new_v4())
+    .bind(worker)
     .execute(pool)
     .await
     .unwrap();
+    let counters = WorkerCounters {
+        api_requests: 500,
+        rate_limited: 7,
+        limiter_pauses: 2,
+    };
+    queue::console::record_worker_counters(pool, worker, counters)
+        .await
+        .unwrap();
     sqlx::query(
         "insert into pdq.rate_budgets (name, paused_until, pause_reason)
          values ('pdq-client', now() + interval '10 minutes', 'rate_limited')",
