@@ -155,6 +155,7 @@ async fn requeue_and_purge_through_the_ui() {
             .await
             .unwrap();
     }
+    browser.screenshot("dead-letters-select").await;
     browser.click("#requeue").await;
     assert_eq!(
         browser.text("#confirm-title").await,
