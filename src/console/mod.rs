@@ -10,6 +10,7 @@ mod layout;
 mod pages;
 mod params;
 mod security;
+mod snapshot;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -108,6 +109,12 @@ pub(crate) struct State {
     pub(crate) config: ConsoleConfig,
     /// The CSRF token of this process: every form carries it, every POST must.
     pub(crate) csrf: String,
+    /// The last `pdq status` answer, shared by everyone watching the overview.
+    pub(crate) status: Arc<snapshot::Snapshots<(), crate::queue::QueueStatus>>,
+    /// The last chart series per range.
+    pub(crate) charts: Arc<
+        snapshot::Snapshots<crate::queue::console::ChartRange, crate::queue::console::ChartSeries>,
+    >,
 }
 
 pub(crate) type Shared = Arc<State>;
@@ -118,6 +125,8 @@ pub fn router(pool: PgPool, config: ConsoleConfig) -> Router {
         pool,
         config,
         csrf: security::new_csrf_token(),
+        status: Arc::default(),
+        charts: Arc::default(),
     });
     Router::new()
         .route("/", get(pages::overview))

@@ -192,8 +192,22 @@ pub(crate) async fn overview(State(state): State<Shared>, RawQuery(raw): RawQuer
             )))
         }
     };
-    let status = queue::status(&state.pool).await?;
-    let series = data::chart_series(&state.pool, range).await?;
+    let pool = state.pool.clone();
+    let status = state
+        .status
+        .get((), move || {
+            let pool = pool.clone();
+            async move { queue::status(&pool).await }
+        })
+        .await?;
+    let pool = state.pool.clone();
+    let series = state
+        .charts
+        .get(range, move || {
+            let pool = pool.clone();
+            async move { data::chart_series(&pool, range).await }
+        })
+        .await?;
     let start = series.start;
     let secs = series.bucket_secs;
     let per = match range {
@@ -385,9 +399,9 @@ pub(crate) async fn jobs(State(state): State<Shared>, RawQuery(raw): RawQuery) -
     };
     let search = JobSearch {
         id: params.id("id")?,
-        idempotency_key: params.text("key"),
+        idempotency_key: params.free_text("key")?,
         conversation_id: params.uuid("conversation")?,
-        external_tag: params.text("tag"),
+        external_tag: params.free_text("tag")?,
         state: job_state,
         before: params.id("before")?,
         limit: PAGE_SIZE,
@@ -600,7 +614,7 @@ pub(crate) async fn cancel(
     if form.text("confirm").as_deref() != Some("yes") {
         return Err(PageError::Bad("confirm=yes is required to cancel".into()));
     }
-    let note = form.text("note");
+    let note = form.free_text("note")?;
     let filter = JobFilter {
         ids: vec![id],
         ..JobFilter::default()

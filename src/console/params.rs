@@ -30,6 +30,20 @@ impl Params {
             .filter(|v| !v.is_empty())
     }
 
+    /// A free-text value (a key, a tag, a note): at most 1,000 characters and no NUL, which
+    /// Postgres cannot store.
+    pub(crate) fn free_text(&self, name: &str) -> Result<Option<String>, BadInput> {
+        match self.text(name) {
+            Some(value) if value.contains('\0') => {
+                Err(BadInput(format!("{name} must not contain a NUL character")))
+            }
+            Some(value) if value.chars().count() > 1_000 => {
+                Err(BadInput(format!("{name} is longer than 1,000 characters")))
+            }
+            other => Ok(other),
+        }
+    }
+
     /// Every value of `name`.
     pub(crate) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0

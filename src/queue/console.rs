@@ -52,6 +52,10 @@ pub async fn search_jobs(pool: &PgPool, search: &JobSearch) -> Result<Page<JobRe
     let limit = search.limit.clamp(1, 500);
     let mut query: QueryBuilder<'_, Postgres> =
         QueryBuilder::new("select r.* from pdq.job_records r where true");
+    let narrowed = search.id.is_some()
+        || search.idempotency_key.is_some()
+        || search.conversation_id.is_some()
+        || search.external_tag.is_some();
     if let Some(id) = search.id {
         query.push(" and r.id = ").push_bind(id);
     }
@@ -82,6 +86,11 @@ pub async fn search_jobs(pool: &PgPool, search: &JobSearch) -> Result<Page<JobRe
     if let Some(tag) = &search.external_tag {
         query.push(" and r.external_tag = ").push_bind(tag.clone());
     }
+    if !narrowed {
+        // Nothing but (maybe) a state: the newest ids of each table, walked backwards through
+        // its id index, then the records of those ids only.
+        push_newest_ids(&mut query, search.state, search.before, limit);
+    }
     if let Some(state) = search.state {
         query.push(" and r.state = ").push_bind(state.as_str());
     }
@@ -91,11 +100,57 @@ pub async fn search_jobs(pool: &PgPool, search: &JobSearch) -> Result<Page<JobRe
     query
         .push(" order by r.id desc limit ")
         .push_bind(limit + 1);
-    let mut tx = planned(pool).await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("select set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)")
+        .execute(&mut *tx)
+        .await?;
     let mut rows: Vec<JobRecord> = query.build_query_as().fetch_all(&mut *tx).await?;
     tx.commit().await?;
     let next = page_end(&mut rows, limit).map(|last| last.id);
     Ok(Page { rows, next })
+}
+
+/// `and r.id in (…)`: the `limit + 1` newest ids below `before` over the tables that can hold
+/// a record in `state`, each read backwards through its id index.
+fn push_newest_ids(
+    query: &mut QueryBuilder<'_, Postgres>,
+    state: Option<JobState>,
+    before: Option<i64>,
+    limit: i64,
+) {
+    let before = before.unwrap_or(i64::MAX);
+    let tables: &[(&str, &str)] = match state {
+        None => &[
+            ("pdq.jobs", ""),
+            ("pdq.finished_jobs", ""),
+            ("pdq.dead_letters", ""),
+            ("pdq.cancelled_jobs", ""),
+        ],
+        Some(JobState::Pending) => &[("pdq.jobs", " and state = 'pending'")],
+        // Few jobs run at once: find them through the lease index, then order them.
+        Some(JobState::Running) => &[(
+            "(select id from pdq.jobs where state = 'running' and locked_until is not null) t",
+            "",
+        )],
+        Some(JobState::Applied) => &[("pdq.finished_jobs", "")],
+        Some(JobState::DeadLettered) => &[("pdq.dead_letters", "")],
+        Some(JobState::Cancelled) => &[("pdq.cancelled_jobs", "")],
+    };
+    query.push(" and r.id in (select id from (");
+    for (i, (table, condition)) in tables.iter().enumerate() {
+        if i > 0 {
+            query.push(" union all ");
+        }
+        query.push(format!("(select id from {table} where id < "));
+        query.push_bind(before);
+        query.push(*condition);
+        query.push(" order by id desc limit ").push_bind(limit + 1);
+        query.push(")");
+    }
+    query
+        .push(") ids order by id desc limit ")
+        .push_bind(limit + 1);
+    query.push(")");
 }
 
 /// The key of a dead-letter page: the last row's `dead_at` and id.
@@ -156,7 +211,12 @@ pub async fn search_dead_letters(
     }
     query.push(" order by dead_at desc, id desc limit ");
     query.push_bind(limit + 1);
-    let mut tx = planned(pool).await?;
+    // A conversation has few dead letters: find them by conversation and sort them. Otherwise
+    // walk the time index backwards from the page's key.
+    let mut tx = match search.conversation_id {
+        Some(_) => pool.begin().await?,
+        None => planned(pool).await?,
+    };
     let mut rows: Vec<DeadLetter> = query.build_query_as().fetch_all(&mut *tx).await?;
     tx.commit().await?;
     let next = page_end(&mut rows, limit).map(|last| DeadLetterKey {
@@ -219,7 +279,7 @@ pub async fn requeue_would_drop(pool: &PgPool, ids: &[i64]) -> Result<Vec<Droppe
 }
 
 /// The span a chart covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ChartRange {
     /// The last hour, one point a minute.
     Hour,
