@@ -110,7 +110,7 @@ pub async fn search_jobs(pool: &PgPool, search: &JobSearch) -> Result<Page<JobRe
     Ok(Page { rows, next })
 }
 
-/// `and r.id in (…)`: the `limit + 1` newest ids below `before` over the tables that can hold
+/// `and r.id = any(…)`: the `limit + 1` newest ids below `before` over the tables that can hold
 /// a record in `state`, each read backwards through its id index.
 fn push_newest_ids(
     query: &mut QueryBuilder<'_, Postgres>,
@@ -136,7 +136,9 @@ fn push_newest_ids(
         Some(JobState::DeadLettered) => &[("pdq.dead_letters", "")],
         Some(JobState::Cancelled) => &[("pdq.cancelled_jobs", "")],
     };
-    query.push(" and r.id in (select id from (");
+    // An array, not `in (…)`: the ids are found once, then each table is probed by id (a
+    // semi-join would walk the whole queue in id order).
+    query.push(" and r.id = any(array(select id from (");
     for (i, (table, condition)) in tables.iter().enumerate() {
         if i > 0 {
             query.push(" union all ");
@@ -150,7 +152,7 @@ fn push_newest_ids(
     query
         .push(") ids order by id desc limit ")
         .push_bind(limit + 1);
-    query.push(")");
+    query.push("))");
 }
 
 /// The key of a dead-letter page: the last row's `dead_at` and id.

@@ -421,3 +421,32 @@ async fn the_console_works_as_a_login_role_granted_only_pdq_operator() {
         .unwrap();
     admin.close().await;
 }
+
+#[tokio::test]
+async fn pdq_demo_prints_the_console_url_and_exits_when_not_in_a_terminal() {
+    let run = |extra: &'static [&'static str]| async move {
+        let mut args = vec!["demo", "--timeout-secs", "120"];
+        args.extend_from_slice(extra);
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_pdq"))
+            .args(&args)
+            .env("DATABASE_URL", crate::helpers::database_url())
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap()
+    };
+    let output = tokio::time::timeout(std::time::Duration::from_secs(180), run(&[]))
+        .await
+        .expect("the demo exits by itself when stdout is not a terminal");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("console: http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no console URL in:\n{stdout}"));
+    assert!(line.contains("not kept up"), "{line}");
+    let skipped = run(&["--no-console"]).await;
+    assert!(skipped.status.success());
+    assert!(!String::from_utf8_lossy(&skipped.stdout).contains("console: http"));
+}
