@@ -1,7 +1,7 @@
 //! Console benchmark: the time to render each page of `pdq console` with 1,000,000 pending
 //! jobs, 100,000 dead letters and 100,000 jobs applied over the last day, measured over
 //! loopback HTTP (median and p90 of repeated requests, and the first request of each page on
-//! its own: the overview serves a snapshot at most 3 s old, so its first request reads the
+//! its own: the overview serves a snapshot refreshed every 5 s while watched, so its first request reads the
 //! database and the next ones mostly do not), and how many sequential scans the page queries
 //! made on the big tables.
 //!

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Younger than this, a snapshot is served as it is.
-pub(crate) const FRESH: Duration = Duration::from_secs(3);
+pub(crate) const FRESH: Duration = Duration::from_secs(5);
 /// Older than this, a snapshot is not served: the request reads the database itself.
-pub(crate) const STALE_AT_MOST: Duration = Duration::from_secs(30);
+pub(crate) const STALE_AT_MOST: Duration = Duration::from_secs(60);
 
 /// One value of type `T` per key, with its age and a single background refresh at a time.
 pub(crate) struct Snapshots<K, T> {
