@@ -4,7 +4,12 @@
 #[path = "../it/helpers.rs"]
 mod helpers;
 
+#[allow(dead_code)]
+#[path = "../it/app.rs"]
+mod app;
+
 mod browser;
+mod heartbeat;
 mod pages;
 mod safety;
 mod support;
