@@ -450,3 +450,61 @@ async fn pdq_demo_prints_the_console_url_and_exits_when_not_in_a_terminal() {
     assert!(skipped.status.success());
     assert!(!String::from_utf8_lossy(&skipped.stdout).contains("console: http"));
 }
+
+#[tokio::test]
+async fn pdq_run_serves_the_read_only_console_beside_the_worker() {
+    let db = TestDb::new().await;
+    seed(&db.pool).await;
+    let emulator = pdq::emulator::Emulator::start(pdq::emulator::EmulatorConfig::default())
+        .await
+        .unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args(["run", "--metrics-addr", "127.0.0.1:0", "--console", &addr])
+        .env("DATABASE_URL", db.url())
+        .env("GENESYS_API_URL", emulator.base_url())
+        .env("GENESYS_LOGIN_URL", emulator.base_url())
+        .env("GENESYS_CLIENT_ID", pdq::emulator::DEMO_CLIENT_ID)
+        .env("GENESYS_CLIENT_SECRET", pdq::emulator::DEMO_CLIENT_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}");
+    let up = crate::helpers::wait_until(std::time::Duration::from_secs(30), || {
+        let url = url.clone();
+        async move {
+            http()
+                .get(format!("{url}/jobs"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        }
+    })
+    .await;
+    assert!(up, "pdq run --console answers");
+    let page = http()
+        .get(format!("{url}/dlq"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("read-only"));
+    let refused = http()
+        .post(format!("{url}/dlq/purge"))
+        .form(&[("id", "1"), ("csrf", csrf_of(&page).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let _ = worker.kill().await;
+    db.drop_database().await;
+}
