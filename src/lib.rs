@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod console;
 pub mod db;
 pub mod emulator;
 pub mod genesys;

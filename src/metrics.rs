@@ -252,6 +252,21 @@ impl Metrics {
         self.limiter_pauses.store(pauses, Ordering::Relaxed);
     }
 
+    /// API calls timed so far (every request that got an answer or failed in transport).
+    pub(crate) fn api_calls(&self) -> u64 {
+        self.api_latency.total.load(Ordering::Relaxed)
+    }
+
+    /// API responses so far with this label (a status such as `429`, or `transport_error`).
+    pub(crate) fn api_responses(&self, label: &str) -> u64 {
+        self.api_statuses.get(label)
+    }
+
+    /// The pacer's pauses at the last sample.
+    pub(crate) fn limiter_pauses(&self) -> u64 {
+        self.limiter_pauses.load(Ordering::Relaxed)
+    }
+
     /// The database gauges just sampled.
     pub(crate) fn set_gauges(&self, gauges: crate::queue::gauges::Gauges) {
         *self.gauges.lock().unwrap() = gauges;

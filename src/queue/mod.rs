@@ -9,6 +9,7 @@
 pub mod budget;
 pub mod checks;
 mod claim;
+pub mod console;
 pub mod dlq;
 mod enqueue;
 mod finish;

@@ -24,10 +24,14 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
     let mut requests = RequestWindow::default();
     loop {
         let mut beat = heartbeat(&inner, id);
-        beat.api_requests_last_minute = api_requests(&inner.metrics.render())
-            .map(|total| requests.last_minute(Instant::now(), total));
+        beat.api_requests_last_minute =
+            Some(requests.last_minute(Instant::now(), inner.metrics.api_calls()));
         if let Err(error) = workers::beat(&inner.pool, &beat).await {
             tracing::warn!(%error, "could not write the worker heartbeat");
+        } else if let Err(error) =
+            crate::queue::console::record_worker_counters(&inner.pool, id, counters(&inner)).await
+        {
+            tracing::warn!(%error, "could not record the worker's counters");
         }
         if beats % PRUNE_EVERY == 0 {
             if let Err(error) = workers::prune(&inner.pool, workers::FORGET_AFTER).await {
@@ -39,6 +43,11 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             _ = tokio::time::sleep(INTERVAL) => {}
             _ = stop.cancelled() => break,
         }
+    }
+    // The counters of the last seconds too, so a short run's 429s and pauses are charted.
+    let last = crate::queue::console::record_worker_counters(&inner.pool, id, counters(&inner));
+    if !matches!(tokio::time::timeout(STOP_BOUND, last).await, Ok(Ok(_))) {
+        tracing::warn!("could not record the worker's last counters");
     }
     let stopped = tokio::time::timeout(STOP_BOUND, workers::mark_stopped(&inner.pool, id)).await;
     if !matches!(stopped, Ok(Ok(()))) {
@@ -73,6 +82,16 @@ fn heartbeat(inner: &Inner, id: Uuid) -> Heartbeat {
     }
 }
 
+/// The counters the console charts (429s, pauses, requests), totals since the start.
+fn counters(inner: &Inner) -> crate::queue::console::WorkerCounters {
+    let metrics = &inner.metrics;
+    crate::queue::console::WorkerCounters {
+        api_requests: metrics.api_calls(),
+        rate_limited: metrics.api_responses("429"),
+        limiter_pauses: metrics.limiter_pauses(),
+    }
+}
+
 /// The machine's name, from the kernel or `HOSTNAME`.
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -82,14 +101,6 @@ fn host_name() -> String {
         .filter(|name| !name.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// The counter of API calls this process has made (the API latency histogram's count).
-fn api_requests(metrics_text: &str) -> Option<u64> {
-    metrics_text
-        .lines()
-        .find_map(|line| line.strip_prefix("pdq_api_call_seconds_count "))
-        .and_then(|count| count.trim().parse().ok())
 }
 
 /// Samples of the request counter, to tell how many requests went out in the last minute.
@@ -131,12 +142,5 @@ mod tests {
         assert_eq!(window.last_minute(t0 + Duration::from_secs(60), 20), 20);
         assert_eq!(window.last_minute(t0 + Duration::from_secs(90), 25), 13);
         assert_eq!(window.last_minute(t0 + Duration::from_secs(150), 25), 0);
-    }
-
-    #[test]
-    fn the_request_count_is_read_from_the_metrics() {
-        let text = "# TYPE pdq_api_call_seconds histogram\npdq_api_call_seconds_count 17\n";
-        assert_eq!(api_requests(text), Some(17));
-        assert_eq!(api_requests("nothing"), None);
     }
 }

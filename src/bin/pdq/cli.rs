@@ -94,6 +94,8 @@ pub enum Command {
     Completions(crate::commands::completions::CompletionsArgs),
     /// Print the manual page (roff: `pdq man | man -l -`).
     Man(crate::commands::man::ManArgs),
+    /// Serve the operator web console (read-only unless --allow-writes).
+    Console(crate::commands::console::ConsoleArgs),
 }
 
 /// How `pdq status` shows the queue.

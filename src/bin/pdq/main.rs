@@ -81,6 +81,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Roles(args) => commands::roles::run(&db, args).await,
         Command::Completions(args) => commands::completions::run(args),
         Command::Man(args) => commands::man::run(args),
+        Command::Console(args) => commands::console::run(&db, args, shutdown_signal()).await,
     }
 }
 

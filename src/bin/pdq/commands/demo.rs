@@ -31,6 +31,9 @@ pub struct DemoArgs {
     /// Keep the demo database afterwards (its name is printed).
     #[arg(long)]
     pub keep: bool,
+    /// Do not serve the console at the end (in a terminal it stays up until Ctrl-C).
+    #[arg(long)]
+    pub no_console: bool,
 }
 
 /// Runs the demo; exits non-zero if any accepted update was lost or is not visible.
@@ -106,6 +109,9 @@ pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Re
 
     let report = report(&pool, &emulator, &worker, enqueued, elapsed).await?;
     print_report(&report, json_output)?;
+    if !args.no_console {
+        super::console::after_demo(&pool, json_output).await?;
+    }
     pool.close().await;
     if !args.keep {
         scratch.drop_now().await;

@@ -2,6 +2,7 @@
 
 pub mod budget;
 pub mod completions;
+pub mod console;
 pub mod demo;
 pub mod dlq;
 pub mod doctor;

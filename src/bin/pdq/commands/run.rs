@@ -63,6 +63,9 @@ pub struct RunArgs {
     /// Apply pending migrations before starting.
     #[arg(long, env = "PDQ_MIGRATE")]
     pub migrate: bool,
+    /// Also serve the read-only operator console here (off loopback: needs PDQ_CONSOLE_TOKEN).
+    #[arg(long, env = "PDQ_CONSOLE_ADDR")]
+    pub console: Option<SocketAddr>,
 }
 
 /// Whole days in a default duration, for the `*_DAYS` flags.
@@ -114,6 +117,9 @@ pub async fn run(
         .map_err(|problem| Failed::error(Exit::Usage, problem))?;
     let pool = pdq::db::connect(options, config.executors as u32 + 6).await?;
     pdq::db::check_schema(&pool).await?;
+    if let Some(addr) = args.console {
+        super::console::spawn_read_only(db, addr, shutdown.clone()).await?;
+    }
     let worker = Worker::new(pool, Api::new(client), config);
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await

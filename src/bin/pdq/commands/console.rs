@@ -1,0 +1,129 @@
+//! `pdq console`: the operator web console.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use pdq::console::{self, ConsoleConfig};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use super::Database;
+use crate::exit::{Exit, Failed};
+
+/// Console settings.
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// Where to listen. Anything but loopback requires PDQ_CONSOLE_TOKEN.
+    #[arg(long, env = "PDQ_CONSOLE_LISTEN", default_value = "127.0.0.1:9188")]
+    pub listen: SocketAddr,
+    /// Offer requeue, purge and cancel (otherwise the console and its database sessions are
+    /// read-only).
+    #[arg(long, env = "PDQ_CONSOLE_ALLOW_WRITES")]
+    pub allow_writes: bool,
+    /// Seconds between two refreshes of the overview in the browser (0: never).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub refresh_secs: u32,
+}
+
+/// The token from `PDQ_CONSOLE_TOKEN`, if set and not blank.
+pub fn token_from_env() -> Option<SecretString> {
+    std::env::var(console::TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| SecretString::from(t.trim().to_owned()))
+}
+
+/// Serves the console until SIGINT or SIGTERM.
+pub async fn run(
+    db: &Database,
+    args: ConsoleArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let config = ConsoleConfig {
+        allow_writes: args.allow_writes,
+        token: token_from_env(),
+        refresh_secs: args.refresh_secs,
+    };
+    console::check_listen(args.listen, &config)
+        .map_err(|problem| Failed::error(Exit::Usage, problem.to_string()))?;
+    let options = console::connect_options(db.options()?, args.allow_writes);
+    let pool = pdq::db::connect(options, 4).await?;
+    pdq::db::check_schema(&pool).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        %addr,
+        allow_writes = args.allow_writes,
+        "pdq console on http://{addr}/ ({})",
+        if args.allow_writes { "writes allowed" } else { "read-only" }
+    );
+    println!("pdq console: http://{addr}/");
+    console::serve(listener, pool, config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the read-only console beside a worker (`pdq run --console ADDR`), on its own
+/// read-only pool, until `shutdown`.
+pub async fn spawn_read_only(
+    db: &Database,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = ConsoleConfig {
+        token: token_from_env(),
+        ..ConsoleConfig::default()
+    };
+    console::check_listen(addr, &config)
+        .map_err(|problem| Failed::error(Exit::Usage, problem.to_string()))?;
+    let pool = pdq::db::connect(console::connect_options(db.options()?, false), 2).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the console on {addr}"))?;
+    tracing::info!(%addr, "read-only console on http://{addr}/");
+    tokio::spawn(async move {
+        if let Err(error) = console::serve(listener, pool, config, shutdown).await {
+            tracing::error!(%error, "console stopped");
+        }
+    });
+    Ok(())
+}
+
+/// The end of `pdq demo`: prints the console's URL and, when stdout is a terminal, serves the
+/// console on the demo's database (writes allowed, loopback only) until Ctrl-C.
+pub async fn after_demo(pool: &sqlx::PgPool, json_output: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let wanted: SocketAddr = ([127, 0, 0, 1], 9188).into();
+    let listener = match tokio::net::TcpListener::bind(wanted).await {
+        Ok(listener) => listener,
+        Err(_) => tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?,
+    };
+    let addr = listener.local_addr()?;
+    let interactive = std::io::stdout().is_terminal() && !json_output;
+    let line = match interactive {
+        true => format!("\nconsole: http://{addr}/ (serving this demo's database until Ctrl-C)"),
+        false => format!("\nconsole: http://{addr}/ (not kept up: stdout is not a terminal)"),
+    };
+    match json_output {
+        true => eprintln!("{line}"),
+        false => println!("{line}"),
+    }
+    if !interactive {
+        return Ok(());
+    }
+    let config = ConsoleConfig {
+        allow_writes: true,
+        ..ConsoleConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let ctrl_c = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        ctrl_c.cancel();
+    });
+    console::serve(listener, pool.clone(), config, stop).await?;
+    Ok(())
+}
