@@ -14,6 +14,7 @@ mod snapshot;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -35,6 +36,9 @@ pub struct ConsoleConfig {
     pub token: Option<SecretString>,
     /// Seconds between two refreshes of the overview in the browser (0: never).
     pub refresh_secs: u32,
+    /// How long the overview waits for queue figures nobody has read yet before it renders
+    /// without them (the read goes on; the next refresh shows them).
+    pub first_read_wait: Duration,
 }
 
 impl std::fmt::Debug for ConsoleConfig {
@@ -43,9 +47,14 @@ impl std::fmt::Debug for ConsoleConfig {
             .field("allow_writes", &self.allow_writes)
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .field("refresh_secs", &self.refresh_secs)
+            .field("first_read_wait", &self.first_read_wait)
             .finish()
     }
 }
+
+/// The default [`ConsoleConfig::first_read_wait`]: a page that waits longer than this is not a
+/// page that renders at once.
+pub const DEFAULT_FIRST_READ_WAIT: Duration = Duration::from_millis(50);
 
 impl Default for ConsoleConfig {
     fn default() -> Self {
@@ -53,6 +62,7 @@ impl Default for ConsoleConfig {
             allow_writes: false,
             token: None,
             refresh_secs: 10,
+            first_read_wait: DEFAULT_FIRST_READ_WAIT,
         }
     }
 }
@@ -119,6 +129,20 @@ pub(crate) struct State {
 
 pub(crate) type Shared = Arc<State>;
 
+/// `pdq status`'s figures from the shared snapshot, waiting at most `wait` for a read nobody
+/// has made yet (`None`: still being read).
+pub(crate) async fn queue_status(
+    state: &Shared,
+    wait: Duration,
+) -> Result<Option<Arc<crate::queue::QueueStatus>>, crate::queue::Error> {
+    let pool = state.pool.clone();
+    let read = move || {
+        let pool = pool.clone();
+        async move { crate::queue::status(&pool).await }
+    };
+    state.status.get_within((), read, wait).await
+}
+
 /// The console's router (also served by `pdq run --console`).
 pub fn router(pool: PgPool, config: ConsoleConfig) -> Router {
     let state = Arc::new(State {
@@ -128,6 +152,11 @@ pub fn router(pool: PgPool, config: ConsoleConfig) -> Router {
         status: Arc::default(),
         charts: Arc::default(),
     });
+    // Start reading the overview's figures now, so the first viewer rarely waits for them.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let state = state.clone();
+        tokio::spawn(async move { queue_status(&state, Duration::ZERO).await });
+    }
     Router::new()
         .route("/", get(pages::overview))
         .route("/jobs", get(pages::jobs))

@@ -45,6 +45,7 @@ pub async fn run(
         allow_writes: args.allow_writes,
         token: token_from_env(),
         refresh_secs: args.refresh_secs,
+        ..ConsoleConfig::default()
     };
     console::check_listen(args.listen, &config)
         .map_err(|problem| Failed::error(Exit::Usage, problem.to_string()))?;
