@@ -508,3 +508,35 @@ async fn pdq_run_serves_the_read_only_console_beside_the_worker() {
     let _ = worker.kill().await;
     db.drop_database().await;
 }
+
+/// A console that may not wait at all for the queue's figures still answers every overview
+/// request at once (without them while they are being read), and the figures arrive.
+#[tokio::test]
+async fn the_overview_answers_before_its_figures_are_read_and_shows_them_once_read() {
+    let db = TestDb::new().await;
+    seed(&db.pool).await;
+    let console = Served::start(
+        console_pool(&db, false).await,
+        "127.0.0.1:0".parse().unwrap(),
+        ConsoleConfig {
+            first_read_wait: std::time::Duration::ZERO,
+            ..ConsoleConfig::default()
+        },
+    )
+    .await;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut shown = false;
+    while !shown && std::time::Instant::now() < until {
+        let answer = http().get(console.url("/")).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body = answer.text().await.unwrap();
+        assert!(
+            body.contains("id=\"verdict\"") != body.contains("id=\"verdict-pending\""),
+            "either the figures or the note that they are being read"
+        );
+        shown = body.contains("id=\"verdict\"");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(shown, "the figures read in the background are shown");
+    db.drop_database().await;
+}
