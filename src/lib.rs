@@ -4,7 +4,8 @@
 //! The crate has four parts, one module each: [`queue`] (the only module with SQL), [`genesys`]
 //! (the Genesys Cloud API client), [`worker`] (turns claimed jobs into API calls and outcomes) and
 //! [`emulator`] (a faithful local stand-in for the Genesys Cloud endpoints pdq uses). [`db`]
-//! connects and migrates; [`metrics`] serves `/metrics` and `/healthz`. The binary (`pdq`, in
+//! connects and migrates; [`metrics`] serves `/metrics` and `/healthz`; [`console`] serves the
+//! operator web console (its SQL is in `queue/console.rs`). The binary (`pdq`, in
 //! `src/bin/pdq/`) only parses flags and calls these.
 //!
 //! # Layout: the path of one job
@@ -32,7 +33,8 @@
 //!    reason and the API's error body, where `queue/dlq.rs` lists, requeues and purges them.
 //! 6. **Upkeep.** `worker/maintenance.rs` renews leases, takes back expired ones, prunes and
 //!    checks credentials while paused; `worker/heartbeat.rs` writes the process's row in
-//!    `pdq.workers`, which `pdq status` (`queue/stats.rs`) and `pdq jobs` (`queue/jobs.rs`) read.
+//!    `pdq.workers`, which `pdq status` (`queue/stats.rs`), `pdq jobs` (`queue/jobs.rs`) and the
+//!    console (`console/`) read.
 //!
 //! The emulator (`emulator/`) serves the same endpoints with the API's shapes, status codes,
 //! error bodies and rate-limit headers; `docs/genesys-api.md` lists the facts it follows and
