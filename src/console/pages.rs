@@ -941,17 +941,7 @@ pub(crate) async fn dlq_requeue(State(state): State<Shared>, body: Bytes) -> Pag
     let ids = form_ids(&form)?;
     let force = form.text("force").as_deref() == Some("yes");
     let requeued = dlq::requeue(&state.pool, &ids_filter(ids), force).await?;
-    let body = html! {
-        h1 { "Requeued" }
-        div.banner.done.result { "Requeued " (requeued) " dead letter" @if requeued != 1 { "s" } "." }
-        p { a href="/dlq" { "Back to the dead letters" } }
-    };
-    ok(page(
-        "Requeued",
-        Section::DeadLetters,
-        state.config.allow_writes,
-        body,
-    ))
+    dead_letters_done(&state, "Requeued", requeued)
 }
 
 /// `POST /dlq/purge`: deletes the confirmed dead letters.
@@ -959,13 +949,18 @@ pub(crate) async fn dlq_purge(State(state): State<Shared>, body: Bytes) -> PageR
     let form = Params::parse(&body);
     let ids = form_ids(&form)?;
     let purged = dlq::purge(&state.pool, &ids_filter(ids)).await?;
+    dead_letters_done(&state, "Purged", purged)
+}
+
+/// The page after a requeue or purge: what was done (`done`: "Requeued", "Purged") to how many.
+fn dead_letters_done(state: &Shared, done: &str, count: u64) -> PageResult {
     let body = html! {
-        h1 { "Purged" }
-        div.banner.done.result { "Purged " (purged) " dead letter" @if purged != 1 { "s" } "." }
+        h1 { (done) }
+        div.banner.done.result { (done) " " (count) " dead letter" @if count != 1 { "s" } "." }
         p { a href="/dlq" { "Back to the dead letters" } }
     };
     ok(page(
-        "Purged",
+        done,
         Section::DeadLetters,
         state.config.allow_writes,
         body,
