@@ -1,0 +1,205 @@
+//! `/`: the overview (charts first, then the pause banner, verdict, budget, depth, workers).
+
+use super::*;
+
+/// `/`: charts first, then the pause banner, verdict, budget, depth and workers.
+pub(crate) async fn overview(State(state): State<Shared>, RawQuery(raw): RawQuery) -> PageResult {
+    let params = params(&raw);
+    let range = match params.text("range").as_deref() {
+        None | Some("hour") => ChartRange::Hour,
+        Some("day") => ChartRange::Day,
+        Some(other) => {
+            return Err(PageError::Bad(format!(
+                "range={:?}: expected hour or day",
+                other.chars().take(30).collect::<String>()
+            )))
+        }
+    };
+    let status = crate::console::queue_status(&state, state.config.first_read_wait).await?;
+    let pool = state.pool.clone();
+    let series = state
+        .charts
+        .get(range, move || {
+            let pool = pool.clone();
+            async move { data::chart_series(&pool, range).await }
+        })
+        .await?;
+    let start = series.start;
+    let secs = series.bucket_secs;
+    let per = match range {
+        ChartRange::Hour => "per minute",
+        ChartRange::Day => "per 15 minutes",
+    };
+    let dead_series: Vec<Series<'_>> = series
+        .dead_by_reason
+        .iter()
+        .enumerate()
+        .map(|(i, (reason, values))| Series {
+            label: reason.clone(),
+            values,
+            class: format!("c{}", (i + 1) % 8),
+        })
+        .collect();
+    let status = status.as_deref();
+    let workers = status.map_or(&[][..], |s| &s.workers[..]);
+    let paused_budgets: Vec<_> = status
+        .map_or(&[][..], |s| &s.budget_use[..])
+        .iter()
+        .filter(|b| b.paused_until.is_some())
+        .collect();
+    let paused_workers: Vec<_> = workers
+        .iter()
+        .filter(|w| w.is_alive() && w.state == "paused")
+        .collect();
+    let body = html! {
+        div data-refresh=(state.config.refresh_secs) {
+            @for b in &paused_budgets {
+                div.banner.paused #pause-banner {
+                    "Paused: budget " code { (b.name) } " until "
+                    (opt_time(b.paused_until)) " — "
+                    (b.paused_why.as_deref().unwrap_or("no reason recorded"))
+                    @let seen: Vec<&str> = workers.iter()
+                        .filter(|w| w.is_alive() && w.budget_name.as_deref() == Some(b.name.as_str()))
+                        .map(|w| w.name.as_str()).collect();
+                    @if !seen.is_empty() { " (seen by " (seen.join(", ")) ")" }
+                }
+            }
+            @if paused_budgets.is_empty() && !paused_workers.is_empty() {
+                div.banner.paused #pause-banner {
+                    "Paused workers: "
+                    @for w in &paused_workers {
+                        code { (w.name) } ": " (w.pause_reason.as_deref().unwrap_or("no reason given")) " "
+                    }
+                }
+            }
+            div.actions {
+                h1 { "Overview" }
+                span.muted { "charts " (per) ", last " (range.as_str()) ":" }
+                a href="/?range=hour" { "hour" }
+                a href="/?range=day" { "day" }
+            }
+            section.charts {
+                (charts::chart("chart-applied", "Applied", "jobs", Kind::Stacked,
+                    &[Series { label: format!("applied {per}"), values: &series.applied, class: "c3".into() }],
+                    start, secs))
+                (charts::chart("chart-dead", "Dead-lettered by reason", "jobs", Kind::Stacked,
+                    &dead_series, start, secs))
+                (charts::chart("chart-limits", "429s and pauses", "", Kind::Lines,
+                    &[Series { label: "429 responses".into(), values: &series.rate_limited, class: "c1".into() },
+                      Series { label: "limiter pauses".into(), values: &series.pauses, class: "c2".into() },
+                      Series { label: "paused workers".into(), values: &series.paused_workers, class: "c7".into() }],
+                    start, secs))
+                (charts::chart("chart-share", "Budget: live vs backfill requests", "requests", Kind::Stacked,
+                    &[Series { label: "live".into(), values: &series.live_requests, class: "c0".into() },
+                      Series { label: "backfill".into(), values: &series.backfill_requests, class: "c4".into() }],
+                    start, secs))
+                (charts::chart("chart-pickup", "Pickup latency (due → first attempt)", "s", Kind::Lines,
+                    &[Series { label: "mean".into(), values: &series.pickup_mean_secs, class: "c6".into() },
+                      Series { label: "max".into(), values: &series.pickup_max_secs, class: "c5".into() }],
+                    start, secs))
+            }
+            p.muted { "429s and pauses come from the workers' heartbeats; live vs backfill counts the PATCH requests of applied and dead-lettered jobs (a coalesced PATCH once)." }
+            @if let Some(status) = status {
+                @let dead_waiting: i64 = status.dead_letters.iter().map(|d| d.jobs).sum();
+                div.card.verdict #verdict {
+                    b { (status.verdict.state) } (status.verdict.summary)
+                    span.muted { " · as of " (time(status.generated_at)) }
+                }
+                div.grid2 {
+                    div.card #budget {
+                        h2 { "Budget (this minute)" }
+                        @if status.budget_use.is_empty() {
+                            p.muted { "No budget recorded yet (no worker has run)." }
+                        }
+                        @for b in &status.budget_use {
+                            div {
+                                code { (b.name) } " "
+                                (charts::gauge(b.used_last_minute, b.limit_per_minute))
+                                " " strong.used { (b.used_last_minute) } " / "
+                                @match b.limit_per_minute {
+                                    Some(0) | None => "unlimited",
+                                    Some(limit) => (limit),
+                                }
+                                " requests"
+                                div.muted { (b.used_means) }
+                            }
+                        }
+                    }
+                    div.card #depth {
+                        h2 { "Depth by priority" }
+                        table {
+                            thead { tr { th { "priority" } th.num { "due" } th.num { "scheduled" } th.num { "retrying" } th.num { "running" } th.num { "oldest due" } } }
+                            tbody {
+                                @for p in &status.priorities {
+                                    tr data-priority=(p.priority) {
+                                        td { (p.priority) }
+                                        td.num.due { (format_number(p.due as f64)) }
+                                        td.num.scheduled { (format_number(p.scheduled as f64)) }
+                                        td.num.retrying { (format_number(p.retrying as f64)) }
+                                        td.num.running { (format_number(p.running as f64)) }
+                                        td.num { (p.oldest_due_age_secs.map_or("—".to_owned(), queue::human_duration)) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    div.card #dead-summary {
+                        h2 { a href="/dlq" { "Dead letters" } " " span.muted.count { (format_number(dead_waiting as f64)) " waiting" } }
+                        table {
+                            tbody {
+                                @for d in &status.dead_letters {
+                                    tr { td { a href=(format!("/dlq?reason={}", d.reason)) { (d.reason) } } td.num { (format_number(d.jobs as f64)) } }
+                                }
+                            }
+                        }
+                    }
+                }
+                div.card #workers {
+                    h2 { "Workers" }
+                    @if status.workers.is_empty() {
+                        p.muted { "No worker has sent a heartbeat." }
+                    } @else {
+                        table {
+                            thead { tr { th { "name" } th { "host" } th { "state" } th.num { "last heartbeat" } th.num { "executors" } th { "budget" } th.num { "requests/min" } th { "pause reason" } } }
+                            tbody {
+                                @for w in &status.workers {
+                                    tr {
+                                        td { code { (w.name) } }
+                                        td { (w.host) " pid " (w.pid) }
+                                        td { span class=(format!("state {}", w.state)) { (w.state) } }
+                                        td.num { (queue::human_duration(w.last_seen_secs_ago)) " ago" }
+                                        td.num { (w.executors) }
+                                        td { (opt(&w.budget_name)) }
+                                        td.num { (opt(&w.api_requests_last_minute)) }
+                                        td { (opt(&w.pause_reason)) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if status.blocked_total > 0 {
+                    div.card #blocked {
+                        h2 { "Blocked participants (" (status.blocked_total) ")" }
+                        ul {
+                            @for b in &status.blocked_participants {
+                                li { code { (b.participant_key) } ": " (b.hint(status.generated_at)) }
+                            }
+                        }
+                    }
+                }
+            } @else {
+                div.card.verdict #verdict-pending {
+                    "Reading the queue's figures (about a second at a million jobs): this page \
+                     refreshes itself and shows them."
+                }
+            }
+        }
+    };
+    ok(page(
+        "Overview",
+        Section::Overview,
+        state.config.allow_writes,
+        body,
+    ))
+}
