@@ -35,8 +35,7 @@ pub use enqueue::{advance_job_ids, enqueue, enqueue_many, NewJob, DEFAULT_MAX_AT
 pub use locators::Locators;
 pub use refusal::ApiRefusal;
 pub use retention::{
-    prune_applied_keys, prune_dead_letters, prune_finished, prune_idempotency_keys,
-    DEFAULT_DEAD_LETTER_RETENTION, DEFAULT_IDEMPOTENCY_KEY_HORIZON,
+    prune, Retained, DEFAULT_DEAD_LETTER_RETENTION, DEFAULT_IDEMPOTENCY_KEY_HORIZON,
 };
 pub use stats::{
     explain_pause, human_duration, pending_count, status, BlockedParticipant, BudgetUse,

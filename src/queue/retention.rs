@@ -17,88 +17,60 @@ pub const DEFAULT_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 86_
 /// the retention of applied jobs; a repeated key is a no-op within this horizon.
 pub const DEFAULT_IDEMPOTENCY_KEY_HORIZON: Duration = Duration::from_secs(30 * 86_400);
 
-/// Deletes dead letters that died more than `retention` ago, at most `limit` per call; never a
-/// younger one. Returns how many were deleted.
-pub async fn prune_dead_letters<'e>(
-    db: impl PgExecutor<'e>,
-    retention: Duration,
-    limit: i64,
-) -> Result<u64, Error> {
-    prune(
-        db,
-        "select pdq.prune_dead_letters($1 * interval '1 second', $2)",
-        retention,
-        limit,
-    )
-    .await
+/// What pdq keeps after a job is done, and prunes once it is old enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retained {
+    /// Applied jobs in `pdq.finished_jobs`, by when they finished.
+    FinishedJobs,
+    /// The newest applied value of each participant's key (`pdq.applied_keys`), by when it was
+    /// applied; jobs older than that are not expected to arrive any more.
+    AppliedKeys,
+    /// Dead letters, by when they died; never a younger one.
+    DeadLetters,
+    /// Idempotency keys, by when they were recorded; the key of a job still queued is kept.
+    IdempotencyKeys,
 }
 
-/// Forgets idempotency keys recorded more than `horizon` ago, at most `limit` per call; the key
-/// of a job still queued is kept. Returns how many keys were forgotten.
-pub async fn prune_idempotency_keys<'e>(
-    db: impl PgExecutor<'e>,
-    horizon: Duration,
-    limit: i64,
-) -> Result<u64, Error> {
-    prune(
-        db,
-        "select pdq.prune_idempotency_keys($1 * interval '1 second', $2)",
-        horizon,
-        limit,
-    )
-    .await
+impl Retained {
+    /// The statement that deletes at most `$2` rows older than `$1` seconds and counts them.
+    /// Dead letters and idempotency keys go through `SECURITY DEFINER` functions.
+    fn statement(self) -> &'static str {
+        match self {
+            Retained::FinishedJobs => {
+                "with gone as (
+                     delete from pdq.finished_jobs where id in (
+                         select id from pdq.finished_jobs
+                         where finished_at < now() - $1 * interval '1 second'
+                         order by finished_at limit $2)
+                     returning 1)
+                 select count(*) from gone"
+            }
+            Retained::AppliedKeys => {
+                "with gone as (
+                     delete from pdq.applied_keys where (target, key) in (
+                         select target, key from pdq.applied_keys
+                         where applied_at < now() - $1 * interval '1 second'
+                         order by applied_at limit $2)
+                     returning 1)
+                 select count(*) from gone"
+            }
+            Retained::DeadLetters => "select pdq.prune_dead_letters($1 * interval '1 second', $2)",
+            Retained::IdempotencyKeys => {
+                "select pdq.prune_idempotency_keys($1 * interval '1 second', $2)"
+            }
+        }
+    }
 }
 
-/// Deletes archived jobs finished more than `retention` ago, at most `limit` rows per call.
-pub async fn prune_finished<'e>(
+/// Deletes at most `limit` rows of `what` older than `older_than`, oldest first. Returns how
+/// many were deleted.
+pub async fn prune<'e>(
     db: impl PgExecutor<'e>,
-    retention: Duration,
-    limit: i64,
-) -> Result<u64, Error> {
-    prune(
-        db,
-        "with gone as (
-             delete from pdq.finished_jobs where id in (
-                 select id from pdq.finished_jobs
-                 where finished_at < now() - $1 * interval '1 second'
-                 order by finished_at limit $2)
-             returning 1)
-         select count(*) from gone",
-        retention,
-        limit,
-    )
-    .await
-}
-
-/// Forgets which value of a key was applied when that happened more than `retention` ago, at
-/// most `limit` rows per call. Jobs older than that are not expected to arrive any more.
-pub async fn prune_applied_keys<'e>(
-    db: impl PgExecutor<'e>,
-    retention: Duration,
-    limit: i64,
-) -> Result<u64, Error> {
-    prune(
-        db,
-        "with gone as (
-             delete from pdq.applied_keys where (target, key) in (
-                 select target, key from pdq.applied_keys
-                 where applied_at < now() - $1 * interval '1 second'
-                 order by applied_at limit $2)
-             returning 1)
-         select count(*) from gone",
-        retention,
-        limit,
-    )
-    .await
-}
-
-async fn prune<'e>(
-    db: impl PgExecutor<'e>,
-    statement: &'static str,
+    what: Retained,
     older_than: Duration,
     limit: i64,
 ) -> Result<u64, Error> {
-    let pruned: i64 = sqlx::query_scalar(statement)
+    let pruned: i64 = sqlx::query_scalar(what.statement())
         .bind(older_than.as_secs_f64())
         .bind(i32::try_from(limit.max(0)).unwrap_or(i32::MAX))
         .fetch_one(db)

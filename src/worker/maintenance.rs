@@ -41,13 +41,35 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             Err(error) => tracing::warn!(%error, "recovering expired leases failed: {error}"),
         }
         if last_prune.elapsed() >= Duration::from_secs(3_600) {
-            let _ = queue::prune_finished(&inner.pool, inner.config.retention, 10_000).await;
-            let _ = queue::prune_applied_keys(&inner.pool, inner.config.retention, 10_000).await;
+            let _ = queue::prune(
+                &inner.pool,
+                queue::Retained::FinishedJobs,
+                inner.config.retention,
+                10_000,
+            )
+            .await;
+            let _ = queue::prune(
+                &inner.pool,
+                queue::Retained::AppliedKeys,
+                inner.config.retention,
+                10_000,
+            )
+            .await;
             let config = &inner.config;
-            let _ =
-                queue::prune_dead_letters(&inner.pool, config.dead_letter_retention, 10_000).await;
-            let _ = queue::prune_idempotency_keys(&inner.pool, config.idempotency_horizon, 10_000)
-                .await;
+            let _ = queue::prune(
+                &inner.pool,
+                queue::Retained::DeadLetters,
+                config.dead_letter_retention,
+                10_000,
+            )
+            .await;
+            let _ = queue::prune(
+                &inner.pool,
+                queue::Retained::IdempotencyKeys,
+                config.idempotency_horizon,
+                10_000,
+            )
+            .await;
             last_prune = Instant::now();
         }
         if let Ok(depth) = queue::pending_count(&inner.pool).await {

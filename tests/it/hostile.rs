@@ -340,7 +340,7 @@ async fn a_key_stays_known_after_its_finished_job_was_pruned_until_the_horizon()
     queue::lease::succeed_batch(&db.pool, &[success(&unit)])
         .await
         .unwrap();
-    let pruned = queue::prune_finished(&db.pool, Duration::ZERO, 100)
+    let pruned = queue::prune(&db.pool, queue::Retained::FinishedJobs, Duration::ZERO, 100)
         .await
         .unwrap();
     assert_eq!(pruned, 1);
@@ -371,7 +371,7 @@ async fn a_key_stays_known_after_its_finished_job_was_pruned_until_the_horizon()
     let horizon = queue::DEFAULT_IDEMPOTENCY_KEY_HORIZON;
     assert!(horizon >= Duration::from_secs(7 * 86_400));
     assert_eq!(
-        queue::prune_idempotency_keys(&db.pool, horizon, 100)
+        queue::prune(&db.pool, queue::Retained::IdempotencyKeys, horizon, 100)
             .await
             .unwrap(),
         0
@@ -381,7 +381,7 @@ async fn a_key_stays_known_after_its_finished_job_was_pruned_until_the_horizon()
         .await
         .unwrap();
     assert_eq!(
-        queue::prune_idempotency_keys(&db.pool, horizon, 100)
+        queue::prune(&db.pool, queue::Retained::IdempotencyKeys, horizon, 100)
             .await
             .unwrap(),
         1
@@ -496,20 +496,20 @@ async fn dead_letters_are_pruned_after_their_retention_and_never_before() {
     let retention = queue::DEFAULT_DEAD_LETTER_RETENTION;
     assert_eq!(retention, Duration::from_secs(30 * 86_400));
     assert_eq!(
-        queue::prune_dead_letters(&db.pool, retention, 1)
+        queue::prune(&db.pool, queue::Retained::DeadLetters, retention, 1)
             .await
             .unwrap(),
         1,
         "at most limit rows per call"
     );
     assert_eq!(
-        queue::prune_dead_letters(&db.pool, retention, 100)
+        queue::prune(&db.pool, queue::Retained::DeadLetters, retention, 100)
             .await
             .unwrap(),
         1
     );
     assert_eq!(
-        queue::prune_dead_letters(&db.pool, retention, 100)
+        queue::prune(&db.pool, queue::Retained::DeadLetters, retention, 100)
             .await
             .unwrap(),
         0

@@ -415,9 +415,14 @@ async fn cancel_records_pending_jobs_and_never_touches_running_ones() {
         .execute(&db.pool)
         .await
         .unwrap();
-    queue::prune_dead_letters(&db.pool, Duration::from_secs(86_400), 100)
-        .await
-        .unwrap();
+    queue::prune(
+        &db.pool,
+        queue::Retained::DeadLetters,
+        Duration::from_secs(86_400),
+        100,
+    )
+    .await
+    .unwrap();
     assert_eq!(db.count("pdq.cancelled_jobs").await, 0);
     db.drop_database().await;
 }

@@ -81,11 +81,18 @@ async fn a_missing_permission_pauses_without_flapping_and_resumes_once_granted()
     app.db.drop_database().await;
 }
 
-#[tokio::test]
-async fn five_refused_conversations_in_a_row_pause_the_worker_until_access_returns() {
-    let app = TestApp::new(EmulatorConfig::default()).await;
-    let targets = app.customers_with_one_job(7).await;
-    for (cid, _) in &targets {
+/// Refuses the first `refused` of `targets` (a division the client cannot see), runs a worker
+/// with one executor and waits until the fifth 403 in a row has paused it.
+async fn paused_by_refused_conversations(
+    app: &TestApp,
+    targets: &[(uuid::Uuid, uuid::Uuid)],
+    refused: usize,
+) -> (
+    std::sync::Arc<Health>,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), pdq::worker::RunError>>,
+) {
+    for (cid, _) in targets.iter().take(refused) {
         assert!(app.emulator.set_forbidden(*cid, true));
     }
     let worker = app.worker(WorkerConfig {
@@ -99,6 +106,14 @@ async fn five_refused_conversations_in_a_row_pause_the_worker_until_access_retur
         wait_until(Duration::from_secs(10), || async { health.is_paused() }).await,
         "the fifth 403 in a row pauses the worker"
     );
+    (health, stop, running)
+}
+
+#[tokio::test]
+async fn five_refused_conversations_in_a_row_pause_the_worker_until_access_returns() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let targets = app.customers_with_one_job(7).await;
+    let (health, stop, running) = paused_by_refused_conversations(&app, &targets, 7).await;
     let not_authorized = (
         "forbidden".to_owned(),
         Some(403),
@@ -141,20 +156,7 @@ async fn five_refused_conversations_in_a_row_pause_the_worker_until_access_retur
 async fn an_operator_resume_lifts_a_pause_that_refused_conversations_would_hold_forever() {
     let app = TestApp::new(EmulatorConfig::default()).await;
     let targets = app.customers_with_one_job(7).await;
-    for (cid, _) in targets.iter().take(5) {
-        assert!(app.emulator.set_forbidden(*cid, true));
-    }
-    let worker = app.worker(WorkerConfig {
-        executors: 1,
-        ..fast()
-    });
-    let health = worker.health();
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.clone().run(stop.clone()));
-    assert!(
-        wait_until(Duration::from_secs(10), || async { health.is_paused() }).await,
-        "the fifth 403 in a row pauses the worker"
-    );
+    let (health, stop, running) = paused_by_refused_conversations(&app, &targets, 5).await;
     assert!(
         wait_until(Duration::from_secs(10), || async {
             app.emulator.count(GET_CONVERSATION, Some(403)) >= 1

@@ -729,9 +729,14 @@ async fn pruning_removes_only_archived_jobs_past_retention() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let pruned = queue::prune_finished(&db.pool, Duration::from_secs(86_400), 1_000)
-        .await
-        .unwrap();
+    let pruned = queue::prune(
+        &db.pool,
+        queue::Retained::FinishedJobs,
+        Duration::from_secs(86_400),
+        1_000,
+    )
+    .await
+    .unwrap();
     assert_eq!(pruned, 3);
     assert_eq!(db.count("pdq.finished_jobs").await, 1);
     db.drop_database().await;
