@@ -23,6 +23,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::queue::console::ChartRange;
+
 /// The environment variable that holds the console's access token.
 pub const TOKEN_ENV: &str = "PDQ_CONSOLE_TOKEN";
 
@@ -152,10 +154,22 @@ pub fn router(pool: PgPool, config: ConsoleConfig) -> Router {
         status: Arc::default(),
         charts: Arc::default(),
     });
-    // Start reading the overview's figures now, so the first viewer rarely waits for them.
+    // Start reading the overview's figures and its hour of charts now, so the first viewer
+    // rarely waits for them.
     if tokio::runtime::Handle::try_current().is_ok() {
-        let state = state.clone();
-        tokio::spawn(async move { queue_status(&state, Duration::ZERO).await });
+        let warm = state.clone();
+        tokio::spawn(async move { queue_status(&warm, Duration::ZERO).await });
+        let pool = state.pool.clone();
+        let read = move || {
+            let pool = pool.clone();
+            async move { crate::queue::console::chart_series(&pool, ChartRange::Hour).await }
+        };
+        let charts = state.charts.clone();
+        tokio::spawn(async move {
+            charts
+                .get_within(ChartRange::Hour, read, Duration::ZERO)
+                .await
+        });
     }
     Router::new()
         .route("/", get(pages::overview))

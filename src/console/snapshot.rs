@@ -4,9 +4,8 @@
 //! makes a request wait for a whole read: the first one renders without the figures still
 //! being read and the page's refresh shows them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,14 +20,15 @@ pub(crate) const STALE_AT_MOST: Duration = Duration::from_secs(600);
 /// One value of type `T` per key, with its age and a single background refresh at a time.
 pub(crate) struct Snapshots<K, T> {
     values: Mutex<HashMap<K, (Instant, Arc<T>)>>,
-    refreshing: AtomicBool,
+    /// The keys being read right now (one read per key at a time).
+    reading: Mutex<HashSet<K>>,
 }
 
 impl<K, T> Default for Snapshots<K, T> {
     fn default() -> Self {
         Snapshots {
             values: Mutex::new(HashMap::new()),
-            refreshing: AtomicBool::new(false),
+            reading: Mutex::new(HashSet::new()),
         }
     }
 }
@@ -52,13 +52,13 @@ where
                 return Ok(value);
             }
             if age < STALE_AT_MOST {
-                if !self.refreshing.swap(true, Ordering::AcqRel) {
+                if self.start_reading(&key) {
                     let this = self.clone();
                     tokio::spawn(async move {
                         if let Ok(value) = load().await {
-                            this.put(key, value);
+                            this.put(key.clone(), value);
                         }
-                        this.refreshing.store(false, Ordering::Release);
+                        this.done_reading(&key);
                     });
                 }
                 return Ok(value);
@@ -87,7 +87,7 @@ where
             return self.get(key, load).await.map(Some);
         }
         let until = Instant::now() + wait;
-        if self.refreshing.swap(true, Ordering::AcqRel) {
+        if !self.start_reading(&key) {
             // Another request is reading: look again until `wait` is over.
             while Instant::now() < until {
                 tokio::time::sleep(POLL).await;
@@ -101,14 +101,23 @@ where
         }
         let this = self.clone();
         let mut read = tokio::spawn(async move {
-            let answer = load().await.map(|value| this.put(key, value));
-            this.refreshing.store(false, Ordering::Release);
+            let answer = load().await.map(|value| this.put(key.clone(), value));
+            this.done_reading(&key);
             answer
         });
         match tokio::time::timeout(wait, &mut read).await {
             Ok(Ok(answer)) => answer.map(Some),
             Ok(Err(_)) | Err(_) => Ok(None),
         }
+    }
+
+    /// Marks `key` as being read; false when a read of it is already going on.
+    fn start_reading(&self, key: &K) -> bool {
+        self.reading.lock().unwrap().insert(key.clone())
+    }
+
+    fn done_reading(&self, key: &K) {
+        self.reading.lock().unwrap().remove(key);
     }
 
     fn put(&self, key: K, value: T) -> Arc<T> {
@@ -124,7 +133,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[tokio::test]
     async fn a_fresh_snapshot_is_served_without_reading_again() {

@@ -534,9 +534,16 @@ async fn the_overview_answers_before_its_figures_are_read_and_shows_them_once_re
             body.contains("id=\"verdict\"") != body.contains("id=\"verdict-pending\""),
             "either the figures or the note that they are being read"
         );
-        shown = body.contains("id=\"verdict\"");
+        assert!(
+            body.contains("class=\"charts\"") != body.contains("id=\"charts-pending\""),
+            "either the charts or the note that they are being read"
+        );
+        shown = body.contains("id=\"verdict\"") && body.contains("class=\"charts\"");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(shown, "the figures read in the background are shown");
+    assert!(
+        shown,
+        "the figures and charts read in the background are shown"
+    );
     db.drop_database().await;
 }

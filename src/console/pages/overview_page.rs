@@ -1,6 +1,7 @@
 //! `/`: the overview (charts first, then the pause banner, verdict, budget, depth, workers).
 
 use super::*;
+use crate::queue::console::ChartSeries;
 
 /// `/`: charts first, then the pause banner, verdict, budget, depth and workers.
 pub(crate) async fn overview(State(state): State<Shared>, RawQuery(raw): RawQuery) -> PageResult {
@@ -17,29 +18,18 @@ pub(crate) async fn overview(State(state): State<Shared>, RawQuery(raw): RawQuer
     };
     let status = crate::console::queue_status(&state, state.config.first_read_wait).await?;
     let pool = state.pool.clone();
+    let read = move || {
+        let pool = pool.clone();
+        async move { data::chart_series(&pool, range).await }
+    };
     let series = state
         .charts
-        .get(range, move || {
-            let pool = pool.clone();
-            async move { data::chart_series(&pool, range).await }
-        })
+        .get_within(range, read, state.config.first_read_wait)
         .await?;
-    let start = series.start;
-    let secs = series.bucket_secs;
     let per = match range {
         ChartRange::Hour => "per minute",
         ChartRange::Day => "per 15 minutes",
     };
-    let dead_series: Vec<Series<'_>> = series
-        .dead_by_reason
-        .iter()
-        .enumerate()
-        .map(|(i, (reason, values))| Series {
-            label: reason.clone(),
-            values,
-            class: format!("c{}", (i + 1) % 8),
-        })
-        .collect();
     let status = status.as_deref();
     let workers = status.map_or(&[][..], |s| &s.workers[..]);
     let paused_budgets: Vec<_> = status
@@ -78,25 +68,11 @@ pub(crate) async fn overview(State(state): State<Shared>, RawQuery(raw): RawQuer
                 a href="/?range=hour" { "hour" }
                 a href="/?range=day" { "day" }
             }
-            section.charts {
-                (charts::chart("chart-applied", "Applied", "jobs", Kind::Stacked,
-                    &[Series { label: format!("applied {per}"), values: &series.applied, class: "c3".into() }],
-                    start, secs))
-                (charts::chart("chart-dead", "Dead-lettered by reason", "jobs", Kind::Stacked,
-                    &dead_series, start, secs))
-                (charts::chart("chart-limits", "429s and pauses", "", Kind::Lines,
-                    &[Series { label: "429 responses".into(), values: &series.rate_limited, class: "c1".into() },
-                      Series { label: "limiter pauses".into(), values: &series.pauses, class: "c2".into() },
-                      Series { label: "paused workers".into(), values: &series.paused_workers, class: "c7".into() }],
-                    start, secs))
-                (charts::chart("chart-share", "Budget: live vs backfill requests", "requests", Kind::Stacked,
-                    &[Series { label: "live".into(), values: &series.live_requests, class: "c0".into() },
-                      Series { label: "backfill".into(), values: &series.backfill_requests, class: "c4".into() }],
-                    start, secs))
-                (charts::chart("chart-pickup", "Pickup latency (due → first attempt)", "s", Kind::Lines,
-                    &[Series { label: "mean".into(), values: &series.pickup_mean_secs, class: "c6".into() },
-                      Series { label: "max".into(), values: &series.pickup_max_secs, class: "c5".into() }],
-                    start, secs))
+            @match series.as_deref() {
+                Some(series) => (charts_section(series, per)),
+                None => div.card.verdict #charts-pending {
+                    "Reading the charts' figures: this page refreshes itself and shows them."
+                },
             }
             p.muted { "429s and pauses come from the workers' heartbeats; live vs backfill counts the PATCH requests of applied and dead-lettered jobs (a coalesced PATCH once)." }
             @if let Some(status) = status {
@@ -202,4 +178,42 @@ pub(crate) async fn overview(State(state): State<Shared>, RawQuery(raw): RawQuer
         state.config.allow_writes,
         body,
     ))
+}
+
+/// The overview's charts, per minute or per 15 minutes (`per`) over the range of `series`.
+fn charts_section(series: &ChartSeries, per: &str) -> Markup {
+    let start = series.start;
+    let secs = series.bucket_secs;
+    let dead_series: Vec<Series<'_>> = series
+        .dead_by_reason
+        .iter()
+        .enumerate()
+        .map(|(i, (reason, values))| Series {
+            label: reason.clone(),
+            values,
+            class: format!("c{}", (i + 1) % 8),
+        })
+        .collect();
+    html! {
+        section.charts {
+            (charts::chart("chart-applied", "Applied", "jobs", Kind::Stacked,
+                &[Series { label: format!("applied {per}"), values: &series.applied, class: "c3".into() }],
+                start, secs))
+            (charts::chart("chart-dead", "Dead-lettered by reason", "jobs", Kind::Stacked,
+                &dead_series, start, secs))
+            (charts::chart("chart-limits", "429s and pauses", "", Kind::Lines,
+                &[Series { label: "429 responses".into(), values: &series.rate_limited, class: "c1".into() },
+                  Series { label: "limiter pauses".into(), values: &series.pauses, class: "c2".into() },
+                  Series { label: "paused workers".into(), values: &series.paused_workers, class: "c7".into() }],
+                start, secs))
+            (charts::chart("chart-share", "Budget: live vs backfill requests", "requests", Kind::Stacked,
+                &[Series { label: "live".into(), values: &series.live_requests, class: "c0".into() },
+                  Series { label: "backfill".into(), values: &series.backfill_requests, class: "c4".into() }],
+                start, secs))
+            (charts::chart("chart-pickup", "Pickup latency (due → first attempt)", "s", Kind::Lines,
+                &[Series { label: "mean".into(), values: &series.pickup_mean_secs, class: "c6".into() },
+                  Series { label: "max".into(), values: &series.pickup_max_secs, class: "c5".into() }],
+                start, secs))
+        }
+    }
 }
