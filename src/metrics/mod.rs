@@ -1,111 +1,22 @@
 //! Counters and histograms in Prometheus text format, and the `/metrics` + `/healthz` router.
+//! The instruments are in `instruments.rs`, the health conditions in `health.rs`.
 
-use std::collections::BTreeMap;
+mod health;
+mod instruments;
+
+pub use health::{Condition, Health};
+use instruments::{escape, family, sample};
+pub(crate) use instruments::{Histogram, LabelledCounter, RecentRequests};
+
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-
-/// Latency bucket bounds in seconds.
-const BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
-];
-
-/// A latency histogram with fixed buckets.
-#[derive(Debug, Default)]
-pub(crate) struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    sum_micros: AtomicU64,
-    total: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, value: Duration) {
-        let seconds = value.as_secs_f64();
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
-            if seconds <= *bound {
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.sum_micros
-            .fetch_add(value.as_micros() as u64, Ordering::Relaxed);
-        self.total.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
-            let n = count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
-        }
-        let total = self.total.load(Ordering::Relaxed);
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
-    }
-}
-
-/// Labelled counters (label value → count).
-#[derive(Debug, Default)]
-pub(crate) struct LabelledCounter(Mutex<BTreeMap<String, u64>>);
-
-impl LabelledCounter {
-    /// Adds `n` to the counter for `label`.
-    pub fn add(&self, label: &str, n: u64) {
-        let mut counts = self.0.lock().unwrap();
-        match counts.get_mut(label) {
-            Some(count) => *count += n,
-            None => {
-                counts.insert(label.to_owned(), n);
-            }
-        }
-    }
-
-    /// The current count for `label`.
-    pub fn get(&self, label: &str) -> u64 {
-        self.0.lock().unwrap().get(label).copied().unwrap_or(0)
-    }
-
-    fn render(&self, name: &str, label: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (value, count) in self.0.lock().unwrap().iter() {
-            let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {count}", escape(value));
-        }
-    }
-
-    /// Renders `outcome:reason` keys as two labels (`applied` has an empty reason).
-    fn render_outcomes(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (key, count) in self.0.lock().unwrap().iter() {
-            let (outcome, reason) = key.split_once(':').unwrap_or((key, ""));
-            let outcome = match outcome {
-                "retry" => "retried",
-                "dead_letter" => "dead_lettered",
-                other => other,
-            };
-            let _ = writeln!(
-                out,
-                "{name}{{outcome=\"{}\",reason=\"{}\"}} {count}",
-                escape(outcome),
-                escape(reason)
-            );
-        }
-    }
-}
-
-/// Escapes a label value for the Prometheus text format.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 
 /// Why the fleet may be paused: each is exported as `pdq_paused{reason}`, 1 while in force.
 pub const PAUSE_REASONS: [&str; 5] = [
@@ -150,51 +61,6 @@ pub struct Metrics {
     recent_requests: RecentRequests,
     /// The database gauges at the last sample.
     gauges: Mutex<crate::queue::gauges::Gauges>,
-}
-
-/// Counts requests in a sliding one-minute window.
-#[derive(Debug, Default)]
-pub(crate) struct RecentRequests(Mutex<std::collections::VecDeque<Instant>>);
-
-impl RecentRequests {
-    const WINDOW: Duration = Duration::from_secs(60);
-
-    /// Notes one request sent now.
-    pub fn note(&self) {
-        let mut sent = self.0.lock().unwrap();
-        let now = Instant::now();
-        sent.push_back(now);
-        Self::trim(&mut sent, now);
-    }
-
-    /// Requests sent in the last minute.
-    pub fn count(&self) -> usize {
-        let mut sent = self.0.lock().unwrap();
-        Self::trim(&mut sent, Instant::now());
-        sent.len()
-    }
-
-    fn trim(sent: &mut std::collections::VecDeque<Instant>, now: Instant) {
-        while sent
-            .front()
-            .is_some_and(|at| now.duration_since(*at) > Self::WINDOW)
-        {
-            sent.pop_front();
-        }
-    }
-}
-
-/// Writes one sample with its HELP and TYPE lines.
-fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
-}
-
-/// Writes HELP and TYPE lines for a labelled family.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 /// The commit this binary was built from (`PDQ_COMMIT` at build time), or `unknown`.
@@ -500,118 +366,6 @@ impl Metrics {
                 alive,
             );
         }
-    }
-}
-
-/// Something that keeps the worker from doing its job; `/healthz` names each one in force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Condition {
-    /// The setup is wrong (credentials, base URL, a permission every call needs): paused.
-    Configuration,
-    /// The API or its login host cannot be reached: paused, probing with backoff.
-    Outage,
-    /// Claiming from Postgres keeps failing.
-    Claims,
-    /// A background task of the worker stopped; the process is exiting.
-    Task,
-}
-
-impl Condition {
-    /// Every condition.
-    pub const ALL: [Condition; 4] = [
-        Condition::Configuration,
-        Condition::Outage,
-        Condition::Claims,
-        Condition::Task,
-    ];
-
-    /// The label value in `/metrics`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Condition::Configuration => "configuration",
-            Condition::Outage => "outage",
-            Condition::Claims => "claims",
-            Condition::Task => "task",
-        }
-    }
-
-    /// The word `/healthz` prints before the reason.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Condition::Configuration => "paused (configuration)",
-            Condition::Outage => "paused (outage)",
-            Condition::Claims => "claims failing",
-            Condition::Task => "task stopped",
-        }
-    }
-}
-
-/// Whether the worker can do its job; `/healthz` answers 503 with the reasons when it cannot.
-#[derive(Debug, Default)]
-pub struct Health {
-    unhealthy: AtomicBool,
-    paused: AtomicBool,
-    conditions: Mutex<BTreeMap<Condition, String>>,
-}
-
-impl Health {
-    /// Pauses the worker on a configuration problem, with a reason.
-    pub fn fail(&self, reason: impl Into<String>) {
-        self.set(Condition::Configuration, reason);
-    }
-
-    /// Clears the configuration pause.
-    pub fn recover(&self) {
-        self.clear(Condition::Configuration);
-    }
-
-    /// Records `condition` with a reason (replacing an earlier reason for it).
-    pub fn set(&self, condition: Condition, reason: impl Into<String>) {
-        let mut conditions = self.conditions.lock().unwrap();
-        conditions.insert(condition, reason.into());
-        self.publish(&conditions);
-    }
-
-    /// Ends `condition`.
-    pub fn clear(&self, condition: Condition) {
-        let mut conditions = self.conditions.lock().unwrap();
-        if conditions.remove(&condition).is_some() {
-            self.publish(&conditions);
-        }
-    }
-
-    fn publish(&self, conditions: &BTreeMap<Condition, String>) {
-        self.unhealthy
-            .store(!conditions.is_empty(), Ordering::Release);
-        self.paused.store(
-            conditions.contains_key(&Condition::Configuration),
-            Ordering::Release,
-        );
-    }
-
-    /// True while any condition is in force (`/healthz` answers 503).
-    pub fn is_unhealthy(&self) -> bool {
-        self.unhealthy.load(Ordering::Acquire)
-    }
-
-    /// True while the worker is paused by a configuration problem (no claims, no calls).
-    pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::Acquire)
-    }
-
-    /// True while `condition` is in force.
-    pub fn has(&self, condition: Condition) -> bool {
-        self.conditions.lock().unwrap().contains_key(&condition)
-    }
-
-    /// Every condition in force with its reason, one per line.
-    pub fn reason(&self) -> String {
-        let conditions = self.conditions.lock().unwrap();
-        let lines: Vec<String> = conditions
-            .iter()
-            .map(|(condition, reason)| format!("{}: {reason}", condition.as_str()))
-            .collect();
-        lines.join("\n")
     }
 }
 
