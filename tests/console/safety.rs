@@ -26,15 +26,20 @@ fn csrf_of(html: &str) -> String {
     html[at..].split('"').next().unwrap().to_owned()
 }
 
-async fn csrf(console: &Served) -> String {
-    let page = http()
-        .get(console.url("/dlq"))
+/// The body of the page at `path`.
+async fn page_text(console: &Served, path: &str) -> String {
+    http()
+        .get(console.url(path))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn csrf(console: &Served) -> String {
+    let page = page_text(console, "/dlq").await;
     csrf_of(&page)
 }
 
@@ -172,14 +177,7 @@ async fn a_read_only_console_refuses_writes_and_its_sessions_cannot_write() {
     let db = TestDb::new().await;
     let seeded = seed(&db.pool).await;
     let console = serve(&db, false).await;
-    let page = http()
-        .get(console.url("/dlq"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page_text(&console, "/dlq").await;
     assert!(
         !page.contains("id=\"purge\""),
         "no write buttons when read-only"

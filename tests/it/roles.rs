@@ -148,38 +148,16 @@ async fn the_worker_role_runs_the_worker_and_nothing_more() {
         .unwrap();
     queue::lease::release(w, &third.fence()).await.unwrap();
     queue::lease::rescue_expired_leases(w).await.unwrap();
-    queue::prune(
-        w,
+    for retained in [
         queue::Retained::FinishedJobs,
-        Duration::from_secs(86_400),
-        10,
-    )
-    .await
-    .unwrap();
-    queue::prune(
-        w,
         queue::Retained::AppliedKeys,
-        Duration::from_secs(86_400),
-        10,
-    )
-    .await
-    .unwrap();
-    queue::prune(
-        w,
         queue::Retained::DeadLetters,
-        Duration::from_secs(86_400),
-        10,
-    )
-    .await
-    .unwrap();
-    queue::prune(
-        w,
         queue::Retained::IdempotencyKeys,
-        Duration::from_secs(86_400),
-        10,
-    )
-    .await
-    .unwrap();
+    ] {
+        queue::prune(w, retained, Duration::from_secs(86_400), 10)
+            .await
+            .unwrap();
+    }
     run(w, "select prefix from pdq.protected_key_prefixes")
         .await
         .unwrap();
