@@ -430,6 +430,14 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
                     }
                 }
                 inner.buffer.push(units);
+                if inner.health.is_paused() {
+                    // The worker paused while this claim was in flight, after the pause gave
+                    // the buffer back: give these units back too, attempts untouched.
+                    for unit in inner.buffer.take_all() {
+                        inner.release(unit.fence()).await;
+                    }
+                    continue;
+                }
                 if full {
                     continue;
                 }
