@@ -14,16 +14,20 @@ pub enum Condition {
     Outage,
     /// Claiming from Postgres keeps failing.
     Claims,
+    /// Applied units cannot be recorded: they are held (and renewed) until they are; while
+    /// nothing can be recorded, claiming stops.
+    Recording,
     /// A background task of the worker stopped; the process is exiting.
     Task,
 }
 
 impl Condition {
     /// Every condition.
-    pub const ALL: [Condition; 4] = [
+    pub const ALL: [Condition; 5] = [
         Condition::Configuration,
         Condition::Outage,
         Condition::Claims,
+        Condition::Recording,
         Condition::Task,
     ];
 
@@ -33,6 +37,7 @@ impl Condition {
             Condition::Configuration => "configuration",
             Condition::Outage => "outage",
             Condition::Claims => "claims",
+            Condition::Recording => "recording",
             Condition::Task => "task",
         }
     }
@@ -43,6 +48,7 @@ impl Condition {
             Condition::Configuration => "paused (configuration)",
             Condition::Outage => "paused (outage)",
             Condition::Claims => "claims failing",
+            Condition::Recording => "recording failing",
             Condition::Task => "task stopped",
         }
     }

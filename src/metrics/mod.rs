@@ -199,7 +199,7 @@ impl Metrics {
         );
         self.outcomes.render_outcomes(
             "pdq_jobs_total",
-            "Jobs by outcome (applied, retried, dead_lettered, lease_lost) and reason.",
+            "Jobs by outcome (applied, retried, dead_lettered, lease_lost, released) and reason.",
             &mut out,
         );
         self.api_statuses.render(

@@ -151,6 +151,21 @@ pub async fn succeed_batch(pool: &PgPool, done: &[Success]) -> Result<Vec<Uuid>,
         .collect())
 }
 
+/// Tells whether a row can be recorded in `pdq.finished_jobs` at all: inserts a row that no
+/// job has (id 0) and rolls it back. When a unit's record fails but this succeeds, the failure
+/// is the unit's own (a trigger, a constraint), not the table's (a full disk, a lock).
+pub async fn probe_recording(pool: &PgPool) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "insert into pdq.finished_jobs (id, attributes, priority, created_at, run_at, attempts)
+         values (0, '{}', 'live', now(), now(), 0)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    Ok(())
+}
+
 /// Whether a unit may send its PATCH to the participant it resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetHold {
@@ -224,6 +239,20 @@ pub async fn retry<'e>(
     last_error: &serde_json::Value,
     spend_attempt: bool,
 ) -> Result<(), Error> {
+    retry_jobs(db, fence, after, last_error, spend_attempt, true).await
+}
+
+/// [`retry`] for the jobs of `fence`, which may be only part of the unit: `release_unit`
+/// ends the unit (frees its participants); leave it unset while other jobs of the unit are
+/// still held (applied and waiting to be recorded), so the unit's lease can still be renewed.
+pub async fn retry_jobs<'e>(
+    db: impl PgExecutor<'e>,
+    fence: &Fence,
+    after: Duration,
+    last_error: &serde_json::Value,
+    spend_attempt: bool,
+    release_unit: bool,
+) -> Result<(), Error> {
     let changed: i64 = sqlx::query_scalar(
         "with retried as (
              update pdq.jobs
@@ -233,7 +262,7 @@ pub async fn retry<'e>(
              where id = any($2) and lease_token = $1
              returning id
          ), released as (
-             delete from pdq.inflight where lease_token = $1
+             delete from pdq.inflight where lease_token = $1 and $6
          )
          select count(*) from retried",
     )
@@ -242,6 +271,7 @@ pub async fn retry<'e>(
     .bind(after.as_secs_f64().min(MAX_DELAY_SECS))
     .bind(last_error)
     .bind(spend_attempt)
+    .bind(release_unit)
     .fetch_one(db)
     .await?;
     fenced(changed)
@@ -262,8 +292,18 @@ pub async fn end_lease<'e>(db: impl PgExecutor<'e>, lease: Uuid) -> Result<(), E
 
 /// Gives a unit back at once without spending an attempt (graceful shutdown).
 pub async fn release<'e>(db: impl PgExecutor<'e>, fence: &Fence) -> Result<(), Error> {
+    release_jobs(db, fence, true).await
+}
+
+/// [`release`] for the jobs of `fence`, which may be only part of the unit; `release_unit` as
+/// in [`retry_jobs`].
+pub async fn release_jobs<'e>(
+    db: impl PgExecutor<'e>,
+    fence: &Fence,
+    release_unit: bool,
+) -> Result<(), Error> {
     let note = serde_json::json!({ "reason": "released", "at": Utc::now() });
-    retry(db, fence, Duration::ZERO, &note, false).await
+    retry_jobs(db, fence, Duration::ZERO, &note, false, release_unit).await
 }
 
 /// Everything recorded with a dead letter.

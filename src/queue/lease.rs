@@ -6,7 +6,7 @@
 //!
 //! | call | a caller that does not (or no longer) hold the lease gets |
 //! |---|---|
-//! | [`retry`], [`release`], [`dead_letter`], [`hold_target`] | [`Error::LeaseLost`](super::Error::LeaseLost); nothing changed |
+//! | [`retry`], [`retry_jobs`], [`release`], [`release_jobs`], [`dead_letter`], [`hold_target`] | [`Error::LeaseLost`](super::Error::LeaseLost); nothing changed |
 //! | [`succeed_batch`] | its lease among those returned as no longer held; its jobs untouched |
 //! | [`renew_leases`] | its lease among those returned as lost; nothing renewed |
 //! | [`end_lease`] | a no-op (no participant is held under an unknown token) |
@@ -23,6 +23,7 @@ pub use super::claim::{
     DEFAULT_MAX_COALESCE,
 };
 pub use super::finish::{
-    dead_letter, end_lease, hold_target, release, renew_leases, retry, succeed_batch, target_key,
+    dead_letter, end_lease, hold_target, probe_recording, release, release_jobs, renew_leases, retry, retry_jobs,
+    succeed_batch, target_key,
     DeadLetterRecord, Success, TargetHold,
 };

@@ -67,15 +67,17 @@ impl<'a> Calls<'a> {
     }
 
     /// The attributes PATCH: waits for the request budget, then confirms the lease (the wait
-    /// may have been long), then sends.
+    /// may have been long), then sends. `bodies` counts this body and those of the unit that
+    /// follow it (see [`Inner::may_send`]).
     pub(super) async fn patch(
         &mut self,
         lease: Uuid,
         target: Target,
         attributes: &Map<String, Value>,
+        bodies: u32,
     ) -> Result<(), Stop> {
         self.before().await;
-        self.inner.may_send(lease).await?;
+        self.inner.may_send(lease, bodies).await?;
         let result = self
             .inner
             .api

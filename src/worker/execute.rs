@@ -61,6 +61,9 @@ pub enum UnitOutcome {
     /// Another worker took the unit over (our lease had expired), or the lease was too close
     /// to its end to send the PATCH: nothing was sent, nothing recorded.
     LeaseLost,
+    /// The worker is stopping and the PATCH could not end within the grace period: the unit
+    /// was given back without spending an attempt.
+    Released,
     /// The API refused the merged PATCH of several jobs (400/413): they were sent one at a time
     /// and only the jobs the API refused on their own were dead-lettered.
     Split {
@@ -81,6 +84,8 @@ pub(super) enum Stop {
     Queue(queue::Error),
     /// The merged PATCH was refused and the unit was split (already finished).
     Split(UnitOutcome),
+    /// The worker is stopping: no PATCH may start that could end after the grace period.
+    Stopping,
 }
 
 impl From<FailedAttempt> for Stop {
@@ -137,7 +142,7 @@ pub async fn executor(inner: Arc<Inner>, stop: CancellationToken) {
 
 /// Runs one claimed unit to an outcome. With `prepaid`, the first API call already holds a
 /// request token. However it ends, the unit is no longer tracked afterwards (its lease is not
-/// renewed again).
+/// renewed again), unless it was applied: then it is tracked until the completer records it.
 pub async fn run_unit(
     inner: &Inner,
     unit: Unit,
@@ -163,7 +168,7 @@ pub async fn run_unit(
         span.record("external_tag", tag.as_str());
     }
     let outcome = run_tracked(inner, unit, prepaid).instrument(span).await;
-    inner.untrack(lease);
+    inner.untrack_unless_recording(lease);
     match outcome {
         Err(queue::Error::LeaseLost) => {
             outcome::lease_lost(inner);
@@ -196,9 +201,13 @@ async fn run_tracked(
                 target,
             })
         }
-        Err(Stop::Failed(failed)) => outcome::on_failure(inner, &unit, *failed).await,
+        Err(Stop::Failed(failed)) => outcome::on_failure(inner, &unit, *failed, true).await,
         Err(Stop::Queue(error)) => Err(error),
         Err(Stop::Split(outcome)) => Ok(outcome),
+        Err(Stop::Stopping) => {
+            outcome::released(inner, &unit, true).await?;
+            Ok(UnitOutcome::Released)
+        }
     }
 }
 

@@ -60,7 +60,8 @@ fn heartbeat(inner: &Inner, id: Uuid) -> Heartbeat {
     let reason = inner.health.reason();
     let paused = inner.health.is_paused()
         || inner.health.has(crate::metrics::Condition::Outage)
-        || inner.health.has(crate::metrics::Condition::Claims);
+        || inner.health.has(crate::metrics::Condition::Claims)
+        || inner.completer.holds_claims();
     let state = match (stopping, paused) {
         (true, _) => WorkerState::Stopping,
         (false, true) => WorkerState::Paused,

@@ -135,7 +135,7 @@ impl Worker {
             self.inner.track(&unit);
             outcomes.push(execute::run_unit(&self.inner, unit, false).await?);
         }
-        self.inner.completer.flush().await?;
+        completer::flush_all(&self.inner).await;
         Ok(outcomes)
     }
 
@@ -210,13 +210,21 @@ impl Worker {
         if finished.is_err() {
             tracing::warn!("grace period over; giving back the units still running");
         }
-        let leftover: Vec<Fence> = inner
-            .in_flight
-            .lock()
-            .unwrap()
-            .drain()
-            .map(|(_, held)| held.fence)
-            .collect();
+        // Units applied and waiting to be recorded stay held: the completer's last flush
+        // records them; giving them back would send them again.
+        let leftover: Vec<Fence> = {
+            let mut in_flight = inner.in_flight.lock().unwrap();
+            let running: Vec<Uuid> = in_flight
+                .iter()
+                .filter(|(_, held)| !held.recording)
+                .map(|(lease, _)| *lease)
+                .collect();
+            running
+                .into_iter()
+                .filter_map(|lease| in_flight.remove(&lease))
+                .map(|held| held.fence)
+                .collect()
+        };
         let db_deadline = tokio::time::Instant::now() + SHUTDOWN_DB_BOUND;
         let bounded = tokio::time::timeout_at(db_deadline, async {
             for fence in leftover {
@@ -224,7 +232,7 @@ impl Worker {
                     tracing::warn!(%error, lease = %fence.lease, "could not give a unit back ({error}); its lease will expire");
                 }
             }
-            inner.completer.flush().await
+            completer::flush_all(inner).await
         })
         .await;
         executors.abort_all();
@@ -257,6 +265,9 @@ impl Worker {
 struct Held {
     fence: Fence,
     deadline: Instant,
+    /// Applied and handed to the completer: held (and renewed) until it is recorded, never
+    /// given back.
+    recording: bool,
 }
 
 /// At shutdown, the steps that need Postgres get at most this long after the grace (and half
@@ -303,12 +314,29 @@ impl Inner {
             Held {
                 fence: unit.fence(),
                 deadline: unit.deadline,
+                recording: false,
             },
         );
     }
 
     fn untrack(&self, lease: Uuid) {
         self.in_flight.lock().unwrap().remove(&lease);
+    }
+
+    /// Marks a unit applied: it stays tracked (its lease renewed) until the completer records
+    /// it and untracks it.
+    fn hand_to_recording(&self, lease: Uuid) {
+        if let Some(held) = self.in_flight.lock().unwrap().get_mut(&lease) {
+            held.recording = true;
+        }
+    }
+
+    /// Ends the tracking of a unit whose run ended, unless it waits to be recorded.
+    fn untrack_unless_recording(&self, lease: Uuid) {
+        let mut in_flight = self.in_flight.lock().unwrap();
+        if in_flight.get(&lease).is_some_and(|held| !held.recording) {
+            in_flight.remove(&lease);
+        }
     }
 
     /// Records renewal results: held leases run until `from + lease`, lost ones end now.
@@ -326,27 +354,38 @@ impl Inner {
         }
     }
 
-    /// How long a request may take from now and still end before the unit's lease does (and,
-    /// during shutdown, before the grace period ends). `None`: the unit is no longer ours.
-    fn time_left(&self, lease: Uuid) -> Option<Duration> {
+    /// How long a request may take from now and still end before the unit's lease does.
+    /// `None`: the unit is no longer ours.
+    fn lease_left(&self, lease: Uuid) -> Option<Duration> {
         let deadline = self.in_flight.lock().unwrap().get(&lease)?.deadline;
-        let cutoff = *self.cutoff.lock().unwrap();
-        let end = cutoff.map_or(deadline, |cutoff| cutoff.min(deadline));
-        Some(end.saturating_duration_since(Instant::now()))
+        Some(deadline.saturating_duration_since(Instant::now()))
     }
 
-    /// Confirms that a PATCH for this unit may leave now: the lease must outlast the request.
-    /// When it is too close to its end, the lease is renewed first; a lease that is lost (or
-    /// a shutdown that is too close) means the PATCH is not sent.
-    async fn may_send(&self, lease: Uuid) -> Result<(), queue::Error> {
-        let needed = self.api.request_timeout() + LEASE_MARGIN;
-        match self.time_left(lease) {
-            None => return Err(queue::Error::LeaseLost),
-            Some(left) if left >= needed => return Ok(()),
-            Some(_) => {}
+    /// During shutdown, the time left before the grace period ends.
+    fn cutoff_left(&self) -> Option<Duration> {
+        let cutoff = (*self.cutoff.lock().unwrap())?;
+        Some(cutoff.saturating_duration_since(Instant::now()))
+    }
+
+    /// Confirms that a PATCH for this unit may leave now, `bodies` counting it and the bodies
+    /// of the unit still to follow it: the lease must outlast the request, and during shutdown
+    /// every one of those bodies must end before the grace period does (a unit is not cut off
+    /// halfway through its bodies). When the lease is too close to its end, it is renewed
+    /// first. A lost lease is [`queue::Error::LeaseLost`]; a shutdown too close is
+    /// [`Stop::Stopping`](execute::Stop::Stopping): the caller gives the unit back.
+    async fn may_send(&self, lease: Uuid, bodies: u32) -> Result<(), execute::Stop> {
+        let timeout = self.api.request_timeout();
+        let needed = timeout + LEASE_MARGIN;
+        let Some(left) = self.lease_left(lease) else {
+            return Err(queue::Error::LeaseLost.into());
+        };
+        if let Some(before_cutoff) = self.cutoff_left() {
+            if before_cutoff < timeout * bodies.max(1) + LEASE_MARGIN {
+                return Err(execute::Stop::Stopping);
+            }
         }
-        if self.cutoff.lock().unwrap().is_some() {
-            return Err(queue::Error::LeaseLost);
+        if left >= needed {
+            return Ok(());
         }
         let from = Instant::now();
         let lost = queue::lease::renew_leases(&self.pool, &[lease], self.config.lease).await?;
@@ -356,9 +395,9 @@ impl Inner {
             self.renewed(&[], &lost, from);
             tracing::warn!(%lease, "lease lost before the PATCH; not sending it");
         }
-        match self.time_left(lease) {
+        match self.lease_left(lease) {
             Some(left) if left >= needed => Ok(()),
-            _ => Err(queue::Error::LeaseLost),
+            _ => Err(queue::Error::LeaseLost.into()),
         }
     }
 
@@ -403,7 +442,9 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
         }
         let live_waiting = inner.buffer.next_lane() == Some(crate::queue::Priority::Live);
         let claim_now = inner.buffer.wants_refill() || (nudged && !live_waiting);
-        if inner.health.is_paused() || !claim_now {
+        // While applied units cannot be recorded, claiming more would only add to them.
+        let recording_stuck = inner.completer.holds_claims();
+        if inner.health.is_paused() || !claim_now || recording_stuck {
             tokio::select! {
                 _ = wake.notified() => nudged = true,
                 _ = inner.buffer.drained.notified() => {}

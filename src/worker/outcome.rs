@@ -67,7 +67,28 @@ pub(super) async fn applied(inner: &Inner, unit: &Unit, target: Target) {
         .metrics
         .record_outcome("applied", unit.jobs.len() as u64);
     let success = Success::of(unit, target.conversation_id, target.participant_id);
+    inner.hand_to_recording(unit.lease);
     inner.completer.push(success).await;
+}
+
+/// The worker is stopping before the unit's PATCH could go: gives its jobs back without
+/// spending an attempt. `release_unit` as in [`lease::retry_jobs`].
+pub(super) async fn released(
+    inner: &Inner,
+    unit: &Unit,
+    release_unit: bool,
+) -> Result<(), queue::Error> {
+    tracing::info!(
+        outcome = "released",
+        "giving back {} (no attempt spent): the worker is stopping and the update could not \
+         be sent within the shutdown grace",
+        job_list(&unit.job_ids())
+    );
+    lease::release_jobs(&inner.pool, &unit.fence(), release_unit).await?;
+    inner
+        .metrics
+        .record_outcome("released", unit.jobs.len() as u64);
+    Ok(())
 }
 
 /// Another worker took the unit over: nothing was recorded, only counted.
@@ -141,10 +162,13 @@ fn count_dead_lettered(inner: &Inner, reason: DeadReason, jobs: usize) {
 
 /// Applies the outcome table to a failed attempt and records the decision: retry, dead letter,
 /// or a pause of the whole worker (the unit and every buffered one given back).
+/// `release_unit` as in [`lease::retry_jobs`]: unset when `unit` is only the part of a unit
+/// whose other jobs wait to be recorded.
 pub(super) async fn on_failure(
     inner: &Inner,
     unit: &Unit,
     mut failed: FailedAttempt,
+    release_unit: bool,
 ) -> Result<UnitOutcome, queue::Error> {
     if failed.failure == Failure::Forbidden {
         inner.forbidden_streak.fetch_add(1, Ordering::Relaxed);
@@ -180,9 +204,14 @@ pub(super) async fn on_failure(
         Decision::Retry {
             after,
             spend_attempt,
-        } => retried(inner, unit, failed, attempt, after, spend_attempt).await,
-        Decision::DeadLetter(reason) => dead_lettered(inner, unit, failed, attempt, reason).await,
-        Decision::Pause => paused(inner, unit, failed).await,
+        } => {
+            let spend = (spend_attempt, release_unit);
+            retried(inner, unit, failed, attempt, after, spend).await
+        }
+        Decision::DeadLetter(reason) => {
+            dead_lettered(inner, unit, failed, (attempt, reason), release_unit).await
+        }
+        Decision::Pause => paused(inner, unit, failed, release_unit).await,
     }
 }
 
@@ -201,7 +230,7 @@ async fn retried(
     failed: FailedAttempt,
     attempt: Attempt,
     after: Duration,
-    spend_attempt: bool,
+    (spend_attempt, release_unit): (bool, bool),
 ) -> Result<UnitOutcome, queue::Error> {
     let (status, correlation_id) = call_ids(&failed);
     let counted = match spend_attempt {
@@ -228,7 +257,8 @@ async fn retried(
         message: &failed.detail,
     }
     .to_json();
-    lease::retry(&inner.pool, &unit.fence(), after, &note, spend_attempt).await?;
+    let fence = unit.fence();
+    lease::retry_jobs(&inner.pool, &fence, after, &note, spend_attempt, release_unit).await?;
     inner.metrics.record_outcome(
         &format!("retry:{}", failure_label(&failed.failure)),
         unit.jobs.len() as u64,
@@ -244,8 +274,8 @@ async fn dead_lettered(
     inner: &Inner,
     unit: &Unit,
     failed: FailedAttempt,
-    attempt: Attempt,
-    reason: DeadReason,
+    (attempt, reason): (Attempt, DeadReason),
+    release_unit: bool,
 ) -> Result<UnitOutcome, queue::Error> {
     let (status, correlation_id) = call_ids(&failed);
     tracing::info!(
@@ -261,7 +291,7 @@ async fn dead_lettered(
     );
     let attempts = (attempt.attempts, attempt.max_attempts);
     let record = dead_letter_record(reason, failed, attempts, unit.clock.now());
-    lease::dead_letter(&inner.pool, &unit.fence(), None, &record, true).await?;
+    lease::dead_letter(&inner.pool, &unit.fence(), None, &record, release_unit).await?;
     let jobs = unit.jobs.len();
     count_dead_lettered(inner, reason, jobs);
     Ok(UnitOutcome::DeadLettered { reason, jobs })
@@ -273,6 +303,7 @@ async fn paused(
     inner: &Inner,
     unit: &Unit,
     failed: FailedAttempt,
+    release_unit: bool,
 ) -> Result<UnitOutcome, queue::Error> {
     let (status, correlation_id) = call_ids(&failed);
     let advice = failed.api.as_ref().and_then(|api| api.advice.as_deref());
@@ -289,7 +320,7 @@ async fn paused(
     );
     super::maintenance::remember_pause(inner, unit, status, failed.target);
     inner.health.fail(reason);
-    lease::release(&inner.pool, &unit.fence()).await?;
+    lease::release_jobs(&inner.pool, &unit.fence(), release_unit).await?;
     for waiting in inner.buffer.take_all() {
         inner.release(waiting.fence()).await;
     }

@@ -48,6 +48,8 @@ pub(super) async fn send_unit(
 }
 
 /// Sends `attributes` in bodies under the size limit, each only while the lease outlasts it.
+/// During shutdown the first body goes only if all of them can end within the grace period,
+/// so a stop gives back whole units, not units sent halfway.
 async fn send(
     calls: &mut Calls<'_>,
     unit: &Unit,
@@ -57,21 +59,36 @@ async fn send(
     if attributes.is_empty() {
         return Ok(());
     }
-    for chunk in chunks(attributes, MAX_BODY_BYTES) {
-        calls.patch(unit.lease, target, &chunk).await?;
+    let bodies = chunks(attributes, MAX_BODY_BYTES);
+    let count = bodies.len();
+    for (sent, body) in bodies.iter().enumerate() {
+        let left = (count - sent) as u32;
+        match calls.patch(unit.lease, target, body, left).await {
+            Err(Stop::Stopping) if sent > 0 => {
+                tracing::warn!(
+                    first_job = unit.head().id,
+                    "stopping after {sent} of {count} request bodies of the update (a rate-limit \
+                     wait outlasted the shutdown grace); the next worker sends all of them"
+                );
+                return Err(Stop::Stopping);
+            }
+            other => other?,
+        }
     }
     Ok(())
 }
 
 /// The API refused the merged PATCH of several jobs: sends them one at a time, oldest first,
 /// so only the jobs it refuses on their own are dead-lettered. A retryable failure on the way
-/// gives the jobs not yet sent back for a later retry.
+/// gives the jobs not yet sent back for a later retry; so does a shutdown, without spending an
+/// attempt. The jobs applied are recorded in every case, after the others were finished (the
+/// unit's participants stay held until the applied jobs are recorded).
 async fn split(calls: &mut Calls<'_>, unit: &Unit, target: Target) -> Result<UnitOutcome, Stop> {
     let inner = calls.inner;
     let mut jobs: Vec<&Job> = unit.jobs.iter().collect();
     jobs.sort_by_key(|job| (job.seq, job.id));
     let (mut applied, mut dead, mut rest) = (Vec::new(), 0usize, Vec::new());
-    let mut stopped: Option<FailedAttempt> = None;
+    let mut stopped: Option<Halt> = None;
     for job in jobs {
         if stopped.is_some() {
             rest.push(job.clone());
@@ -90,44 +107,69 @@ async fn split(calls: &mut Calls<'_>, unit: &Unit, target: Target) -> Result<Uni
                     Failure::Permanent(reason) => reason,
                     _ => DeadReason::BadRequest,
                 };
-                outcome::dead_letter_alone(inner, &alone, reason, (*failed).with_target(target))
-                    .await?;
-                dead += 1;
+                let failed = (*failed).with_target(target);
+                match outcome::dead_letter_alone(inner, &alone, reason, failed).await {
+                    Ok(()) => dead += 1,
+                    Err(error) => stopped = Some(Halt::Broken(Stop::Queue(error))),
+                }
             }
             Err(Stop::Failed(failed)) => {
-                stopped = Some(*failed);
+                stopped = Some(Halt::Failed(failed));
                 rest.push(job.clone());
             }
-            Err(other) => return Err(other),
+            Err(Stop::Stopping) => {
+                stopped = Some(Halt::Stopping);
+                rest.push(job.clone());
+            }
+            Err(other) => stopped = Some(Halt::Broken(other)),
         }
     }
     let (applied_count, retried) = (applied.len(), rest.len());
     outcome::log_split(unit.jobs.len(), applied_count, dead, retried);
+    let rest_unit = Unit {
+        jobs: rest,
+        ..unit.clone()
+    };
+    // The applied jobs, recorded last, end the unit; until then it stays held.
+    let ends_unit = applied.is_empty();
+    let finished = match stopped {
+        Some(Halt::Failed(failed)) => outcome::on_failure(inner, &rest_unit, *failed, ends_unit)
+            .await
+            .map(drop)
+            .map_err(Stop::Queue),
+        Some(Halt::Stopping) => outcome::released(inner, &rest_unit, ends_unit)
+            .await
+            .map_err(Stop::Queue),
+        Some(Halt::Broken(stop)) => Err(stop),
+        None if ends_unit => crate::queue::lease::end_lease(&inner.pool, unit.lease)
+            .await
+            .map_err(Stop::Queue),
+        None => Ok(()),
+    };
     if !applied.is_empty() {
+        // Whatever happened to the others, what the API took is recorded.
         let applied_unit = Unit {
             jobs: applied,
             ..unit.clone()
         };
         outcome::applied(inner, &applied_unit, target).await;
     }
-    match stopped {
-        Some(failed) => {
-            let rest_unit = Unit {
-                jobs: rest,
-                ..unit.clone()
-            };
-            outcome::on_failure(inner, &rest_unit, failed).await?;
-        }
-        None if applied_count == 0 => {
-            crate::queue::lease::end_lease(&inner.pool, unit.lease).await?
-        }
-        None => {}
-    }
+    finished?;
     Ok(UnitOutcome::Split {
         applied: applied_count,
         dead_lettered: dead,
         retried,
     })
+}
+
+/// Why the one-at-a-time pass of a split stopped before its last job.
+enum Halt {
+    /// A retryable failure: the outcome table decides for the jobs not yet sent.
+    Failed(Box<FailedAttempt>),
+    /// The worker is stopping: the jobs not yet sent are given back.
+    Stopping,
+    /// The lease was lost or Postgres failed: the jobs not yet sent are left to lease expiry.
+    Broken(Stop),
 }
 
 /// Splits merged attributes into request bodies under the size limit (per-key merge makes

@@ -10,6 +10,7 @@ mod observability;
 mod packaging;
 mod paths;
 mod queue;
+mod recording;
 mod roles;
 mod scratch;
 mod status;
