@@ -13,4 +13,5 @@ mod queue;
 mod roles;
 mod scratch;
 mod status;
+mod supersede;
 mod worker;
