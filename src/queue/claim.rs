@@ -80,6 +80,9 @@ pub async fn claim(pool: &PgPool, options: &ClaimOptions) -> Result<Vec<Unit>, E
             }),
         }
     }
+    for row in &claimed {
+        log_sequence_reset(&row.job, &row.reset_keys);
+    }
     let units = group_into_units(claimed, started + options.lease);
     dead_letter_malformed(pool, &malformed, &units).await?;
     Ok(units)
@@ -139,13 +142,23 @@ returning j.id, j.conversation_id, j.external_tag, j.participant_id, j.participa
           from jsonb_object_keys(j.attributes) as k(key)
           join pdq.applied_keys a on a.target = j.participant_key and a.key = k.key
           where a.seq > coalesce(j.seq, j.id)
+            and not pdq.sequence_went_back(j.seq, j.id, j.created_at, a.applied_at)
           order by a.key) as superseded,
+    array(select a.key
+          from jsonb_object_keys(j.attributes) as k(key)
+          join pdq.applied_keys a on a.target = j.participant_key and a.key = k.key
+          where a.seq > coalesce(j.seq, j.id)
+            and pdq.sequence_went_back(j.seq, j.id, j.created_at, a.applied_at)
+          order by a.key) as reset_keys,
     j.lease_token, now() as db_now";
 
 #[derive(sqlx::FromRow)]
 struct ClaimedRow {
     #[sqlx(flatten)]
     job: Job,
+    /// Keys a value with a higher id landed for before this job was inserted (see
+    /// [`log_sequence_reset`]): sent, not left out.
+    reset_keys: Vec<String>,
     lease_token: Uuid,
     db_now: DateTime<Utc>,
 }
@@ -176,6 +189,28 @@ fn decode(row: &PgRow) -> Result<ClaimedRow, String> {
             })
         }
     }
+}
+
+/// A job is judged by its place (`seq`, its id): a key for which a value with a higher place
+/// already landed is left out. A job the producer inserted after that value landed, or after
+/// the last healthy check of the id sequence with an id that check had seen handed out
+/// (`pdq.sequence_went_back`), cannot be older than it: the id sequence went backwards (a
+/// restore, a failover to a logical replica, which carries no sequence positions). Such keys
+/// are sent (the newest insert wins) and the reset is logged as an error, never dropped
+/// silently.
+fn log_sequence_reset(job: &Job, reset_keys: &[String]) {
+    if reset_keys.is_empty() {
+        return;
+    }
+    tracing::error!(
+        job.id = job.id,
+        keys = ?reset_keys,
+        "job {} was inserted after values with higher job ids landed for {} ({}): the job id \
+         sequence went backwards (a restore or a failover to a logical replica?); sending it",
+        job.id,
+        job.participant_key,
+        reset_keys.join(", ")
+    );
 }
 
 /// The timestamp columns a claimed row carries.

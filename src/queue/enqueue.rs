@@ -110,15 +110,6 @@ pub async fn enqueue_many<'e>(db: impl PgExecutor<'e>, jobs: &[NewJob]) -> Resul
     Ok(result.rows_affected())
 }
 
-/// Moves the job id sequence past every id in `pdq.jobs`, `pdq.finished_jobs` and
-/// `pdq.dead_letters` (after a `TRUNCATE … RESTART IDENTITY` or a failover to a logical replica);
-/// never backwards. Returns the highest id in use.
-pub async fn advance_job_ids<'e>(db: impl PgExecutor<'e>) -> Result<i64, Error> {
-    Ok(sqlx::query_scalar("select pdq.advance_job_ids()")
-        .fetch_one(db)
-        .await?)
-}
-
 /// Postgres stores no NUL character in text or jsonb; refuse such a job with a named rule
 /// instead of letting the database fail with an encoding error.
 fn refuse_nul(job: &NewJob) -> Result<(), Error> {

@@ -127,7 +127,8 @@ pub async fn succeed_batch(pool: &PgPool, done: &[Success]) -> Result<Vec<Uuid>,
              insert into pdq.applied_keys as a (target, key, seq)
              select * from unnest($8::text[], $9::text[], $10::bigint[])
              on conflict (target, key) do update
-                 set seq = greatest(a.seq, excluded.seq), applied_at = now()
+                 set seq = greatest(a.seq, excluded.seq),
+                     applied_at = case when excluded.seq > a.seq then now() else a.applied_at end
          )
          select lease_token from done",
     )
@@ -169,19 +170,29 @@ pub async fn probe_recording(pool: &PgPool) -> Result<(), Error> {
 /// Whether a unit may send its PATCH to the participant it resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetHold {
-    /// The unit now holds the resolved participant too; it must not send these keys, which a
-    /// newer job of that participant already wrote or is about to write.
+    /// The unit now holds the resolved participant too; it must not send these keys, for which
+    /// the API already accepted a newer value (`pdq.applied_keys`).
     Held {
         /// Keys to leave out, with the newest value elsewhere.
         superseded: Vec<String>,
     },
-    /// Another unit holds that participant (or ran it before a crash): try again shortly.
+    /// Another unit holds that participant (or ran it before a crash), or a newer job of it that
+    /// writes one of the unit's keys was attempted and has not finished: try again shortly.
     Busy,
 }
 
 /// Takes the resolved participant `target` for a unit that was claimed under another key (an
 /// external tag, a purpose): two jobs that name one participant differently never run at the
-/// same time, and a unit learns which of its keys a newer job already wrote.
+/// same time, and a unit learns which of its keys a newer value already landed for.
+///
+/// Only landed values supersede. A newer job of `target` that was never attempted does not: this
+/// unit's value goes first, and the newer one follows under the participant hold. A newer job
+/// that was attempted and has not finished (waiting for its retry, perhaps after its PATCH took
+/// effect unseen) makes this unit wait ([`TargetHold::Busy`]) until it lands or dies.
+///
+/// A key whose job was inserted after the newer value landed (yet has a lower id) is not left
+/// out: the job id sequence went backwards (a restore, a failover to a logical replica; see
+/// `pdq.sequence_went_back`); the key is sent and the reset logged as an error.
 ///
 /// `keys` are the keys the unit would send, each with the `seq` of its value.
 pub async fn hold_target(
@@ -191,43 +202,66 @@ pub async fn hold_target(
     keys: &[(String, i64)],
 ) -> Result<TargetHold, Error> {
     let (names, seqs): (Vec<String>, Vec<i64>) = keys.iter().cloned().unzip();
-    let (ours, held, superseded): (bool, bool, Vec<String>) = sqlx::query_as(
-        "with mine as (
-             select locked_until, locked_by from pdq.inflight
-             where lease_token = $1 and locked_until >= now()
-             limit 1
-         ), taken as (
-             insert into pdq.inflight as i (participant_key, lease_token, locked_until, locked_by)
-             select $2, $1, locked_until, locked_by from mine
-             where not exists (select 1 from pdq.jobs r
-                               where r.participant_key = $2 and r.state = 'running'
-                                 and r.lease_token is distinct from $1)
-             on conflict (participant_key) do update set locked_until = i.locked_until
-                 where i.lease_token = $1
-             returning 1
-         )
-         select exists (select 1 from mine), exists (select 1 from taken),
-             array(select v.key from unnest($3::text[], $4::bigint[]) as v(key, seq)
-                   where exists (select 1 from pdq.applied_keys a
-                                 where a.target = $2 and a.key = v.key and a.seq > v.seq)
-                      or exists (select 1 from pdq.jobs n
-                                 where n.participant_key = $2 and coalesce(n.seq, n.id) > v.seq
-                                   and (n.run_at <= now() or n.first_attempt_at is not null)
-                                   and n.attributes ? v.key)
-                   order by v.key)",
-    )
-    .bind(lease)
-    .bind(target)
-    .bind(&names)
-    .bind(&seqs)
-    .fetch_one(pool)
-    .await?;
+    let (ours, held, superseded, reset): (bool, bool, Vec<String>, Vec<String>) =
+        sqlx::query_as(HOLD_TARGET_SQL)
+            .bind(lease)
+            .bind(target)
+            .bind(&names)
+            .bind(&seqs)
+            .fetch_one(pool)
+            .await?;
+    if held && !reset.is_empty() {
+        tracing::error!(
+            participant_key = target,
+            keys = ?reset,
+            "values with higher job ids already landed for {target} ({}) before this unit's \
+             jobs were inserted: the job id sequence went backwards (a restore or a failover to \
+             a logical replica?); sending these keys",
+            reset.join(", ")
+        );
+    }
     match (ours, held) {
         (false, _) => Err(Error::LeaseLost),
         (true, false) => Ok(TargetHold::Busy),
         (true, true) => Ok(TargetHold::Held { superseded }),
     }
 }
+
+/// `$1` lease, `$2` target, `$3`/`$4` the keys with the `seq` of their values. `carriers` finds,
+/// per key, the unit's job whose value it is: a job the producer inserted (no `seq` of its own)
+/// after the landed value is newer than it whatever its id says.
+const HOLD_TARGET_SQL: &str = "
+with mine as (
+    select locked_until, locked_by from pdq.inflight
+    where lease_token = $1 and locked_until >= now()
+    limit 1
+), keys as (
+    select v.key, v.seq,
+        (select j.created_at from pdq.jobs j
+         where j.lease_token = $1 and j.seq is null and j.id = v.seq
+         limit 1) as inserted_at
+    from unnest($3::text[], $4::bigint[]) as v(key, seq)
+), landed as (
+    select k.key, (k.inserted_at is not null
+                   and pdq.sequence_went_back(null, k.seq, k.inserted_at, a.applied_at)) as reset
+    from keys k
+    join pdq.applied_keys a on a.target = $2 and a.key = k.key and a.seq > k.seq
+), taken as (
+    insert into pdq.inflight as i (participant_key, lease_token, locked_until, locked_by)
+    select $2, $1, locked_until, locked_by from mine
+    where not exists (select 1 from pdq.jobs r
+                      where r.participant_key = $2 and r.state = 'running'
+                        and r.lease_token is distinct from $1)
+      and not exists (select 1 from keys k
+                      join pdq.jobs n on n.participant_key = $2 and n.attributes ? k.key
+                      where coalesce(n.seq, n.id) > k.seq and n.first_attempt_at is not null)
+    on conflict (participant_key) do update set locked_until = i.locked_until
+        where i.lease_token = $1
+    returning 1
+)
+select exists (select 1 from mine), exists (select 1 from taken),
+    array(select key from landed where not reset order by key),
+    array(select key from landed where reset order by key)";
 
 /// Puts a unit back to pending `after` from now (database clock), recording `last_error`.
 /// With `spend_attempt` false (a rate-limit wait, an outage, a shutdown) the attempt the claim

@@ -15,6 +15,7 @@ mod enqueue;
 mod error;
 mod finish;
 pub mod gauges;
+mod ids;
 pub mod jobs;
 pub mod lease;
 mod locators;
@@ -26,8 +27,9 @@ mod stats;
 pub mod workers;
 
 pub use dlq::{DeadLetter, DeadLetterFilter};
-pub use enqueue::{advance_job_ids, enqueue, enqueue_many, NewJob, DEFAULT_MAX_ATTEMPTS};
+pub use enqueue::{enqueue, enqueue_many, NewJob, DEFAULT_MAX_ATTEMPTS};
 pub use error::{constraint_meaning, Error};
+pub use ids::{advance_job_ids, check_job_ids, IdCheck};
 pub use locators::Locators;
 pub use model::{DbClock, DeadReason, Fence, Job, Priority, Unit};
 pub use refusal::ApiRefusal;

@@ -22,8 +22,11 @@ pub const DEFAULT_IDEMPOTENCY_KEY_HORIZON: Duration = Duration::from_secs(30 * 8
 pub enum Retained {
     /// Applied jobs in `pdq.finished_jobs`, by when they finished.
     FinishedJobs,
-    /// The newest applied value of each participant's key (`pdq.applied_keys`), by when it was
-    /// applied; jobs older than that are not expected to arrive any more.
+    /// The newest applied value of each participant's key (`pdq.applied_keys`), by when it
+    /// landed, and only once nothing older can still be sent: a row stays while a queued job
+    /// (scheduled far ahead, waiting for a retry) or a dead letter not yet requeued has a lower
+    /// `seq`, since that older value would otherwise overwrite the newer one. Cancelled jobs
+    /// never come back and do not count.
     AppliedKeys,
     /// Dead letters, by when they died; never a younger one.
     DeadLetters,
@@ -46,10 +49,18 @@ impl Retained {
                  select count(*) from gone"
             }
             Retained::AppliedKeys => {
-                "with gone as (
+                "with oldest_to_come as (
+                     select least(
+                         (select min(id) from pdq.jobs),
+                         (select min(seq) from pdq.jobs where seq is not null),
+                         (select min(coalesce(seq, id)) from pdq.dead_letters
+                          where requeued_at is null)) as seq
+                 ), gone as (
                      delete from pdq.applied_keys where (target, key) in (
                          select target, key from pdq.applied_keys
                          where applied_at < now() - $1 * interval '1 second'
+                           and seq < coalesce((select seq from oldest_to_come),
+                                              9223372036854775807)
                          order by applied_at limit $2)
                      returning 1)
                  select count(*) from gone"

@@ -20,10 +20,8 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
     let mut last_resume = None;
     let mut last_gauges = Instant::now() - GAUGE_INTERVAL;
     let mut progress = Progress::default();
-    match queue::advance_job_ids(&inner.pool).await {
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "could not check the job id sequence: {error}"),
-    }
+    check_job_ids(&inner).await;
+    let mut last_id_check = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -39,6 +37,10 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "recovered {n} jobs whose worker lost its lease"),
             Err(error) => tracing::warn!(%error, "recovering expired leases failed: {error}"),
+        }
+        if last_id_check.elapsed() >= ID_CHECK_INTERVAL {
+            check_job_ids(&inner).await;
+            last_id_check = Instant::now();
         }
         if last_prune.elapsed() >= Duration::from_secs(3_600) {
             let _ = queue::prune(
@@ -81,6 +83,30 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             last_gauges = Instant::now();
         }
         progress.maybe_report(&inner);
+    }
+}
+
+/// How often the job id sequence is checked against the ids already recorded.
+const ID_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Moves the job id sequence past every recorded id when it went backwards (a restore, a
+/// failover to a logical replica) and says so loudly: until then new jobs got ids lower than
+/// values already applied (the claim sends those, see `queue/claim.rs`).
+async fn check_job_ids(inner: &Inner) {
+    match queue::check_job_ids(&inner.pool).await {
+        Ok(check) if check.moved => tracing::error!(
+            sequence_was = check.sequence_was,
+            highest = check.highest,
+            replaced = check.replaced,
+            "the job id sequence was at {} although ids up to {} are recorded (a restore or a \
+             failover to a logical replica?): moved it past them; the {} queued job(s) inserted \
+             since then now come after every recorded one, and are sent",
+            check.sequence_was,
+            check.highest,
+            check.replaced
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not check the job id sequence: {error}"),
     }
 }
 

@@ -14,4 +14,5 @@ mod recording;
 mod roles;
 mod scratch;
 mod status;
+mod supersede;
 mod worker;
