@@ -202,7 +202,9 @@ fn attempt_alone(job: &Job, consecutive_forbidden: u32) -> Attempt {
 }
 
 /// A coalesced unit ran out of time or attempts: the deadline and the attempt limit are each
-/// job's own, so only the jobs they bind are dead-lettered; the others are retried.
+/// job's own, so only the jobs they bind are dead-lettered (each as if it had failed alone);
+/// the others are retried with the retry of the most pressed among them, which lands before
+/// every deadline of theirs.
 async fn ran_out_per_job(
     inner: &Inner,
     unit: &Unit,
@@ -211,19 +213,29 @@ async fn ran_out_per_job(
 ) -> Result<UnitOutcome, queue::Error> {
     let now = unit.clock.now();
     let mut dying: Vec<(DeadReason, Job)> = Vec::new();
-    let mut rest: Vec<Job> = Vec::new();
+    let mut rest: Vec<(Option<DateTime<Utc>>, Duration, bool, Job)> = Vec::new();
     {
         let mut rng = inner.rng.lock().unwrap();
         for job in &unit.jobs {
             let alone = attempt_alone(job, attempt.consecutive_forbidden);
             match decide(&failed.failure, alone, now, &inner.config.backoff, &mut *rng) {
+                Decision::Retry {
+                    after,
+                    spend_attempt,
+                } => rest.push((job.expires_at, after, spend_attempt, job.clone())),
                 Decision::DeadLetter(reason) => dying.push((reason, job.clone())),
-                _ => rest.push(job.clone()),
+                Decision::Pause => rest.push((job.expires_at, Duration::ZERO, false, job.clone())),
             }
         }
     }
+    // The earliest deadline first; a job without one last.
+    rest.sort_by_key(|(deadline, ..)| (deadline.is_none(), *deadline));
+    let Some(&(_, after, spend_attempt, _)) = rest.first() else {
+        let reason = dying.first().map_or(DeadReason::Expired, |(r, _)| *r);
+        return dead_lettered(inner, unit, failed, attempt, reason).await;
+    };
     let rest_unit = Unit {
-        jobs: rest,
+        jobs: rest.into_iter().map(|(.., job)| job).collect(),
         ..unit.clone()
     };
     let rest_attempt = Attempt {
@@ -231,23 +243,6 @@ async fn ran_out_per_job(
         max_attempts: rest_unit.jobs.iter().map(|j| j.max_attempts).min().unwrap_or(1),
         expires_at: rest_unit.jobs.iter().filter_map(|j| j.expires_at).min(),
         ..attempt
-    };
-    let retry = match rest_unit.jobs.is_empty() {
-        true => None,
-        false => {
-            let mut rng = inner.rng.lock().unwrap();
-            match decide(&failed.failure, rest_attempt, now, &inner.config.backoff, &mut *rng) {
-                Decision::Retry {
-                    after,
-                    spend_attempt,
-                } => Some((after, spend_attempt)),
-                _ => None,
-            }
-        }
-    };
-    let Some((after, spend_attempt)) = retry else {
-        let reason = dying.first().map_or(DeadReason::Expired, |(r, _)| *r);
-        return dead_lettered(inner, unit, failed, attempt, reason).await;
     };
     for (reason, job) in &dying {
         let copy = FailedAttempt {

@@ -231,7 +231,9 @@ fn allowed_reasons(plan: &Plan, spec: &JobSpec) -> BTreeSet<&'static str> {
     }
     let hits = |kind: FaultKind| plan.faults_of(kind).any(|f| f.target == spec.conversation);
     if hits(FaultKind::ConversationEnds) || hits(FaultKind::ParticipantLeaves) {
-        allowed.extend(["conversation_ended", "participant_disconnected"]);
+        // A PATCH there is answered 409: when the GET that explains it fails too, the reason
+        // stays `conflict`.
+        allowed.extend(["conversation_ended", "participant_disconnected", "conflict"]);
     }
     if hits(FaultKind::Forbidden) {
         allowed.insert("forbidden");
