@@ -218,7 +218,13 @@ async fn ran_out_per_job(
         let mut rng = inner.rng.lock().unwrap();
         for job in &unit.jobs {
             let alone = attempt_alone(job, attempt.consecutive_forbidden);
-            match decide(&failed.failure, alone, now, &inner.config.backoff, &mut *rng) {
+            match decide(
+                &failed.failure,
+                alone,
+                now,
+                &inner.config.backoff,
+                &mut *rng,
+            ) {
                 Decision::Retry {
                     after,
                     spend_attempt,
@@ -240,7 +246,12 @@ async fn ran_out_per_job(
     };
     let rest_attempt = Attempt {
         attempts: rest_unit.jobs.iter().map(|j| j.attempts).max().unwrap_or(1),
-        max_attempts: rest_unit.jobs.iter().map(|j| j.max_attempts).min().unwrap_or(1),
+        max_attempts: rest_unit
+            .jobs
+            .iter()
+            .map(|j| j.max_attempts)
+            .min()
+            .unwrap_or(1),
         expires_at: rest_unit.jobs.iter().filter_map(|j| j.expires_at).min(),
         ..attempt
     };
@@ -263,7 +274,15 @@ async fn ran_out_per_job(
         lease::dead_letter(&inner.pool, &unit.fence(), Some(&[job.id]), &record, false).await?;
         count_dead_lettered(inner, *reason, 1);
     }
-    retried(inner, &rest_unit, failed, rest_attempt, after, spend_attempt).await
+    retried(
+        inner,
+        &rest_unit,
+        failed,
+        rest_attempt,
+        after,
+        spend_attempt,
+    )
+    .await
 }
 
 /// The HTTP status and correlation id of a failed call, for the log line.

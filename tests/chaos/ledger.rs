@@ -328,7 +328,10 @@ mod tests {
         jobs[1].reason = Some("not_found".to_owned());
         let ledger = judge(&jobs, &history);
         assert_eq!((ledger.applied, ledger.lost, ledger.dead), (2, 0, 1));
-        assert_eq!(ledger.unexpected_dead, 1, "a job expected applied was dead-lettered");
+        assert_eq!(
+            ledger.unexpected_dead, 1,
+            "a job expected applied was dead-lettered"
+        );
         jobs[1].may_die = &["not_found"];
         assert_eq!(judge(&jobs, &history).unexpected_dead, 0);
     }

@@ -346,12 +346,20 @@ async fn kill_while_holding_units(
 
 /// How many updates (markers `roundN`) the applied PATCHes matching `which` carried: each may
 /// be sent once more by a worker that did not learn it was applied.
-fn updates_carried(emulator: &EmulatorHandle, which: impl Fn(&pdq::emulator::AppliedPatch) -> bool) -> i64 {
+fn updates_carried(
+    emulator: &EmulatorHandle,
+    which: impl Fn(&pdq::emulator::AppliedPatch) -> bool,
+) -> i64 {
     emulator
         .patches()
         .iter()
         .filter(|p| which(p))
-        .map(|p| p.attributes.keys().filter(|k| k.starts_with("round")).count() as i64)
+        .map(|p| {
+            p.attributes
+                .keys()
+                .filter(|k| k.starts_with("round"))
+                .count() as i64
+        })
         .sum()
 }
 
@@ -806,10 +814,24 @@ async fn a_big_backfill_leaves_live_updates_fast_and_worker_memory_flat() {
     let mut worker = WorkerProcess { child, log };
     worker.ready().await;
     // Each backfill row names a conversation the emulator does not know: one 404 from the API.
-    let backfill_answered = || emulator.request_counts().iter().filter(|c| c.status == 404).map(|c| c.count).sum::<u64>();
+    let backfill_answered = || {
+        emulator
+            .request_counts()
+            .iter()
+            .filter(|c| c.status == 404)
+            .map(|c| c.count)
+            .sum::<u64>()
+    };
     // Steady state: the backfill is being worked (awaited, not slept).
-    let working = wait_until(Duration::from_secs(30), || async { backfill_answered() >= 10 }).await;
-    assert!(working, "the worker started on the backfill: {}", worker.log_text());
+    let working = wait_until(Duration::from_secs(30), || async {
+        backfill_answered() >= 10
+    })
+    .await;
+    assert!(
+        working,
+        "the worker started on the backfill: {}",
+        worker.log_text()
+    );
     let rss_start = rss_mb(&worker.child);
     let backfill_dead = || async {
         let rows: Vec<(String, i64)> = sqlx::query_as(

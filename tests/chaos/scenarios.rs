@@ -63,14 +63,13 @@ async fn a_worker_resumed_after_losing_its_lease_never_patches_an_older_value() 
     first.signal("-STOP");
     // What the stopped worker holds besides seq=1 (verified unsent below) is all it may have
     // applied without recording: the duplicates the stop allows.
-    let held_besides: i64 = sqlx::query_scalar(
-        "select count(*) from pdq.jobs where locked_by = $1 and id <> $2",
-    )
-    .bind(&worker_id)
-    .bind(old_id)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap_or(0);
+    let held_besides: i64 =
+        sqlx::query_scalar("select count(*) from pdq.jobs where locked_by = $1 and id <> $2")
+            .bind(&worker_id)
+            .bind(old_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or(0);
     let unsent = !emulator
         .patches()
         .iter()

@@ -185,7 +185,9 @@ pub fn judge(evidence: &Evidence) -> Verdict {
         for (key, value) in &patch.attributes {
             let Some(n) = marker(value) else { continue };
             match by_n.get(&n) {
-                Some(update) if update.participant == (patch.conversation_id, patch.participant_id) => {
+                Some(update)
+                    if update.participant == (patch.conversation_id, patch.participant_id) =>
+                {
                     landed.insert((n, key.clone()));
                     markers.insert(n);
                 }
@@ -266,7 +268,10 @@ fn check_outcomes(
             verdict.cancelled += 1;
             if !update.cancelled {
                 verdict.violations.push(Violation {
-                    what: format!("job {} (u{}) cancelled, but not by the schedule", update.id, update.n),
+                    what: format!(
+                        "job {} (u{}) cancelled, but not by the schedule",
+                        update.id, update.n
+                    ),
                     jobs: vec![update.n],
                     participant: Some(update.participant),
                 });
@@ -353,7 +358,8 @@ fn check_order(
             .iter()
             .filter(|u| {
                 let state = evidence.finals.get(&u.n).cloned().unwrap_or_default();
-                (state.dead.is_none() && !state.cancelled) || landed.contains(&(u.n, key.to_owned()))
+                (state.dead.is_none() && !state.cancelled)
+                    || landed.contains(&(u.n, key.to_owned()))
             })
             .max_by_key(|u| u.final_place());
         if let Some(expected) = expected {
@@ -480,7 +486,10 @@ mod tests {
             place: (0, n as i64),
             forced: None,
             participant: (C, p),
-            attributes: keys.iter().map(|k| ((*k).to_owned(), format!("u{n}"))).collect(),
+            attributes: keys
+                .iter()
+                .map(|k| ((*k).to_owned(), format!("u{n}")))
+                .collect(),
             allowed: BTreeSet::new(),
             cancelled: false,
             key: None,
@@ -551,7 +560,11 @@ mod tests {
             vec![patch(1, 0, P, &[("a", 2)])],
         );
         let verdict = judge(&e);
-        assert!(whats(&verdict).iter().any(|w| w.starts_with("lost: job 1")), "{:?}", whats(&verdict));
+        assert!(
+            whats(&verdict).iter().any(|w| w.starts_with("lost: job 1")),
+            "{:?}",
+            whats(&verdict)
+        );
     }
 
     #[test]
@@ -561,22 +574,58 @@ mod tests {
         let mut allowed = BTreeSet::new();
         allowed.insert("expired");
         e.updates[1].allowed = allowed;
-        e.finals.insert(2, FinalState { dead: Some("expired".into()), ..FinalState::default() });
-        e.finals.insert(1, FinalState { archived: Some(vec!["k".into()]), ..FinalState::default() });
+        e.finals.insert(
+            2,
+            FinalState {
+                dead: Some("expired".into()),
+                ..FinalState::default()
+            },
+        );
+        e.finals.insert(
+            1,
+            FinalState {
+                archived: Some(vec!["k".into()]),
+                ..FinalState::default()
+            },
+        );
         let verdict = judge(&e);
         let w = whats(&verdict);
-        assert!(w.iter().any(|w| w.starts_with("lost: job 1") && w.contains("superseded")), "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("lost: job 1") && w.contains("superseded")),
+            "{w:?}"
+        );
         assert!(w.iter().any(|w| w.starts_with("final value")), "{w:?}");
     }
 
     #[test]
     fn an_unexplained_dead_letter_and_a_foreign_cancel_are_violations() {
         let mut e = evidence(vec![update(1, P, &["k"]), update(2, Q, &["k"])], vec![]);
-        e.finals.insert(1, FinalState { dead: Some("retries_exhausted".into()), ..FinalState::default() });
-        e.finals.insert(2, FinalState { cancelled: true, ..FinalState::default() });
+        e.finals.insert(
+            1,
+            FinalState {
+                dead: Some("retries_exhausted".into()),
+                ..FinalState::default()
+            },
+        );
+        e.finals.insert(
+            2,
+            FinalState {
+                cancelled: true,
+                ..FinalState::default()
+            },
+        );
         let w = whats(&judge(&e));
-        assert!(w.iter().any(|w| w.contains("dead-lettered as retries_exhausted")), "{w:?}");
-        assert!(w.iter().any(|w| w.contains("cancelled, but not by the schedule")), "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.contains("dead-lettered as retries_exhausted")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("cancelled, but not by the schedule")),
+            "{w:?}"
+        );
         e.updates[0].allowed.insert("retries_exhausted");
         e.updates[1].cancelled = true;
         assert!(judge(&e).violations.is_empty());
@@ -625,9 +674,21 @@ mod tests {
         );
         let w = whats(&judge(&e));
         assert!(w.iter().any(|w| w.starts_with("duplicate: u1")), "{w:?}");
-        e.windows.push(Window { kind: FaultKind::RecordingFails, start: at(100), end: at(900) });
-        assert_eq!(judge(&e).violations.len(), 1, "a recording failure allows none");
-        e.windows.push(Window { kind: FaultKind::Kill, start: at(200), end: at(200) });
+        e.windows.push(Window {
+            kind: FaultKind::RecordingFails,
+            start: at(100),
+            end: at(900),
+        });
+        assert_eq!(
+            judge(&e).violations.len(),
+            1,
+            "a recording failure allows none"
+        );
+        e.windows.push(Window {
+            kind: FaultKind::Kill,
+            start: at(200),
+            end: at(200),
+        });
         let verdict = judge(&e);
         assert!(verdict.violations.is_empty());
         assert_eq!(verdict.duplicates.get("kill_9"), Some(&1));
@@ -635,28 +696,52 @@ mod tests {
         e.history[0].status = 0;
         assert_eq!(judge(&e).duplicates.get("applied_then_dropped"), Some(&1));
         e.history[0].status = 202;
-        e.windows.push(Window { kind: FaultKind::Kill, start: at(3_500), end: at(3_500) });
-        assert_eq!(judge(&e).violations.len(), 1, "a kill after the resend explains nothing");
+        e.windows.push(Window {
+            kind: FaultKind::Kill,
+            start: at(3_500),
+            end: at(3_500),
+        });
+        assert_eq!(
+            judge(&e).violations.len(),
+            1,
+            "a kill after the resend explains nothing"
+        );
     }
 
     #[test]
     fn a_repeated_key_makes_one_job_and_its_repeat_is_never_sent() {
-        let mut e = evidence(vec![update(1, P, &["k"])], vec![patch(1, 0, P, &[("k", 1)])]);
+        let mut e = evidence(
+            vec![update(1, P, &["k"])],
+            vec![patch(1, 0, P, &[("k", 1)])],
+        );
         e.updates[0].key = Some("key-1".into());
-        e.refused.push(Refused { n: 2, key: Some("key-1".into()), error: None });
+        e.refused.push(Refused {
+            n: 2,
+            key: Some("key-1".into()),
+            error: None,
+        });
         e.jobs_per_key.insert("key-1".into(), 1);
         assert!(judge(&e).violations.is_empty());
         e.history.push(patch(2, 10, P, &[("k", 2)]));
         e.jobs_per_key.insert("key-1".into(), 2);
         let w = whats(&judge(&e));
-        assert!(w.iter().any(|w| w.contains("a value of no accepted job")), "{w:?}");
+        assert!(
+            w.iter().any(|w| w.contains("a value of no accepted job")),
+            "{w:?}"
+        );
         assert!(w.iter().any(|w| w.contains("pdq holds 2 jobs")), "{w:?}");
     }
 
     #[test]
     fn a_value_landing_on_another_participant_is_a_violation() {
-        let e = evidence(vec![update(1, P, &["k"])], vec![patch(1, 0, Q, &[("k", 1)])]);
+        let e = evidence(
+            vec![update(1, P, &["k"])],
+            vec![patch(1, 0, Q, &[("k", 1)])],
+        );
         let w = whats(&judge(&e));
-        assert!(w.iter().any(|w| w.contains("but that job targets")), "{w:?}");
+        assert!(
+            w.iter().any(|w| w.contains("but that job targets")),
+            "{w:?}"
+        );
     }
 }

@@ -226,7 +226,11 @@ async fn short_mode_seeds_keep_the_guarantee() {
             ));
         }
     }
-    assert!(failed.is_empty(), "seeds that broke the guarantee:\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "seeds that broke the guarantee:\n{}",
+        failed.join("\n")
+    );
 }
 
 /// `PDQ_CHECK_SEED=N`: one seed, with the full report.
@@ -257,7 +261,10 @@ async fn long_mode_many_seeds() {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(default)
     };
-    let (first, count) = (env("PDQ_CHECK_FIRST_SEED", 1_000), env("PDQ_CHECK_SEEDS", 200));
+    let (first, count) = (
+        env("PDQ_CHECK_FIRST_SEED", 1_000),
+        env("PDQ_CHECK_SEEDS", 200),
+    );
     let stop_at_first = std::env::var("PDQ_CHECK_STOP").is_ok_and(|v| v == "first");
     let started = Instant::now();
     let (mut faults, mut duplicates) = (BTreeMap::new(), BTreeMap::new());

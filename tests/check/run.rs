@@ -458,7 +458,7 @@ async fn play_faults(
     db: &TestDb,
     emulator: &EmulatorHandle,
     conversations: &[Conversation],
-    workers: &mut Vec<Worker>,
+    workers: &mut [Worker],
     t0: Instant,
 ) -> (Vec<Window>, Vec<std::path::PathBuf>) {
     let mut events: Vec<(u64, Event)> = Vec::new();
@@ -593,11 +593,7 @@ async fn play_faults(
             }
             Event::Restart(slot) => {
                 spawned += 1;
-                let fresh = Worker::spawn(
-                    &url,
-                    emulator,
-                    &format!("seed{}-r{spawned}", plan.seed),
-                );
+                let fresh = Worker::spawn(&url, emulator, &format!("seed{}-r{spawned}", plan.seed));
                 let old = std::mem::replace(&mut workers[slot], fresh);
                 logs.push(old.keep_log());
                 drop(old);
@@ -646,7 +642,9 @@ fn instant(kind: FaultKind, at: DateTime<Utc>) -> Window {
 
 /// The slot `target` picks among the workers running and not stopped.
 fn pick_running(workers: &[Worker], target: usize) -> Option<usize> {
-    let running: Vec<usize> = (0..workers.len()).filter(|i| !workers[*i].stopped).collect();
+    let running: Vec<usize> = (0..workers.len())
+        .filter(|i| !workers[*i].stopped)
+        .collect();
     (!running.is_empty()).then(|| running[target % running.len()])
 }
 
@@ -676,12 +674,11 @@ async fn settle(db: &TestDb) -> bool {
 /// Each job's final state in pdq's tables, by the marker in its attributes.
 async fn final_states(db: &TestDb) -> HashMap<u64, FinalState> {
     let mut finals: HashMap<u64, FinalState> = HashMap::new();
-    let dead: Vec<(serde_json::Value, String)> = sqlx::query_as(
-        "select attributes, reason from pdq.dead_letters where requeued_at is null",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("dead letters");
+    let dead: Vec<(serde_json::Value, String)> =
+        sqlx::query_as("select attributes, reason from pdq.dead_letters where requeued_at is null")
+            .fetch_all(&db.pool)
+            .await
+            .expect("dead letters");
     for (attributes, reason) in dead {
         if let Some(n) = marker_of(&attributes) {
             finals.entry(n).or_default().dead = Some(reason);
@@ -707,12 +704,11 @@ async fn final_states(db: &TestDb) -> HashMap<u64, FinalState> {
             finals.entry(n).or_default().queued = Some(state);
         }
     }
-    let archived: Vec<(serde_json::Value, Vec<String>)> = sqlx::query_as(
-        "select attributes, coalesce(superseded_keys, '{}') from pdq.finished_jobs",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("finished jobs");
+    let archived: Vec<(serde_json::Value, Vec<String>)> =
+        sqlx::query_as("select attributes, coalesce(superseded_keys, '{}') from pdq.finished_jobs")
+            .fetch_all(&db.pool)
+            .await
+            .expect("finished jobs");
     for (attributes, superseded) in archived {
         if let Some(n) = marker_of(&attributes) {
             finals.entry(n).or_default().archived = Some(superseded);
