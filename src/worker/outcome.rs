@@ -200,6 +200,11 @@ pub(super) async fn on_failure(
             &mut *rng,
         )
     };
+    if let Decision::DeadLetter(DeadReason::Expired | DeadReason::RetriesExhausted) = decision {
+        if unit.jobs.len() > 1 {
+            return ran_out_per_job(inner, unit, failed, attempt).await;
+        }
+    }
     match decision {
         Decision::Retry {
             after,
@@ -213,6 +218,100 @@ pub(super) async fn on_failure(
         }
         Decision::Pause => paused(inner, unit, failed, release_unit).await,
     }
+}
+
+/// The facts of one job of a unit, as if it had failed alone.
+fn attempt_alone(job: &Job, consecutive_forbidden: u32) -> Attempt {
+    Attempt {
+        attempts: job.attempts,
+        max_attempts: job.max_attempts,
+        expires_at: job.expires_at,
+        consecutive_forbidden,
+    }
+}
+
+/// A coalesced unit ran out of time or attempts: the deadline and the attempt limit are each
+/// job's own, so only the jobs they bind are dead-lettered (each as if it had failed alone);
+/// the others are retried with the retry of the most pressed among them, which lands before
+/// every deadline of theirs.
+async fn ran_out_per_job(
+    inner: &Inner,
+    unit: &Unit,
+    failed: FailedAttempt,
+    attempt: Attempt,
+) -> Result<UnitOutcome, queue::Error> {
+    let now = unit.clock.now();
+    let mut dying: Vec<(DeadReason, Job)> = Vec::new();
+    let mut rest: Vec<(Option<DateTime<Utc>>, Duration, bool, Job)> = Vec::new();
+    {
+        let mut rng = inner.rng.lock().unwrap();
+        for job in &unit.jobs {
+            let alone = attempt_alone(job, attempt.consecutive_forbidden);
+            match decide(
+                &failed.failure,
+                alone,
+                now,
+                &inner.config.backoff,
+                &mut *rng,
+            ) {
+                Decision::Retry {
+                    after,
+                    spend_attempt,
+                } => rest.push((job.expires_at, after, spend_attempt, job.clone())),
+                Decision::DeadLetter(reason) => dying.push((reason, job.clone())),
+                Decision::Pause => rest.push((job.expires_at, Duration::ZERO, false, job.clone())),
+            }
+        }
+    }
+    // The earliest deadline first; a job without one last.
+    rest.sort_by_key(|(deadline, ..)| (deadline.is_none(), *deadline));
+    let Some(&(_, after, spend_attempt, _)) = rest.first() else {
+        let reason = dying.first().map_or(DeadReason::Expired, |(r, _)| *r);
+        return dead_lettered(inner, unit, failed, attempt, reason).await;
+    };
+    let rest_unit = Unit {
+        jobs: rest.into_iter().map(|(.., job)| job).collect(),
+        ..unit.clone()
+    };
+    let rest_attempt = Attempt {
+        attempts: rest_unit.jobs.iter().map(|j| j.attempts).max().unwrap_or(1),
+        max_attempts: rest_unit
+            .jobs
+            .iter()
+            .map(|j| j.max_attempts)
+            .min()
+            .unwrap_or(1),
+        expires_at: rest_unit.jobs.iter().filter_map(|j| j.expires_at).min(),
+        ..attempt
+    };
+    for (reason, job) in &dying {
+        let copy = FailedAttempt {
+            failure: failed.failure.clone(),
+            detail: failed.detail.clone(),
+            api: failed.api.clone(),
+            target: failed.target,
+        };
+        let record = dead_letter_record(*reason, copy, (job.attempts, job.max_attempts), now);
+        tracing::info!(
+            outcome = "dead_lettered",
+            reason = reason.as_str(),
+            "dead-lettered job {} as {reason} (its own deadline or attempts; the rest of its unit \
+             is retried): {}",
+            job.id,
+            failed.detail
+        );
+        lease::dead_letter(&inner.pool, &unit.fence(), Some(&[job.id]), &record, false).await?;
+        count_dead_lettered(inner, *reason, 1);
+    }
+    retried(
+        inner,
+        &rest_unit,
+        failed,
+        rest_attempt,
+        after,
+        spend_attempt,
+    )
+    .await
 }
 
 /// The HTTP status and correlation id of a failed call, for the log line.

@@ -18,7 +18,8 @@ impl PrivateCluster {
     pub fn start() -> Option<PrivateCluster> {
         let bindir = Command::new("pg_config").arg("--bindir").output().ok()?;
         let bindir = PathBuf::from(String::from_utf8(bindir.stdout).ok()?.trim());
-        let port = 25_000 + (std::process::id() % 5_000) as u16;
+        // The chaos suite's port range (25440–25449), so clusters of other suites never collide.
+        let port = 25_440 + (std::process::id() % 10) as u16;
         let dir =
             std::env::temp_dir().join(format!("pdq-chaos-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).ok()?;

@@ -33,6 +33,11 @@ pub struct Job {
     pub marker: (String, String),
     /// In `pdq.dead_letters`.
     pub dead: bool,
+    /// The dead letter's reason, when it is one.
+    pub reason: Option<String>,
+    /// The reasons the scenario expects this job may be dead-lettered with (none: it must be
+    /// applied).
+    pub may_die: &'static [&'static str],
 }
 
 impl Job {
@@ -58,6 +63,8 @@ pub struct Ledger {
     pub dead: usize,
     /// Jobs neither applied, superseded nor dead-lettered.
     pub lost: usize,
+    /// Jobs dead-lettered with a reason the scenario does not expect for them.
+    pub unexpected_dead: usize,
     /// Applied PATCHes that carried a marker already applied before.
     pub duplicates: usize,
     /// Applied PATCHes whose value is older than a value already applied to the participant.
@@ -114,6 +121,23 @@ fn count_jobs(ledger: &mut Ledger, own: &[&Job], history: &[&AppliedPatch]) {
         .map(|job| job.id)
         .collect();
     for job in own {
+        if job.dead {
+            let reason = job.reason.as_deref().unwrap_or("?");
+            if !job.may_die.contains(&reason) {
+                ledger.unexpected_dead += 1;
+                ledger.problem(format!(
+                    "dead-lettered as {reason}: job {} ({}={}), expected {}",
+                    job.id,
+                    job.marker.0,
+                    job.marker.1,
+                    if job.may_die.is_empty() {
+                        "applied".to_owned()
+                    } else {
+                        format!("applied or dead-lettered as {:?}", job.may_die)
+                    }
+                ));
+            }
+        }
         let carried = history.iter().filter(|p| job.carried_by(p)).count();
         ledger.duplicates += carried.saturating_sub(1);
         if carried > 0 {
@@ -205,6 +229,7 @@ pub async fn mark_dead(db: &TestDb, jobs: &mut [Job]) -> BTreeMap<String, i64> {
     for job in jobs.iter_mut() {
         if let Some(reason) = dead.get(&job.id) {
             job.dead = true;
+            job.reason = Some(reason.clone());
             *by_reason.entry(reason.clone()).or_insert(0) += 1;
         }
     }
@@ -229,6 +254,8 @@ mod tests {
             attributes: BTreeMap::from([(VALUE_KEY.to_owned(), format!("{n:04}")), marker.clone()]),
             marker,
             dead: false,
+            reason: None,
+            may_die: &[],
         }
     }
 
@@ -242,6 +269,8 @@ mod tests {
             attributes: BTreeMap::from([(VALUE_KEY.to_owned(), value.clone())]),
             marker: (VALUE_KEY.to_owned(), value),
             dead: false,
+            reason: None,
+            may_die: &[],
         }
     }
 
@@ -296,8 +325,15 @@ mod tests {
             ledger.problems
         );
         jobs[1].dead = true;
+        jobs[1].reason = Some("not_found".to_owned());
         let ledger = judge(&jobs, &history);
         assert_eq!((ledger.applied, ledger.lost, ledger.dead), (2, 0, 1));
+        assert_eq!(
+            ledger.unexpected_dead, 1,
+            "a job expected applied was dead-lettered"
+        );
+        jobs[1].may_die = &["not_found"];
+        assert_eq!(judge(&jobs, &history).unexpected_dead, 0);
     }
 
     #[test]
@@ -352,6 +388,8 @@ mod tests {
     fn the_final_value_is_the_newest_job_not_dead_lettered() {
         let mut jobs = vec![job(1, P, 1), job(2, P, 2)];
         jobs[1].dead = true;
+        jobs[1].reason = Some("expired".to_owned());
+        jobs[1].may_die = &["expired"];
         let ledger = judge(&jobs, &[patch(1, P, 1, &[1])]);
         assert_eq!((ledger.wrong_final, ledger.dead, ledger.lost), (0, 1, 0));
         jobs[1].dead = false;

@@ -432,6 +432,40 @@ async fn an_expired_job_inside_a_merged_unit_is_dead_lettered_and_the_rest_sent_
     app.db.drop_database().await;
 }
 
+/// The attempt limit (and the deadline) of one job of a coalesced unit binds that job alone:
+/// the job beside it, with attempts to spare, is retried and applied, not dead-lettered with it.
+#[tokio::test]
+async fn one_job_running_out_of_attempts_in_a_merged_unit_takes_only_itself_to_the_dead_letters() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let (c, pid) = app.customer_conversation();
+    let fragile = app
+        .enqueue(NewJob {
+            max_attempts: Some(1),
+            ..job(Locators::ids(c.id, pid), json!({"a": "fragile"}))
+        })
+        .await;
+    app.enqueue(job(Locators::ids(c.id, pid), json!({"b": "patient"})))
+        .await;
+    app.emulator.set_faults(Faults {
+        error_rate: 1.0,
+        error_statuses: vec![503],
+        ..Faults::default()
+    });
+    let worker = app.worker(fast());
+    let outcomes = worker.process_next().await.unwrap();
+    assert_eq!(outcomes.len(), 1, "one unit of both jobs: {outcomes:?}");
+    let dead: Vec<(i64, String)> = sqlx::query_as("select id, reason from pdq.dead_letters")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, vec![(fragile, "retries_exhausted".to_owned())]);
+    app.emulator.set_faults(Faults::default());
+    app.drain(&worker, Duration::from_secs(10)).await;
+    assert_eq!(values_sent(&app, c.id, pid, "b"), vec!["patient"]);
+    assert_eq!(values_sent(&app, c.id, pid, "a"), Vec::<String>::new());
+    app.db.drop_database().await;
+}
+
 #[tokio::test]
 async fn max_coalesce_jobs_share_one_patch_and_the_next_one_gets_its_own() {
     let app = TestApp::new(EmulatorConfig::default()).await;
