@@ -26,7 +26,10 @@ mod stats;
 pub mod workers;
 
 pub use dlq::{DeadLetter, DeadLetterFilter};
-pub use enqueue::{advance_job_ids, enqueue, enqueue_many, NewJob, DEFAULT_MAX_ATTEMPTS};
+pub use enqueue::{
+    advance_job_ids, enqueue, enqueue_many, NewJob, DEFAULT_MAX_ATTEMPTS, MAX_ATTRIBUTE_KEY_CHARS,
+    MAX_EXTERNAL_TAG_CHARS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_PARTICIPANT_LOCATOR_CHARS,
+};
 pub use error::{constraint_meaning, Error};
 pub use locators::Locators;
 pub use model::{DbClock, DeadReason, Fence, Job, Priority, Unit};
