@@ -275,11 +275,7 @@ fn parse<T: DeserializeOwned>(
     let value = serde_json::from_slice(&response.value).map_err(|e| Error::NotGenesys {
         endpoint,
         // serde's message may quote the body's text.
-        detail: text::storable(text::clip(
-            &format!("body is not the expected JSON: {e}"),
-            MAX_RAW_BYTES,
-        ))
-        .into_owned(),
+        detail: text::kept(&format!("body is not the expected JSON: {e}"), MAX_RAW_BYTES),
     })?;
     Ok(response.map_value(|_| value))
 }
@@ -310,7 +306,7 @@ fn http_error(
     rate_limit: Option<RateLimitInfo>,
 ) -> Error {
     let body: Option<ErrorBody> = serde_json::from_slice(bytes).ok().map(ErrorBody::kept);
-    let raw = text::storable(text::clip(&String::from_utf8_lossy(bytes), MAX_RAW_BYTES)).into_owned();
+    let raw = text::kept(&String::from_utf8_lossy(bytes), MAX_RAW_BYTES);
     let looks_like_html = raw.trim_start().starts_with('<');
     if body.is_none() && looks_like_html && status != 429 && status < 500 {
         return Error::NotGenesys {

@@ -35,8 +35,7 @@ impl ErrorBody {
     pub fn kept(mut self) -> ErrorBody {
         let keep = |text: &mut Option<String>| {
             if let Some(value) = text {
-                *value = super::text::storable(super::text::clip(value, super::MAX_RAW_BYTES))
-                    .into_owned();
+                *value = super::text::kept(value, super::MAX_RAW_BYTES);
             }
         };
         keep(&mut self.message);
@@ -48,10 +47,7 @@ impl ErrorBody {
                 params
                     .into_iter()
                     .map(|(key, value)| {
-                        let clean = |t: &str| {
-                            super::text::storable(super::text::clip(t, super::MAX_RAW_BYTES))
-                                .into_owned()
-                        };
+                        let clean = |t: &str| super::text::kept(t, super::MAX_RAW_BYTES);
                         (clean(&key), clean(&value))
                     })
                     .collect(),
@@ -81,8 +77,7 @@ impl OAuthError {
             .into_iter()
             .flatten()
         {
-            *text = super::text::storable(super::text::clip(text, super::MAX_RAW_BYTES))
-                .into_owned();
+            *text = super::text::kept(text, super::MAX_RAW_BYTES);
         }
         self
     }

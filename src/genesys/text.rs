@@ -34,6 +34,12 @@ pub(crate) fn make_storable(text: &mut String) {
     }
 }
 
+/// `text` as pdq keeps it: [`storable`], then [`clip`]ped to `max_bytes` (in that order: a
+/// replaced NUL grows by two bytes).
+pub fn kept(text: &str, max_bytes: usize) -> String {
+    clip(&storable(text), max_bytes).to_owned()
+}
+
 /// A JSON value whose every string (keys too) is [`storable`].
 pub fn storable_json(value: &Value) -> Cow<'_, Value> {
     match json_has_nul(value) {
