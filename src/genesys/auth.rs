@@ -115,7 +115,9 @@ impl TokenCache {
             .await
             .map_err(|e| transport(TOKEN_ENDPOINT, &e))?;
         if status != 200 {
-            let error: OAuthError = serde_json::from_slice(&body).unwrap_or_default();
+            let error = serde_json::from_slice::<OAuthError>(&body)
+                .unwrap_or_default()
+                .kept();
             return Err(Error::OAuth {
                 status,
                 error,

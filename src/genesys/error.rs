@@ -148,7 +148,8 @@ pub struct HttpFailure {
     pub status: u16,
     /// The parsed `ErrorBody`, when the body was one.
     pub body: Option<ErrorBody>,
-    /// The body as text (truncated to 2 KB).
+    /// The body as text: its first [`super::MAX_RAW_BYTES`] bytes, cut on a character
+    /// boundary, invalid UTF-8 and NUL characters replaced by U+FFFD.
     pub raw: String,
     /// `ININ-Correlation-Id`.
     pub correlation_id: Option<String>,
@@ -312,6 +313,10 @@ impl Error {
         match self {
             Error::Http(http) if !http.raw.is_empty() => Some(
                 serde_json::from_str(&http.raw)
+                    .map(|mut value| {
+                        super::text::scrub_json(&mut value);
+                        value
+                    })
                     .unwrap_or_else(|_| serde_json::Value::String(http.raw.clone())),
             ),
             Error::OAuth { error, .. } => serde_json::to_value(error).ok(),

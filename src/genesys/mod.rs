@@ -10,6 +10,7 @@ mod error;
 pub mod model;
 pub mod region;
 mod settings;
+pub mod text;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -273,7 +274,8 @@ fn parse<T: DeserializeOwned>(
 ) -> Result<ApiResponse<T>, Error> {
     let value = serde_json::from_slice(&response.value).map_err(|e| Error::NotGenesys {
         endpoint,
-        detail: format!("body is not the expected JSON: {e}"),
+        // serde's message may quote the body's text.
+        detail: text::kept(&format!("body is not the expected JSON: {e}"), MAX_RAW_BYTES),
     })?;
     Ok(response.map_value(|_| value))
 }
@@ -292,6 +294,9 @@ fn rate_limit_of(headers: &HeaderMap) -> Option<RateLimitInfo> {
     (info != RateLimitInfo::default()).then_some(info)
 }
 
+/// How much of an error body is kept as text ([`HttpFailure::raw`]), in bytes.
+pub const MAX_RAW_BYTES: usize = 2_048;
+
 fn http_error(
     endpoint: &'static str,
     status: u16,
@@ -300,9 +305,8 @@ fn http_error(
     correlation_id: Option<String>,
     rate_limit: Option<RateLimitInfo>,
 ) -> Error {
-    let body: Option<ErrorBody> = serde_json::from_slice(bytes).ok();
-    let mut raw = String::from_utf8_lossy(bytes).into_owned();
-    raw.truncate(2_048);
+    let body: Option<ErrorBody> = serde_json::from_slice(bytes).ok().map(ErrorBody::kept);
+    let raw = text::kept(&String::from_utf8_lossy(bytes), MAX_RAW_BYTES);
     let looks_like_html = raw.trim_start().starts_with('<');
     if body.is_none() && looks_like_html && status != 429 && status < 500 {
         return Error::NotGenesys {
@@ -319,4 +323,81 @@ fn http_error(
         retry_after: header(headers, "retry-after").and_then(|v| parse_retry_after(&v)),
         rate_limit,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn failure(status: u16, bytes: &[u8]) -> Error {
+        http_error("PATCH participant attributes", status, &HeaderMap::new(), bytes, None, None)
+    }
+
+    #[test]
+    fn a_body_cut_inside_a_multi_byte_character_keeps_every_whole_character() {
+        // Byte 2,048 is the second byte of "é".
+        let text = format!("{}é and more", "a".repeat(2_047));
+        let Error::Http(http) = failure(400, text.as_bytes()) else {
+            panic!("an HTTP failure");
+        };
+        assert_eq!(http.raw, "a".repeat(2_047));
+        let json = format!(r#"{{"message":"{}","code":"bad.request"}}"#, "é".repeat(1_500));
+        let error = failure(400, json.as_bytes());
+        assert_eq!(error.code(), Some("bad.request"));
+        assert!(error.message().unwrap().len() <= MAX_RAW_BYTES);
+        assert!(error.body_json().is_some());
+    }
+
+    #[test]
+    fn nul_characters_from_the_network_never_reach_what_is_kept() {
+        let error = failure(400, br#"{"message":"a\u0000b","code":"x\u0000","details":[{"d":"\u0000"}]}"#);
+        assert_eq!(error.message(), Some("a\u{FFFD}b"));
+        assert!(!error.body_json().unwrap().to_string().contains("\\u0000"));
+        let Error::Http(http) = failure(500, b"raw\0text") else {
+            panic!("an HTTP failure");
+        };
+        assert_eq!(http.raw, "raw\u{FFFD}text");
+    }
+
+    proptest! {
+        #[test]
+        fn any_error_body_is_kept_without_a_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..4_200),
+            status in prop_oneof![Just(400u16), Just(404), Just(409), Just(429), Just(500), Just(503)],
+        ) {
+            let error = failure(status, &bytes);
+            let _ = error.to_string();
+            let _ = error.with_advice();
+            for text in [error.message(), error.code(), error.context_id()].into_iter().flatten() {
+                prop_assert!(text.len() <= MAX_RAW_BYTES && !text.contains('\0'));
+            }
+            if let Some(body) = error.body_json() {
+                prop_assert!(!body.to_string().contains("\\u0000"));
+            }
+            if let Error::Http(http) = &error {
+                prop_assert!(http.raw.len() <= MAX_RAW_BYTES);
+                prop_assert!(!http.raw.contains('\0'));
+                let lossy = String::from_utf8_lossy(&bytes).replace('\0', "\u{FFFD}");
+                prop_assert!(lossy.starts_with(&http.raw));
+            }
+        }
+
+        #[test]
+        fn any_json_error_body_is_kept_without_a_panic(
+            message in any::<String>(),
+            filler in 0usize..2_100,
+        ) {
+            let body = serde_json::json!({
+                "message": format!("{}{message}", "x".repeat(filler)),
+                "code": message.clone(),
+                "messageParams": { message.clone(): message.clone() },
+            });
+            let error = failure(400, body.to_string().as_bytes());
+            prop_assert!(error.message().is_some_and(|m| m.len() <= MAX_RAW_BYTES && !m.contains('\0')));
+            if let Some(body) = error.body_json() {
+                prop_assert!(!body.to_string().contains("\\u0000"));
+            }
+        }
+    }
 }

@@ -29,6 +29,36 @@ pub struct ErrorBody {
     pub errors: Vec<Value>,
 }
 
+impl ErrorBody {
+    /// The body as pdq keeps it: each text at most [`super::MAX_RAW_BYTES`] bytes (cut on a
+    /// character boundary) and without NUL characters, whatever the API sent.
+    pub fn kept(mut self) -> ErrorBody {
+        let keep = |text: &mut Option<String>| {
+            if let Some(value) = text {
+                *value = super::text::kept(value, super::MAX_RAW_BYTES);
+            }
+        };
+        keep(&mut self.message);
+        keep(&mut self.code);
+        keep(&mut self.context_id);
+        keep(&mut self.message_with_params);
+        if let Some(params) = self.message_params.take() {
+            self.message_params = Some(
+                params
+                    .into_iter()
+                    .map(|(key, value)| {
+                        let clean = |t: &str| super::text::kept(t, super::MAX_RAW_BYTES);
+                        (clean(&key), clean(&value))
+                    })
+                    .collect(),
+            );
+        }
+        self.details.iter_mut().for_each(super::text::scrub_json);
+        self.errors.iter_mut().for_each(super::text::scrub_json);
+        self
+    }
+}
+
 /// The OAuth error shape of `/oauth/token`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct OAuthError {
@@ -38,6 +68,19 @@ pub struct OAuthError {
     pub description: Option<String>,
     /// Explanation (standard field).
     pub error_description: Option<String>,
+}
+
+impl OAuthError {
+    /// The error as pdq keeps it (see [`ErrorBody::kept`]).
+    pub fn kept(mut self) -> OAuthError {
+        for text in [&mut self.error, &mut self.description, &mut self.error_description]
+            .into_iter()
+            .flatten()
+        {
+            *text = super::text::kept(text, super::MAX_RAW_BYTES);
+        }
+        self
+    }
 }
 
 /// A token from `/oauth/token`.

@@ -61,9 +61,35 @@ pub struct BudgetState {
     pub resumed_at: Option<DateTime<Utc>>,
 }
 
-const STATE_COLUMNS: &str =
-    "name, case when paused_until > now() then paused_until end as paused_until,
-     pause_reason, next_slot, resumed_by, resumed_at";
+/// The furthest ahead of now the shared schedule is taken to run: a reservation never waits
+/// longer than this, whatever the row says (pdq itself never schedules further: a pause lasts
+/// at most [`MAX_PAUSE`], and the reservations in flight add seconds).
+pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(2 * MAX_RETRY_AFTER.as_secs());
+
+/// A stored time as the workers can read it, whatever the row holds: `infinity` and times
+/// past the year 9999 read as the last second of 9999, `-infinity` and times before the year 1
+/// as its first second (sqlx, like most clients, cannot decode an infinite time, nor one past
+/// the year 262143).
+macro_rules! readable {
+    ($column:literal) => {
+        concat!(
+            "case when ", $column, " is null then null",
+            " when ", $column, " >= '10000-01-01 00:00:00+00' then '9999-12-31 23:59:59+00'::timestamptz",
+            " when ", $column, " < '0001-01-01 00:00:00+00' then '0001-01-01 00:00:00+00'::timestamptz",
+            " else ", $column, " end"
+        )
+    };
+}
+
+const STATE_COLUMNS: &str = concat!(
+    "name, case when paused_until > now() then ",
+    readable!("paused_until"),
+    " end as paused_until, pause_reason, ",
+    readable!("next_slot"),
+    " as next_slot, resumed_by, ",
+    readable!("resumed_at"),
+    " as resumed_at"
+);
 
 /// Reserves `n` request slots `interval` apart; returns when each may be used.
 pub async fn reserve(
@@ -73,15 +99,22 @@ pub async fn reserve(
     interval: Duration,
 ) -> Result<Vec<Instant>, Error> {
     let span = interval.as_secs_f64() * f64::from(n);
+    // A schedule or pause further ahead than pdq ever sets (an operator's UPDATE, a clock that
+    // jumped) is cut to the most it can be, and the row keeps the cut value.
     let (first, db_now): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
         "insert into pdq.rate_budgets as b (name, next_slot) values ($1, now() + $2 * interval '1 second')
          on conflict (name) do update
-             set next_slot = greatest(b.next_slot, now(), b.paused_until) + $2 * interval '1 second',
+             set next_slot = greatest(least(b.next_slot, now() + $3 * interval '1 second'), now(),
+                                      least(b.paused_until, now() + $4 * interval '1 second'))
+                             + $2 * interval '1 second',
+                 paused_until = least(b.paused_until, now() + $4 * interval '1 second'),
                  updated_at = now()
          returning b.next_slot - $2 * interval '1 second', now()",
     )
     .bind(name)
     .bind(span)
+    .bind(MAX_SCHEDULE_AHEAD.as_secs_f64())
+    .bind(MAX_PAUSE.as_secs_f64())
     .fetch_one(pool)
     .await?;
     let now = Instant::now();
@@ -112,14 +145,18 @@ pub async fn pause(
         "insert into pdq.rate_budgets as b (name, next_slot, paused_until, pause_reason)
          values ($1, now() + $2 * interval '1 second', now() + $2 * interval '1 second', $3)
          on conflict (name) do update
-             set paused_until = greatest(b.paused_until, excluded.paused_until),
+             set paused_until = greatest(least(b.paused_until, excluded.paused_until + $4 * interval '1 second'),
+                                         excluded.paused_until),
                  pause_reason = case when excluded.paused_until >= b.paused_until
                                      then excluded.pause_reason else b.pause_reason end,
-                 next_slot = greatest(b.next_slot, excluded.next_slot), updated_at = now()",
+                 next_slot = greatest(least(b.next_slot, excluded.next_slot + $4 * interval '1 second'),
+                                      excluded.next_slot),
+                 updated_at = now()",
     )
     .bind(name)
     .bind(duration.min(MAX_PAUSE).as_secs_f64())
     .bind(reason.as_str())
+    .bind(MAX_SCHEDULE_AHEAD.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(())
@@ -128,31 +165,53 @@ pub async fn pause(
 /// An operator's resume of budget `name` (every budget when `None`), recorded with `by`: lifts
 /// its pause now, and tells the workers that use it to lift their own pauses (a configuration
 /// pause too) and try again. Returns the budgets that were paused, as they were before.
+///
+/// It also repairs a row no worker could use: a schedule further ahead than
+/// [`MAX_SCHEDULE_AHEAD`], or any time that is infinite or outside the years 1 to 9999, is set
+/// to now (such a row counts as paused). `by` is kept without control characters, at most 256
+/// characters.
 pub async fn resume(
     pool: &PgPool,
     name: Option<&str>,
     by: &str,
 ) -> Result<Vec<BudgetState>, Error> {
-    let cleared = sqlx::query_as(
+    let by: String = by
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(256)
+        .collect();
+    let cleared = sqlx::query_as(concat!(
         "with matched as (
-             select name, paused_until, pause_reason, next_slot, resumed_by, resumed_at,
-                    paused_until > now() as was_paused
+             select name, ",
+        readable!("paused_until"),
+        " as paused_until, pause_reason, ",
+        readable!("next_slot"),
+        " as next_slot, resumed_by, ",
+        readable!("resumed_at"),
+        " as resumed_at,
+                    paused_until > now()
+                        or not (next_slot between '0001-01-01 00:00:00+00'
+                                and now() + $3 * interval '1 second') as was_paused,
+                    not (paused_until between '0001-01-01 00:00:00+00' and now()) as pause_off
              from pdq.rate_budgets
              where ($1::text is null or name = $1)
              for update
          ), lifted as (
              update pdq.rate_budgets b
-             set paused_until = case when matched.was_paused then now() else b.paused_until end,
-                 next_slot = case when matched.was_paused then least(b.next_slot, now())
+             set paused_until = case when matched.pause_off then now() else b.paused_until end,
+                 next_slot = case when matched.was_paused
+                                  then case when b.next_slot between '0001-01-01 00:00:00+00'
+                                                and now() then b.next_slot else now() end
                                   else b.next_slot end,
                  resumed_by = $2, resumed_at = now(), updated_at = now()
              from matched where b.name = matched.name
          )
          select name, paused_until, pause_reason, next_slot, resumed_by, resumed_at
-         from matched where was_paused order by name",
-    )
+         from matched where was_paused order by name"
+    ))
     .bind(name)
     .bind(by)
+    .bind(MAX_SCHEDULE_AHEAD.as_secs_f64())
     .fetch_all(pool)
     .await?;
     Ok(cleared)

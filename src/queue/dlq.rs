@@ -63,7 +63,8 @@ pub struct DeadLetterFilter {
     pub conversation_id: Option<Uuid>,
     /// Include dead letters that were already requeued (history).
     pub include_requeued: bool,
-    /// At most this many rows (list only).
+    /// At most this many rows, the newest first as [`list`] orders them: `list` shows 100
+    /// when unset; [`requeue`] and [`purge`] act on every match when unset.
     pub limit: Option<i64>,
 }
 
@@ -94,6 +95,14 @@ impl DeadLetterFilter {
         }
         if !self.include_requeued {
             query.push(" and requeued_at is null");
+        }
+    }
+
+    /// The order `list` shows, and the limit when one is set.
+    fn push_limit(&self, query: &mut QueryBuilder<'_, Postgres>) {
+        if let Some(limit) = self.limit {
+            query.push(" order by dead_at desc, id desc limit ");
+            query.push_bind(limit);
         }
     }
 }
@@ -143,6 +152,7 @@ pub async fn requeue<'e>(
         ..filter.clone()
     };
     filter.push_where(&mut query);
+    filter.push_limit(&mut query);
     query.push("))");
     let count: i64 = query
         .build_query_scalar()
@@ -152,9 +162,27 @@ pub async fn requeue<'e>(
     Ok(count as u64)
 }
 
-/// Deletes matching dead letters for good. Returns how many were deleted.
+/// Deletes matching dead letters for good (at most `filter.limit`, the newest first). Returns
+/// how many were deleted.
 pub async fn purge<'e>(db: impl PgExecutor<'e>, filter: &DeadLetterFilter) -> Result<u64, Error> {
     let mut query = QueryBuilder::new("delete from pdq.dead_letters");
-    filter.push_where(&mut query);
+    if filter.limit.is_some() {
+        // Rows, not ids: ids repeat after a reset id sequence, and the limit counts rows.
+        query.push(" where ctid = any(array(select ctid from pdq.dead_letters");
+        filter.push_where(&mut query);
+        filter.push_limit(&mut query);
+        query.push("))");
+    } else {
+        filter.push_where(&mut query);
+    }
     Ok(query.build().execute(db).await?.rows_affected())
+}
+
+/// How many dead letters match `filter`, whatever its limit: what a purge with it would touch
+/// without a limit. [`requeue`] takes only those not requeued yet: count with
+/// `include_requeued: false` for it.
+pub async fn count<'e>(db: impl PgExecutor<'e>, filter: &DeadLetterFilter) -> Result<i64, Error> {
+    let mut query = QueryBuilder::new("select count(*) from pdq.dead_letters");
+    filter.push_where(&mut query);
+    Ok(query.build_query_scalar().fetch_one(db).await?)
 }

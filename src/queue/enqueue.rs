@@ -33,7 +33,7 @@ pub struct NewJob {
 /// Enqueues one job through `pdq.enqueue`; returns its id, or `None` when its idempotency key
 /// was already applied or dead-lettered.
 pub async fn enqueue<'e>(db: impl PgExecutor<'e>, job: &NewJob) -> Result<Option<i64>, Error> {
-    refuse_nul(job)?;
+    refuse_locally(job)?;
     let id: Option<i64> = sqlx::query_scalar(
         "select pdq.enqueue(
             attributes => $1, conversation_id => $2, external_tag => $3, participant_id => $4,
@@ -62,7 +62,7 @@ pub async fn enqueue<'e>(db: impl PgExecutor<'e>, job: &NewJob) -> Result<Option
 /// Enqueues many jobs in one statement (one NOTIFY); returns how many rows were inserted.
 /// Jobs whose idempotency key is already known are skipped.
 pub async fn enqueue_many<'e>(db: impl PgExecutor<'e>, jobs: &[NewJob]) -> Result<u64, Error> {
-    jobs.iter().try_for_each(refuse_nul)?;
+    jobs.iter().try_for_each(refuse_locally)?;
     let column = |f: fn(&NewJob) -> Option<String>| jobs.iter().map(f).collect::<Vec<_>>();
     let priorities = column(|j| Some(j.priority.unwrap_or(Priority::Live).as_str().to_owned()));
     let result = sqlx::query(
@@ -110,9 +110,20 @@ pub async fn enqueue_many<'e>(db: impl PgExecutor<'e>, jobs: &[NewJob]) -> Resul
     Ok(result.rows_affected())
 }
 
-/// Postgres stores no NUL character in text or jsonb; refuse such a job with a named rule
-/// instead of letting the database fail with an encoding error.
-fn refuse_nul(job: &NewJob) -> Result<(), Error> {
+/// The longest idempotency key accepted, in characters (`pdq.jobs` refuses longer ones with
+/// `idempotency_key_must_be_at_most_200_characters`).
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
+/// The longest external tag accepted, in characters.
+pub const MAX_EXTERNAL_TAG_CHARS: usize = 256;
+/// The longest participant purpose, external contact id or name accepted, in characters.
+pub const MAX_PARTICIPANT_LOCATOR_CHARS: usize = 256;
+/// The longest attribute key accepted, in characters.
+pub const MAX_ATTRIBUTE_KEY_CHARS: usize = 256;
+
+/// The rules the database would refuse the job by, checked before sending it: Postgres stores
+/// no NUL character in text or jsonb (it would fail with an encoding error, not a named rule),
+/// and the length bounds give the same names the constraints do.
+fn refuse_locally(job: &NewJob) -> Result<(), Error> {
     let refused = |constraint: &str| Error::Refused {
         meaning: super::constraint_meaning(constraint).to_owned(),
         constraint: constraint.to_owned(),
@@ -130,6 +141,31 @@ fn refuse_nul(job: &NewJob) -> Result<(), Error> {
     ];
     if texts.into_iter().flatten().any(|text| text.contains('\0')) {
         return Err(refused(TEXT_MUST_NOT_CONTAIN_NUL));
+    }
+    let longer = |text: &Option<String>, max: usize| {
+        text.as_deref().is_some_and(|t| t.chars().count() > max)
+    };
+    if longer(&job.idempotency_key, MAX_IDEMPOTENCY_KEY_CHARS) {
+        return Err(refused("idempotency_key_must_be_at_most_200_characters"));
+    }
+    if longer(&locators.external_tag, MAX_EXTERNAL_TAG_CHARS) {
+        return Err(refused("external_tag_must_be_at_most_256_characters"));
+    }
+    let names = [
+        &locators.participant_purpose,
+        &locators.participant_external_contact_id,
+        &locators.participant_name,
+    ];
+    if names
+        .into_iter()
+        .any(|name| longer(name, MAX_PARTICIPANT_LOCATOR_CHARS))
+    {
+        return Err(refused("participant_locator_must_be_at_most_256_characters"));
+    }
+    if let serde_json::Value::Object(map) = &job.attributes {
+        if map.keys().any(|key| key.chars().count() > MAX_ATTRIBUTE_KEY_CHARS) {
+            return Err(refused("attribute_keys_must_be_at_most_256_characters"));
+        }
     }
     Ok(())
 }

@@ -70,6 +70,10 @@ pub fn constraint_meaning(constraint: &str) -> &'static str {
         "expires_at_must_be_before_the_year_10000" => "expires_at must be before the year 10000 (leave it null for no deadline)",
         "attributes_must_not_contain_nul" => "attribute keys and values must not contain a NUL character (\\u0000)",
         "text_must_not_contain_nul" => "locators and idempotency_key must not contain a NUL character",
+        "idempotency_key_must_be_at_most_200_characters" => "idempotency_key must be at most 200 characters",
+        "external_tag_must_be_at_most_256_characters" => "external_tag must be at most 256 characters",
+        "participant_locator_must_be_at_most_256_characters" => "participant_purpose, participant_external_contact_id and participant_name must be at most 256 characters",
+        "attribute_keys_must_be_at_most_256_characters" => "every attribute key must be at most 256 characters",
         _ => "the row breaks a rule of pdq.jobs",
     }
 }

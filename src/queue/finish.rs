@@ -16,6 +16,8 @@ use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::{ApiRefusal, DeadReason, Error, Fence, Unit};
+// Postgres stores no NUL character: what the API sent is kept without them.
+use crate::genesys::text::{storable, storable_json};
 
 /// A unit that was applied, with the ids the worker resolved it to.
 #[derive(Debug, Clone)]
@@ -303,7 +305,7 @@ pub async fn retry_jobs<'e>(
     .bind(fence.lease)
     .bind(&fence.job_ids)
     .bind(after.as_secs_f64().min(MAX_DELAY_SECS))
-    .bind(last_error)
+    .bind(storable_json(last_error).into_owned())
     .bind(spend_attempt)
     .bind(release_unit)
     .fetch_one(db)
@@ -412,13 +414,13 @@ pub async fn dead_letter<'e>(
         None => fence.job_ids.clone(),
     })
     .bind(record.reason.as_str())
-    .bind(&record.detail)
+    .bind(storable(&record.detail))
     .bind(record.api.http_status)
-    .bind(&record.api.error_code)
-    .bind(&record.api.error_message)
-    .bind(&record.api.context_id)
-    .bind(&record.api.correlation_id)
-    .bind(&record.api.error_body)
+    .bind(record.api.error_code.as_deref().map(storable))
+    .bind(record.api.error_message.as_deref().map(storable))
+    .bind(record.api.context_id.as_deref().map(storable))
+    .bind(record.api.correlation_id.as_deref().map(storable))
+    .bind(record.api.error_body.as_ref().map(|b| storable_json(b).into_owned()))
     .bind(record.resolved_conversation_id)
     .bind(record.resolved_participant_id)
     .bind(release_unit)

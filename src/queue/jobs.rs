@@ -153,7 +153,8 @@ pub struct JobFilter {
     pub states: Vec<JobState>,
     /// Only due pending jobs that wait for an older job of their participant.
     pub blocked: bool,
-    /// At most this many rows (list only; 100 by default).
+    /// At most this many rows, the newest first as [`list`] orders them: `list` shows 100
+    /// when unset; [`cancel`] cancels every match when unset.
     pub limit: Option<i64>,
 }
 
@@ -378,15 +379,33 @@ pub async fn cancel<'e>(
 ) -> Result<Vec<CancelledJob>, Error> {
     let pending = JobFilter {
         states: vec![JobState::Pending],
-        limit: None,
         ..filter.clone()
     };
     let mut query = QueryBuilder::new("select * from pdq.cancel_jobs(note => ");
     query.push_bind(note.map(str::to_owned));
     query.push(", ids => array(select r.id from pdq.job_records r");
     pending.push_where(&mut query);
+    if let Some(limit) = pending.limit {
+        query.push(" order by r.created_at desc, r.id desc limit ");
+        query.push_bind(limit);
+    }
     query.push("))");
     Ok(query.build_query_as().fetch_all(db).await?)
+}
+
+/// How many pending jobs match `filter`, whatever its limit: what [`cancel`] would cancel
+/// without a limit.
+pub async fn count_cancellable<'e>(
+    db: impl PgExecutor<'e>,
+    filter: &JobFilter,
+) -> Result<i64, Error> {
+    let pending = JobFilter {
+        states: vec![JobState::Pending],
+        ..filter.clone()
+    };
+    let mut query = QueryBuilder::new("select count(*) from pdq.job_records r");
+    pending.push_where(&mut query);
+    Ok(query.build_query_scalar().fetch_one(db).await?)
 }
 
 /// Whether `pdq_outcomes` notifications are on (`pdq.settings.notify_outcomes`).

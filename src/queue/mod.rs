@@ -27,7 +27,10 @@ mod stats;
 pub mod workers;
 
 pub use dlq::{DeadLetter, DeadLetterFilter};
-pub use enqueue::{enqueue, enqueue_many, NewJob, DEFAULT_MAX_ATTEMPTS};
+pub use enqueue::{
+    enqueue, enqueue_many, NewJob, DEFAULT_MAX_ATTEMPTS, MAX_ATTRIBUTE_KEY_CHARS,
+    MAX_EXTERNAL_TAG_CHARS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_PARTICIPANT_LOCATOR_CHARS,
+};
 pub use error::{constraint_meaning, Error};
 pub use ids::{advance_job_ids, check_job_ids, IdCheck};
 pub use locators::Locators;

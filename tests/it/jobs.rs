@@ -442,7 +442,7 @@ async fn outcome_triggers(db: &TestDb) -> i64 {
 }
 
 #[tokio::test]
-async fn outcome_notifications_are_opt_in_and_carry_id_key_and_outcome() {
+async fn outcome_notifications_are_opt_in_and_carry_ids_and_outcome_only() {
     let db = TestDb::new().await;
     let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
     listener.listen("pdq_outcomes").await.unwrap();
@@ -464,20 +464,19 @@ async fn outcome_notifications_are_opt_in_and_carry_id_key_and_outcome() {
     apply(&db, &claim_one(&db).await, cid, pid).await;
     assert_eq!(
         next_outcome(&mut listener).await,
-        Some(json!({"job_id": applied, "idempotency_key": "k-applied", "outcome": "applied"}))
+        Some(json!({"job_id": applied, "outcome": "applied"}))
     );
     let (first, second) = dead_letter_requeue_and_apply(&db, "k-dead").await;
     assert_eq!(
         next_outcome(&mut listener).await,
         Some(
-            json!({"job_id": first, "idempotency_key": "k-dead", "outcome": "dead_lettered",
-                    "reason": "not_found"})
+            json!({"job_id": first, "outcome": "dead_lettered", "reason": "not_found"})
         )
     );
     assert_eq!(
         next_outcome(&mut listener).await,
-        Some(json!({"job_id": second, "idempotency_key": "k-dead", "outcome": "applied"})),
-        "the requeued job reports the original key"
+        Some(json!({"job_id": second, "origin_job_id": first, "outcome": "applied"})),
+        "the requeued job names the job it came from"
     );
     let cancelled = enqueue(&db, Locators::ids(cid, pid), Some("k-cancel")).await;
     let filter = JobFilter {
@@ -487,7 +486,7 @@ async fn outcome_notifications_are_opt_in_and_carry_id_key_and_outcome() {
     jobs::cancel(&db.pool, &filter, None).await.unwrap();
     assert_eq!(
         next_outcome(&mut listener).await,
-        Some(json!({"job_id": cancelled, "idempotency_key": "k-cancel", "outcome": "cancelled"}))
+        Some(json!({"job_id": cancelled, "outcome": "cancelled"}))
     );
 
     jobs::set_notify_outcomes(&db.pool, false).await.unwrap();

@@ -1,6 +1,7 @@
 //! pdq's integration tests: one test binary, one module per area.
 mod app;
 mod cli;
+mod door;
 mod emulator;
 mod helpers;
 mod hostile;

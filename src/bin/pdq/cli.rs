@@ -115,22 +115,23 @@ pub struct EnqueueArgs {
     /// The conversation id (or give --external-tag).
     #[arg(long)]
     pub conversation_id: Option<Uuid>,
-    /// The conversation's external tag (or give --conversation-id).
+    /// The conversation's external tag (or give --conversation-id); at most 256 characters.
     #[arg(long)]
     pub external_tag: Option<String>,
     /// The participant id.
     #[arg(long)]
     pub participant_id: Option<Uuid>,
-    /// Pick the live participant with this purpose (default: customer).
+    /// Pick the live participant with this purpose (default: customer); at most 256 characters.
     #[arg(long)]
     pub participant_purpose: Option<String>,
-    /// Pick the participant with this external contact id.
+    /// Pick the participant with this external contact id; at most 256 characters.
     #[arg(long)]
     pub participant_external_contact_id: Option<String>,
-    /// Pick the participant with this name.
+    /// Pick the participant with this name; at most 256 characters.
     #[arg(long)]
     pub participant_name: Option<String>,
-    /// The attributes as a JSON object of strings, e.g. '{"tier":"gold"}'.
+    /// The attributes as a JSON object of strings, e.g. '{"tier":"gold"}'; keys at most 256
+    /// characters.
     #[arg(long)]
     pub attributes: Option<String>,
     /// One attribute as key=value (repeatable; merged over --attributes).
@@ -145,7 +146,7 @@ pub struct EnqueueArgs {
     /// Dead-letter as expired after this time (RFC 3339).
     #[arg(long)]
     pub expires_at: Option<DateTime<Utc>>,
-    /// A repeated enqueue with the same key is a no-op.
+    /// A repeated enqueue with the same key is a no-op; at most 200 characters.
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// Attempts before retries_exhausted.
@@ -213,9 +214,10 @@ pub struct DlqFilterArgs {
     /// Include dead letters already requeued (list, purge).
     #[arg(long)]
     pub include_requeued: bool,
-    /// At most this many rows (list).
-    #[arg(long, default_value_t = 50)]
-    pub limit: i64,
+    /// At most this many rows, the newest first (list: 50 when not given; requeue and purge:
+    /// every match when not given).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub limit: Option<i64>,
 }
 
 /// Accepts the known dead-letter reasons only, and lists them in `--help`.

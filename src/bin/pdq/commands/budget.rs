@@ -38,12 +38,22 @@ pub async fn run(db: &Database, command: BudgetCommand, json: bool) -> anyhow::R
                     ),
                 }
             }
+            let now = chrono::Utc::now();
             for state in &cleared {
+                let ahead = chrono::Duration::from_std(budget::MAX_SCHEDULE_AHEAD)?;
+                let schedule = match state.next_slot > now + ahead {
+                    true => format!(
+                        "; its next request slot was {}, repaired to now",
+                        state.next_slot.to_rfc3339()
+                    ),
+                    false => String::new(),
+                };
                 println!(
-                    "resumed budget {}: it was paused until {} ({})",
+                    "resumed budget {}: it was paused until {} ({}){schedule}",
                     state.name,
                     state
                         .paused_until
+                        .filter(|at| *at > now)
                         .map_or("-".to_owned(), |at| at.to_rfc3339()),
                     state
                         .pause_reason

@@ -36,7 +36,8 @@ pub struct DemoArgs {
     pub no_console: bool,
 }
 
-/// Runs the demo; exits non-zero if any accepted update was lost or is not visible.
+/// Runs the demo; exits non-zero if any accepted update was lost, is still pending when the
+/// demo gives up, or is not visible.
 pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Result<ExitCode> {
     let admin_url = match db.url() {
         Some(url) if pdq::db::connect_options(url).is_ok() => url,
@@ -244,14 +245,23 @@ async fn enqueue_mix(
     queue::enqueue_many(pool, &jobs).await?;
     let mut refused = 0;
     for bad in [json!({"vip": true}), json!({"context.firstName": "Eve"})] {
-        if queue::enqueue(pool, &update(Locators::conversation(first.id), bad))
-            .await
-            .is_err()
-        {
+        let result = queue::enqueue(pool, &update(Locators::conversation(first.id), bad)).await;
+        if refused_at_insert(result)? {
             refused += 1;
         }
     }
     Ok(refused)
+}
+
+/// Whether an enqueue of a bad row was refused by a rule of `pdq.jobs`. Any other failure (the
+/// connection, a timeout) is the demo's error, not a refusal; a bad row that was accepted is
+/// one too.
+fn refused_at_insert(result: Result<Option<i64>, queue::Error>) -> anyhow::Result<bool> {
+    match result {
+        Err(queue::Error::Refused { .. }) => Ok(true),
+        Err(other) => Err(anyhow::Error::new(other).context("enqueueing a bad row failed")),
+        Ok(id) => anyhow::bail!("a bad row was accepted (job {id:?}): a rule of pdq.jobs is missing"),
+    }
 }
 
 async fn count(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
@@ -388,9 +398,37 @@ struct DemoReport {
 }
 
 impl DemoReport {
-    /// Every accepted update was applied or dead-lettered, and every applied value is visible.
+    /// Every accepted update was applied or dead-lettered (none is still pending, none was
+    /// lost), and every applied value is visible.
     fn complete(&self) -> bool {
-        self.lost == 0 && self.not_visible == 0
+        self.pending == 0 && self.lost == 0 && self.not_visible == 0
+    }
+
+    /// The last line of the report: success only when [`DemoReport::complete`].
+    fn verdict(&self) -> String {
+        if self.complete() {
+            return "every accepted update was applied or dead-lettered, and every applied value \
+                    is visible on the emulator"
+                .to_owned();
+        }
+        let mut problems = Vec::new();
+        if self.pending > 0 {
+            problems.push(format!(
+                "{} job(s) still pending when the demo stopped (it gave up at its timeout; \
+                 try --timeout-secs)",
+                self.pending
+            ));
+        }
+        if self.lost != 0 {
+            problems.push(format!("{} accepted job(s) LOST", self.lost));
+        }
+        if self.not_visible > 0 {
+            problems.push(format!(
+                "{} applied value(s) NOT VISIBLE on the emulator",
+                self.not_visible
+            ));
+        }
+        format!("INCOMPLETE: {}", problems.join("; "))
     }
 }
 
@@ -433,11 +471,58 @@ fn print_report(report: &DemoReport, json_output: bool) -> anyhow::Result<()> {
         "dead letters by reason:     {}",
         serde_json::to_string(&report.dead_letters_by_reason)?
     );
-    let verdict = if report.complete() {
-        "every accepted update was applied or dead-lettered, and every applied value is visible on the emulator"
-    } else {
-        "SOMETHING WAS LOST OR IS NOT VISIBLE"
-    };
-    println!("\n{verdict}");
+    println!("\n{}", report.verdict());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(pending: i64, lost: i64, not_visible: usize) -> DemoReport {
+        DemoReport {
+            enqueued: 100,
+            applied: 90 - pending - lost,
+            dead_lettered: 10,
+            pending,
+            lost,
+            not_visible,
+            dead_letters_by_reason: BTreeMap::new(),
+            retried_units: BTreeMap::new(),
+            api_calls: 0,
+            attribute_patches: 0,
+            http_429: 0,
+            limiter_pauses: 0,
+            enqueue_to_applied_p50_ms: None,
+            enqueue_to_applied_p99_ms: None,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn jobs_still_pending_at_the_timeout_are_no_success() {
+        let unfinished = report(7, 0, 0);
+        assert!(!unfinished.complete());
+        let verdict = unfinished.verdict();
+        assert!(verdict.starts_with("INCOMPLETE"), "{verdict}");
+        assert!(verdict.contains("7 job(s) still pending"), "{verdict}");
+        assert!(!verdict.contains("every accepted update"), "{verdict}");
+        assert!(report(0, 0, 0).complete());
+        assert!(report(0, 0, 0).verdict().starts_with("every accepted update"));
+        assert!(report(0, 2, 0).verdict().contains("2 accepted job(s) LOST"));
+        assert!(report(0, 0, 3).verdict().contains("3 applied value(s) NOT VISIBLE"));
+    }
+
+    #[test]
+    fn only_a_broken_rule_counts_as_refused_at_insert() {
+        let refused = queue::Error::Refused {
+            constraint: "attribute_values_must_be_strings".into(),
+            meaning: "every attribute value must be a JSON string".into(),
+        };
+        assert!(refused_at_insert(Err(refused)).unwrap());
+        let connection = queue::Error::Database(sqlx::Error::PoolTimedOut);
+        let error = refused_at_insert(Err(connection)).unwrap_err();
+        assert!(format!("{error:#}").contains("enqueueing a bad row failed"), "{error:#}");
+        assert!(refused_at_insert(Ok(Some(3))).is_err(), "an accepted bad row");
+    }
 }

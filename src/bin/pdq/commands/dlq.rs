@@ -15,7 +15,14 @@ pub async fn run(db: &Database, command: DlqCommand, json: bool) -> anyhow::Resu
     let pool = db.pool().await?;
     match command {
         DlqCommand::List(args) => {
-            let letters = dlq::list(&pool, &filter(&args)).await?;
+            let letters = dlq::list(
+                &pool,
+                &DeadLetterFilter {
+                    limit: Some(args.limit.unwrap_or(LIST_LIMIT)),
+                    ..filter(&args)
+                },
+            )
+            .await?;
             if json {
                 output::json(&letters)?;
             } else {
@@ -55,12 +62,25 @@ pub async fn run(db: &Database, command: DlqCommand, json: bool) -> anyhow::Resu
             }
         },
         DlqCommand::Requeue { filter, force } => {
-            let count = dlq::requeue(&pool, &guarded_filter(&filter)?, force).await?;
-            report(json, "requeued", count)?;
+            let filter = guarded_filter(&filter)?;
+            let matching = dlq::count(
+                &pool,
+                &DeadLetterFilter {
+                    include_requeued: false,
+                    ..filter.clone()
+                },
+            )
+            .await?;
+            announce("requeueing", matching, filter.limit);
+            let count = dlq::requeue(&pool, &filter, force).await?;
+            report(json, "requeued", count, matching)?;
         }
         DlqCommand::Purge(args) => {
-            let count = dlq::purge(&pool, &guarded_filter(&args)?).await?;
-            report(json, "purged", count)?;
+            let filter = guarded_filter(&args)?;
+            let matching = dlq::count(&pool, &filter).await?;
+            announce("purging", matching, filter.limit);
+            let count = dlq::purge(&pool, &filter).await?;
+            report(json, "purged", count, matching)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -74,7 +94,21 @@ fn filter(args: &DlqFilterArgs) -> DeadLetterFilter {
         until: args.until,
         conversation_id: args.conversation_id,
         include_requeued: args.include_requeued,
-        limit: Some(args.limit),
+        limit: args.limit,
+    }
+}
+
+/// How many rows `pdq dlq list` shows unless `--limit` says otherwise.
+const LIST_LIMIT: i64 = 50;
+
+/// Says, before a write, how many dead letters it will touch (on stderr, so `--json` output
+/// stays one document).
+fn announce(verb: &str, matching: i64, limit: Option<i64>) {
+    match limit {
+        Some(limit) if limit < matching => eprintln!(
+            "{verb} {limit} of {matching} matching dead letter(s) (--limit {limit}), the newest first"
+        ),
+        _ => eprintln!("{verb} {matching} matching dead letter(s)"),
     }
 }
 
@@ -94,9 +128,9 @@ fn guarded_filter(args: &DlqFilterArgs) -> anyhow::Result<DeadLetterFilter> {
     Ok(filter(args))
 }
 
-fn report(json: bool, verb: &str, count: u64) -> anyhow::Result<()> {
+fn report(json: bool, verb: &str, count: u64, matching: i64) -> anyhow::Result<()> {
     if json {
-        output::json(&serde_json::json!({ verb: count }))?;
+        output::json(&serde_json::json!({ verb: count, "matched": matching }))?;
     } else {
         println!("{verb} {count} dead letter(s)");
     }

@@ -50,6 +50,9 @@ pub enum JobsCommand {
         /// Why, kept with the cancellation.
         #[arg(long)]
         note: Option<String>,
+        /// At most this many jobs, the newest first (every match when not given).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: Option<i64>,
     },
 }
 
@@ -131,14 +134,31 @@ pub async fn run(db: &Database, command: JobsCommand, json: bool) -> anyhow::Res
             }
             Ok(ExitCode::SUCCESS)
         }
-        JobsCommand::Cancel { select, all, note } => {
+        JobsCommand::Cancel {
+            select,
+            all,
+            note,
+            limit,
+        } => {
             if !select_narrowed(&select) && !all {
                 bail!(
                     "name job ids, a filter (--key, --conversation-id, --external-tag, --blocked) \
                      or --all"
                 );
             }
-            let cancelled = jobs::cancel(&pool, &select.filter(), note.as_deref()).await?;
+            let filter = JobFilter {
+                limit,
+                ..select.filter()
+            };
+            let matching = jobs::count_cancellable(&pool, &filter).await?;
+            match limit {
+                Some(limit) if limit < matching => eprintln!(
+                    "cancelling {limit} of {matching} matching pending job(s) (--limit {limit}), \
+                     the newest first"
+                ),
+                _ => eprintln!("cancelling {matching} matching pending job(s)"),
+            }
+            let cancelled = jobs::cancel(&pool, &filter, note.as_deref()).await?;
             let mut refused = Vec::new();
             for &id in &select.ids {
                 if !cancelled.iter().any(|c| c.job_id == id) {
