@@ -23,7 +23,6 @@ pub use super::claim::{
     DEFAULT_MAX_COALESCE,
 };
 pub use super::finish::{
-    dead_letter, end_lease, hold_target, probe_recording, release, release_jobs, renew_leases, retry, retry_jobs,
-    succeed_batch, target_key,
-    DeadLetterRecord, Success, TargetHold,
+    dead_letter, end_lease, hold_target, probe_recording, release, release_jobs, renew_leases,
+    retry, retry_jobs, succeed_batch, target_key, DeadLetterRecord, Success, TargetHold,
 };

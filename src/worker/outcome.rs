@@ -357,7 +357,15 @@ async fn retried(
     }
     .to_json();
     let fence = unit.fence();
-    lease::retry_jobs(&inner.pool, &fence, after, &note, spend_attempt, release_unit).await?;
+    lease::retry_jobs(
+        &inner.pool,
+        &fence,
+        after,
+        &note,
+        spend_attempt,
+        release_unit,
+    )
+    .await?;
     inner.metrics.record_outcome(
         &format!("retry:{}", failure_label(&failed.failure)),
         unit.jobs.len() as u64,

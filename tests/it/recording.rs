@@ -268,7 +268,11 @@ async fn a_stop_during_a_split_records_the_applied_jobs_and_gives_back_the_rest(
         assert_eq!(state, "pending", "job {id} is given back: {left:?}");
         assert_eq!(*attempts, 0, "job {id} keeps its attempt: {left:?}");
     }
-    assert_eq!(app.db.count("pdq.inflight").await, 0, "the participant is free");
+    assert_eq!(
+        app.db.count("pdq.inflight").await,
+        0,
+        "the participant is free"
+    );
 
     app.emulator.set_faults(Faults::default());
     let second = app.worker(fast());
@@ -369,7 +373,10 @@ async fn a_stop_before_the_bodies_of_a_large_update_gives_it_back_whole() {
     for j in 0..3 {
         let mut attributes = serde_json::Map::new();
         for k in 0..100 {
-            attributes.insert(format!("k{j}-{k:03}"), json!(format!("{j}{k:03}").repeat(500)));
+            attributes.insert(
+                format!("k{j}-{k:03}"),
+                json!(format!("{j}{k:03}").repeat(500)),
+            );
         }
         app.enqueue(job(
             Locators::conversation(c.id).purpose("customer"),
@@ -430,6 +437,10 @@ async fn a_stop_before_the_bodies_of_a_large_update_gives_it_back_whole() {
     let total = keys.len();
     keys.sort();
     keys.dedup();
-    assert_eq!((total, keys.len()), (300, 300), "every key sent exactly once");
+    assert_eq!(
+        (total, keys.len()),
+        (300, 300),
+        "every key sent exactly once"
+    );
     app.db.drop_database().await;
 }
