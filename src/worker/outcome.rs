@@ -202,7 +202,7 @@ pub(super) async fn on_failure(
     };
     if let Decision::DeadLetter(DeadReason::Expired | DeadReason::RetriesExhausted) = decision {
         if unit.jobs.len() > 1 {
-            return ran_out_per_job(inner, unit, failed, attempt).await;
+            return ran_out_per_job(inner, unit, failed, attempt, release_unit).await;
         }
     }
     match decision {
@@ -239,6 +239,7 @@ async fn ran_out_per_job(
     unit: &Unit,
     failed: FailedAttempt,
     attempt: Attempt,
+    release_unit: bool,
 ) -> Result<UnitOutcome, queue::Error> {
     let now = unit.clock.now();
     let mut dying: Vec<(DeadReason, Job)> = Vec::new();
@@ -267,7 +268,7 @@ async fn ran_out_per_job(
     rest.sort_by_key(|(deadline, ..)| (deadline.is_none(), *deadline));
     let Some(&(_, after, spend_attempt, _)) = rest.first() else {
         let reason = dying.first().map_or(DeadReason::Expired, |(r, _)| *r);
-        return dead_lettered(inner, unit, failed, attempt, reason).await;
+        return dead_lettered(inner, unit, failed, (attempt, reason), release_unit).await;
     };
     let rest_unit = Unit {
         jobs: rest.into_iter().map(|(.., job)| job).collect(),
@@ -309,7 +310,7 @@ async fn ran_out_per_job(
         failed,
         rest_attempt,
         after,
-        spend_attempt,
+        (spend_attempt, release_unit),
     )
     .await
 }
