@@ -132,3 +132,7 @@ begin
     end if;
 end
 $$;
+
+comment on column pdq.jobs.seq is
+    'Order among the participant''s updates (null: the job id). Set by requeue, or by '
+    'pdq.check_job_ids for jobs inserted after the id sequence went backwards; never by producers.';

@@ -29,8 +29,9 @@ pub struct WorkerConfig {
     /// How long in-flight units may finish after shutdown is asked for; at least the API
     /// request timeout, so no request is still on the wire when the rest are given back.
     pub shutdown_grace: Duration,
-    /// How long applied jobs stay in `pdq.finished_jobs` (and which value of a key was
-    /// applied stays in `pdq.applied_keys`).
+    /// How long applied jobs stay in `pdq.finished_jobs`; which value of a key was applied
+    /// (`pdq.applied_keys`) stays at least as long, and longer while a queued job or a dead
+    /// letter with an older value can still be sent.
     pub retention: Duration,
     /// How long dead letters (which hold customer data) are kept.
     pub dead_letter_retention: Duration,

@@ -348,7 +348,11 @@ async fn a_dead_letter_requeued_after_the_applied_jobs_were_pruned_keeps_the_new
 
     days_pass(&app, 8).await;
     prune_applied(&app).await;
-    assert_eq!(app.db.count("pdq.finished_jobs").await, 0, "applied jobs pruned");
+    assert_eq!(
+        app.db.count("pdq.finished_jobs").await,
+        0,
+        "applied jobs pruned"
+    );
 
     let dropped = queue::console::requeue_would_drop(&app.db.pool, &[old])
         .await
@@ -535,7 +539,10 @@ async fn a_running_worker_moves_a_reset_id_sequence_past_every_recorded_id() {
         position >= 5_000
     })
     .await;
-    assert!(moved, "the worker moved the sequence past every recorded id");
+    assert!(
+        moved,
+        "the worker moved the sequence past every recorded id"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || async {
             app.db.count("pdq.jobs").await == 0
