@@ -5,6 +5,7 @@ mod emulator;
 mod helpers;
 mod hostile;
 mod http_edges;
+mod isolation;
 mod jobs;
 mod observability;
 mod packaging;
