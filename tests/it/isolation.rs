@@ -338,3 +338,76 @@ async fn two_producers_with_the_same_idempotency_key_each_get_their_job() {
     );
     finish(db, vec![a, b, c, worker]).await;
 }
+
+/// Whether `name` may log in to `db`'s database.
+async fn connects(db: &TestDb, name: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let conn = sqlx::PgConnection::connect_with(&db.options.clone().username(name)).await?;
+    conn.close().await
+}
+
+#[tokio::test]
+async fn pdq_roles_lock_down_lets_only_pdq_groups_connect() {
+    let db = TestDb::new().await;
+    let producer = LoginRole::new(&db, "pdq_producer").await;
+    let stranger = format!("pdq_t_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!("create role {stranger} login"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    connects(&db, &stranger)
+        .await
+        .expect("any login may connect before the lock-down");
+
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args(["roles", "--lock-down"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let sql = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        sql.contains("revoke connect on database %I from public"),
+        "{sql}"
+    );
+    connects(&db, &stranger)
+        .await
+        .expect("printing changes nothing");
+
+    let applied = std::process::Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args(["roles", "--lock-down", "--apply"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let refused = connects(&db, &stranger).await;
+    let code = refused
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(
+        code.as_deref(),
+        Some("42501"),
+        "a login with no pdq role cannot connect (so cannot LISTEN or NOTIFY): {refused:?}"
+    );
+    connects(&db, &producer.name)
+        .await
+        .expect("a producer still connects");
+    assert!(insert(&producer.pool, Some("after-lock-down"))
+        .await
+        .is_some());
+
+    let server = crate::helpers::database_url();
+    finish(db, vec![producer]).await;
+    let admin = PgPool::connect(&server).await.unwrap();
+    sqlx::query(&format!("drop role if exists {stranger}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
