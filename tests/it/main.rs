@@ -2,6 +2,7 @@
 mod app;
 mod cli;
 mod emulator;
+mod escapes;
 mod helpers;
 mod hostile;
 mod http_edges;
