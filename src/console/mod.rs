@@ -41,6 +41,10 @@ pub struct ConsoleConfig {
     /// How long the overview waits for queue figures nobody has read yet before it renders
     /// without them (the read goes on; the next refresh shows them).
     pub first_read_wait: Duration,
+    /// Host names the console answers besides its listen address and localhost (a reverse
+    /// proxy's name: the host of `--public-url`, `--allowed-host`); `host:port` and URLs are
+    /// accepted, ports are ignored. Any other `Host` is refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for ConsoleConfig {
@@ -50,6 +54,7 @@ impl std::fmt::Debug for ConsoleConfig {
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .field("refresh_secs", &self.refresh_secs)
             .field("first_read_wait", &self.first_read_wait)
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }
@@ -65,6 +70,7 @@ impl Default for ConsoleConfig {
             token: None,
             refresh_secs: 10,
             first_read_wait: DEFAULT_FIRST_READ_WAIT,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -119,6 +125,8 @@ pub fn connect_options(options: PgConnectOptions, allow_writes: bool) -> PgConne
 pub(crate) struct State {
     pub(crate) pool: PgPool,
     pub(crate) config: ConsoleConfig,
+    /// The host names requests may name.
+    pub(crate) hosts: security::Hosts,
     /// The CSRF token of this process: every form carries it, every POST must.
     pub(crate) csrf: String,
     /// The last `pdq status` answer, shared by everyone watching the overview.
@@ -145,10 +153,18 @@ pub(crate) async fn queue_status(
     state.status.get_within((), read, wait).await
 }
 
-/// The console's router (also served by `pdq run --console`).
+/// The console's router for a console on loopback (see [`router_on`]).
 pub fn router(pool: PgPool, config: ConsoleConfig) -> Router {
+    router_on(None, pool, config)
+}
+
+/// The console's router for a console listening on `listen` (`None`: loopback), which answers
+/// only requests for that address, localhost and [`ConsoleConfig::allowed_hosts`].
+pub fn router_on(listen: Option<SocketAddr>, pool: PgPool, config: ConsoleConfig) -> Router {
+    let hosts = security::Hosts::new(listen, &config.allowed_hosts);
     let state = Arc::new(State {
         pool,
+        hosts,
         config,
         csrf: security::new_csrf_token(),
         status: Arc::default(),
@@ -206,7 +222,7 @@ pub async fn serve(
         source,
     })?;
     check_listen(addr, &config)?;
-    axum::serve(listener, router(pool, config))
+    axum::serve(listener, router_on(Some(addr), pool, config))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .map_err(|source| Error::Serve { addr, source })

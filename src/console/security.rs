@@ -1,5 +1,7 @@
-//! The console's guard: authentication off loopback, CSRF on every POST, read-only mode and
-//! the security headers of every response.
+//! The console's guard: the host names it answers (DNS rebinding), authentication off
+//! loopback, CSRF on every POST, read-only mode and the security headers of every response.
+
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -60,11 +62,93 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     false
 }
 
-/// Whether a POST's `Origin` (when the browser sends one) is this console.
-fn same_origin(headers: &HeaderMap) -> bool {
+/// The host names and addresses a console answers. A page on another site whose name was
+/// rebound to the console's address sends its own name as `Host`, so anything but these is
+/// refused before a handler runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Hosts {
+    /// The address the console listens on (`None`: loopback only).
+    listen: Option<IpAddr>,
+    /// Further names (lowercase, without port or trailing dot): `--public-url`'s host and
+    /// `--allowed-host`.
+    names: Vec<String>,
+}
+
+impl Hosts {
+    /// The hosts of a console listening on `listen` that also answers `extra` (host names,
+    /// `host:port` or URLs; ports are ignored).
+    pub(crate) fn new(listen: Option<SocketAddr>, extra: &[String]) -> Hosts {
+        Hosts {
+            listen: listen.map(|addr| addr.ip()),
+            names: extra.iter().filter_map(|h| normalize_host(h)).collect(),
+        }
+    }
+
+    /// Whether a request whose `Host` is `host` (with or without port) is for this console.
+    pub(crate) fn allows(&self, host: &str) -> bool {
+        let Some(host) = normalize_host(host) else {
+            return false;
+        };
+        if self.names.contains(&host) {
+            return true;
+        }
+        let listen = self.listen.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let local = listen.is_loopback() || listen.is_unspecified();
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        match literal.parse::<IpAddr>() {
+            // An address literal cannot be rebound: a page can only reach it under its own
+            // origin. Every interface: any of the machine's addresses.
+            Ok(ip) => ip == listen || listen.is_unspecified() || (ip.is_loopback() && local),
+            Err(_) => local && host == "localhost",
+        }
+    }
+}
+
+/// A `Host` value (or a URL, or `host:port`) as a lowercase name without port or trailing dot;
+/// IPv6 literals keep their brackets. `None` when there is no host in it.
+pub(crate) fn normalize_host(value: &str) -> Option<String> {
+    let value = value.trim();
+    let value = match value.split_once("://") {
+        Some((_, rest)) => rest,
+        None => value,
+    };
+    let authority = value.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit('@').next().unwrap_or_default();
+    let host = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        &authority[..=end]
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+            Some(_) => return None,
+            None => authority,
+        }
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let valid = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '[' | ']' | ':'));
+    valid.then_some(host)
+}
+
+/// The host a request names: its `Host` header, else the authority of its URI (HTTP/2).
+fn requested_host(request: &Request) -> Option<String> {
+    match request.headers().get(header::HOST) {
+        Some(value) => value.to_str().ok().map(str::to_owned),
+        None => request.uri().authority().map(|a| a.as_str().to_owned()),
+    }
+}
+
+/// Whether a POST's `Origin` (when the browser sends one) is this console: the origin of its
+/// `Host`, or one of the names it was started for (a proxy may rewrite `Host`).
+fn same_origin(headers: &HeaderMap, hosts: &Hosts) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
+    if normalize_host(origin).is_some_and(|name| hosts.names.contains(&name)) {
+        return true;
+    }
     let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
         return false;
     };
@@ -97,6 +181,16 @@ pub(crate) async fn guard(State(state): State<Shared>, request: Request, next: N
 }
 
 async fn check(state: &Shared, request: Request, next: Next) -> Response {
+    if !requested_host(&request).is_some_and(|host| state.hosts.allows(&host)) {
+        return error_page(
+            StatusCode::MISDIRECTED_REQUEST,
+            "Unknown host name",
+            "This console answers only the host names it was started for: its listen address, \
+             localhost, and those of --public-url and --allowed-host. Open it under one of \
+             those, or restart it with --allowed-host NAME for the name you use (a reverse \
+             proxy's, say).",
+        );
+    }
     if let Some(token) = &state.config.token {
         if !authorized(request.headers(), token.expose_secret()) {
             let mut response = error_page(
@@ -130,7 +224,7 @@ async fn check(state: &Shared, request: Request, next: Next) -> Response {
              purge or cancel.",
         );
     }
-    if !same_origin(request.headers()) {
+    if !same_origin(request.headers(), &state.hosts) {
         return error_page(
             StatusCode::FORBIDDEN,
             "Cross-origin request refused",
@@ -194,16 +288,50 @@ mod tests {
     }
 
     #[test]
+    fn host_values_are_normalized_and_matched_without_their_port() {
+        assert_eq!(
+            normalize_host("https://User@PDQ.example.com.:8443/console?x").as_deref(),
+            Some("pdq.example.com")
+        );
+        assert_eq!(normalize_host("[::1]:9188").as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host("a b"), None);
+        assert_eq!(normalize_host("host:port"), None);
+        let loopback = Hosts::new(Some("127.0.0.1:9188".parse().unwrap()), &[]);
+        assert!(loopback.allows("localhost:9188"));
+        assert!(loopback.allows("[::1]"));
+        assert!(!loopback.allows("10.0.0.1:9188"));
+        assert!(!loopback.allows("localhost.evil.test"));
+        assert!(!loopback.allows(""));
+        let public = Hosts::new(
+            Some("10.0.0.5:9188".parse().unwrap()),
+            &["https://pdq.example.com/".to_owned()],
+        );
+        assert!(public.allows("10.0.0.5:9188"));
+        assert!(public.allows("pdq.example.com"));
+        assert!(
+            !public.allows("localhost:9188"),
+            "not listening on loopback"
+        );
+        assert!(!public.allows("127.0.0.1:9188"));
+    }
+
+    #[test]
     fn a_post_from_another_origin_is_told_apart() {
+        let hosts = Hosts::new(None, &["pdq.example.com".to_owned()]);
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:9188"));
-        assert!(same_origin(&headers));
+        assert!(same_origin(&headers, &hosts));
         headers.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://127.0.0.1:9188"),
         );
-        assert!(same_origin(&headers));
+        assert!(same_origin(&headers, &hosts));
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://pdq.example.com"),
+        );
+        assert!(same_origin(&headers, &hosts), "the proxy's name");
         headers.insert(header::ORIGIN, HeaderValue::from_static("http://evil.test"));
-        assert!(!same_origin(&headers));
+        assert!(!same_origin(&headers, &hosts));
     }
 }

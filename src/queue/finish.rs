@@ -116,14 +116,15 @@ pub async fn succeed_batch(pool: &PgPool, done: &[Success]) -> Result<Vec<Uuid>,
                  participant_purpose, participant_external_contact_id, participant_name,
                  attributes, priority, idempotency_key, created_at, run_at, attempts,
                  first_attempt_at, resolved_conversation_id, resolved_participant_id,
-                 coalesced_with, locked_by, seq, superseded_keys)
+                 coalesced_with, locked_by, seq, superseded_keys, producer)
              select id, conversation_id, external_tag, participant_id, participant_purpose,
                  participant_external_contact_id, participant_name, attributes, priority,
                  idempotency_key, created_at, run_at, attempts, first_attempt_at,
                  coalesce(resolved_cid, conversation_id), coalesce(resolved_pid, participant_id),
                  together, locked_by, coalesce(seq, id),
                  case when superseded_json is not null then
-                     array(select jsonb_array_elements_text(superseded_json::jsonb)) end
+                     array(select jsonb_array_elements_text(superseded_json::jsonb)) end,
+                 producer
              from done
          ), versions as (
              insert into pdq.applied_keys as a (target, key, seq)
@@ -391,13 +392,13 @@ pub async fn dead_letter<'e>(
                  attributes, priority, run_at, expires_at, idempotency_key, max_attempts,
                  created_at, attempts, first_attempt_at, last_attempt_at, reason, detail,
                  http_status, error_code, error_message, context_id, correlation_id, error_body,
-                 resolved_conversation_id, resolved_participant_id, locked_by, seq)
+                 resolved_conversation_id, resolved_participant_id, locked_by, seq, producer)
              select id, conversation_id, external_tag, participant_id, participant_purpose,
                  participant_external_contact_id, participant_name, attributes, priority,
                  pdq.readable_time(run_at), pdq.readable_time(expires_at), idempotency_key,
                  max_attempts, created_at, attempts,
                  first_attempt_at, last_attempt_at, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                 locked_by, coalesce(seq, id)
+                 locked_by, coalesce(seq, id), producer
              from dead
          ), released as (
              delete from pdq.inflight where lease_token = $1 and $13

@@ -92,6 +92,32 @@ pub fn create_login_sql(name: &str, group: Group) -> Result<String, RoleError> {
     ))
 }
 
+/// The SQL that locks the current database down: `CONNECT` revoked from `PUBLIC` and granted
+/// to pdq's groups (those that exist), so a login that holds none of them (and is not the
+/// owner or a superuser) cannot connect, and so cannot `LISTEN` to or `NOTIFY` pdq's channels.
+/// Other applications' roles sharing the database need `GRANT CONNECT` of their own.
+pub fn lock_down_sql() -> &'static str {
+    "do $$\n\
+     declare\n\
+     \x20   group_name text;\n\
+     begin\n\
+     \x20   execute format('revoke connect on database %I from public', current_database());\n\
+     \x20   foreach group_name in array array['pdq_producer', 'pdq_operator', 'pdq_worker'] loop\n\
+     \x20       if exists (select 1 from pg_roles where rolname = group_name) then\n\
+     \x20           execute format('grant connect on database %I to %I', current_database(),\n\
+     \x20               group_name);\n\
+     \x20       end if;\n\
+     \x20   end loop;\n\
+     end\n\
+     $$;\n"
+}
+
+/// Runs [`lock_down_sql`].
+pub async fn lock_down(pool: &PgPool) -> Result<(), RoleError> {
+    sqlx::raw_sql(lock_down_sql()).execute(pool).await?;
+    Ok(())
+}
+
 /// Runs the statements of [`create_login_sql`] for every `(name, group)` in one transaction,
 /// after checking that the groups exist.
 pub async fn create_login_roles(pool: &PgPool, roles: &[(String, Group)]) -> Result<(), RoleError> {

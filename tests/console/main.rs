@@ -10,6 +10,7 @@ mod app;
 
 mod browser;
 mod heartbeat;
+mod host;
 mod pages;
 mod safety;
 mod support;

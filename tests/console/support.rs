@@ -77,6 +77,7 @@ pub async fn serve(db: &TestDb, allow_writes: bool) -> Served {
             refresh_secs: 0,
             // The pages are checked against a known state: wait for its figures.
             first_read_wait: std::time::Duration::from_secs(30),
+            ..ConsoleConfig::default()
         },
     )
     .await

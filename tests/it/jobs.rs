@@ -564,7 +564,11 @@ async fn producers_ask_job_status_and_only_operators_cancel() {
 
     // The worker still archives with the triggers on (they run with their owner's rights).
     let (cid, pid) = (Uuid::new_v4(), Uuid::new_v4());
-    enqueue(&db, Locators::ids(cid, pid), Some("w-1")).await;
+    // The producer's own job: a producer is answered about its own jobs only.
+    queue::enqueue(&producer.pool, &job(Locators::ids(cid, pid), Some("w-1")))
+        .await
+        .unwrap()
+        .unwrap();
     let options = ClaimOptions {
         units: 1,
         ..ClaimOptions::default()

@@ -25,6 +25,41 @@ pub struct ConsoleArgs {
     /// Seconds between two refreshes of the overview in the browser (0: never).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub refresh_secs: u32,
+    /// The URL operators open when the console is behind a reverse proxy
+    /// (https://pdq.example.com/): its host name is answered too.
+    #[arg(long, env = "PDQ_CONSOLE_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
+    /// Another host name the console answers (repeatable, or comma-separated in the
+    /// environment). Requests naming any host but these, the listen address and localhost are
+    /// refused, so a page on another site cannot reach the console by rebinding its name.
+    #[arg(
+        long = "allowed-host",
+        env = "PDQ_CONSOLE_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+}
+
+impl ConsoleArgs {
+    /// The host names answered besides the listen address and localhost.
+    fn hosts(&self) -> Vec<String> {
+        let mut hosts = self.allowed_hosts.clone();
+        if let Some(host) = self.public_url.as_ref().and_then(|url| url.host_str()) {
+            hosts.push(host.to_owned());
+        }
+        hosts
+    }
+}
+
+/// The hosts of `PDQ_CONSOLE_ALLOWED_HOSTS` (comma-separated), for `pdq run --console`.
+fn allowed_hosts_from_env() -> Vec<String> {
+    std::env::var("PDQ_CONSOLE_ALLOWED_HOSTS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The token from `PDQ_CONSOLE_TOKEN`, if set and not blank.
@@ -45,6 +80,7 @@ pub async fn run(
         allow_writes: args.allow_writes,
         token: token_from_env(),
         refresh_secs: args.refresh_secs,
+        allowed_hosts: args.hosts(),
         ..ConsoleConfig::default()
     };
     console::check_listen(args.listen, &config)
@@ -62,7 +98,10 @@ pub async fn run(
         "pdq console on http://{addr}/ ({})",
         if args.allow_writes { "writes allowed" } else { "read-only" }
     );
-    println!("pdq console: http://{addr}/");
+    match &args.public_url {
+        Some(public) => println!("pdq console: http://{addr}/ (public URL {public})"),
+        None => println!("pdq console: http://{addr}/"),
+    }
     console::serve(listener, pool, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -76,6 +115,7 @@ pub async fn spawn_read_only(
 ) -> anyhow::Result<()> {
     let config = ConsoleConfig {
         token: token_from_env(),
+        allowed_hosts: allowed_hosts_from_env(),
         ..ConsoleConfig::default()
     };
     console::check_listen(addr, &config)

@@ -155,7 +155,7 @@ fn show(letter: &DeadLetter, json: bool) -> anyhow::Result<()> {
     for (name, field) in fields {
         match field {
             Value::Null => {}
-            Value::String(text) => println!("{name}: {text}"),
+            Value::String(text) => println!("{name}: {}", crate::output::visible(&text)),
             other => println!("{name}: {other}"),
         }
     }

@@ -21,6 +21,10 @@ pub struct RolesArgs {
     /// A login role for producers (member of pdq_producer: enqueue only).
     #[arg(long, value_name = "NAME")]
     pub producer: Vec<String>,
+    /// Lock the database down: revoke CONNECT from PUBLIC and grant it to pdq's groups, so a
+    /// login holding no pdq role (nor a grant of its own) cannot connect, listen or notify.
+    #[arg(long)]
+    pub lock_down: bool,
     /// Run the SQL against --database-url instead of printing it.
     #[arg(long)]
     pub apply: bool,
@@ -46,10 +50,11 @@ impl RolesArgs {
 /// Prints or applies the statements.
 pub async fn run(db: &Database, args: RolesArgs) -> anyhow::Result<ExitCode> {
     let wanted = args.wanted();
-    if wanted.is_empty() {
+    if wanted.is_empty() && !args.lock_down {
         return Err(Failed::error(
             Exit::Usage,
-            "name at least one role: --worker NAME, --operator NAME or --producer NAME",
+            "name at least one role: --worker NAME, --operator NAME or --producer NAME \
+             (or --lock-down)",
         ));
     }
     if !args.apply {
@@ -58,15 +63,30 @@ pub async fn run(db: &Database, args: RolesArgs) -> anyhow::Result<ExitCode> {
             println!("-- {name}: the rights of {} only.", group.role());
             print!("{}", roles::create_login_sql(name, *group).map_err(exit)?);
         }
-        println!("-- Then give each a password: ALTER ROLE <name> PASSWORD '…'; (psql: \\password <name>)");
+        if !wanted.is_empty() {
+            println!("-- Then give each a password: ALTER ROLE <name> PASSWORD '…'; (psql: \\password <name>)");
+        }
+        if args.lock_down {
+            println!("-- Lock the database down: only pdq's groups (and the owner) may connect.");
+            print!("{}", roles::lock_down_sql());
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let pool = db.pool().await?;
-    roles::create_login_roles(&pool, &wanted)
-        .await
-        .map_err(exit)?;
+    if !wanted.is_empty() {
+        roles::create_login_roles(&pool, &wanted)
+            .await
+            .map_err(exit)?;
+    }
     for (name, group) in &wanted {
         println!("{name}: login role, member of {}", group.role());
+    }
+    if args.lock_down {
+        roles::lock_down(&pool).await.map_err(exit)?;
+        println!(
+            "database locked down: CONNECT revoked from PUBLIC, granted to pdq_producer, \
+             pdq_operator and pdq_worker"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

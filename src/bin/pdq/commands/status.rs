@@ -58,7 +58,7 @@ fn print_status(status: &QueueStatus) {
     println!(
         "pdq status at {}\n{}",
         now.format("%Y-%m-%d %H:%M:%S UTC"),
-        status.verdict.summary
+        output::visible(&status.verdict.summary)
     );
 
     println!();
@@ -231,10 +231,10 @@ fn print_blocked(status: &QueueStatus) {
         for b in &status.blocked_participants {
             println!(
                 "  {} ({} due, waiting {})\n    {}",
-                b.participant_key,
+                output::visible(&b.participant_key),
                 b.due_behind,
                 human_duration(b.waiting_secs),
-                b.hint(now)
+                output::visible(&b.hint(now))
             );
         }
         let hidden = status.blocked_total - status.blocked_participants.len() as i64;
@@ -250,7 +250,7 @@ fn print_dead_letters(status: &QueueStatus) {
         let dead: Vec<String> = status
             .dead_letters
             .iter()
-            .map(|r| format!("{} {}", r.reason, r.jobs))
+            .map(|r| format!("{} {}", output::visible(&r.reason), r.jobs))
             .collect();
         println!(
             "\ndead letters (not requeued): {} — see pdq dlq list",

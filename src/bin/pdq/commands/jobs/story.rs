@@ -58,9 +58,9 @@ pub fn render(
         ));
     }
     outcome_lines(job, now, &mut lines);
-    let mut text = format!("{headline}\n");
+    let mut text = format!("{}\n", crate::output::visible(&headline));
     for (label, value) in lines {
-        let _ = writeln!(text, "  {label:<16} {value}");
+        let _ = writeln!(text, "  {label:<16} {}", crate::output::visible(&value));
     }
     if history.len() > 1 {
         let _ = writeln!(text, "  requeue history");
@@ -70,7 +70,11 @@ pub fn render(
             } else {
                 " "
             };
-            let _ = writeln!(text, "   {marker} {}", history_line(step, now));
+            let _ = writeln!(
+                text,
+                "   {marker} {}",
+                crate::output::visible(&history_line(step, now))
+            );
         }
     }
     if !others.is_empty() {
