@@ -14,16 +14,20 @@ pub enum Condition {
     Outage,
     /// Claiming from Postgres keeps failing.
     Claims,
+    /// No claim has completed for a while although the worker wants work (a silent
+    /// connection, a Postgres that does not answer).
+    Stalled,
     /// A background task of the worker stopped; the process is exiting.
     Task,
 }
 
 impl Condition {
     /// Every condition.
-    pub const ALL: [Condition; 4] = [
+    pub const ALL: [Condition; 5] = [
         Condition::Configuration,
         Condition::Outage,
         Condition::Claims,
+        Condition::Stalled,
         Condition::Task,
     ];
 
@@ -33,6 +37,7 @@ impl Condition {
             Condition::Configuration => "configuration",
             Condition::Outage => "outage",
             Condition::Claims => "claims",
+            Condition::Stalled => "stalled",
             Condition::Task => "task",
         }
     }
@@ -43,6 +48,7 @@ impl Condition {
             Condition::Configuration => "paused (configuration)",
             Condition::Outage => "paused (outage)",
             Condition::Claims => "claims failing",
+            Condition::Stalled => "claims stalled",
             Condition::Task => "task stopped",
         }
     }

@@ -1,6 +1,7 @@
 //! pdq's integration tests: one test binary, one module per area.
 mod app;
 mod cli;
+mod clusters;
 mod emulator;
 mod helpers;
 mod hostile;
@@ -9,6 +10,7 @@ mod jobs;
 mod observability;
 mod packaging;
 mod paths;
+mod postgres_setups;
 mod queue;
 mod roles;
 mod scratch;
