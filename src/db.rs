@@ -2,6 +2,15 @@
 //!
 //! Everything pdq owns lives in the `pdq` schema, including its migration bookkeeping
 //! (`pdq._sqlx_migrations`), so pdq can share a database with another sqlx application.
+//!
+//! Connections follow libpq's TLS rules (`tls`), send only startup parameters a pooler
+//! accepts, and pools are small and let idle connections go (see [`pool_options`]).
+
+mod migration;
+mod server;
+mod tls;
+
+pub use server::{async_standbys, is_read_only_error, is_standby};
 
 use std::time::Duration;
 
@@ -43,6 +52,9 @@ pub enum Error {
         /// The newest migration this binary carries.
         binary: i64,
     },
+    /// The server is a hot standby: it reads but no claim or enqueue can succeed.
+    #[error("{}", server::STANDBY)]
+    Standby,
     /// Any other database error.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -57,12 +69,22 @@ pub fn describe(error: &sqlx::Error) -> String {
                 "connection refused (is Postgres running, and on this host and port?)".to_owned()
             }
             std::io::ErrorKind::TimedOut => "the connection timed out".to_owned(),
+            _ if tls::is_tls_failure(&io.to_string()) => tls::describe(&io.to_string()),
             _ => io.to_string(),
         },
         sqlx::Error::Database(db) => db.message().to_owned(),
         sqlx::Error::PoolTimedOut => "no connection within the timeout".to_owned(),
         sqlx::Error::Configuration(cause) => cause.to_string(),
+        sqlx::Error::Tls(cause) => tls::describe(&cause.to_string()),
         other => other.to_string(),
+    }
+}
+
+/// Refuses a read-only standby ([`Error::Standby`]).
+pub async fn check_primary(pool: &PgPool) -> Result<(), Error> {
+    match server::is_standby(pool).await? {
+        true => Err(Error::Standby),
+        false => Ok(()),
     }
 }
 
@@ -87,22 +109,64 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), Error> {
     }
 }
 
-/// Parses a `postgres://` URL into connect options, naming the application `pdq`.
+/// Parses a `postgres://` URL into connect options, naming the application `pdq` (unless the
+/// URL's `application_name` or `PGAPPNAME` names it).
+///
+/// TLS follows libpq (`sslmode` disable, allow, prefer, require, verify-ca, verify-full;
+/// `sslrootcert` a file or `system`; `sslcert` and `sslkey`). No `extra_float_digits` goes
+/// in the startup packet: PgBouncer refuses startup parameters it does not know, and pdq
+/// reads no floating-point value as text.
 pub fn connect_options(database_url: &str) -> Result<PgConnectOptions, Error> {
     let options: PgConnectOptions = database_url.parse().map_err(Error::InvalidUrl)?;
-    Ok(options.application_name("pdq"))
+    let options = tls::apply(database_url, options)
+        .map_err(|problem| Error::InvalidUrl(sqlx::Error::Configuration(problem.into())))?;
+    let options = match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name("pdq"),
+    };
+    Ok(options.extra_float_digits(None))
+}
+
+/// Connections a worker's pool opens at most unless told otherwise, whatever its executor
+/// count: executors wait on the API, and hold a connection only for a statement at a time
+/// (the wake-up listener keeps one of these for itself).
+pub const DEFAULT_WORKER_CONNECTIONS: u32 = 6;
+
+/// Connections the console's pool opens at most unless told otherwise.
+pub const DEFAULT_CONSOLE_CONNECTIONS: u32 = 3;
+
+/// Connections an operator command (status, enqueue, dlq, ...) opens at most unless told
+/// otherwise.
+pub const DEFAULT_CLI_CONNECTIONS: u32 = 2;
+
+/// How long a pooled connection may sit idle before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a pooled connection lives: a busy worker hands its statements round every idle
+/// connection, so none would sit idle long enough to close; recycling them lets a pool
+/// shrink back after a burst (and reconnects to a new primary after a failover).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(60);
+
+/// How long a caller waits for a pooled connection before the call fails.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pool settings every pdq process uses: at most `max_connections`, none kept open
+/// beyond need (idle ones close after [`IDLE_TIMEOUT`], every one after [`MAX_LIFETIME`]).
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .min_connections(0)
+        .idle_timeout(IDLE_TIMEOUT)
+        .max_lifetime(MAX_LIFETIME)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
 }
 
 /// Opens a pool eagerly, so a bad URL or a stopped server fails at once, with the real cause
 /// (one plain connection first: a pool would only say it timed out).
 pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, Error> {
-    let probe = PgConnection::connect_with(&options)
-        .await
-        .map_err(Error::Connect)?;
+    let (probe, options) = tls::connect_one(&options).await.map_err(Error::Connect)?;
     let _ = probe.close().await;
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+    pool_options(max_connections)
         .connect_with(options)
         .await
         .map_err(Error::Connect)
@@ -110,31 +174,14 @@ pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<
 
 /// Creates the `pdq` schema if needed and applies every pending migration.
 ///
-/// Safe to run from several processes at once: a session advisory lock serialises them.
+/// Safe to run from several processes at once (a transaction-scoped advisory lock serialises
+/// them), and through a transaction pooler: the whole run is one transaction (see
+/// `migration`).
 pub async fn migrate(options: &PgConnectOptions) -> Result<(), Error> {
-    let mut conn = PgConnection::connect_with(options)
-        .await
-        .map_err(Error::Connect)?;
-    sqlx::query("select pg_advisory_lock(hashtext('pdq.migrate'))")
-        .execute(&mut conn)
-        .await?;
-    let result = migrate_locked(&mut conn).await;
-    let _ = sqlx::query("select pg_advisory_unlock(hashtext('pdq.migrate'))")
-        .execute(&mut conn)
-        .await;
+    let (mut conn, _) = tls::connect_one(options).await.map_err(Error::Connect)?;
+    let result = migration::run(&mut conn).await;
     let _ = conn.close().await;
     result
-}
-
-async fn migrate_locked(conn: &mut PgConnection) -> Result<(), Error> {
-    sqlx::query("create schema if not exists pdq")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("set search_path to pdq, public")
-        .execute(&mut *conn)
-        .await?;
-    MIGRATOR.run_direct(&mut *conn).await?;
-    Ok(())
 }
 
 /// The Postgres server on this machine that tests, benchmarks and the demo fall back to.

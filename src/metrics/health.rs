@@ -17,6 +17,9 @@ pub enum Condition {
     /// Applied units cannot be recorded: they are held (and renewed) until they are; while
     /// nothing can be recorded, claiming stops.
     Recording,
+    /// No claim has completed for a while although the worker wants work (a silent
+    /// connection, a Postgres that does not answer).
+    Stalled,
     /// A background task of the worker stopped; the process is exiting.
     Task,
 }
@@ -28,6 +31,7 @@ impl Condition {
         Condition::Outage,
         Condition::Claims,
         Condition::Recording,
+        Condition::Stalled,
         Condition::Task,
     ];
 
@@ -38,6 +42,7 @@ impl Condition {
             Condition::Outage => "outage",
             Condition::Claims => "claims",
             Condition::Recording => "recording",
+            Condition::Stalled => "stalled",
             Condition::Task => "task",
         }
     }
@@ -49,6 +54,7 @@ impl Condition {
             Condition::Outage => "paused (outage)",
             Condition::Claims => "claims failing",
             Condition::Recording => "recording failing",
+            Condition::Stalled => "claims stalled",
             Condition::Task => "task stopped",
         }
     }

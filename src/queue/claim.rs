@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::{FromRow, PgExecutor, PgPool, Row};
+use sqlx::{FromRow, PgConnection, PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
 use super::finish::DeadLetterRecord;
@@ -58,8 +58,20 @@ impl Default for ClaimOptions {
 /// A claimed row the worker cannot decode (a value out of the range it can represent) is
 /// dead-lettered as `malformed_row` with the decode error instead of failing the claim.
 pub async fn claim(pool: &PgPool, options: &ClaimOptions) -> Result<Vec<Unit>, Error> {
+    let mut conn = pool.acquire().await?;
+    claim_on(&mut conn, pool, options).await
+}
+
+/// [`claim`] on a connection the caller holds (so a caller that gives up on a silent
+/// connection can throw that connection away); `pool` serves the rare dead-lettering of a
+/// malformed row.
+pub async fn claim_on(
+    conn: &mut PgConnection,
+    pool: &PgPool,
+    options: &ClaimOptions,
+) -> Result<Vec<Unit>, Error> {
     let started = Instant::now();
-    let mut tx = super::index_only_transaction(pool).await?;
+    let mut tx = super::index_only_transaction(&mut *conn).await?;
     let rows: Vec<PgRow> = sqlx::query(CLAIM_SQL)
         .bind(i64::from(options.units))
         .bind(options.lease.as_secs_f64())

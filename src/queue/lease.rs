@@ -19,7 +19,7 @@
 //! [`status`](super::status).
 
 pub use super::claim::{
-    claim, rescue_expired_leases, ClaimOptions, DEFAULT_CLAIM_BATCH, DEFAULT_LEASE,
+    claim, claim_on, rescue_expired_leases, ClaimOptions, DEFAULT_CLAIM_BATCH, DEFAULT_LEASE,
     DEFAULT_MAX_COALESCE,
 };
 pub use super::finish::{

@@ -55,10 +55,10 @@ pub use stats::{
 /// These transactions also commit without waiting for the WAL flush: a claim or a finish lost
 /// in a crash only means the unit runs again (delivery is at least once, the PATCH idempotent),
 /// while the producers' INSERTs, which must never be lost, keep their own durable commits.
-async fn index_only_transaction(
-    pool: &sqlx::PgPool,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+async fn index_only_transaction<'c>(
+    conn: impl sqlx::Acquire<'c, Database = sqlx::Postgres>,
+) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
     sqlx::query(
         "select set_config('enable_seqscan', 'off', true),
                 set_config('enable_bitmapscan', 'off', true),

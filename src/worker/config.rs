@@ -37,6 +37,10 @@ pub struct WorkerConfig {
     pub dead_letter_retention: Duration,
     /// How long an idempotency key is remembered (at least `retention`).
     pub idempotency_horizon: Duration,
+    /// Bound on one claim (getting a connection, and the statement): a claim that takes
+    /// longer is abandoned with its connection; after three bounds without a completed claim
+    /// `/healthz` says the claimer is stalled.
+    pub claim_timeout: Duration,
     /// Recorded in `locked_by`.
     pub worker_id: String,
     /// Seed for jitter (tests and the demo repeat).
@@ -84,6 +88,9 @@ pub const DEFAULT_LOOKUP_WINDOW: Duration = Duration::from_secs(60);
 /// above the API request timeout and under the 30 s a container runtime waits before SIGKILL.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
+/// How long one claim may take unless told otherwise (a claim takes milliseconds).
+pub const DEFAULT_CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long applied jobs stay in `pdq.finished_jobs`, unless told otherwise.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
@@ -103,6 +110,7 @@ impl Default for WorkerConfig {
             retention: DEFAULT_RETENTION,
             dead_letter_retention: queue::DEFAULT_DEAD_LETTER_RETENTION,
             idempotency_horizon: queue::DEFAULT_IDEMPOTENCY_KEY_HORIZON,
+            claim_timeout: DEFAULT_CLAIM_TIMEOUT,
             worker_id: format!("pdq-{}", std::process::id()),
             seed: None,
         }

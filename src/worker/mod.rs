@@ -11,6 +11,7 @@
 
 mod api;
 mod backoff;
+mod bounded;
 mod buffer;
 mod calls;
 mod completer;
@@ -43,8 +44,8 @@ use crate::queue::{self, Fence, Unit};
 pub use api::Api;
 pub use backoff::Backoff;
 pub use config::{
-    WorkerConfig, DEFAULT_EXECUTORS, DEFAULT_LOOKUP_WINDOW, DEFAULT_RETENTION,
-    DEFAULT_SHUTDOWN_GRACE,
+    WorkerConfig, DEFAULT_CLAIM_TIMEOUT, DEFAULT_EXECUTORS, DEFAULT_LOOKUP_WINDOW,
+    DEFAULT_RETENTION, DEFAULT_SHUTDOWN_GRACE,
 };
 pub use execute::UnitOutcome;
 pub use pacer::{Budget, Pacer, DEFAULT_BACKFILL_SHARE, DEFAULT_RATE_LIMIT};
@@ -156,9 +157,19 @@ impl Worker {
             "wake-up listener",
             wakeup::listen(inner.pool.clone(), wake.clone(), stop_background.clone()),
         ));
+        let claims = Arc::new(bounded::ClaimWatch::default());
         background.spawn(named(
             "claimer",
-            claimer(self.clone(), wake, stop_claiming.clone()),
+            claimer(self.clone(), wake, claims.clone(), stop_claiming.clone()),
+        ));
+        background.spawn(named(
+            "claim watch",
+            bounded::watch(
+                claims,
+                inner.health.clone(),
+                inner.config.claim_timeout * 3,
+                stop_background.clone(),
+            ),
         ));
         background.spawn(named(
             "maintenance",
@@ -432,7 +443,12 @@ const CLAIMER_IDLE_POLL: Duration = Duration::from_millis(200);
 /// Keeps the buffer topped up: claims in batches when half of it is free, and on every
 /// wake-up (a NOTIFY, the poll) claims at least one unit even when it is full, unless a live unit
 /// already waits: the claim order puts a new live job first, so it never queues behind backfill.
-async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: CancellationToken) {
+async fn claimer(
+    worker: Worker,
+    wake: Arc<tokio::sync::Notify>,
+    claims: Arc<bounded::ClaimWatch>,
+    stop: CancellationToken,
+) {
     let inner = &worker.inner;
     let mut nudged = true;
     let mut failures = 0u32;
@@ -445,6 +461,7 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
         // While applied units cannot be recorded, claiming more would only add to them.
         let recording_stuck = inner.completer.holds_claims();
         if inner.health.is_paused() || !claim_now || recording_stuck {
+            claims.settled();
             tokio::select! {
                 _ = wake.notified() => nudged = true,
                 _ = inner.buffer.drained.notified() => {}
@@ -456,7 +473,13 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
         let room = inner.buffer.room().max(usize::from(nudged)) as u32;
         let wanted = room.min(inner.config.claim_batch);
         nudged = false;
-        match queue::lease::claim(&inner.pool, &worker.claim_options(wanted)).await {
+        claims.attempting();
+        let options = worker.claim_options(wanted);
+        let claimed = bounded::claim(&inner.pool, &options, inner.config.claim_timeout).await;
+        if claimed.is_ok() {
+            claims.settled();
+        }
+        match claimed {
             Ok(units) if !units.is_empty() => {
                 if failures > 0 {
                     failures = 0;
@@ -488,10 +511,9 @@ async fn claimer(worker: Worker, wake: Arc<tokio::sync::Notify>, stop: Cancellat
                 failures += 1;
                 tracing::warn!(%error, failures, "claiming failed ({failures} in a row): {error}; retrying");
                 if failures >= CLAIM_FAILURES_UNHEALTHY {
-                    inner.health.set(
-                        Condition::Claims,
-                        format!("the last {failures} claims failed: {error}"),
-                    );
+                    inner
+                        .health
+                        .set(Condition::Claims, bounded::failing(failures, &error));
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(CLAIM_RETRY_DELAY) => {}

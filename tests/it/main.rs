@@ -1,6 +1,7 @@
 //! pdq's integration tests: one test binary, one module per area.
 mod app;
 mod cli;
+mod clusters;
 mod door;
 mod emulator;
 mod escapes;
@@ -12,6 +13,7 @@ mod jobs;
 mod observability;
 mod packaging;
 mod paths;
+mod postgres_setups;
 mod queue;
 mod recording;
 mod roles;

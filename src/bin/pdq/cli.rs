@@ -30,6 +30,11 @@ pub struct Cli {
         conflicts_with = "database_url"
     )]
     pub database_url_file: Option<std::path::PathBuf>,
+    /// Postgres connections this process opens at most (default: 6 for `run`, 3 for
+    /// `console`, 2 for the other commands); idle ones close after 30 s.
+    #[arg(long, global = true, env = "PDQ_DB_CONNECTIONS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_connections: Option<u32>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,

@@ -16,7 +16,7 @@ pub enum Exit {
     Refused,
     /// Genesys Cloud (or its DNS) cannot be reached.
     Unreachable,
-    /// Postgres cannot be reached or refused the login.
+    /// Postgres cannot be reached, refused the login, or is a read-only standby.
     Database,
     /// The database has no pdq schema, or one of another version than this binary.
     Schema,
@@ -65,7 +65,9 @@ impl Exit {
             }
             Exit::Refused => "refused: a rule of pdq.jobs, or a missing permission or grant",
             Exit::Unreachable => "Genesys Cloud (or its DNS) cannot be reached",
-            Exit::Database => "Postgres cannot be reached or refused the login",
+            Exit::Database => {
+                "Postgres cannot be reached, refused the login, or is a read-only standby"
+            }
             Exit::Schema => "the database has no pdq schema or another version: run pdq migrate",
             Exit::NotFound => "the named job, dead letter or conversation does not exist",
             Exit::NoWorkers => {
@@ -88,7 +90,7 @@ impl Exit {
             if let Some(db) = cause.downcast_ref::<pdq::db::Error>() {
                 return match db {
                     pdq::db::Error::InvalidUrl(_) => Exit::Usage,
-                    pdq::db::Error::Connect(_) => Exit::Database,
+                    pdq::db::Error::Connect(_) | pdq::db::Error::Standby => Exit::Database,
                     pdq::db::Error::NotMigrated
                     | pdq::db::Error::SchemaOlder { .. }
                     | pdq::db::Error::SchemaNewer { .. } => Exit::Schema,

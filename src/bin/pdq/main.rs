@@ -64,7 +64,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(path) => Some(commands::read_secret_file(path, "database URL")?),
         None => cli.database_url,
     };
-    let db = commands::Database::new(url);
+    let db = commands::Database::new(url).with_connections(cli.db_connections);
     let json = cli.json;
     match cli.command {
         Command::Migrate => commands::migrate::run(&db, json).await,

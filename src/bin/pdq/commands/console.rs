@@ -86,7 +86,11 @@ pub async fn run(
     console::check_listen(args.listen, &config)
         .map_err(|problem| Failed::error(Exit::Usage, problem.to_string()))?;
     let options = console::connect_options(db.options()?, args.allow_writes);
-    let pool = pdq::db::connect(options, 4).await?;
+    let pool = pdq::db::connect(
+        options,
+        db.connections(pdq::db::DEFAULT_CONSOLE_CONNECTIONS),
+    )
+    .await?;
     pdq::db::check_schema(&pool).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

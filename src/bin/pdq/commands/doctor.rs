@@ -96,7 +96,26 @@ async fn check_database(db: &Database, checks: &mut Checks) {
             return;
         }
     };
-    checks.report(true, "database", "Postgres answers".into());
+    match pdq::db::check_primary(&pool).await {
+        Ok(()) => checks.report(true, "database", "Postgres answers (a primary)".into()),
+        Err(error) => {
+            let detail = error.to_string();
+            checks.fail(Exit::of(&anyhow::Error::new(error)), "database", detail);
+            return;
+        }
+    }
+    if let Ok(standbys) = pdq::db::async_standbys(&pool).await {
+        if !standbys.is_empty() {
+            checks.report(
+                true,
+                "replication",
+                format!(
+                    "asynchronous standbys ({}): a failover to one can lose recent jobs (README:                      Running against your Postgres)",
+                    standbys.join(", ")
+                ),
+            );
+        }
+    }
     let binary = pdq::db::MIGRATOR
         .iter()
         .map(|m| m.version)

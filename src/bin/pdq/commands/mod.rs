@@ -23,12 +23,29 @@ use sqlx::PgPool;
 /// Where the database is, from `--database-url` or `DATABASE_URL`.
 pub struct Database {
     url: Option<String>,
+    connections: Option<u32>,
 }
 
 impl Database {
     /// Wraps the URL the command line gave, if any.
     pub fn new(url: Option<String>) -> Self {
-        Database { url }
+        Database {
+            url,
+            connections: None,
+        }
+    }
+
+    /// The pool size `--db-connections` asked for, if any.
+    pub fn with_connections(self, connections: Option<u32>) -> Self {
+        Database {
+            connections,
+            ..self
+        }
+    }
+
+    /// The pool size to use: `--db-connections`, else `default`.
+    pub fn connections(&self, default: u32) -> u32 {
+        self.connections.unwrap_or(default)
     }
 
     /// The URL given, if any.
@@ -52,7 +69,8 @@ impl Database {
 
     /// A small pool for operator commands.
     pub async fn pool(&self) -> anyhow::Result<PgPool> {
-        Ok(pdq::db::connect(self.options()?, 2).await?)
+        let size = self.connections(pdq::db::DEFAULT_CLI_CONNECTIONS);
+        Ok(pdq::db::connect(self.options()?, size).await?)
     }
 }
 

@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Lease on claimed units, in seconds.
     #[arg(long, env = "PDQ_LEASE_SECS", default_value_t = queue::lease::DEFAULT_LEASE.as_secs())]
     pub lease_secs: u64,
+    /// Bound on one claim from Postgres, in seconds: a claim on a silent connection is
+    /// abandoned with the connection; three bounds without a claim turn /healthz red.
+    #[arg(long, env = "PDQ_CLAIM_TIMEOUT_SECS", default_value_t = worker::DEFAULT_CLAIM_TIMEOUT.as_secs())]
+    pub claim_timeout_secs: u64,
     /// How long an external tag may stay unfindable before conversation_not_found, in seconds.
     #[arg(long, env = "PDQ_LOOKUP_WINDOW_SECS", default_value_t = worker::DEFAULT_LOOKUP_WINDOW.as_secs())]
     pub lookup_window_secs: u64,
@@ -82,6 +86,7 @@ impl RunArgs {
             max_coalesce: self.max_coalesce.max(1),
             lease: Duration::from_secs(self.lease_secs.max(5)),
             lookup_window: Duration::from_secs(self.lookup_window_secs),
+            claim_timeout: Duration::from_secs(self.claim_timeout_secs.max(1)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             retention: Duration::from_secs(self.retention_days * 86_400),
             dead_letter_retention: Duration::from_secs(self.dead_letter_retention_days * 86_400),
@@ -94,6 +99,20 @@ impl RunArgs {
                 name: self.genesys.client_id.clone().unwrap_or_default(),
             },
             ..WorkerConfig::default()
+        }
+    }
+}
+
+/// A failover to an asynchronous standby can lose the last jobs and apply older values over
+/// newer ones: say so at start (README: Running against your Postgres).
+async fn warn_about_async_standbys(pool: &sqlx::PgPool) {
+    if let Ok(standbys) = pdq::db::async_standbys(pool).await {
+        if !standbys.is_empty() {
+            let names = standbys.join(", ");
+            tracing::warn!(
+                standbys = %names,
+                "the primary replicates asynchronously to {names}: a failover to one of them can                  lose jobs whose INSERT succeeded and send older values over newer ones; use                  synchronous replication (synchronous_standby_names) or accept that window"
+            );
         }
     }
 }
@@ -115,8 +134,11 @@ pub async fn run(
     config
         .check_timing(request_timeout)
         .map_err(|problem| Failed::error(Exit::Usage, problem))?;
-    let pool = pdq::db::connect(options, config.executors as u32 + 6).await?;
+    let pool =
+        pdq::db::connect(options, db.connections(pdq::db::DEFAULT_WORKER_CONNECTIONS)).await?;
+    pdq::db::check_primary(&pool).await?;
     pdq::db::check_schema(&pool).await?;
+    warn_about_async_standbys(&pool).await;
     if let Some(addr) = args.console {
         super::console::spawn_read_only(db, addr, shutdown.clone()).await?;
     }

@@ -1,0 +1,659 @@
+//! pdq against the Postgres setups users run: a TLS-only server (every sslmode, a wrong CA,
+//! client certificates), PgBouncer, a connection budget, a silent connection, a standby.
+//! Private clusters and poolers listen on 25450-25469 and are removed afterwards.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pdq::emulator::{EmulatorConfig, Faults};
+use pdq::metrics::Condition;
+use pdq::worker::{Api, Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{fast, TestApp};
+use crate::clusters::{Bouncer, Cluster};
+use crate::helpers::{wait_until, TestDb};
+
+fn pdq(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLROOTCERT")
+        .output()
+        .expect("run pdq")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A CA and, signed by it, a certificate for `names` with `key`; a client certificate for
+/// `client` too.
+struct TestCa {
+    ca_pem: String,
+    leaf_pem: String,
+    leaf_key_pem: String,
+    client_pem: String,
+    client_key_pem: String,
+}
+
+fn test_ca(ca_name: &str, names: &[&str], client: &str) -> TestCa {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    let mut leaf = CertificateParams::new(names).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "pdq test server");
+    let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, client);
+    let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
+    TestCa {
+        ca_pem: ca_cert.pem(),
+        leaf_pem: leaf.pem(),
+        leaf_key_pem: leaf_key.serialize_pem(),
+        client_pem: client_cert.pem(),
+        client_key_pem: client_key.serialize_pem(),
+    }
+}
+
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+/// A TLS-only cluster (`hostssl` lines only) whose certificate names `localhost` but not
+/// 127.0.0.1; `certuser` must log in with a client certificate.
+fn tls_cluster(port: u16) -> Option<(Cluster, TestCa)> {
+    let ca = test_ca("pdq test Postgres CA", &["localhost"], "certuser");
+    let files = |data: &Path| {
+        std::fs::write(data.join("server.crt"), &ca.leaf_pem).unwrap();
+        write_private(&data.join("server.key"), &ca.leaf_key_pem);
+        std::fs::write(data.join("root.crt"), &ca.ca_pem).unwrap();
+    };
+    let cluster = Cluster::start(
+        port,
+        "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'",
+        "local all all trust\n\
+         hostssl all certuser 127.0.0.1/32 cert\n\
+         hostssl all all 127.0.0.1/32 trust\n",
+        files,
+    )?;
+    let run = |sql: &str| {
+        let status = Command::new(crate::clusters::postgres_bin().unwrap().join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .args(["-d", "postgres", "-qAtc", sql])
+            .env("PGSSLMODE", "require")
+            .status()
+            .unwrap();
+        assert!(status.success(), "{sql}");
+    };
+    run("create role certuser login superuser");
+    std::fs::write(cluster.path("ca.pem"), &ca.ca_pem).unwrap();
+    std::fs::write(
+        cluster.path("wrong-ca.pem"),
+        test_ca("another CA", &["localhost"], "x").ca_pem,
+    )
+    .unwrap();
+    std::fs::write(cluster.path("client.crt"), &ca.client_pem).unwrap();
+    write_private(&cluster.path("client.key"), &ca.client_key_pem);
+    Some((cluster, ca))
+}
+
+/// Whether the session pdq opens with `url` is encrypted (pg_stat_ssl).
+async fn encrypted(url: &str) -> Result<bool, String> {
+    let options = pdq::db::connect_options(url).map_err(|e| e.to_string())?;
+    let pool = pdq::db::connect(options, 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ssl: bool = sqlx::query_scalar("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    pool.close().await;
+    Ok(ssl)
+}
+
+#[tokio::test]
+async fn tls_only_postgres_works_with_every_sslmode_as_libpq_documents_it() {
+    let Some((cluster, _ca)) = tls_cluster(25450) else {
+        return;
+    };
+    let ca = cluster.path("ca.pem").display().to_string();
+    let wrong = cluster.path("wrong-ca.pem").display().to_string();
+    let at = |host: &str, query: &str| {
+        format!(
+            "postgres://postgres@{host}:{}/postgres?{query}",
+            cluster.port
+        )
+    };
+
+    // verify-full with the right CA: migrate, then status, over TLS.
+    let full = at(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let migrated = pdq(&full, &["migrate"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let status = pdq(&full, &["status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert_eq!(encrypted(&full).await, Ok(true));
+
+    // A CA that did not sign the server's certificate: refused, and said so.
+    let wrong_ca = pdq(
+        &at(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={wrong}"),
+        ),
+        &["migrate"],
+    );
+    assert_eq!(wrong_ca.status.code(), Some(5), "{}", stderr(&wrong_ca));
+    assert!(
+        stderr(&wrong_ca).contains("not signed by a trusted CA"),
+        "{}",
+        stderr(&wrong_ca)
+    );
+
+    // verify-full checks the host name.
+    let wrong_name = pdq(
+        &at(
+            "127.0.0.1",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ),
+        &["status"],
+    );
+    assert_eq!(wrong_name.status.code(), Some(5), "{}", stderr(&wrong_name));
+    assert!(
+        stderr(&wrong_name).contains("does not name this host"),
+        "{}",
+        stderr(&wrong_name)
+    );
+    // verify-ca checks the chain (sqlx 0.8.6 with rustls 0.23.4x checks the name too: stricter
+    // than libpq, never weaker; README: Running against your Postgres).
+    let verify_ca = at("localhost", &format!("sslmode=verify-ca&sslrootcert={ca}"));
+    assert_eq!(encrypted(&verify_ca).await, Ok(true));
+    let verify_ca_wrong = at(
+        "localhost",
+        &format!("sslmode=verify-ca&sslrootcert={wrong}"),
+    );
+    assert!(encrypted(&verify_ca_wrong).await.is_err());
+
+    // verify-* without a root certificate is refused before connecting (as libpq does).
+    let no_root = pdq(&at("localhost", "sslmode=verify-full"), &["status"]);
+    assert_eq!(no_root.status.code(), Some(2), "{}", stderr(&no_root));
+    assert!(
+        stderr(&no_root).contains("sslrootcert"),
+        "{}",
+        stderr(&no_root)
+    );
+
+    // require encrypts without verifying, unless a root certificate is given: then it
+    // verifies the chain (libpq), so the wrong CA is refused.
+    assert_eq!(
+        encrypted(&at("127.0.0.1", "sslmode=require")).await,
+        Ok(true)
+    );
+    let require_wrong = at("127.0.0.1", &format!("sslmode=require&sslrootcert={wrong}"));
+    let refused = encrypted(&require_wrong).await.unwrap_err();
+    assert!(refused.contains("not signed by a trusted CA"), "{refused}");
+
+    // prefer (the default) and allow both end up on TLS against a TLS-only server; disable
+    // is refused by pg_hba, with the server's words.
+    assert_eq!(encrypted(&at("127.0.0.1", "")).await, Ok(true));
+    assert_eq!(
+        encrypted(&at("127.0.0.1", "sslmode=prefer")).await,
+        Ok(true)
+    );
+    assert_eq!(encrypted(&at("127.0.0.1", "sslmode=allow")).await, Ok(true));
+    let disabled = pdq(&at("127.0.0.1", "sslmode=disable"), &["status"]);
+    assert_eq!(disabled.status.code(), Some(5), "{}", stderr(&disabled));
+    assert!(
+        stderr(&disabled).contains("pg_hba.conf"),
+        "{}",
+        stderr(&disabled)
+    );
+
+    // A client certificate logs in a user that pg_hba requires one of.
+    let cert = cluster.path("client.crt").display().to_string();
+    let key = cluster.path("client.key").display().to_string();
+    let with_cert = format!(
+        "postgres://certuser@localhost:{}/postgres?sslmode=verify-full&sslrootcert={ca}&sslcert={cert}&sslkey={key}",
+        cluster.port
+    );
+    assert_eq!(encrypted(&with_cert).await, Ok(true));
+    let without_cert = format!(
+        "postgres://certuser@localhost:{}/postgres?sslmode=verify-full&sslrootcert={ca}",
+        cluster.port
+    );
+    assert!(encrypted(&without_cert).await.is_err());
+}
+
+#[tokio::test]
+async fn stock_pgbouncer_accepts_pdq_because_no_extra_float_digits_is_sent() {
+    let db = TestDb::new().await;
+    let Some(bouncer) = Bouncer::start(25451, 5432, "session", "") else {
+        return;
+    };
+    let through = bouncer.url(&db.name);
+    let migrated = pdq(&through, &["migrate"]);
+    assert!(
+        migrated.status.success(),
+        "{}\n{}",
+        stderr(&migrated),
+        bouncer.log()
+    );
+    let status = pdq(&through, &["status", "--json"]);
+    assert!(
+        status.status.success(),
+        "{}\n{}",
+        stderr(&status),
+        bouncer.log()
+    );
+    let enqueued = pdq(
+        &through,
+        &[
+            "enqueue",
+            "--conversation-id",
+            "6f1c2d3e-0000-4000-8000-000000000001",
+            "--attr",
+            "tier=gold",
+        ],
+    );
+    assert!(enqueued.status.success(), "{}", stderr(&enqueued));
+    assert_eq!(db.count("pdq.jobs").await, 1);
+    drop(bouncer);
+    db.drop_database().await;
+}
+
+/// A child process killed when the test ends, a failed assertion included.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sessions of `application_name` on `database` now.
+async fn sessions(db: &TestDb, application_name: &str) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where datname = $1 and application_name = $2",
+    )
+    .bind(&db.name)
+    .bind(application_name)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_worker_with_32_executors_holds_a_few_connections_and_lets_idle_ones_go() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    app.emulator.set_faults(Faults {
+        latency_ms: 50,
+        ..Faults::default()
+    });
+    let targets = app.customers_with_one_job(300).await;
+    let worker = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_pdq"))
+            .args([
+                "run",
+                "--executors",
+                "32",
+                "--metrics-addr",
+                "127.0.0.1:25455",
+            ])
+            .env("DATABASE_URL", app.db.url())
+            .env("PGAPPNAME", "pdq-budget-test")
+            .envs(app.emulator.client_env())
+            .env("PDQ_RATE_LIMIT", "0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pdq run"),
+    );
+    let mut most = 0;
+    let started = Instant::now();
+    while app.db.count("pdq.finished_jobs").await < targets.len() as i64 {
+        assert!(started.elapsed() < Duration::from_secs(60), "not drained");
+        most = most.max(sessions(&app.db, "pdq-budget-test").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (cid, pid) in &targets {
+        assert!(app
+            .emulator
+            .attributes_of(*cid, *pid)
+            .unwrap()
+            .contains_key("n"));
+    }
+    assert!(
+        most <= i64::from(pdq::db::DEFAULT_WORKER_CONNECTIONS),
+        "the worker held {most} connections"
+    );
+    assert!(most >= 2, "sampled {most}: the count works");
+    // Once idle, connections close (recycled after a minute, not reopened): the listener's
+    // stays, one serves the polls and the heartbeat.
+    let released = wait_until(Duration::from_secs(100), || async {
+        sessions(&app.db, "pdq-budget-test").await <= 2
+    })
+    .await;
+    let left = sessions(&app.db, "pdq-budget-test").await;
+    drop(worker);
+    assert!(released, "{left} connections still open after idling");
+    app.db.drop_database().await;
+}
+
+/// A TCP proxy on loopback in front of the local Postgres that can go silent: frozen
+/// connections swallow what either side sends (no reset, no close), as a dropped NAT entry.
+struct SilentProxy {
+    port: u16,
+    /// Connections of an epoch below this are frozen.
+    frozen_below: Arc<AtomicU64>,
+    /// The epoch new connections get.
+    epoch: Arc<AtomicU64>,
+}
+
+impl SilentProxy {
+    async fn start(port: u16) -> SilentProxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let (frozen, epochs) = (frozen_below.clone(), epoch.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mine = epochs.load(Ordering::SeqCst);
+                let frozen = frozen.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let up = pipe(client_read, server_write, mine, frozen.clone());
+                    let down = pipe(server_read, client_write, mine, frozen);
+                    let _ = tokio::time::timeout(Duration::from_secs(120), async {
+                        tokio::join!(up, down)
+                    })
+                    .await;
+                });
+            }
+        });
+        SilentProxy {
+            port,
+            frozen_below,
+            epoch,
+        }
+    }
+
+    /// Every connection open now goes silent for good; `new_too`: so do the next ones, until
+    /// [`SilentProxy::lift`].
+    fn freeze(&self, new_too: bool) {
+        let next = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let below = if new_too { u64::MAX } else { next };
+        self.frozen_below.store(below, Ordering::SeqCst);
+    }
+
+    /// Connections opened from now on are forwarded (the frozen ones stay silent).
+    fn lift(&self) {
+        let next = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.frozen_below.store(next, Ordering::SeqCst);
+    }
+
+    fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+}
+
+/// Copies `from` to `to` while the connection's epoch is not frozen, then reads and drops.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    epoch: u64,
+    frozen_below: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // A frozen connection keeps reading (no reset, the peer's sends succeed) and
+        // forwards nothing; it never closes the other side either.
+        if epoch < frozen_below.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_connection_under_a_claim_neither_stops_the_claimer_nor_hides_from_healthz() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let proxy = SilentProxy::start(25452).await;
+    let options = pdq::db::connect_options(&proxy.url(&app.db.name)).unwrap();
+    let pool = pdq::db::connect(options, 6).await.unwrap();
+    let api = Api::new(app.client("pdq-demo-secret", Duration::from_millis(500)));
+    let worker = Worker::new(
+        pool,
+        api,
+        WorkerConfig {
+            claim_timeout: Duration::from_secs(1),
+            ..fast()
+        },
+    );
+    let health = worker.health();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!health.is_unhealthy(), "{}", health.reason());
+
+    // Hold the claim on the server (a lock on pdq.inflight), go silent, then let it finish:
+    // its answer never comes back.
+    let mut blocker = app.db.pool.begin().await.unwrap();
+    sqlx::query("lock table pdq.inflight in exclusive mode")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let waiting = wait_until(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_activity
+             where datname = $1 and wait_event_type = 'Lock' and query like '%candidates%'",
+        )
+        .bind(&app.db.name)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+            > 0
+    })
+    .await;
+    assert!(waiting, "a claim waits on the lock");
+    proxy.freeze(true);
+    blocker.rollback().await.unwrap();
+
+    // While Postgres is unreachable, /healthz says so.
+    let red = wait_until(Duration::from_secs(15), || async {
+        health.has(Condition::Stalled)
+    })
+    .await;
+    assert!(red, "healthz stayed green: {}", health.reason());
+    assert!(
+        health.reason().contains("no claim has completed"),
+        "{}",
+        health.reason()
+    );
+
+    // New connections work again (the old ones stay silent): jobs enqueued now apply.
+    proxy.lift();
+    let targets = app.customers_with_one_job(10).await;
+    let applied = wait_until(Duration::from_secs(30), || async {
+        targets.iter().all(|(cid, pid)| {
+            app.emulator
+                .attributes_of(*cid, *pid)
+                .is_some_and(|attributes| attributes.contains_key("n"))
+        })
+    })
+    .await;
+    assert!(applied, "the claimer never came back: {}", health.reason());
+    let green = wait_until(Duration::from_secs(10), || async {
+        !health.has(Condition::Stalled)
+    })
+    .await;
+    assert!(green, "{}", health.reason());
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(40), running).await;
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn migrate_through_a_transaction_pooler_is_complete_and_leaves_no_lock_behind() {
+    let admin = TestDb::new().await;
+    let name = format!("pdq_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("create database {name}"))
+        .execute(&admin.pool)
+        .await
+        .unwrap();
+    let Some(bouncer) = Bouncer::start(25456, 5432, "transaction", "") else {
+        return;
+    };
+    let through = bouncer.url(&name);
+    for run in 0..2 {
+        let started = Instant::now();
+        let migrated = tokio::task::spawn_blocking({
+            let through = through.clone();
+            move || pdq(&through, &["migrate"])
+        });
+        let migrated = tokio::time::timeout(Duration::from_secs(60), migrated)
+            .await
+            .expect("pdq migrate hung")
+            .unwrap();
+        assert!(
+            migrated.status.success(),
+            "run {run}: {}\n{}",
+            stderr(&migrated),
+            bouncer.log()
+        );
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+    let direct = pdq::db::connect(admin.options.clone().database(&name), 1)
+        .await
+        .unwrap();
+    pdq::db::check_schema(&direct).await.unwrap();
+    let stray: bool =
+        sqlx::query_scalar("select to_regclass('public._sqlx_migrations') is not null")
+            .fetch_one(&direct)
+            .await
+            .unwrap();
+    assert!(!stray, "migration bookkeeping landed in public");
+    let locks: i64 = sqlx::query_scalar(
+        "select count(*) from pg_locks l join pg_database d on d.oid = l.database
+         where l.locktype = 'advisory' and d.datname = $1",
+    )
+    .bind(&name)
+    .fetch_one(&direct)
+    .await
+    .unwrap();
+    assert_eq!(locks, 0, "advisory locks left behind");
+    let applied: i64 =
+        sqlx::query_scalar("select count(*) from pdq._sqlx_migrations where success")
+            .fetch_one(&direct)
+            .await
+            .unwrap();
+    assert_eq!(applied, pdq::db::MIGRATOR.iter().count() as i64);
+    direct.close().await;
+    drop(bouncer);
+    sqlx::query(&format!("drop database {name} with (force)"))
+        .execute(&admin.pool)
+        .await
+        .unwrap();
+    admin.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_hot_standby_is_named_by_doctor_and_run_and_async_replication_is_warned_about() {
+    let Some(mut primary) = Cluster::start(
+        25453,
+        "wal_level = replica\nmax_wal_senders = 4",
+        "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
+        |_| {},
+    ) else {
+        return;
+    };
+    let migrated = pdq(&primary.url(), &["migrate"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let standby = Cluster::standby_of(&primary, 25454);
+
+    let doctor = pdq(&standby.url(), &["doctor"]);
+    assert_eq!(doctor.status.code(), Some(5), "{doctor:?}");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&doctor.stdout),
+        stderr(&doctor)
+    );
+    assert!(said.contains("read-only standby"), "{said}");
+
+    let emulator = pdq::emulator::Emulator::start(EmulatorConfig::default())
+        .await
+        .unwrap();
+    let run_on = |url: &str, secs: u64| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pdq"))
+            .args(["run", "--metrics-addr", "127.0.0.1:25457"])
+            .env("DATABASE_URL", url)
+            .envs(emulator.client_env())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pdq run");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    };
+    let on_standby = run_on(&standby.url(), 20);
+    assert_eq!(on_standby.status.code(), Some(5), "{}", stderr(&on_standby));
+    assert!(
+        stderr(&on_standby).contains("read-only standby"),
+        "{}",
+        stderr(&on_standby)
+    );
+
+    // The primary streams to the standby asynchronously: `pdq run` warns at start.
+    let on_primary = run_on(&primary.url(), 4);
+    assert!(
+        stderr(&on_primary).contains("replicates asynchronously"),
+        "{}",
+        stderr(&on_primary)
+    );
+    drop(standby);
+    primary.stop();
+}
