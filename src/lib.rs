@@ -22,7 +22,9 @@
 //!    participant, then send the PATCH in bodies under the size limit (`worker/send.rs`). Every
 //!    call waits for the request budget (`worker/pacer.rs`, shared between processes through
 //!    `queue/budget.rs`) and goes through `worker/calls.rs` and `worker/api.rs` to the client in
-//!    `genesys/` (token in `genesys/auth.rs`, errors classified once in `genesys/error.rs`).
+//!    `genesys/` (token in `genesys/auth.rs`, errors classified once in `genesys/error.rs`,
+//!    error texts from the network cut on a character boundary and kept without NUL in
+//!    `genesys/text.rs`).
 //! 4. **Decide.** A failure goes through the outcome table, a pure function
 //!    (`worker/decide.rs`, with backoff from `worker/backoff.rs`); fleet-wide rules (outages in
 //!    `worker/outage.rs`, the 403 streak, configuration pauses) and the one log line and metric

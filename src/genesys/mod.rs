@@ -275,7 +275,10 @@ fn parse<T: DeserializeOwned>(
     let value = serde_json::from_slice(&response.value).map_err(|e| Error::NotGenesys {
         endpoint,
         // serde's message may quote the body's text.
-        detail: text::kept(&format!("body is not the expected JSON: {e}"), MAX_RAW_BYTES),
+        detail: text::kept(
+            &format!("body is not the expected JSON: {e}"),
+            MAX_RAW_BYTES,
+        ),
     })?;
     Ok(response.map_value(|_| value))
 }
@@ -331,7 +334,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn failure(status: u16, bytes: &[u8]) -> Error {
-        http_error("PATCH participant attributes", status, &HeaderMap::new(), bytes, None, None)
+        http_error(
+            "PATCH participant attributes",
+            status,
+            &HeaderMap::new(),
+            bytes,
+            None,
+            None,
+        )
     }
 
     #[test]
@@ -342,7 +352,10 @@ mod tests {
             panic!("an HTTP failure");
         };
         assert_eq!(http.raw, "a".repeat(2_047));
-        let json = format!(r#"{{"message":"{}","code":"bad.request"}}"#, "é".repeat(1_500));
+        let json = format!(
+            r#"{{"message":"{}","code":"bad.request"}}"#,
+            "é".repeat(1_500)
+        );
         let error = failure(400, json.as_bytes());
         assert_eq!(error.code(), Some("bad.request"));
         assert!(error.message().unwrap().len() <= MAX_RAW_BYTES);
@@ -351,7 +364,10 @@ mod tests {
 
     #[test]
     fn nul_characters_from_the_network_never_reach_what_is_kept() {
-        let error = failure(400, br#"{"message":"a\u0000b","code":"x\u0000","details":[{"d":"\u0000"}]}"#);
+        let error = failure(
+            400,
+            br#"{"message":"a\u0000b","code":"x\u0000","details":[{"d":"\u0000"}]}"#,
+        );
         assert_eq!(error.message(), Some("a\u{FFFD}b"));
         assert!(!error.body_json().unwrap().to_string().contains("\\u0000"));
         let Error::Http(http) = failure(500, b"raw\0text") else {

@@ -73,9 +73,13 @@ pub struct OAuthError {
 impl OAuthError {
     /// The error as pdq keeps it (see [`ErrorBody::kept`]).
     pub fn kept(mut self) -> OAuthError {
-        for text in [&mut self.error, &mut self.description, &mut self.error_description]
-            .into_iter()
-            .flatten()
+        for text in [
+            &mut self.error,
+            &mut self.description,
+            &mut self.error_description,
+        ]
+        .into_iter()
+        .flatten()
         {
             *text = super::text::kept(text, super::MAX_RAW_BYTES);
         }

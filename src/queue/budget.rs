@@ -73,10 +73,18 @@ pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(2 * MAX_RETRY_AFTER
 macro_rules! readable {
     ($column:literal) => {
         concat!(
-            "case when ", $column, " is null then null",
-            " when ", $column, " >= '10000-01-01 00:00:00+00' then '9999-12-31 23:59:59+00'::timestamptz",
-            " when ", $column, " < '0001-01-01 00:00:00+00' then '0001-01-01 00:00:00+00'::timestamptz",
-            " else ", $column, " end"
+            "case when ",
+            $column,
+            " is null then null",
+            " when ",
+            $column,
+            " >= '10000-01-01 00:00:00+00' then '9999-12-31 23:59:59+00'::timestamptz",
+            " when ",
+            $column,
+            " < '0001-01-01 00:00:00+00' then '0001-01-01 00:00:00+00'::timestamptz",
+            " else ",
+            $column,
+            " end"
         )
     };
 }

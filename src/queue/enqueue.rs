@@ -160,10 +160,15 @@ fn refuse_locally(job: &NewJob) -> Result<(), Error> {
         .into_iter()
         .any(|name| longer(name, MAX_PARTICIPANT_LOCATOR_CHARS))
     {
-        return Err(refused("participant_locator_must_be_at_most_256_characters"));
+        return Err(refused(
+            "participant_locator_must_be_at_most_256_characters",
+        ));
     }
     if let serde_json::Value::Object(map) = &job.attributes {
-        if map.keys().any(|key| key.chars().count() > MAX_ATTRIBUTE_KEY_CHARS) {
+        if map
+            .keys()
+            .any(|key| key.chars().count() > MAX_ATTRIBUTE_KEY_CHARS)
+        {
             return Err(refused("attribute_keys_must_be_at_most_256_characters"));
         }
     }

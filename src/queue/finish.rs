@@ -421,7 +421,13 @@ pub async fn dead_letter<'e>(
     .bind(record.api.error_message.as_deref().map(storable))
     .bind(record.api.context_id.as_deref().map(storable))
     .bind(record.api.correlation_id.as_deref().map(storable))
-    .bind(record.api.error_body.as_ref().map(|b| storable_json(b).into_owned()))
+    .bind(
+        record
+            .api
+            .error_body
+            .as_ref()
+            .map(|b| storable_json(b).into_owned()),
+    )
     .bind(record.resolved_conversation_id)
     .bind(record.resolved_participant_id)
     .bind(release_unit)

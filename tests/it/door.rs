@@ -70,15 +70,8 @@ async fn token() -> Json<Value> {
     Json(json!({"access_token": "fake-token", "token_type": "bearer", "expires_in": 86_400}))
 }
 
-async fn attributes(
-    State(fake): State<Fake>,
-    Path((_cid, pid)): Path<(Uuid, Uuid)>,
-) -> Response {
-    let (status, body) = fake
-        .answers
-        .get(&pid)
-        .cloned()
-        .unwrap_or((202, Vec::new()));
+async fn attributes(State(fake): State<Fake>, Path((_cid, pid)): Path<(Uuid, Uuid)>) -> Response {
+    let (status, body) = fake.answers.get(&pid).cloned().unwrap_or((202, Vec::new()));
     fake.patches.lock().unwrap().push((pid, status));
     let status = StatusCode::from_u16(status).unwrap();
     (status, [("content-type", "application/json")], body).into_response()
@@ -111,11 +104,17 @@ fn fake_client(url: &str) -> GenesysClient {
     GenesysClient::new(settings).unwrap()
 }
 
+/// A dead letter's participant, reason, status, message and body.
+type DeadRow = (Uuid, String, Option<i32>, Option<String>, Option<Value>);
+
 #[tokio::test]
 async fn an_error_body_cut_inside_a_character_is_kept_and_the_worker_lives_on() {
     let db = TestDb::with_connections(16).await;
     // Byte 2,048 of this body is the second byte of "é": `String::truncate(2_048)` panicked.
-    let cut = format!("{}é, and the rest of a localized message", "a".repeat(2_047));
+    let cut = format!(
+        "{}é, and the rest of a localized message",
+        "a".repeat(2_047)
+    );
     assert!(!cut.is_char_boundary(2_048));
     let kept = "a".repeat(2_047);
     let (refused, retried, nul, fine) = (
@@ -169,12 +168,9 @@ async fn an_error_body_cut_inside_a_character_is_kept_and_the_worker_lives_on() 
     stop.cancel();
     let ended = running.await;
     assert!(drained, "every job was recorded");
-    assert!(
-        matches!(ended, Ok(Ok(()))),
-        "the worker ran on: {ended:?}"
-    );
+    assert!(matches!(ended, Ok(Ok(()))), "the worker ran on: {ended:?}");
 
-    let dead: Vec<(Uuid, String, Option<i32>, Option<String>, Option<Value>)> = sqlx::query_as(
+    let dead: Vec<DeadRow> = sqlx::query_as(
         "select participant_id, reason, http_status, error_message, error_body
          from pdq.dead_letters",
     )
@@ -184,7 +180,11 @@ async fn an_error_body_cut_inside_a_character_is_kept_and_the_worker_lives_on() 
     let find = |pid: Uuid| dead.iter().find(|d| d.0 == pid).cloned().unwrap();
     let (_, reason, status, _, body) = find(refused);
     assert_eq!((reason.as_str(), status), ("bad_request", Some(400)));
-    assert_eq!(body, Some(Value::String(kept.clone())), "the body, cut before the é");
+    assert_eq!(
+        body,
+        Some(Value::String(kept.clone())),
+        "the body, cut before the é"
+    );
     let (_, reason, status, _, body) = find(retried);
     assert_eq!((reason.as_str(), status), ("retries_exhausted", Some(503)));
     assert_eq!(body, Some(Value::String(kept)), "retried, then kept");
@@ -200,7 +200,13 @@ async fn an_error_body_cut_inside_a_character_is_kept_and_the_worker_lives_on() 
     assert_eq!(applied, 1, "the job after them was applied");
     let patches = fake.patches.lock().unwrap().clone();
     assert_eq!(patches.iter().filter(|(p, _)| *p == retried).count(), 2);
-    assert_eq!(patches.iter().filter(|(p, s)| *p == fine && *s == 202).count(), 1);
+    assert_eq!(
+        patches
+            .iter()
+            .filter(|(p, s)| *p == fine && *s == 202)
+            .count(),
+        1
+    );
     db.drop_database().await;
 }
 
@@ -220,14 +226,26 @@ async fn every_producer_text_is_bounded_at_the_door_by_a_named_rule() {
     let producer = LoginRole::new(&db, "pdq_producer").await;
     let p = &producer.pool;
     let cases = [
-        ("idempotency_key", 200, "idempotency_key_must_be_at_most_200_characters"),
-        ("participant_purpose", 256, "participant_locator_must_be_at_most_256_characters"),
+        (
+            "idempotency_key",
+            200,
+            "idempotency_key_must_be_at_most_200_characters",
+        ),
+        (
+            "participant_purpose",
+            256,
+            "participant_locator_must_be_at_most_256_characters",
+        ),
         (
             "participant_external_contact_id",
             256,
             "participant_locator_must_be_at_most_256_characters",
         ),
-        ("participant_name", 256, "participant_locator_must_be_at_most_256_characters"),
+        (
+            "participant_name",
+            256,
+            "participant_locator_must_be_at_most_256_characters",
+        ),
     ];
     for (column, limit, rule) in cases {
         // Characters, not bytes: the limit in "é" is accepted, one more is refused.
@@ -235,16 +253,20 @@ async fn every_producer_text_is_bounded_at_the_door_by_a_named_rule() {
         let over = "é".repeat(limit + 1);
         let ok = sqlx::query(&insert_sql(column)).bind(&at).execute(p).await;
         assert_eq!(refused_by(ok), "accepted", "{column} of {limit} characters");
-        let result = sqlx::query(&insert_sql(column)).bind(&over).execute(p).await;
+        let result = sqlx::query(&insert_sql(column))
+            .bind(&over)
+            .execute(p)
+            .await;
         assert_eq!(refused_by(result), rule, "{column} over {limit}");
     }
     let tag = |t: &str| {
-        sqlx::query(
-            "insert into pdq.jobs (external_tag, attributes) values ($1, '{\"k\": \"v\"}')",
-        )
-        .bind(t.to_owned())
+        sqlx::query("insert into pdq.jobs (external_tag, attributes) values ($1, '{\"k\": \"v\"}')")
+            .bind(t.to_owned())
     };
-    assert_eq!(refused_by(tag(&"t".repeat(256)).execute(p).await), "accepted");
+    assert_eq!(
+        refused_by(tag(&"t".repeat(256)).execute(p).await),
+        "accepted"
+    );
     assert_eq!(
         refused_by(tag(&"t".repeat(257)).execute(p).await),
         "external_tag_must_be_at_most_256_characters"
@@ -256,7 +278,10 @@ async fn every_producer_text_is_bounded_at_the_door_by_a_named_rule() {
         )
         .bind(json!({ key: "v", "short": "v" }))
     };
-    assert_eq!(refused_by(attributes("k".repeat(256)).execute(p).await), "accepted");
+    assert_eq!(
+        refused_by(attributes("k".repeat(256)).execute(p).await),
+        "accepted"
+    );
     assert_eq!(
         refused_by(attributes("k".repeat(257)).execute(p).await),
         "attribute_keys_must_be_at_most_256_characters"
@@ -372,9 +397,13 @@ async fn rows_queued_before_the_bounds_are_dead_lettered_naming_the_rule() {
             .unwrap();
     assert_eq!(dead.len(), 2);
     assert_eq!(dead[0].0, long_key);
-    assert!(dead[0].2.contains("idempotency_key_must_be_at_most_200_characters"));
+    assert!(dead[0]
+        .2
+        .contains("idempotency_key_must_be_at_most_200_characters"));
     assert_eq!(dead[1].0, long_tag);
-    assert!(dead[1].2.contains("external_tag_must_be_at_most_256_characters"));
+    assert!(dead[1]
+        .2
+        .contains("external_tag_must_be_at_most_256_characters"));
     assert!(dead.iter().all(|d| d.1 == "rejected"));
     let unvalidated: i64 = sqlx::query_scalar(
         "select count(*) from pg_constraint where conrelid = 'pdq.jobs'::regclass
@@ -409,7 +438,10 @@ async fn an_outcome_notification_carries_ids_and_the_outcome_and_no_customer_dat
     let applied = app
         .enqueue(NewJob {
             idempotency_key: Some(key.clone()),
-            ..job(Locators::ids(c.id, pid), json!({"email": "jane.doe@example.com"}))
+            ..job(
+                Locators::ids(c.id, pid),
+                json!({"email": "jane.doe@example.com"}),
+            )
         })
         .await;
     let worker = app.worker(fast());
@@ -422,7 +454,10 @@ async fn an_outcome_notification_carries_ids_and_the_outcome_and_no_customer_dat
     let lost = app
         .enqueue(NewJob {
             idempotency_key: Some("order-4712-card-4111111111111111".into()),
-            ..job(Locators::ids(c.id, Uuid::new_v4()), json!({"card": "4111111111111111"}))
+            ..job(
+                Locators::ids(c.id, Uuid::new_v4()),
+                json!({"card": "4111111111111111"}),
+            )
         })
         .await;
     app.drain(&worker, Duration::from_secs(10)).await;
@@ -436,7 +471,10 @@ async fn an_outcome_notification_carries_ids_and_the_outcome_and_no_customer_dat
         ids: vec![lost],
         ..queue::DeadLetterFilter::default()
     };
-    assert_eq!(queue::dlq::requeue(&db.pool, &filter, false).await.unwrap(), 1);
+    assert_eq!(
+        queue::dlq::requeue(&db.pool, &filter, false).await.unwrap(),
+        1
+    );
     app.drain(&worker, Duration::from_secs(10)).await;
     let payload: Value = serde_json::from_str(&next_payload(&mut listener).await.unwrap()).unwrap();
     assert_eq!(payload["origin_job_id"], lost, "{payload}");
@@ -464,18 +502,42 @@ async fn an_operator_cannot_store_a_budget_value_no_worker_can_read() {
     budget_row(&db.pool).await;
     let operator = LoginRole::new(&db, "pdq_operator").await;
     let cases = [
-        ("next_slot = 'infinity'", "next_slot_must_be_finite_and_before_the_year_10000"),
-        ("next_slot = '-infinity'", "next_slot_must_be_finite_and_before_the_year_10000"),
-        ("next_slot = '20000-01-01'", "next_slot_must_be_finite_and_before_the_year_10000"),
-        ("paused_until = 'infinity'", "paused_until_must_be_finite_and_before_the_year_10000"),
-        ("updated_at = '-infinity'", "updated_at_must_be_finite_and_before_the_year_10000"),
-        ("resumed_at = 'infinity'", "resumed_at_must_be_finite_and_before_the_year_10000"),
-        ("pause_reason = 'Paused; see me'", "pause_reason_must_be_a_lowercase_word"),
+        (
+            "next_slot = 'infinity'",
+            "next_slot_must_be_finite_and_before_the_year_10000",
+        ),
+        (
+            "next_slot = '-infinity'",
+            "next_slot_must_be_finite_and_before_the_year_10000",
+        ),
+        (
+            "next_slot = '20000-01-01'",
+            "next_slot_must_be_finite_and_before_the_year_10000",
+        ),
+        (
+            "paused_until = 'infinity'",
+            "paused_until_must_be_finite_and_before_the_year_10000",
+        ),
+        (
+            "updated_at = '-infinity'",
+            "updated_at_must_be_finite_and_before_the_year_10000",
+        ),
+        (
+            "resumed_at = 'infinity'",
+            "resumed_at_must_be_finite_and_before_the_year_10000",
+        ),
+        (
+            "pause_reason = 'Paused; see me'",
+            "pause_reason_must_be_a_lowercase_word",
+        ),
         (
             "resumed_by = e'ops\\x1b]52;c;AAAA\\x07'",
             "resumed_by_must_be_at_most_256_printable_characters",
         ),
-        ("resumed_by = repeat('o', 257)", "resumed_by_must_be_at_most_256_printable_characters"),
+        (
+            "resumed_by = repeat('o', 257)",
+            "resumed_by_must_be_at_most_256_printable_characters",
+        ),
     ];
     for (set, rule) in cases {
         let result = sqlx::query(&format!("update pdq.rate_budgets set {set}"))
@@ -519,12 +581,11 @@ async fn a_far_future_budget_row_never_stalls_a_worker_and_resume_repairs_it() {
     assert!(resumed.status.success(), "{resumed:?}");
     let said = text(&resumed.stdout);
     assert!(said.contains("resumed budget pdq-demo"), "{said}");
-    let (behind, paused): (bool, bool) = sqlx::query_as(
-        "select next_slot <= now(), paused_until > now() from pdq.rate_budgets",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let (behind, paused): (bool, bool) =
+        sqlx::query_as("select next_slot <= now(), paused_until > now() from pdq.rate_budgets")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert!(behind && !paused, "repaired: next_slot now, no pause");
     finish(db, vec![operator]).await;
 }
@@ -564,9 +625,14 @@ async fn stored_times_no_client_can_decode_never_crash_a_reader_and_resume_repai
         budget::state(&db.pool, "pdq-demo").await.unwrap().unwrap();
         let status = pdq_as(&operator_url(&db, &operator), &["status"]);
         assert!(status.status.success(), "{row}: {status:?}");
-        budget::pause(&db.pool, "pdq-demo", Duration::from_secs(1), budget::PauseReason::Outage)
-            .await
-            .unwrap();
+        budget::pause(
+            &db.pool,
+            "pdq-demo",
+            Duration::from_secs(1),
+            budget::PauseReason::Outage,
+        )
+        .await
+        .unwrap();
         let before = std::time::Instant::now();
         let slots = budget::reserve(&db.pool, "pdq-demo", 2, Duration::from_millis(10))
             .await
@@ -576,7 +642,9 @@ async fn stored_times_no_client_can_decode_never_crash_a_reader_and_resume_repai
             .execute(&operator.pool)
             .await
             .unwrap();
-        let cleared = budget::resume(&operator.pool, None, "ops\u{1b}[2J").await.unwrap();
+        let cleared = budget::resume(&operator.pool, None, "ops\u{1b}[2J")
+            .await
+            .unwrap();
         assert_eq!(cleared.len(), 1, "{row}: counted as paused");
         let (finite, by): (bool, String) = sqlx::query_as(
             "select isfinite(next_slot) and isfinite(paused_until) and next_slot <= now()
@@ -628,13 +696,16 @@ async fn requeue_purge_and_cancel_touch_at_most_limit_rows_and_say_how_many_firs
     );
     assert!(text(&requeued.stdout).contains("requeued 10 dead letter(s)"));
     assert_eq!(db.count("pdq.jobs").await, 10);
-    let newest: Vec<i64> = sqlx::query_scalar(
-        "select requeued_from from pdq.jobs order by requeued_from",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(newest, (1..=10).collect::<Vec<i64>>(), "the newest first, as list shows");
+    let newest: Vec<i64> =
+        sqlx::query_scalar("select requeued_from from pdq.jobs order by requeued_from")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        newest,
+        (1..=10).collect::<Vec<i64>>(),
+        "the newest first, as list shows"
+    );
 
     let purged = pdq_as(&url, &["dlq", "purge", "--all", "--limit", "4", "--json"]);
     assert!(purged.status.success(), "{purged:?}");
@@ -645,7 +716,10 @@ async fn requeue_purge_and_cancel_touch_at_most_limit_rows_and_say_how_many_firs
 
     let everything = pdq_as(&url, &["dlq", "purge", "--reason", "not_found"]);
     assert!(text(&everything.stderr).contains("purging 11 matching dead letter(s)"));
-    assert_eq!(db.count("pdq.dead_letters where requeued_at is null").await, 0);
+    assert_eq!(
+        db.count("pdq.dead_letters where requeued_at is null").await,
+        0
+    );
 
     let cancelled = pdq_as(&url, &["jobs", "cancel", "--all", "--limit", "3"]);
     assert!(cancelled.status.success(), "{cancelled:?}");
@@ -664,7 +738,11 @@ async fn requeue_purge_and_cancel_touch_at_most_limit_rows_and_say_how_many_firs
         let output = pdq_as(&url, refused);
         assert_eq!(output.status.code(), Some(2), "{refused:?}: {output:?}");
     }
-    assert_eq!(db.count("pdq.jobs").await, 7, "a refused limit touches nothing");
+    assert_eq!(
+        db.count("pdq.jobs").await,
+        7,
+        "a refused limit touches nothing"
+    );
     db.drop_database().await;
 }
 
@@ -678,8 +756,16 @@ async fn the_demo_fails_and_says_so_when_jobs_are_still_pending_at_its_timeout()
         &["demo", "--timeout-secs", "0", "--no-console"],
     );
     let said = text(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{said}\n{}", text(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{said}\n{}",
+        text(&output.stderr)
+    );
     assert!(said.contains("INCOMPLETE"), "{said}");
     assert!(said.contains("still pending"), "{said}");
-    assert!(!said.contains("every accepted update was applied"), "{said}");
+    assert!(
+        !said.contains("every accepted update was applied"),
+        "{said}"
+    );
 }

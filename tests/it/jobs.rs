@@ -469,9 +469,7 @@ async fn outcome_notifications_are_opt_in_and_carry_ids_and_outcome_only() {
     let (first, second) = dead_letter_requeue_and_apply(&db, "k-dead").await;
     assert_eq!(
         next_outcome(&mut listener).await,
-        Some(
-            json!({"job_id": first, "outcome": "dead_lettered", "reason": "not_found"})
-        )
+        Some(json!({"job_id": first, "outcome": "dead_lettered", "reason": "not_found"}))
     );
     assert_eq!(
         next_outcome(&mut listener).await,

@@ -260,7 +260,9 @@ fn refused_at_insert(result: Result<Option<i64>, queue::Error>) -> anyhow::Resul
     match result {
         Err(queue::Error::Refused { .. }) => Ok(true),
         Err(other) => Err(anyhow::Error::new(other).context("enqueueing a bad row failed")),
-        Ok(id) => anyhow::bail!("a bad row was accepted (job {id:?}): a rule of pdq.jobs is missing"),
+        Ok(id) => {
+            anyhow::bail!("a bad row was accepted (job {id:?}): a rule of pdq.jobs is missing")
+        }
     }
 }
 
@@ -508,9 +510,13 @@ mod tests {
         assert!(verdict.contains("7 job(s) still pending"), "{verdict}");
         assert!(!verdict.contains("every accepted update"), "{verdict}");
         assert!(report(0, 0, 0).complete());
-        assert!(report(0, 0, 0).verdict().starts_with("every accepted update"));
+        assert!(report(0, 0, 0)
+            .verdict()
+            .starts_with("every accepted update"));
         assert!(report(0, 2, 0).verdict().contains("2 accepted job(s) LOST"));
-        assert!(report(0, 0, 3).verdict().contains("3 applied value(s) NOT VISIBLE"));
+        assert!(report(0, 0, 3)
+            .verdict()
+            .contains("3 applied value(s) NOT VISIBLE"));
     }
 
     #[test]
@@ -522,7 +528,13 @@ mod tests {
         assert!(refused_at_insert(Err(refused)).unwrap());
         let connection = queue::Error::Database(sqlx::Error::PoolTimedOut);
         let error = refused_at_insert(Err(connection)).unwrap_err();
-        assert!(format!("{error:#}").contains("enqueueing a bad row failed"), "{error:#}");
-        assert!(refused_at_insert(Ok(Some(3))).is_err(), "an accepted bad row");
+        assert!(
+            format!("{error:#}").contains("enqueueing a bad row failed"),
+            "{error:#}"
+        );
+        assert!(
+            refused_at_insert(Ok(Some(3))).is_err(),
+            "an accepted bad row"
+        );
     }
 }
