@@ -26,7 +26,7 @@ pub enum Condition {
 
 impl Condition {
     /// Every condition.
-    pub const ALL: [Condition; 5] = [
+    pub const ALL: [Condition; 6] = [
         Condition::Configuration,
         Condition::Outage,
         Condition::Claims,
