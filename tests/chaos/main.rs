@@ -912,11 +912,12 @@ async fn a_big_backfill_leaves_live_updates_fast_and_worker_memory_flat() {
         live.applied == live_jobs.len() && live_dead.is_empty() && live.stale == 0,
         format!("every live update applied once in order: {live:?}"),
     );
-    // One token interval at 1,200/min is 50 ms; the bar allows pickup and the HTTP round trip.
-    check(
-        p99 < Duration::from_millis(500),
-        format!("live p99 {p99:?}"),
-    );
+    // One token interval at 1,200/min is 50 ms; the long mode's bar allows pickup and the HTTP
+    // round trip. The short mode (a few dozen samples on a shared CI machine, where p99 is the
+    // slowest one) only catches starvation, which costs seconds to minutes; the latency itself
+    // is measured by the worker benchmark's live-latency figure.
+    let bar = Duration::from_millis(if long_mode() { 500 } else { 2_000 });
+    check(p99 < bar, format!("live p99 {p99:?} (bar {bar:?})"));
     check(
         (8.5..=11.5).contains(&backfill_rate),
         format!(
