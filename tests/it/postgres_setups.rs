@@ -351,10 +351,11 @@ async fn a_worker_with_32_executors_holds_a_few_connections_and_lets_idle_ones_g
         "the worker held {most} connections"
     );
     assert!(most >= 2, "sampled {most}: the count works");
-    // Once idle, connections close (recycled after a minute, not reopened): the listener's
-    // stays, one serves the polls and the heartbeat.
+    // Once idle, connections close (recycled after a minute, not reopened): the pool shrinks
+    // below its peak. The listener's stays, and the polls, heartbeat and maintenance keep one
+    // or two more in use, how many depending on the machine's load.
     let released = wait_until(Duration::from_secs(100), || async {
-        sessions(&app.db, "pdq-budget-test").await <= 2
+        sessions(&app.db, "pdq-budget-test").await < most.min(4)
     })
     .await;
     let left = sessions(&app.db, "pdq-budget-test").await;
