@@ -162,6 +162,13 @@ returning j.id, j.conversation_id, j.external_tag, j.participant_id, j.participa
           where a.seq > coalesce(j.seq, j.id)
             and pdq.sequence_went_back(j.seq, j.id, j.created_at, a.applied_at)
           order by a.key) as reset_keys,
+    (exists (select 1 from pdq.jobs n
+             where n.participant_key = j.participant_key and n.first_attempt_at is not null
+               and coalesce(n.seq, n.id) > coalesce(j.seq, j.id)
+               and not exists (select 1 from members x where x.id = n.id))
+     or exists (select 1 from pdq.jobs n
+                where n.resolved_key = j.participant_key and n.first_attempt_at is not null
+                  and coalesce(n.seq, n.id) > coalesce(j.seq, j.id))) as behind_attempted,
     j.lease_token, now() as db_now";
 
 #[derive(sqlx::FromRow)]

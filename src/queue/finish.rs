@@ -186,12 +186,16 @@ pub enum TargetHold {
 
 /// Takes the resolved participant `target` for a unit that was claimed under another key (an
 /// external tag, a purpose): two jobs that name one participant differently never run at the
-/// same time, and a unit learns which of its keys a newer value already landed for.
+/// same time, and a unit learns which of its keys a newer value already landed for. Once held,
+/// the unit's jobs remember `target` (`pdq.jobs.resolved_key`) until they finish, so a retry
+/// of theirs holds back older values for it however those name the participant.
 ///
 /// Only landed values supersede. A newer job of `target` that was never attempted does not: this
 /// unit's value goes first, and the newer one follows under the participant hold. A newer job
 /// that was attempted and has not finished (waiting for its retry, perhaps after its PATCH took
-/// effect unseen) makes this unit wait ([`TargetHold::Busy`]) until it lands or dies.
+/// effect unseen), under `target` itself or resolved to it, makes this unit wait
+/// ([`TargetHold::Busy`]) until it lands or dies. A unit claimed under `target` itself calls
+/// this too when its claim saw such a job ([`Job::behind_attempted`](super::Job)).
 ///
 /// A key whose job was inserted after the newer value landed (yet has a lower id) is not left
 /// out: the job id sequence went backwards (a restore, a failover to a logical replica; see
@@ -256,11 +260,17 @@ with mine as (
                       where r.participant_key = $2 and r.state = 'running'
                         and r.lease_token is distinct from $1)
       and not exists (select 1 from keys k
-                      join pdq.jobs n on n.participant_key = $2 and n.attributes ? k.key
-                      where coalesce(n.seq, n.id) > k.seq and n.first_attempt_at is not null)
+                      join pdq.jobs n on (n.participant_key = $2 or n.resolved_key = $2)
+                                     and n.attributes ? k.key
+                      where coalesce(n.seq, n.id) > k.seq and n.first_attempt_at is not null
+                        and n.lease_token is distinct from $1)
     on conflict (participant_key) do update set locked_until = i.locked_until
         where i.lease_token = $1
     returning 1
+), resolved as (
+    update pdq.jobs set resolved_key = $2
+    where lease_token = $1 and participant_key <> $2
+      and resolved_key is distinct from $2 and exists (select 1 from taken)
 )
 select exists (select 1 from mine), exists (select 1 from taken),
     array(select key from landed where not reset order by key),
@@ -290,6 +300,32 @@ pub async fn retry_jobs<'e>(
     spend_attempt: bool,
     release_unit: bool,
 ) -> Result<(), Error> {
+    retry_jobs_quiet(
+        db,
+        fence,
+        after,
+        last_error,
+        spend_attempt,
+        release_unit,
+        None,
+    )
+    .await
+}
+
+/// [`retry_jobs`] after a PATCH that got no answer (a timeout, a reset): the API may still
+/// apply it. With `quiet`, the unit's participants (its own key and the participant it
+/// resolved to) stay held for that long under a lease nobody owns, so no other unit sends to
+/// them (a newer value first, then this late one landing over it) until the request can no
+/// longer arrive. The hold then lapses like any expired lease.
+pub async fn retry_jobs_quiet<'e>(
+    db: impl PgExecutor<'e>,
+    fence: &Fence,
+    after: Duration,
+    last_error: &serde_json::Value,
+    spend_attempt: bool,
+    release_unit: bool,
+    quiet: Option<Duration>,
+) -> Result<(), Error> {
     let changed: i64 = sqlx::query_scalar(
         "with retried as (
              update pdq.jobs
@@ -299,7 +335,11 @@ pub async fn retry_jobs<'e>(
              where id = any($2) and lease_token = $1
              returning id
          ), released as (
-             delete from pdq.inflight where lease_token = $1 and $6
+             delete from pdq.inflight where lease_token = $1 and $6 and $7::float8 is null
+         ), quieted as (
+             update pdq.inflight
+             set lease_token = gen_random_uuid(), locked_until = now() + $7 * interval '1 second'
+             where lease_token = $1 and $6 and $7::float8 is not null
          )
          select count(*) from retried",
     )
@@ -309,6 +349,7 @@ pub async fn retry_jobs<'e>(
     .bind(storable_json(last_error).into_owned())
     .bind(spend_attempt)
     .bind(release_unit)
+    .bind(quiet.map(|q| q.as_secs_f64().min(MAX_DELAY_SECS)))
     .fetch_one(db)
     .await?;
     fenced(changed)

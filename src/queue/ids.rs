@@ -41,3 +41,26 @@ pub async fn check_job_ids<'e>(db: impl PgExecutor<'e>) -> Result<IdCheck, Error
 pub async fn advance_job_ids<'e>(db: impl PgExecutor<'e>) -> Result<i64, Error> {
     Ok(check_job_ids(db).await?.highest)
 }
+
+/// A repair of the job id sequence made by the insert that found it behind (the
+/// `pdq.jobs_take_unused_ids` trigger), from `pdq.job_id_resets`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct IdReset {
+    /// When the insert found it.
+    pub detected_at: chrono::DateTime<chrono::Utc>,
+    /// The id the sequence handed out, already recorded before.
+    pub sequence_was: i64,
+    /// Where the sequence was moved (the highest id or `seq` recorded).
+    pub moved_to: i64,
+}
+
+/// The repairs no worker has reported yet, marked reported: each is reported exactly once
+/// across the fleet.
+pub async fn take_unreported_resets<'e>(db: impl PgExecutor<'e>) -> Result<Vec<IdReset>, Error> {
+    Ok(sqlx::query_as(
+        "update pdq.job_id_resets set reported = true where not reported
+         returning detected_at, sequence_was, moved_to",
+    )
+    .fetch_all(db)
+    .await?)
+}

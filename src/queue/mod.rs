@@ -32,7 +32,7 @@ pub use enqueue::{
     MAX_EXTERNAL_TAG_CHARS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_PARTICIPANT_LOCATOR_CHARS,
 };
 pub use error::{constraint_meaning, Error};
-pub use ids::{advance_job_ids, check_job_ids, IdCheck};
+pub use ids::{advance_job_ids, check_job_ids, take_unreported_resets, IdCheck, IdReset};
 pub use locators::Locators;
 pub use model::{DbClock, DeadReason, Fence, Job, Priority, Unit};
 pub use refusal::ApiRefusal;

@@ -226,6 +226,12 @@ pub struct Job {
     pub seq: i64,
     /// Keys a newer job of the same participant already wrote: this job does not send them.
     pub superseded: Vec<String>,
+    /// When claimed, a newer job of this participant (named by ids, or resolved to it from
+    /// another locator) had been attempted and not finished: its PATCH may have taken effect
+    /// unseen, so the unit checks before sending (`lease::hold_target`) and waits for it.
+    #[sqlx(default)]
+    #[serde(skip)]
+    pub behind_attempted: bool,
 }
 
 /// A claimed unit of work: one participant's due jobs, oldest first, under one lease.
@@ -364,6 +370,7 @@ mod tests {
             participant_key: "k".into(),
             seq,
             superseded: superseded.iter().map(|s| (*s).to_owned()).collect(),
+            behind_attempted: false,
         };
         let unit = Unit {
             lease: Uuid::new_v4(),

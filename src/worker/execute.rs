@@ -256,10 +256,12 @@ fn record_target(unit: &Unit, target: Target) {
 
 /// A unit claimed under an external tag or a purpose resolved to a participant that a job
 /// naming it by ids (or another way) may also update: take that participant too, so the two
-/// never run at once, and leave out the keys a newer job of it already wrote.
+/// never run at once, and leave out the keys a newer job of it already wrote. A unit claimed
+/// under the participant itself checks the same only when its claim saw a newer attempted job
+/// of it (the common case costs no statement).
 async fn hold_target(inner: &Inner, unit: &mut Unit, target: Target) -> Result<(), Stop> {
     let key = lease::target_key(target.conversation_id, target.participant_id);
-    if unit.head().participant_key == key {
+    if unit.head().participant_key == key && !unit.jobs.iter().any(|job| job.behind_attempted) {
         return Ok(());
     }
     match lease::hold_target(&inner.pool, unit.lease, &key, &unit.key_versions()).await? {

@@ -108,6 +108,25 @@ async fn check_job_ids(inner: &Inner) {
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "could not check the job id sequence: {error}"),
     }
+    match queue::take_unreported_resets(&inner.pool).await {
+        Ok(resets) => {
+            for reset in resets {
+                tracing::error!(
+                    sequence_was = reset.sequence_was,
+                    moved_to = reset.moved_to,
+                    detected_at = %reset.detected_at,
+                    "the job id sequence went backwards: at {} an insert got id {} although ids \
+                     up to {} are recorded (a restore or a failover to a logical replica?); the \
+                     insert moved it past them, and jobs inserted since come after every \
+                     recorded one",
+                    reset.detected_at,
+                    reset.sequence_was,
+                    reset.moved_to
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not read the job id resets: {error}"),
+    }
 }
 
 /// How often the database gauges are sampled.

@@ -323,6 +323,20 @@ fn call_ids(failed: &FailedAttempt) -> (Option<u16>, Option<String>) {
     }
 }
 
+/// Whether the attempt sent its PATCH and got no answer (a timeout, a reset): the API may
+/// still apply it after the worker gave up on it.
+fn unanswered_patch(failed: &FailedAttempt) -> bool {
+    failed.target.is_some() && failed.api.as_ref().is_some_and(|api| api.status.is_none())
+}
+
+/// How long the participants of an unanswered PATCH stay held after it: twice the request
+/// timeout. pdq assumes a request the API has not answered within that long never applies
+/// (see README, "How a job moves"); until then no other unit sends to them, so a newer value
+/// cannot land before this older one does.
+fn quiet_after_unanswered(inner: &Inner) -> Duration {
+    inner.api.request_timeout() * 2
+}
+
 /// Puts the unit back to pending `after` from now.
 async fn retried(
     inner: &Inner,
@@ -358,13 +372,14 @@ async fn retried(
     }
     .to_json();
     let fence = unit.fence();
-    lease::retry_jobs(
+    lease::retry_jobs_quiet(
         &inner.pool,
         &fence,
         after,
         &note,
         spend_attempt,
         release_unit,
+        unanswered_patch(&failed).then(|| quiet_after_unanswered(inner)),
     )
     .await?;
     inner.metrics.record_outcome(
