@@ -153,7 +153,12 @@ pub async fn run(plan: &Plan) -> RunResult {
         jobs_per_key,
     };
     drop(workers);
-    db.drop_database().await;
+    if std::env::var_os("PDQ_CHECK_KEEP_DB").is_some() {
+        eprintln!("kept database {} (PDQ_CHECK_KEEP_DB)", db.name);
+        std::mem::forget(db);
+    } else {
+        db.drop_database().await;
+    }
     RunResult {
         evidence,
         settled,
