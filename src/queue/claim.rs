@@ -163,11 +163,11 @@ returning j.id, j.conversation_id, j.external_tag, j.participant_id, j.participa
             and pdq.sequence_went_back(j.seq, j.id, j.created_at, a.applied_at)
           order by a.key) as reset_keys,
     (exists (select 1 from pdq.jobs n
-             where n.participant_key = j.participant_key and n.first_attempt_at is not null
+             where n.participant_key = j.participant_key and n.maybe_sent
                and coalesce(n.seq, n.id) > coalesce(j.seq, j.id)
                and not exists (select 1 from members x where x.id = n.id))
      or exists (select 1 from pdq.jobs n
-                where n.resolved_key = j.participant_key and n.first_attempt_at is not null
+                where n.resolved_key = j.participant_key and n.maybe_sent
                   and coalesce(n.seq, n.id) > coalesce(j.seq, j.id))) as behind_attempted,
     j.lease_token, now() as db_now";
 
@@ -307,7 +307,8 @@ async fn dead_letter_malformed(
 }
 
 /// Puts the jobs of every expired lease back to pending, so a killed worker's units run again.
-/// The attempt the dead worker spent stays counted. Returns how many jobs were recovered.
+/// The attempt the dead worker spent stays counted, and the jobs count as maybe sent (the worker
+/// may have sent their PATCH before it froze or died). Returns how many jobs were recovered.
 ///
 /// A lease is expired when its `pdq.inflight` row (which renewals extend) has run out, or when
 /// that row is gone (it is unlogged, so a Postgres crash empties it) and the jobs' claim-time
@@ -319,6 +320,7 @@ pub async fn rescue_expired_leases<'e>(db: impl PgExecutor<'e>) -> Result<u64, E
          ), recovered as (
              update pdq.jobs
              set state = 'pending', lease_token = null, locked_until = null, locked_by = null,
+                 maybe_sent = true,
                  last_error = jsonb_build_object(
                      'at', now(), 'failure', 'lease_expired', 'worker', locked_by,
                      'message', 'the lease of ' || coalesce(locked_by, 'a worker')

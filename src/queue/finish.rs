@@ -173,11 +173,13 @@ pub async fn probe_recording(pool: &PgPool) -> Result<(), Error> {
 /// Whether a unit may send its PATCH to the participant it resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetHold {
-    /// The unit now holds the resolved participant too; it must not send these keys, for which
-    /// the API already accepted a newer value (`pdq.applied_keys`).
+    /// The unit now holds the resolved participant too; it must not send older values than
+    /// the ones the API already accepted (`pdq.applied_keys`).
     Held {
-        /// Keys to leave out, with the newest value elsewhere.
-        superseded: Vec<String>,
+        /// The unit's keys for which a value already landed on the participant, each with
+        /// that value's `seq`: a job of the unit whose own value of the key is older leaves it
+        /// out (the merged PATCH and each job sent alone in a split alike).
+        landed: Vec<(String, i64)>,
     },
     /// Another unit holds that participant (or ran it before a crash), or a newer job of it that
     /// writes one of the unit's keys was attempted and has not finished: try again shortly.
@@ -190,10 +192,11 @@ pub enum TargetHold {
 /// the unit's jobs remember `target` (`pdq.jobs.resolved_key`) until they finish, so a retry
 /// of theirs holds back older values for it however those name the participant.
 ///
-/// Only landed values supersede. A newer job of `target` that was never attempted does not: this
+/// Only landed values supersede. A newer job of `target` that never sent its PATCH does not: this
 /// unit's value goes first, and the newer one follows under the participant hold. A newer job
-/// that was attempted and has not finished (waiting for its retry, perhaps after its PATCH took
-/// effect unseen), under `target` itself or resolved to it, makes this unit wait
+/// that may have sent it and has not finished (`maybe_sent`: waiting for its retry after an
+/// error or no answer, perhaps after its PATCH took effect unseen; rescued from a lost lease),
+/// under `target` itself or resolved to it, makes this unit wait
 /// ([`TargetHold::Busy`]) until it lands or dies. A unit claimed under `target` itself calls
 /// this too when its claim saw such a job ([`Job::behind_attempted`](super::Job)).
 ///
@@ -209,14 +212,13 @@ pub async fn hold_target(
     keys: &[(String, i64)],
 ) -> Result<TargetHold, Error> {
     let (names, seqs): (Vec<String>, Vec<i64>) = keys.iter().cloned().unzip();
-    let (ours, held, superseded, reset): (bool, bool, Vec<String>, Vec<String>) =
-        sqlx::query_as(HOLD_TARGET_SQL)
-            .bind(lease)
-            .bind(target)
-            .bind(&names)
-            .bind(&seqs)
-            .fetch_one(pool)
-            .await?;
+    let (ours, held, landed_keys, landed_seqs, reset): HoldRow = sqlx::query_as(HOLD_TARGET_SQL)
+        .bind(lease)
+        .bind(target)
+        .bind(&names)
+        .bind(&seqs)
+        .fetch_one(pool)
+        .await?;
     if held && !reset.is_empty() {
         tracing::error!(
             participant_key = target,
@@ -230,9 +232,15 @@ pub async fn hold_target(
     match (ours, held) {
         (false, _) => Err(Error::LeaseLost),
         (true, false) => Ok(TargetHold::Busy),
-        (true, true) => Ok(TargetHold::Held { superseded }),
+        (true, true) => Ok(TargetHold::Held {
+            landed: landed_keys.into_iter().zip(landed_seqs).collect(),
+        }),
     }
 }
+
+/// What [`HOLD_TARGET_SQL`] returns: the lease is ours, the target was taken, the landed keys
+/// and their `seq`s, the keys whose landed value the sequence reset makes older.
+type HoldRow = (bool, bool, Vec<String>, Vec<i64>, Vec<String>);
 
 /// `$1` lease, `$2` target, `$3`/`$4` the keys with the `seq` of their values. `carriers` finds,
 /// per key, the unit's job whose value it is: a job the producer inserted (no `seq` of its own)
@@ -249,10 +257,11 @@ with mine as (
          limit 1) as inserted_at
     from unnest($3::text[], $4::bigint[]) as v(key, seq)
 ), landed as (
-    select k.key, (k.inserted_at is not null
-                   and pdq.sequence_went_back(null, k.seq, k.inserted_at, a.applied_at)) as reset
+    select k.key, a.seq as landed_seq,
+        (a.seq > k.seq and k.inserted_at is not null
+         and pdq.sequence_went_back(null, k.seq, k.inserted_at, a.applied_at)) as reset
     from keys k
-    join pdq.applied_keys a on a.target = $2 and a.key = k.key and a.seq > k.seq
+    join pdq.applied_keys a on a.target = $2 and a.key = k.key
 ), taken as (
     insert into pdq.inflight as i (participant_key, lease_token, locked_until, locked_by)
     select $2, $1, locked_until, locked_by from mine
@@ -262,7 +271,7 @@ with mine as (
       and not exists (select 1 from keys k
                       join pdq.jobs n on (n.participant_key = $2 or n.resolved_key = $2)
                                      and n.attributes ? k.key
-                      where coalesce(n.seq, n.id) > k.seq and n.first_attempt_at is not null
+                      where coalesce(n.seq, n.id) > k.seq and n.maybe_sent
                         and n.lease_token is distinct from $1)
     on conflict (participant_key) do update set locked_until = i.locked_until
         where i.lease_token = $1
@@ -274,6 +283,7 @@ with mine as (
 )
 select exists (select 1 from mine), exists (select 1 from taken),
     array(select key from landed where not reset order by key),
+    array(select landed_seq from landed where not reset order by key),
     array(select key from landed where reset order by key)";
 
 /// Puts a unit back to pending `after` from now (database clock), recording `last_error`.
@@ -307,16 +317,45 @@ pub async fn retry_jobs<'e>(
         last_error,
         spend_attempt,
         release_unit,
-        None,
+        Sent::No,
     )
     .await
 }
 
-/// [`retry_jobs`] after a PATCH that got no answer (a timeout, a reset): the API may still
-/// apply it. With `quiet`, the unit's participants (its own key and the participant it
-/// resolved to) stay held for that long under a lease nobody owns, so no other unit sends to
-/// them (a newer value first, then this late one landing over it) until the request can no
-/// longer arrive. The hold then lapses like any expired lease.
+/// What the attempt being retried did with its PATCH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Nothing left, or the API refused it before applying (a 429).
+    No,
+    /// It left and the API answered an error (a 5xx, which may follow applying it): the jobs
+    /// count as maybe sent (`pdq.jobs.maybe_sent`) until they finish.
+    Answered,
+    /// It left and no answer came (a timeout, a reset): maybe sent, and the API may still apply
+    /// it; the participants stay held for `quiet`.
+    Unanswered {
+        /// How long no other unit may send to the participants.
+        quiet: Duration,
+    },
+}
+
+impl Sent {
+    fn maybe(self) -> bool {
+        self != Sent::No
+    }
+
+    fn quiet(self) -> Option<Duration> {
+        match self {
+            Sent::Unanswered { quiet } => Some(quiet),
+            _ => None,
+        }
+    }
+}
+
+/// [`retry_jobs`] after an attempt that may have sent its PATCH (see [`Sent`]). After one that
+/// got no answer, the API may still apply it: the unit's participants (its own key and the
+/// participant it resolved to) stay held for the quiet time under a lease nobody owns, so no
+/// other unit sends to them (a newer value first, then this late one landing over it) until the
+/// request can no longer arrive. The hold then lapses like any expired lease.
 pub async fn retry_jobs_quiet<'e>(
     db: impl PgExecutor<'e>,
     fence: &Fence,
@@ -324,14 +363,16 @@ pub async fn retry_jobs_quiet<'e>(
     last_error: &serde_json::Value,
     spend_attempt: bool,
     release_unit: bool,
-    quiet: Option<Duration>,
+    sent: Sent,
 ) -> Result<(), Error> {
+    let quiet = sent.quiet();
     let changed: i64 = sqlx::query_scalar(
         "with retried as (
              update pdq.jobs
              set state = 'pending', run_at = now() + $3 * interval '1 second', lease_token = null,
                  locked_until = null, locked_by = null, last_error = $4,
-                 attempts = attempts - case when $5 then 0 else 1 end
+                 attempts = attempts - case when $5 then 0 else 1 end,
+                 maybe_sent = maybe_sent or $8
              where id = any($2) and lease_token = $1
              returning id
          ), released as (
@@ -350,6 +391,7 @@ pub async fn retry_jobs_quiet<'e>(
     .bind(spend_attempt)
     .bind(release_unit)
     .bind(quiet.map(|q| q.as_secs_f64().min(MAX_DELAY_SECS)))
+    .bind(sent.maybe())
     .fetch_one(db)
     .await?;
     fenced(changed)

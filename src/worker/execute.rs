@@ -264,11 +264,20 @@ async fn hold_target(inner: &Inner, unit: &mut Unit, target: Target) -> Result<(
     if unit.head().participant_key == key && !unit.jobs.iter().any(|job| job.behind_attempted) {
         return Ok(());
     }
-    match lease::hold_target(&inner.pool, unit.lease, &key, &unit.key_versions()).await? {
-        TargetHold::Held { superseded } => {
+    let hold = lease::hold_target(&inner.pool, unit.lease, &key, &unit.key_versions()).await?;
+    tracing::debug!(
+        participant_key = key,
+        jobs = ?unit.job_ids(),
+        hold = ?hold,
+        "holding the resolved participant"
+    );
+    match hold {
+        TargetHold::Held { landed } => {
             for job in &mut unit.jobs {
-                let written: Vec<String> = superseded
+                let written: Vec<String> = landed
                     .iter()
+                    .filter(|(_, seq)| *seq > job.seq)
+                    .map(|(key, _)| key)
                     .filter(|k| job.attributes.get(k.as_str()).is_some())
                     .filter(|k| !job.superseded.contains(k))
                     .cloned()

@@ -323,10 +323,18 @@ fn call_ids(failed: &FailedAttempt) -> (Option<u16>, Option<String>) {
     }
 }
 
-/// Whether the attempt sent its PATCH and got no answer (a timeout, a reset): the API may
-/// still apply it after the worker gave up on it.
-fn unanswered_patch(failed: &FailedAttempt) -> bool {
-    failed.target.is_some() && failed.api.as_ref().is_some_and(|api| api.status.is_none())
+/// What the failed attempt did with its PATCH: a call with a target that failed was the PATCH
+/// (lookups fail before there is one). An error answer may follow applying it (not a 429); no
+/// answer (a timeout, a reset) leaves it free to apply after the worker gave up on it.
+fn patch_sent(failed: &FailedAttempt, inner: &Inner) -> lease::Sent {
+    match (&failed.target, &failed.api, &failed.failure) {
+        (_, _, Failure::RateLimited { .. }) => lease::Sent::No,
+        (Some(_), Some(api), _) if api.status.is_none() => lease::Sent::Unanswered {
+            quiet: quiet_after_unanswered(inner),
+        },
+        (Some(_), Some(_), _) => lease::Sent::Answered,
+        _ => lease::Sent::No,
+    }
 }
 
 /// How long the participants of an unanswered PATCH stay held after it: twice the request
@@ -379,7 +387,7 @@ async fn retried(
         &note,
         spend_attempt,
         release_unit,
-        unanswered_patch(&failed).then(|| quiet_after_unanswered(inner)),
+        patch_sent(&failed, inner),
     )
     .await?;
     inner.metrics.record_outcome(

@@ -41,7 +41,11 @@ impl Worker {
             .env("DATABASE_URL", database_url)
             .envs(emulator.client_env())
             .env("GENESYS_REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS.to_string())
-            .env("RUST_LOG", "warn,pdq::commands::run=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("PDQ_CHECK_WORKER_LOG")
+                    .unwrap_or_else(|_| "warn,pdq::commands::run=info".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .spawn()

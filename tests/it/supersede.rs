@@ -595,7 +595,11 @@ async fn an_insert_after_the_sequence_went_back_takes_an_id_after_every_recorded
         "the insert that met the reset took an id after every recorded one: {after} <= {before}"
     );
     let resets: Vec<queue::IdReset> = queue::take_unreported_resets(&app.db.pool).await.unwrap();
-    assert_eq!(resets.len(), 1, "the insert recorded the reset once: {resets:?}");
+    assert_eq!(
+        resets.len(),
+        1,
+        "the insert recorded the reset once: {resets:?}"
+    );
     assert!(resets[0].moved_to >= before, "{resets:?}");
     assert!(
         queue::take_unreported_resets(&app.db.pool)
