@@ -16,6 +16,10 @@ alter table pdq.jobs add column maybe_sent boolean not null default false;
 comment on column pdq.jobs.maybe_sent is
     'An attempt of this job may have reached the API (an error or no answer after its PATCH, '
     'a lost lease); older values of its participant wait until it finishes. Set by the worker.';
+alter table pdq.jobs add column quiet_until timestamptz;
+comment on column pdq.jobs.quiet_until is
+    'Its last PATCH got no answer (a timeout, a reset) and the API may still apply it: until '
+    'then no other unit sends to its participant. Set by the worker.';
 comment on column pdq.jobs.resolved_key is
     'The participant (c:<conversation>/p:<participant>) this job last resolved to and held '
     'before sending, when it names the participant another way; set by the worker only.';

@@ -164,11 +164,12 @@ returning j.id, j.conversation_id, j.external_tag, j.participant_id, j.participa
           order by a.key) as reset_keys,
     (exists (select 1 from pdq.jobs n
              where n.participant_key = j.participant_key and n.maybe_sent
-               and coalesce(n.seq, n.id) > coalesce(j.seq, j.id)
+               and (coalesce(n.seq, n.id) > coalesce(j.seq, j.id) or n.quiet_until > now())
                and not exists (select 1 from members x where x.id = n.id))
      or exists (select 1 from pdq.jobs n
                 where n.resolved_key = j.participant_key and n.maybe_sent
-                  and coalesce(n.seq, n.id) > coalesce(j.seq, j.id))) as behind_attempted,
+                  and (coalesce(n.seq, n.id) > coalesce(j.seq, j.id) or n.quiet_until > now())
+                  and not exists (select 1 from members x where x.id = n.id))) as behind_attempted,
     j.lease_token, now() as db_now";
 
 #[derive(sqlx::FromRow)]

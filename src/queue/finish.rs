@@ -197,7 +197,9 @@ pub enum TargetHold {
 /// that may have sent it and has not finished (`maybe_sent`: waiting for its retry after an
 /// error or no answer, perhaps after its PATCH took effect unseen; rescued from a lost lease),
 /// under `target` itself or resolved to it, makes this unit wait
-/// ([`TargetHold::Busy`]) until it lands or dies. A unit claimed under `target` itself calls
+/// ([`TargetHold::Busy`]) until it lands or dies; so does any job of `target` whose PATCH got no
+/// answer a moment ago (`quiet_until`: the API may still apply it). A unit claimed under
+/// `target` itself calls
 /// this too when its claim saw such a job ([`Job::behind_attempted`](super::Job)).
 ///
 /// A key whose job was inserted after the newer value landed (yet has a lower id) is not left
@@ -273,6 +275,9 @@ with mine as (
                                      and n.attributes ? k.key
                       where coalesce(n.seq, n.id) > k.seq and n.maybe_sent
                         and n.lease_token is distinct from $1)
+      and not exists (select 1 from pdq.jobs q
+                      where (q.participant_key = $2 or q.resolved_key = $2) and q.maybe_sent
+                        and q.quiet_until > now() and q.lease_token is distinct from $1)
     on conflict (participant_key) do update set locked_until = i.locked_until
         where i.lease_token = $1
     returning 1
@@ -352,10 +357,9 @@ impl Sent {
 }
 
 /// [`retry_jobs`] after an attempt that may have sent its PATCH (see [`Sent`]). After one that
-/// got no answer, the API may still apply it: the unit's participants (its own key and the
-/// participant it resolved to) stay held for the quiet time under a lease nobody owns, so no
-/// other unit sends to them (a newer value first, then this late one landing over it) until the
-/// request can no longer arrive. The hold then lapses like any expired lease.
+/// got no answer, the API may still apply it: until the quiet time has passed
+/// (`pdq.jobs.quiet_until`) no other unit sends to the participant, so a newer value cannot
+/// land first and this late one over it.
 pub async fn retry_jobs_quiet<'e>(
     db: impl PgExecutor<'e>,
     fence: &Fence,
@@ -372,15 +376,13 @@ pub async fn retry_jobs_quiet<'e>(
              set state = 'pending', run_at = now() + $3 * interval '1 second', lease_token = null,
                  locked_until = null, locked_by = null, last_error = $4,
                  attempts = attempts - case when $5 then 0 else 1 end,
-                 maybe_sent = maybe_sent or $8
+                 maybe_sent = maybe_sent or $8,
+                 quiet_until = case when $7::float8 is null then quiet_until
+                                    else now() + $7 * interval '1 second' end
              where id = any($2) and lease_token = $1
              returning id
          ), released as (
-             delete from pdq.inflight where lease_token = $1 and $6 and $7::float8 is null
-         ), quieted as (
-             update pdq.inflight
-             set lease_token = gen_random_uuid(), locked_until = now() + $7 * interval '1 second'
-             where lease_token = $1 and $6 and $7::float8 is not null
+             delete from pdq.inflight where lease_token = $1 and $6
          )
          select count(*) from retried",
     )
