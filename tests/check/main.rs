@@ -331,6 +331,7 @@ async fn long_mode_many_seeds() {
     times.sort();
     let seconds = |d: Duration| (d.as_secs_f64() * 10.0).round() / 10.0;
     let figures = serde_json::json!({
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
         "first_seed": first,
         "seeds_run": seeds_run,
         "jobs": jobs,
