@@ -165,11 +165,13 @@ returning j.id, j.conversation_id, j.external_tag, j.participant_id, j.participa
     (exists (select 1 from pdq.jobs n
              where n.participant_key = j.participant_key and n.maybe_sent
                and (coalesce(n.seq, n.id) > coalesce(j.seq, j.id) or n.quiet_until > now())
-               and not exists (select 1 from members x where x.id = n.id))
+               and not exists (select 1 from members x
+                               where x.id = n.id and x.lease_token = m.lease_token))
      or exists (select 1 from pdq.jobs n
                 where n.resolved_key = j.participant_key and n.maybe_sent
                   and (coalesce(n.seq, n.id) > coalesce(j.seq, j.id) or n.quiet_until > now())
-                  and not exists (select 1 from members x where x.id = n.id))) as behind_attempted,
+                  and not exists (select 1 from members x
+                               where x.id = n.id and x.lease_token = m.lease_token))) as behind_attempted,
     j.lease_token, now() as db_now";
 
 #[derive(sqlx::FromRow)]

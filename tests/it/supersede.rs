@@ -662,3 +662,141 @@ async fn an_update_inserted_after_the_sequence_went_back_is_sent_when_an_older_h
     );
     app.db.drop_database().await;
 }
+
+/// A newer job by purpose left as a 503 answered to its PATCH leaves it (the API may have applied
+/// it): pending for a retry an hour away, maybe sent, holding the participant it resolved to.
+/// Then the older job, naming that participant by ids, becomes due and must wait. Returns
+/// `(older, newer)`.
+async fn older_ids_due_while_newer_purpose_maybe_landed(
+    app: &TestApp,
+    worker: &Worker,
+    cid: Uuid,
+    pid: Uuid,
+) -> (i64, i64) {
+    let older = app
+        .enqueue(NewJob {
+            run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..job(Locators::ids(cid, pid), json!({"k": "from-older"}))
+        })
+        .await;
+    let newer = app
+        .enqueue(job(
+            Locators::conversation(cid).purpose("customer"),
+            json!({"k": "from-newer"}),
+        ))
+        .await;
+    waiting_for_retry(app, newer, 3_600).await;
+    sqlx::query("update pdq.jobs set maybe_sent = true, resolved_key = $2 where id = $1")
+        .bind(newer)
+        .bind(queue::lease::target_key(cid, pid))
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    run_in(app, older, 0).await;
+    for _ in 0..3 {
+        let outcomes = worker.process_next().await.unwrap();
+        assert!(
+            matches!(outcomes.as_slice(), [UnitOutcome::Retried { .. }]),
+            "the older job waits: {outcomes:?}"
+        );
+        run_in(app, older, 0).await;
+    }
+    assert!(
+        values_sent(app, cid, pid, "k").is_empty(),
+        "no older value while a newer one may have landed"
+    );
+    (older, newer)
+}
+
+#[tokio::test]
+async fn an_older_job_by_ids_waits_for_a_newer_job_by_purpose_that_may_have_landed() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let (c, pid) = app.customer_conversation();
+    let worker = app.worker(fast());
+    let (older, newer) =
+        older_ids_due_while_newer_purpose_maybe_landed(&app, &worker, c.id, pid).await;
+    run_in(&app, newer, 0).await;
+    app.drain(&worker, Duration::from_secs(10)).await;
+    assert!(!is_queued(&app, older).await);
+    assert_eq!(
+        values_sent(&app, c.id, pid, "k"),
+        vec!["from-newer"],
+        "the newer job is sent again, the older value is left out"
+    );
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn an_older_job_by_ids_lands_when_the_newer_job_by_purpose_dies_without_landing() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let (c, pid) = app.customer_conversation();
+    let worker = app.worker(fast());
+    let (older, newer) =
+        older_ids_due_while_newer_purpose_maybe_landed(&app, &worker, c.id, pid).await;
+    let cancelled: Vec<i64> =
+        sqlx::query_scalar("select job_id from pdq.cancel_jobs(array[$1]::bigint[], 'gone')")
+            .bind(newer)
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(cancelled, vec![newer]);
+    app.drain(&worker, Duration::from_secs(10)).await;
+    assert!(!is_queued(&app, older).await);
+    assert_eq!(
+        values_sent(&app, c.id, pid, "k"),
+        vec!["from-older"],
+        "once the newer job is gone, the older value is sent"
+    );
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_split_sends_no_job_alone_with_a_value_older_than_one_that_landed() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let (c, pid) = app.customer_conversation();
+    assert!(app.emulator.set_external_tag(c.id, "order-7"));
+    let worker = app.worker(fast());
+    let later = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+    let first = app
+        .enqueue(NewJob {
+            run_at: later,
+            ..job(
+                Locators::external_tag("order-7"),
+                json!({"g": "from-first"}),
+            )
+        })
+        .await;
+    let landed = app
+        .enqueue(job(Locators::ids(c.id, pid), json!({"g": "from-ids"})))
+        .await;
+    let refused = app
+        .enqueue(NewJob {
+            run_at: later,
+            ..job(
+                Locators::external_tag("order-7"),
+                json!({"g": "x".repeat(2_100)}),
+            )
+        })
+        .await;
+    process_until_gone(&app, &worker, landed).await;
+    run_in(&app, first, 0).await;
+    run_in(&app, refused, 0).await;
+    app.drain(&worker, Duration::from_secs(10)).await;
+    assert_eq!(
+        dead_reason(&app, refused).await.as_deref(),
+        Some("bad_request")
+    );
+    assert_eq!(
+        values_sent(&app, c.id, pid, "g"),
+        vec!["from-ids"],
+        "the first job, sent alone in the split, leaves out the key a newer value landed for"
+    );
+    let superseded: Option<Vec<String>> =
+        sqlx::query_scalar("select superseded_keys from pdq.finished_jobs where id = $1")
+            .bind(first)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(superseded, Some(vec!["g".to_owned()]));
+    app.db.drop_database().await;
+}
