@@ -72,13 +72,21 @@ pub async fn claim_on(
 ) -> Result<Vec<Unit>, Error> {
     let started = Instant::now();
     let mut tx = super::index_only_transaction(&mut *conn).await?;
-    let rows: Vec<PgRow> = sqlx::query(CLAIM_SQL)
+    let ids: Vec<i64> = sqlx::query_scalar(CLAIM_SQL)
         .bind(i64::from(options.units))
         .bind(options.lease.as_secs_f64())
         .bind(&options.worker_id)
         .bind(i64::from(options.max_coalesce.max(1)))
         .fetch_all(&mut *tx)
         .await?;
+    let rows: Vec<PgRow> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query(READ_CLAIMED_SQL)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+    };
     tx.commit().await?;
     let mut claimed = Vec::with_capacity(rows.len());
     let mut malformed = Vec::new();
@@ -146,7 +154,15 @@ set state = 'running', lease_token = m.lease_token, locked_until = m.locked_unti
     first_attempt_at = coalesce(j.first_attempt_at, now()), last_attempt_at = now()
 from members m
 where j.id = m.id
-returning j.id, j.conversation_id, j.external_tag, j.participant_id, j.participant_purpose,
+returning j.id";
+
+/// The claimed jobs, read in a statement of their own: its snapshot is taken after the claim,
+/// so it sees every unit that finished while the claim waited for it. (Taking a participant
+/// whose `pdq.inflight` row a finishing unit was deleting waits for that unit to commit, but the
+/// claim statement itself still sees the world from before: the values that unit had just
+/// recorded, or the maybe-sent mark of its retry, would be missing.)
+const READ_CLAIMED_SQL: &str = "
+select j.id, j.conversation_id, j.external_tag, j.participant_id, j.participant_purpose,
     j.participant_external_contact_id, j.participant_name, j.attributes, j.priority, j.run_at,
     j.expires_at, j.idempotency_key, j.max_attempts, j.created_at, j.attempts,
     j.first_attempt_at, j.participant_key, coalesce(j.seq, j.id) as seq,
@@ -165,14 +181,14 @@ returning j.id, j.conversation_id, j.external_tag, j.participant_id, j.participa
     (exists (select 1 from pdq.jobs n
              where n.participant_key = j.participant_key and n.maybe_sent
                and (coalesce(n.seq, n.id) > coalesce(j.seq, j.id) or n.quiet_until > now())
-               and not exists (select 1 from members x
-                               where x.id = n.id and x.lease_token = m.lease_token))
+               and n.lease_token is distinct from j.lease_token)
      or exists (select 1 from pdq.jobs n
                 where n.resolved_key = j.participant_key and n.maybe_sent
                   and (coalesce(n.seq, n.id) > coalesce(j.seq, j.id) or n.quiet_until > now())
-                  and not exists (select 1 from members x
-                               where x.id = n.id and x.lease_token = m.lease_token))) as behind_attempted,
-    j.lease_token, now() as db_now";
+                  and n.lease_token is distinct from j.lease_token)) as behind_attempted,
+    j.lease_token, now() as db_now
+from pdq.jobs j
+where j.id = any($1)";
 
 #[derive(sqlx::FromRow)]
 struct ClaimedRow {

@@ -213,15 +213,29 @@ pub async fn hold_target(
     target: &str,
     keys: &[(String, i64)],
 ) -> Result<TargetHold, Error> {
+    let (ours, taken): (bool, bool) = sqlx::query_as(TAKE_TARGET_SQL)
+        .bind(lease)
+        .bind(target)
+        .fetch_one(pool)
+        .await?;
+    match (ours, taken) {
+        (false, _) => return Err(Error::LeaseLost),
+        (true, false) => return Ok(TargetHold::Busy),
+        (true, true) => {}
+    }
     let (names, seqs): (Vec<String>, Vec<i64>) = keys.iter().cloned().unzip();
-    let (ours, held, landed_keys, landed_seqs, reset): HoldRow = sqlx::query_as(HOLD_TARGET_SQL)
+    let (busy, landed_keys, landed_seqs, reset): CheckRow = sqlx::query_as(CHECK_TARGET_SQL)
         .bind(lease)
         .bind(target)
         .bind(&names)
         .bind(&seqs)
         .fetch_one(pool)
         .await?;
-    if held && !reset.is_empty() {
+    if busy {
+        // The target stays taken until the unit's retry releases every participant it holds.
+        return Ok(TargetHold::Busy);
+    }
+    if !reset.is_empty() {
         tracing::error!(
             participant_key = target,
             keys = ?reset,
@@ -231,28 +245,38 @@ pub async fn hold_target(
             reset.join(", ")
         );
     }
-    match (ours, held) {
-        (false, _) => Err(Error::LeaseLost),
-        (true, false) => Ok(TargetHold::Busy),
-        (true, true) => Ok(TargetHold::Held {
-            landed: landed_keys.into_iter().zip(landed_seqs).collect(),
-        }),
-    }
+    Ok(TargetHold::Held {
+        landed: landed_keys.into_iter().zip(landed_seqs).collect(),
+    })
 }
 
-/// What [`HOLD_TARGET_SQL`] returns: the lease is ours, the target was taken, the landed keys
-/// and their `seq`s, the keys whose landed value the sequence reset makes older.
-type HoldRow = (bool, bool, Vec<String>, Vec<i64>, Vec<String>);
+/// What [`CHECK_TARGET_SQL`] returns: the unit must wait, the landed keys and their `seq`s, the
+/// keys whose landed value the sequence reset makes older.
+type CheckRow = (bool, Vec<String>, Vec<i64>, Vec<String>);
 
-/// `$1` lease, `$2` target, `$3`/`$4` the keys with the `seq` of their values. `carriers` finds,
-/// per key, the unit's job whose value it is: a job the producer inserted (no `seq` of its own)
-/// after the landed value is newer than it whatever its id says.
-const HOLD_TARGET_SQL: &str = "
+/// `$1` lease, `$2` target: takes `target` for the unit if its lease holds and no other unit
+/// holds it. Returns whether the lease holds and whether the target is the unit's now.
+const TAKE_TARGET_SQL: &str = "
 with mine as (
     select locked_until, locked_by from pdq.inflight
     where lease_token = $1 and locked_until >= now()
     limit 1
-), keys as (
+), taken as (
+    insert into pdq.inflight as i (participant_key, lease_token, locked_until, locked_by)
+    select $2, $1, locked_until, locked_by from mine
+    on conflict (participant_key) do update set locked_until = i.locked_until
+        where i.lease_token = $1
+    returning 1
+)
+select exists (select 1 from mine), exists (select 1 from taken)";
+
+/// `$1` lease, `$2` target (held by the unit), `$3`/`$4` the keys with the `seq` of their
+/// values. Run after [`TAKE_TARGET_SQL`], in a statement of its own: taking a target that a
+/// finishing unit was releasing waits for that unit to commit, and only a later statement sees
+/// what it recorded. `keys` finds, per key, the unit's job whose value it is: a job the producer
+/// inserted (no `seq` of its own) after the landed value is newer than it whatever its id says.
+const CHECK_TARGET_SQL: &str = "
+with keys as (
     select v.key, v.seq,
         (select j.created_at from pdq.jobs j
          where j.lease_token = $1 and j.seq is null and j.id = v.seq
@@ -264,29 +288,24 @@ with mine as (
          and pdq.sequence_went_back(null, k.seq, k.inserted_at, a.applied_at)) as reset
     from keys k
     join pdq.applied_keys a on a.target = $2 and a.key = k.key
-), taken as (
-    insert into pdq.inflight as i (participant_key, lease_token, locked_until, locked_by)
-    select $2, $1, locked_until, locked_by from mine
-    where not exists (select 1 from pdq.jobs r
-                      where r.participant_key = $2 and r.state = 'running'
-                        and r.lease_token is distinct from $1)
-      and not exists (select 1 from keys k
-                      join pdq.jobs n on (n.participant_key = $2 or n.resolved_key = $2)
-                                     and n.attributes ? k.key
-                      where coalesce(n.seq, n.id) > k.seq and n.maybe_sent
-                        and n.lease_token is distinct from $1)
-      and not exists (select 1 from pdq.jobs q
-                      where (q.participant_key = $2 or q.resolved_key = $2) and q.maybe_sent
-                        and q.quiet_until > now() and q.lease_token is distinct from $1)
-    on conflict (participant_key) do update set locked_until = i.locked_until
-        where i.lease_token = $1
-    returning 1
+), waits as (
+    select exists (select 1 from pdq.jobs r
+                   where r.participant_key = $2 and r.state = 'running'
+                     and r.lease_token is distinct from $1)
+        or exists (select 1 from keys k
+                   join pdq.jobs n on (n.participant_key = $2 or n.resolved_key = $2)
+                                  and n.attributes ? k.key
+                   where coalesce(n.seq, n.id) > k.seq and n.maybe_sent
+                     and n.lease_token is distinct from $1)
+        or exists (select 1 from pdq.jobs q
+                   where (q.participant_key = $2 or q.resolved_key = $2) and q.maybe_sent
+                     and q.quiet_until > now() and q.lease_token is distinct from $1) as busy
 ), resolved as (
     update pdq.jobs set resolved_key = $2
     where lease_token = $1 and participant_key <> $2
-      and resolved_key is distinct from $2 and exists (select 1 from taken)
+      and resolved_key is distinct from $2 and not (select busy from waits)
 )
-select exists (select 1 from mine), exists (select 1 from taken),
+select (select busy from waits),
     array(select key from landed where not reset order by key),
     array(select landed_seq from landed where not reset order by key),
     array(select key from landed where reset order by key)";
