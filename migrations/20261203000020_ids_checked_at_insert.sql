@@ -4,12 +4,12 @@
 -- and a job inserted after the reset must come after every job inserted before it.
 --
 -- Each insert compares its id with the position the last healthy check saw
--- (pdq.job_id_checks, kept by every worker every few seconds) and with the highest queued id.
--- An id at or below either was handed out before: the sequence is moved past every recorded id and seq and the row takes the next
+-- (pdq.job_id_checks, kept by every worker every few seconds) and looks it up among the recorded
+-- jobs. An id at or below that position, or one a job already has, was handed out before: the sequence is moved past every recorded id and seq and the row takes the next
 -- id. The first insert after a reset pays for the repair (under a transaction-scoped lock so
--- concurrent inserts never hand out one id twice); every other insert pays for two index
--- lookups. A reset to a value above both (ids of jobs that finished in the last few seconds)
--- is left to the workers' check, as before. Each repair is recorded in
+-- concurrent inserts never hand out one id twice); every other insert pays for one primary-key
+-- lookup per table. A reset to a value above that position whose ids no recorded job has any
+-- more (pruned) is left to the workers' check, as before. Each repair is recorded in
 -- pdq.job_id_resets and reported once, as an error, by a worker.
 
 create table pdq.job_id_resets (
@@ -42,7 +42,7 @@ as $$
 $$;
 revoke all on function pdq.highest_recorded_job_id() from public;
 
-create function pdq.jobs_take_unused_ids() returns trigger
+create function pdq.jobs_assign_unused_id() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -51,23 +51,27 @@ declare
     was bigint;
     ahead bigint;
 begin
-    -- The last check's position, or a queued job's id when higher (a reset before the first
-    -- check, or since the last one, still meets the jobs it would collide with).
-    select greatest((select c.position from pdq.job_id_checks c),
-                    (select max(j.id) from pdq.jobs j))
-    into checked;
-    if checked is null or new.id > checked then
+    -- An id at or below the last check's position was handed out before that check; an id a
+    -- recorded job already has was handed out before too (a reset before the first check, or
+    -- since the last one). Neither test can mistake inserts that commit out of order.
+    select c.position into checked from pdq.job_id_checks c;
+    if (checked is null or new.id > checked)
+       and not exists (select 1 from pdq.jobs j where j.id = new.id)
+       and not exists (select 1 from pdq.finished_jobs f where f.id = new.id)
+       and not exists (select 1 from pdq.dead_letters d where d.id = new.id)
+       and not exists (select 1 from pdq.cancelled_jobs x where x.id = new.id) then
         return new;
     end if;
     sequence_name := pg_get_serial_sequence('pdq.jobs', 'id');
     -- One repair at a time; an insert that waited here finds the sequence already moved.
-    perform pg_advisory_xact_lock(hashtext('pdq.jobs_take_unused_ids'));
+    perform pg_advisory_xact_lock(hashtext('pdq.jobs_assign_unused_id'));
     was := new.id;
+    ahead := pdq.highest_recorded_job_id();
     new.id := nextval(sequence_name);
-    if new.id > checked then
+    if new.id > ahead then
+        -- Another insert moved it while this one waited for the lock.
         return new;
     end if;
-    ahead := pdq.highest_recorded_job_id();
     perform setval(sequence_name, ahead);
     new.id := nextval(sequence_name);
     insert into pdq.job_id_resets (sequence_was, moved_to) values (was, ahead);
@@ -76,10 +80,12 @@ begin
     return new;
 end
 $$;
-revoke all on function pdq.jobs_take_unused_ids() from public;
+revoke all on function pdq.jobs_assign_unused_id() from public;
 
-create trigger jobs_take_unused_ids before insert on pdq.jobs
-    for each row execute function pdq.jobs_take_unused_ids();
+-- Named to fire before every other row trigger of pdq.jobs (they fire in name order): the
+-- idempotency key is recorded with the id the row ends up with.
+create trigger jobs_assign_unused_id before insert on pdq.jobs
+    for each row execute function pdq.jobs_assign_unused_id();
 
 do $$
 begin

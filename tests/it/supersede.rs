@@ -444,7 +444,10 @@ async fn an_update_inserted_after_the_id_sequence_went_back_is_sent_and_wins() {
             json!({"status": "after-failover"}),
         ))
         .await;
-    assert_eq!(after, 1, "the sequence went back");
+    assert!(
+        after > 3,
+        "the insert that met the reset took an id after the three recorded ones: {after}"
+    );
     let second = app
         .enqueue(job(
             Locators::ids(c.id, pid),
