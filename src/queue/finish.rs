@@ -320,30 +320,7 @@ pub async fn retry<'e>(
     last_error: &serde_json::Value,
     spend_attempt: bool,
 ) -> Result<(), Error> {
-    retry_jobs(db, fence, after, last_error, spend_attempt, true).await
-}
-
-/// [`retry`] for the jobs of `fence`, which may be only part of the unit: `release_unit`
-/// ends the unit (frees its participants); leave it unset while other jobs of the unit are
-/// still held (applied and waiting to be recorded), so the unit's lease can still be renewed.
-pub async fn retry_jobs<'e>(
-    db: impl PgExecutor<'e>,
-    fence: &Fence,
-    after: Duration,
-    last_error: &serde_json::Value,
-    spend_attempt: bool,
-    release_unit: bool,
-) -> Result<(), Error> {
-    retry_jobs_quiet(
-        db,
-        fence,
-        after,
-        last_error,
-        spend_attempt,
-        release_unit,
-        Sent::No,
-    )
-    .await
+    retry_jobs(db, fence, after, last_error, spend_attempt, true, Sent::No).await
 }
 
 /// What the attempt being retried did with its PATCH.
@@ -375,11 +352,14 @@ impl Sent {
     }
 }
 
-/// [`retry_jobs`] after an attempt that may have sent its PATCH (see [`Sent`]). After one that
-/// got no answer, the API may still apply it: until the quiet time has passed
-/// (`pdq.jobs.quiet_until`) no other unit sends to the participant, so a newer value cannot
-/// land first and this late one over it.
-pub async fn retry_jobs_quiet<'e>(
+/// [`retry`] for the jobs of `fence`, which may be only part of the unit: `release_unit`
+/// ends the unit (frees its participants); leave it unset while other jobs of the unit are
+/// still held (applied and waiting to be recorded), so the unit's lease can still be renewed.
+///
+/// `sent`: what the attempt did with its PATCH ([`Sent`]). After one that got no answer, the
+/// API may still apply it: until the quiet time has passed (`pdq.jobs.quiet_until`) no other
+/// unit sends to the participant, so a newer value cannot land first and this late one over it.
+pub async fn retry_jobs<'e>(
     db: impl PgExecutor<'e>,
     fence: &Fence,
     after: Duration,
@@ -444,7 +424,16 @@ pub async fn release_jobs<'e>(
     release_unit: bool,
 ) -> Result<(), Error> {
     let note = serde_json::json!({ "reason": "released", "at": Utc::now() });
-    retry_jobs(db, fence, Duration::ZERO, &note, false, release_unit).await
+    retry_jobs(
+        db,
+        fence,
+        Duration::ZERO,
+        &note,
+        false,
+        release_unit,
+        Sent::No,
+    )
+    .await
 }
 
 /// Everything recorded with a dead letter.

@@ -380,7 +380,7 @@ async fn retried(
     }
     .to_json();
     let fence = unit.fence();
-    lease::retry_jobs_quiet(
+    lease::retry_jobs(
         &inner.pool,
         &fence,
         after,
