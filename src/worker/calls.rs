@@ -12,12 +12,14 @@ use super::{outage, Inner};
 use crate::genesys::Failure;
 use crate::queue::Priority;
 
-/// API calls for one unit: each waits for the request budget (except a prepaid first one)
-/// and reports its response to the pacer and the metrics.
+/// API calls for one unit: each waits for the request budget (except the ones already paid
+/// for) and reports its response to the pacer and the metrics.
 pub(super) struct Calls<'a> {
     pub(super) inner: &'a Inner,
     lane: Priority,
-    prepaid: bool,
+    /// Requests already holding a token: the executor's first, and the bodies of a large update
+    /// paid for before the first of them leaves.
+    prepaid: u32,
 }
 
 impl<'a> Calls<'a> {
@@ -26,15 +28,26 @@ impl<'a> Calls<'a> {
         Calls {
             inner,
             lane,
-            prepaid,
+            prepaid: u32::from(prepaid),
         }
     }
 
     async fn before(&mut self) {
-        if std::mem::take(&mut self.prepaid) {
+        if self.prepaid > 0 {
+            self.prepaid -= 1;
             return;
         }
         self.inner.pacer.acquire(self.lane).await;
+    }
+
+    /// Waits until the next `requests` calls hold a token each, so they can leave back to back:
+    /// the bodies of one update never wait for the budget between each other (a stop in such a
+    /// wait would leave the update sent halfway).
+    pub(super) async fn prepay(&mut self, requests: u32) {
+        while self.prepaid < requests {
+            self.inner.pacer.acquire(self.lane).await;
+            self.prepaid += 1;
+        }
     }
 
     async fn after(&self, status: Option<u16>, meta: Option<&CallMeta>, error: Option<&CallError>) {
@@ -68,16 +81,16 @@ impl<'a> Calls<'a> {
 
     /// The attributes PATCH: waits for the request budget, then confirms the lease (the wait
     /// may have been long), then sends. `bodies` counts this body and those of the unit that
-    /// follow it (see [`Inner::may_send`]).
+    /// follow it; `first` says whether it is the unit's first (see [`Inner::may_send`]).
     pub(super) async fn patch(
         &mut self,
         lease: Uuid,
         target: Target,
         attributes: &Map<String, Value>,
-        bodies: u32,
+        (bodies, first): (u32, bool),
     ) -> Result<(), Stop> {
         self.before().await;
-        self.inner.may_send(lease, bodies).await?;
+        self.inner.may_send(lease, bodies, first).await?;
         let result = self
             .inner
             .api

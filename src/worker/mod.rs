@@ -381,19 +381,24 @@ impl Inner {
     /// Confirms that a PATCH for this unit may leave now, `bodies` counting it and the bodies
     /// of the unit still to follow it: the lease must outlast the request, and during shutdown
     /// every one of those bodies must end before the grace period does (a unit is not cut off
-    /// halfway through its bodies). When the lease is too close to its end, it is renewed
+    /// halfway through its bodies), which is asked of the `first` body only: the others follow
+    /// it back to back (their request slots were taken before it left). When the lease is too
+    /// close to its end, it is renewed
     /// first. A lost lease is [`queue::Error::LeaseLost`]; a shutdown too close is
     /// [`Stop::Stopping`](execute::Stop::Stopping): the caller gives the unit back.
-    async fn may_send(&self, lease: Uuid, bodies: u32) -> Result<(), execute::Stop> {
+    async fn may_send(&self, lease: Uuid, bodies: u32, first: bool) -> Result<(), execute::Stop> {
         let timeout = self.api.request_timeout();
         let needed = timeout + LEASE_MARGIN;
         let Some(left) = self.lease_left(lease) else {
             return Err(queue::Error::LeaseLost.into());
         };
-        if let Some(before_cutoff) = self.cutoff_left() {
-            if before_cutoff < timeout * bodies.max(1) + LEASE_MARGIN {
+        match self.cutoff_left() {
+            Some(before_cutoff)
+                if first && before_cutoff < timeout * bodies.max(1) + LEASE_MARGIN =>
+            {
                 return Err(execute::Stop::Stopping);
             }
+            _ => {}
         }
         if left >= needed {
             return Ok(());

@@ -48,8 +48,9 @@ pub(super) async fn send_unit(
 }
 
 /// Sends `attributes` in bodies under the size limit, each only while the lease outlasts it.
-/// During shutdown the first body goes only if all of them can end within the grace period,
-/// so a stop gives back whole units, not units sent halfway.
+/// Every body's request slot is taken before the first leaves, so they go out back to back;
+/// during shutdown the first body goes only if all of them can end within the grace period,
+/// and the others then follow, so a stop gives back whole units, not units sent halfway.
 async fn send(
     calls: &mut Calls<'_>,
     unit: &Unit,
@@ -61,19 +62,14 @@ async fn send(
     }
     let bodies = chunks(attributes, MAX_BODY_BYTES);
     let count = bodies.len();
+    if count > 1 {
+        calls.prepay(count as u32).await;
+    }
     for (sent, body) in bodies.iter().enumerate() {
         let left = (count - sent) as u32;
-        match calls.patch(unit.lease, target, body, left).await {
-            Err(Stop::Stopping) if sent > 0 => {
-                tracing::warn!(
-                    first_job = unit.head().id,
-                    "stopping after {sent} of {count} request bodies of the update (a rate-limit \
-                     wait outlasted the shutdown grace); the next worker sends all of them"
-                );
-                return Err(Stop::Stopping);
-            }
-            other => other?,
-        }
+        calls
+            .patch(unit.lease, target, body, (left, sent == 0))
+            .await?;
     }
     Ok(())
 }

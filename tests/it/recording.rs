@@ -445,3 +445,71 @@ async fn a_stop_before_the_bodies_of_a_large_update_gives_it_back_whole() {
     );
     app.db.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_stop_between_the_bodies_of_a_large_update_sends_no_body_twice() {
+    let app = TestApp::new(EmulatorConfig {
+        attribute_limits: AttributeLimits {
+            max_keys: None,
+            ..AttributeLimits::default()
+        },
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let (c, pid) = app.customer_conversation();
+    // Three jobs of 100 keys with 2,000-character values: about 600 kB merged, two bodies.
+    for j in 0..3 {
+        let mut attributes = serde_json::Map::new();
+        for k in 0..100 {
+            attributes.insert(
+                format!("k{j}-{k:03}"),
+                json!(format!("{j}{k:03}").repeat(500)),
+            );
+        }
+        app.enqueue(job(
+            Locators::conversation(c.id).purpose("customer"),
+            attributes.into(),
+        ))
+        .await;
+    }
+    // One request a second: the GET, then the bodies. A stop right after the first body
+    // reached the API leaves a grace (1.2 s) shorter than a wait for another request slot.
+    let first = worker_with_timeout(
+        &app,
+        Duration::from_secs(1),
+        WorkerConfig {
+            executors: 1,
+            budget: one_per_second(),
+            lease: Duration::from_secs(4),
+            shutdown_grace: Duration::from_millis(1_200),
+            ..fast()
+        },
+    );
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(first.run(stop.clone()));
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            app.emulator.count(PATCH, None) > 0
+        })
+        .await
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+
+    let second = app.worker(fast());
+    assert!(
+        app.run_until_drained(&second, Duration::from_secs(20))
+            .await
+    );
+    let patches = app.emulator.patch_history(c.id, pid);
+    let mut keys: Vec<&String> = patches.iter().flat_map(|p| p.attributes.keys()).collect();
+    let total = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        (patches.len(), total, keys.len()),
+        (2, 300, 300),
+        "the bodies of one unit go out back to back: a stop after the first sends no body twice"
+    );
+    app.db.drop_database().await;
+}
