@@ -411,3 +411,39 @@ async fn pdq_roles_lock_down_lets_only_pdq_groups_connect() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_superusers_keys_stay_its_own_when_producer_roles_come_and_go() {
+    let db = TestDb::new().await;
+    let superuser: bool =
+        sqlx::query_scalar("select rolsuper from pg_roles where rolname = current_user")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(superuser, "the tests connect as a superuser");
+    let me: String = sqlx::query_scalar("select current_user::text")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let first = insert(&db.pool, Some("order-1")).await;
+    assert!(first.is_some());
+    // A producer login whose name sorts before every other role, created while the superuser
+    // inserts: the superuser's identity (and the namespace of its keys) must not follow it.
+    let early = format!("pdq_0{}", Uuid::new_v4().simple());
+    sqlx::raw_sql(&format!("create role {early} login in role pdq_producer"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let identity: String = sqlx::query_scalar("select pdq.producer_identity()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let repeat = insert(&db.pool, Some("order-1")).await;
+    sqlx::raw_sql(&format!("drop role {early}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(identity, me, "a superuser is its own producer identity");
+    assert_eq!(repeat, None, "the repeated key made no second job");
+    db.drop_database().await;
+}
