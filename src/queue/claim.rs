@@ -185,7 +185,10 @@ select j.id, j.conversation_id, j.external_tag, j.participant_id, j.participant_
      or exists (select 1 from pdq.jobs n
                 where n.resolved_key = j.participant_key and n.maybe_sent
                   and (coalesce(n.seq, n.id) > coalesce(j.seq, j.id) or n.quiet_until > now())
-                  and n.lease_token is distinct from j.lease_token)) as behind_attempted,
+                  and n.lease_token is distinct from j.lease_token)
+     or exists (select 1 from pdq.uncertain_values u
+                where u.target = j.participant_key and u.seq > coalesce(j.seq, j.id)
+                  and j.attributes ? u.key)) as behind_attempted,
     j.lease_token, now() as db_now
 from pdq.jobs j
 where j.id = any($1)";
@@ -348,7 +351,17 @@ pub async fn rescue_expired_leases<'e>(db: impl PgExecutor<'e>) -> Result<u64, E
                and not exists (select 1 from pdq.inflight i
                                where i.lease_token = pdq.jobs.lease_token
                                  and i.locked_until >= now())
-             returning id
+             returning id, attributes, coalesce(seq, id) as seq,
+                 coalesce(resolved_key, participant_key) as target
+         ), uncertain as (
+             insert into pdq.uncertain_values as u (target, key, seq, value)
+             select distinct on (r.target, kv.key) r.target, kv.key, r.seq, kv.value
+             from recovered r cross join lateral jsonb_each_text(r.attributes) as kv(key, value)
+             where r.target like 'c:%/p:%'
+             order by r.target, kv.key, r.seq desc
+             on conflict (target, key) do update
+                 set seq = excluded.seq, value = excluded.value, noted_at = excluded.noted_at
+                 where excluded.seq > u.seq
          )
          select count(*) from recovered",
     )

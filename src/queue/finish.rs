@@ -132,6 +132,10 @@ pub async fn succeed_batch(pool: &PgPool, done: &[Success]) -> Result<Vec<Uuid>,
              on conflict (target, key) do update
                  set seq = greatest(a.seq, excluded.seq),
                      applied_at = case when excluded.seq > a.seq then now() else a.applied_at end
+         ), confirmed as (
+             delete from pdq.uncertain_values u
+             using unnest($8::text[], $9::text[], $10::bigint[]) as v(target, key, seq)
+             where u.target = v.target and u.key = v.key and u.seq <= v.seq
          )
          select lease_token from done",
     )
@@ -180,6 +184,9 @@ pub enum TargetHold {
         /// that value's `seq`: a job of the unit whose own value of the key is older leaves it
         /// out (the merged PATCH and each job sent alone in a split alike).
         landed: Vec<(String, i64)>,
+        /// The unit's keys for which a value may have landed unseen: a job with an older value
+        /// of one sends it only if the API does not hold that value.
+        uncertain: Vec<Uncertain>,
     },
     /// Another unit holds that participant (or ran it before a crash), or a newer job of it that
     /// writes one of the unit's keys was attempted and has not finished: try again shortly.
@@ -224,7 +231,8 @@ pub async fn hold_target(
         (true, true) => {}
     }
     let (names, seqs): (Vec<String>, Vec<i64>) = keys.iter().cloned().unzip();
-    let (busy, landed_keys, landed_seqs, reset): CheckRow = sqlx::query_as(CHECK_TARGET_SQL)
+    let (busy, landed_keys, landed_seqs, reset, uncertain_keys, uncertain_seqs, uncertain_values): CheckRow =
+        sqlx::query_as(CHECK_TARGET_SQL)
         .bind(lease)
         .bind(target)
         .bind(&names)
@@ -247,12 +255,38 @@ pub async fn hold_target(
     }
     Ok(TargetHold::Held {
         landed: landed_keys.into_iter().zip(landed_seqs).collect(),
+        uncertain: uncertain_keys
+            .into_iter()
+            .zip(uncertain_seqs)
+            .zip(uncertain_values)
+            .map(|((key, seq), value)| Uncertain { key, seq, value })
+            .collect(),
     })
 }
 
+/// A value of a key that may have landed on the participant unseen (`pdq.uncertain_values`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uncertain {
+    /// The key.
+    pub key: String,
+    /// The `seq` of the job whose value it is.
+    pub seq: i64,
+    /// The value.
+    pub value: String,
+}
+
 /// What [`CHECK_TARGET_SQL`] returns: the unit must wait, the landed keys and their `seq`s, the
-/// keys whose landed value the sequence reset makes older.
-type CheckRow = (bool, Vec<String>, Vec<i64>, Vec<String>);
+/// keys whose landed value the sequence reset makes older, and the uncertain values of the
+/// unit's keys (keys, `seq`s, values).
+type CheckRow = (
+    bool,
+    Vec<String>,
+    Vec<i64>,
+    Vec<String>,
+    Vec<String>,
+    Vec<i64>,
+    Vec<String>,
+);
 
 /// `$1` lease, `$2` target: takes `target` for the unit if its lease holds and no other unit
 /// holds it. Returns whether the lease holds and whether the target is the unit's now.
@@ -308,7 +342,13 @@ with keys as (
 select (select busy from waits),
     array(select key from landed where not reset order by key),
     array(select landed_seq from landed where not reset order by key),
-    array(select key from landed where reset order by key)";
+    array(select key from landed where reset order by key),
+    array(select u.key from pdq.uncertain_values u join keys k on k.key = u.key
+          where u.target = $2 order by u.key),
+    array(select u.seq from pdq.uncertain_values u join keys k on k.key = u.key
+          where u.target = $2 order by u.key),
+    array(select u.value from pdq.uncertain_values u join keys k on k.key = u.key
+          where u.target = $2 order by u.key)";
 
 /// Puts a unit back to pending `after` from now (database clock), recording `last_error`.
 /// With `spend_attempt` false (a rate-limit wait, an outage, a shutdown) the attempt the claim
@@ -379,9 +419,19 @@ pub async fn retry_jobs<'e>(
                  quiet_until = case when $7::float8 is null then quiet_until
                                     else now() + $7 * interval '1 second' end
              where id = any($2) and lease_token = $1
-             returning id
+             returning id, attributes, coalesce(seq, id) as seq,
+                 coalesce(resolved_key, participant_key) as target
          ), released as (
              delete from pdq.inflight where lease_token = $1 and $6
+         ), uncertain as (
+             insert into pdq.uncertain_values as u (target, key, seq, value)
+             select distinct on (r.target, kv.key) r.target, kv.key, r.seq, kv.value
+             from retried r cross join lateral jsonb_each_text(r.attributes) as kv(key, value)
+             where $8 and r.target like 'c:%/p:%'
+             order by r.target, kv.key, r.seq desc
+             on conflict (target, key) do update
+                 set seq = excluded.seq, value = excluded.value, noted_at = excluded.noted_at
+                 where excluded.seq > u.seq
          )
          select count(*) from retried",
     )

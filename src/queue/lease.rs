@@ -25,4 +25,5 @@ pub use super::claim::{
 pub use super::finish::{
     dead_letter, end_lease, hold_target, probe_recording, release, release_jobs, renew_leases,
     retry, retry_jobs, succeed_batch, target_key, DeadLetterRecord, Sent, Success, TargetHold,
+    Uncertain,
 };

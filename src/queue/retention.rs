@@ -62,7 +62,14 @@ impl Retained {
                            and seq < coalesce((select seq from oldest_to_come),
                                               9223372036854775807)
                          order by applied_at limit $2)
-                     returning 1)
+                     returning 1
+                 ), uncertain_gone as (
+                     delete from pdq.uncertain_values where (target, key) in (
+                         select target, key from pdq.uncertain_values
+                         where noted_at < now() - $1 * interval '1 second'
+                           and seq < coalesce((select seq from oldest_to_come),
+                                              9223372036854775807)
+                         order by noted_at limit $2))
                  select count(*) from gone"
             }
             Retained::DeadLetters => "select pdq.prune_dead_letters($1 * interval '1 second', $2)",

@@ -48,6 +48,8 @@ pub struct ParticipantView {
     pub external_contact_id: Option<String>,
     /// Still in the conversation.
     pub live: bool,
+    /// Its participant attributes as the API holds them now.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// A failed call, classified, with the API's own words kept for the dead letter.
@@ -107,6 +109,7 @@ impl Api {
                         name: p.name.clone(),
                         external_contact_id: p.external_contact_id.clone(),
                         live: p.is_live(),
+                        attributes: p.attributes.clone(),
                     })
                 })
                 .collect(),

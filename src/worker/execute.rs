@@ -231,7 +231,8 @@ async fn drop_expired(inner: &Inner, mut unit: Unit) -> Result<Option<Unit>, que
 async fn apply(calls: &mut Calls<'_>, unit: &mut Unit) -> Result<Target, Stop> {
     let target = resolve::resolve(calls, unit).await?;
     record_target(unit, target);
-    hold_target(calls.inner, unit, target).await?;
+    let uncertain = hold_target(calls.inner, unit, target).await?;
+    settle_uncertain(calls, unit, target, uncertain).await?;
     send::send_unit(calls, unit, target).await?;
     Ok(target)
 }
@@ -259,10 +260,14 @@ fn record_target(unit: &Unit, target: Target) {
 /// never run at once, and leave out the keys a newer job of it already wrote. A unit claimed
 /// under the participant itself checks the same only when its claim saw a newer attempted job
 /// of it (the common case costs no statement).
-async fn hold_target(inner: &Inner, unit: &mut Unit, target: Target) -> Result<(), Stop> {
+async fn hold_target(
+    inner: &Inner,
+    unit: &mut Unit,
+    target: Target,
+) -> Result<Vec<lease::Uncertain>, Stop> {
     let key = lease::target_key(target.conversation_id, target.participant_id);
     if unit.head().participant_key == key && !unit.jobs.iter().any(|job| job.behind_attempted) {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let hold = lease::hold_target(&inner.pool, unit.lease, &key, &unit.key_versions()).await?;
     tracing::debug!(
@@ -272,19 +277,11 @@ async fn hold_target(inner: &Inner, unit: &mut Unit, target: Target) -> Result<(
         "holding the resolved participant"
     );
     match hold {
-        TargetHold::Held { landed } => {
-            for job in &mut unit.jobs {
-                let written: Vec<String> = landed
-                    .iter()
-                    .filter(|(_, seq)| *seq > job.seq)
-                    .map(|(key, _)| key)
-                    .filter(|k| job.attributes.get(k.as_str()).is_some())
-                    .filter(|k| !job.superseded.contains(k))
-                    .cloned()
-                    .collect();
-                job.superseded.extend(written);
+        TargetHold::Held { landed, uncertain } => {
+            for (key, seq) in &landed {
+                supersede(unit, key, *seq);
             }
-            Ok(())
+            Ok(uncertain)
         }
         TargetHold::Busy => Err(Stop::from(FailedAttempt {
             failure: Failure::Busy,
@@ -296,4 +293,65 @@ async fn hold_target(inner: &Inner, unit: &mut Unit, target: Target) -> Result<(
             target: Some(target),
         })),
     }
+}
+
+/// Leaves `key` out of every job of the unit whose own value of it is older than `seq`.
+fn supersede(unit: &mut Unit, key: &str, seq: i64) {
+    for job in &mut unit.jobs {
+        if job.seq < seq
+            && job.attributes.get(key).is_some()
+            && !job.superseded.iter().any(|k| k == key)
+        {
+            job.superseded.push(key.to_owned());
+        }
+    }
+}
+
+/// A newer value of some of the unit's keys may have landed unseen (`pdq.uncertain_values`):
+/// before a job sends an older value of such a key, the participant's attributes are read
+/// (the unit holds the participant, so nothing else writes them meanwhile). A key whose current
+/// value is the uncertain one landed, and the older values of it are left out; otherwise they
+/// are sent.
+async fn settle_uncertain(
+    calls: &mut Calls<'_>,
+    unit: &mut Unit,
+    target: Target,
+    uncertain: Vec<lease::Uncertain>,
+) -> Result<(), Stop> {
+    let older: Vec<lease::Uncertain> = uncertain
+        .into_iter()
+        .filter(|u| {
+            unit.jobs.iter().any(|job| {
+                job.seq < u.seq
+                    && job.attributes.get(&u.key).is_some()
+                    && !job.superseded.contains(&u.key)
+            })
+        })
+        .collect();
+    if older.is_empty() {
+        return Ok(());
+    }
+    let view = calls
+        .conversation(target.conversation_id)
+        .await
+        .map_err(|error| Stop::from(FailedAttempt::from_call(error).with_target(target)))?;
+    let current = view
+        .participants
+        .iter()
+        .find(|p| p.id == target.participant_id)
+        .map(|p| p.attributes.clone())
+        .unwrap_or_default();
+    for u in &older {
+        let landed = current.get(&u.key) == Some(&u.value);
+        tracing::debug!(
+            key = u.key,
+            seq = u.seq,
+            landed,
+            "read whether a value that may have landed unseen is on the participant"
+        );
+        if landed {
+            supersede(unit, &u.key, u.seq);
+        }
+    }
+    Ok(())
 }

@@ -263,6 +263,7 @@ mod tests {
             name: None,
             external_contact_id: None,
             live,
+            attributes: Default::default(),
         }
     }
 

@@ -803,3 +803,64 @@ async fn a_split_sends_no_job_alone_with_a_value_older_than_one_that_landed() {
     assert_eq!(superseded, Some(vec!["g".to_owned()]));
     app.db.drop_database().await;
 }
+
+/// A newer job's value landed, but pdq never learned it (its answer was lost and the job was
+/// then cancelled): only `pdq.uncertain_values` remembers it. `landed_unseen` says whether the
+/// API really holds it. Returns the values the API received for `k`.
+async fn older_job_after_an_unconfirmed_newer_value(landed_unseen: bool) -> Vec<String> {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let (c, pid) = app.customer_conversation();
+    let worker = app.worker(fast());
+    let older = app
+        .enqueue(NewJob {
+            run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..job(Locators::ids(c.id, pid), json!({"k": "from-older"}))
+        })
+        .await;
+    let target = queue::lease::target_key(c.id, pid);
+    if landed_unseen {
+        let newer = app
+            .enqueue(job(
+                Locators::conversation(c.id).purpose("customer"),
+                json!({"k": "from-newer"}),
+            ))
+            .await;
+        process_until_gone(&app, &worker, newer).await;
+        sqlx::query("delete from pdq.applied_keys where target = $1")
+            .bind(&target)
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "insert into pdq.uncertain_values (target, key, seq, value)
+         values ($1, 'k', $2 + 1, 'from-newer')",
+    )
+    .bind(&target)
+    .bind(older)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    run_in(&app, older, 0).await;
+    app.drain(&worker, Duration::from_secs(10)).await;
+    let sent = values_sent(&app, c.id, pid, "k");
+    app.db.drop_database().await;
+    sent
+}
+
+#[tokio::test]
+async fn an_older_value_is_left_out_when_the_api_holds_a_newer_value_that_landed_unseen() {
+    assert_eq!(
+        older_job_after_an_unconfirmed_newer_value(true).await,
+        vec!["from-newer"],
+        "the worker read the participant and left the older value out"
+    );
+}
+
+#[tokio::test]
+async fn an_older_value_is_sent_when_the_unconfirmed_newer_value_never_landed() {
+    assert_eq!(
+        older_job_after_an_unconfirmed_newer_value(false).await,
+        vec!["from-older"]
+    );
+}
