@@ -262,7 +262,15 @@ async fn hold_target(inner: &Inner, unit: &mut Unit, target: Target) -> Result<(
     if unit.head().participant_key == key {
         return Ok(());
     }
-    match lease::hold_target(&inner.pool, unit.lease, &key, &unit.key_versions()).await? {
+    let held = inner
+        .db(lease::hold_target(
+            &inner.pool,
+            unit.lease,
+            &key,
+            &unit.key_versions(),
+        ))
+        .await?;
+    match held {
         TargetHold::Held { superseded } => {
             for job in &mut unit.jobs {
                 let written: Vec<String> = superseded

@@ -658,3 +658,201 @@ async fn a_hot_standby_is_named_by_doctor_and_run_and_async_replication_is_warne
     drop(standby);
     primary.stop();
 }
+
+/// `pdq run` as a child process with its log in a file, killed when dropped.
+struct Running {
+    child: KillOnDrop,
+    log: std::path::PathBuf,
+    metrics: String,
+}
+
+impl Running {
+    fn spawn(app: &TestApp, url: &str, metrics_port: u16, env: &[(&str, &str)]) -> Running {
+        let log = std::env::temp_dir().join(format!(
+            "pdq-run-{metrics_port}-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let metrics = format!("127.0.0.1:{metrics_port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_pdq"))
+            .args(["run", "--metrics-addr", &metrics])
+            .env("DATABASE_URL", url)
+            .envs(app.emulator.client_env())
+            .env("PDQ_RATE_LIMIT", "0")
+            .env("PDQ_EXECUTORS", "4")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start pdq run");
+        Running {
+            child: KillOnDrop(child),
+            log,
+            metrics,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `/healthz`: status and body (0 when it does not answer within 2 s).
+    async fn healthz(&self) -> (u16, String) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        match client
+            .get(format!("http://{}/healthz", self.metrics))
+            .send()
+            .await
+        {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.text().await.unwrap_or_default())
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    async fn started(&self) -> bool {
+        wait_until(Duration::from_secs(30), || async {
+            self.log_text().contains("pdq worker running")
+        })
+        .await
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Jobs `{"n": "<first+i>"}` for `n` fresh customers, enqueued directly; their targets.
+async fn jobs_for_new_customers(
+    app: &TestApp,
+    first: usize,
+    n: usize,
+) -> Vec<(uuid::Uuid, uuid::Uuid, String)> {
+    let mut targets = Vec::new();
+    for i in first..first + n {
+        let (c, pid) = app.customer_conversation();
+        let value = i.to_string();
+        app.enqueue(crate::app::job(
+            pdq::queue::Locators::ids(c.id, pid),
+            serde_json::json!({ "n": value }),
+        ))
+        .await;
+        targets.push((c.id, pid, value));
+    }
+    targets
+}
+
+/// Whether the emulator's PATCH history shows every target's value applied.
+fn all_applied(app: &TestApp, targets: &[(uuid::Uuid, uuid::Uuid, String)]) -> bool {
+    targets
+        .iter()
+        .all(|(cid, pid, value)| crate::app::values_sent(app, *cid, *pid, "n").contains(value))
+}
+
+#[tokio::test]
+async fn a_blackholed_postgres_turns_healthz_red_and_the_worker_recovers_every_call_after_it() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    app.emulator.set_faults(Faults {
+        latency_ms: 50,
+        ..Faults::default()
+    });
+    let proxy = SilentProxy::start(25480).await;
+    let before = jobs_for_new_customers(&app, 0, 20).await;
+    let pdq = Running::spawn(
+        &app,
+        &proxy.url(&app.db.name),
+        25458,
+        &[
+            ("PDQ_CLAIM_TIMEOUT_SECS", "1"),
+            ("PDQ_STATEMENT_TIMEOUT_SECS", "2"),
+            ("PDQ_LEASE_SECS", "6"),
+            ("GENESYS_REQUEST_TIMEOUT_MS", "1000"),
+        ],
+    );
+    assert!(pdq.started().await, "{}", pdq.log_text());
+    let drained = wait_until(Duration::from_secs(30), || async {
+        all_applied(&app, &before) && app.db.count("pdq.jobs").await == 0
+    })
+    .await;
+    assert!(drained, "{}", pdq.log_text());
+    assert_eq!(pdq.healthz().await.0, 200, "{}", pdq.log_text());
+
+    // Hold the recording of the next jobs on the server (a lock on pdq.finished_jobs), go
+    // silent, then let it finish: its answer never comes back.
+    let mut blocker = app.db.pool.begin().await.unwrap();
+    sqlx::query("lock table pdq.finished_jobs in exclusive mode")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let during = jobs_for_new_customers(&app, 100, 10).await;
+    let waiting = wait_until(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_activity
+             where datname = $1 and wait_event_type = 'Lock' and query like '%archived as%'",
+        )
+        .bind(&app.db.name)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+            > 0
+    })
+    .await;
+    assert!(waiting, "recording waits on the lock: {}", pdq.log_text());
+    proxy.freeze(true);
+    blocker.rollback().await.unwrap();
+
+    // While Postgres is silent, /healthz turns red within a bound and stays red.
+    let red = wait_until(Duration::from_secs(20), || async {
+        pdq.healthz().await.0 == 503
+    })
+    .await;
+    assert!(
+        red,
+        "healthz stayed ok while Postgres was silent: {}",
+        pdq.log_text()
+    );
+    for _ in 0..10 {
+        let (status, body) = pdq.healthz().await;
+        assert_eq!(
+            status, 503,
+            "healthz said ok while Postgres was silent: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // New connections work again (the old ones stay silent): every job is applied and
+    // recorded, those enqueued now too, and /healthz is green again.
+    proxy.lift();
+    let after = jobs_for_new_customers(&app, 200, 10).await;
+    let recovered = wait_until(Duration::from_secs(90), || async {
+        all_applied(&app, &during)
+            && all_applied(&app, &after)
+            && app.db.count("pdq.jobs").await == 0
+    })
+    .await;
+    let (status, body) = pdq.healthz().await;
+    assert!(
+        recovered,
+        "jobs left: {}, healthz {status} {body}\n{}",
+        app.db.count("pdq.jobs").await,
+        pdq.log_text()
+    );
+    let green = wait_until(Duration::from_secs(30), || async {
+        pdq.healthz().await.0 == 200
+    })
+    .await;
+    assert!(green, "{:?}", pdq.healthz().await);
+    let finished = app.db.count("pdq.finished_jobs").await;
+    assert_eq!(finished, 40, "every job recorded once");
+    drop(pdq);
+    app.db.drop_database().await;
+}
