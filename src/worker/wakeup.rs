@@ -155,7 +155,8 @@ pub(super) async fn listen(
                         break;
                     }
                     Err(_) => {
-                        let check = sqlx::query("select 1").execute(&mut listener);
+                        // A simple query: no prepared statement a pooler could not keep.
+                        let check = sqlx::Executor::execute(&mut listener, "select 1");
                         if !matches!(tokio::time::timeout(bound, check).await, Ok(Ok(_))) {
                             tracing::warn!(
                                 "the notification connection does not answer; reconnecting"

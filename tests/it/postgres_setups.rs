@@ -856,3 +856,155 @@ async fn a_blackholed_postgres_turns_healthz_red_and_the_worker_recovers_every_c
     drop(pdq);
     app.db.drop_database().await;
 }
+
+/// Enqueues one job at a time and measures how long each takes from its INSERT to the
+/// emulator's PATCH; `gap` between them lets the worker find the queue empty.
+async fn pickup_times(app: &TestApp, first: usize, rounds: usize, gap: Duration) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for i in first..first + rounds {
+        let started = Instant::now();
+        let target = jobs_for_new_customers(app, i, 1).await;
+        let applied = wait_until(Duration::from_secs(15), || async {
+            all_applied(app, &target)
+        })
+        .await;
+        assert!(applied, "job {i} was not applied");
+        times.push(started.elapsed());
+        tokio::time::sleep(gap).await;
+    }
+    times.sort();
+    times
+}
+
+#[tokio::test]
+async fn through_a_transaction_pooler_the_listener_takes_its_direct_url_or_the_poll_runs_alone() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    // One server connection: sqlx names its prepared statements, which PgBouncer before 1.21
+    // cannot keep across server connections (README: Running against your Postgres).
+    let Some(bouncer) = Bouncer::start(25459, 5432, "transaction", "default_pool_size = 1") else {
+        return;
+    };
+    let pooled = bouncer.url(&app.db.name);
+    let direct = app.db.url();
+
+    // The worker's statements go through the pooler, LISTEN goes direct: new jobs are picked
+    // up by their notification, long before the (slow) poll.
+    let listening = Running::spawn(
+        &app,
+        &pooled,
+        25460,
+        &[
+            ("PDQ_LISTEN_URL", &direct),
+            ("PDQ_POLL_INTERVAL_MS", "3000"),
+            ("PDQ_DB_CONNECTIONS", "1"),
+        ],
+    );
+    assert!(
+        listening.started().await,
+        "{}\n{}",
+        listening.log_text(),
+        bouncer.log()
+    );
+    let times = pickup_times(&app, 0, 6, Duration::from_millis(300)).await;
+    assert!(
+        times[times.len() / 2] < Duration::from_millis(800),
+        "pickup waited for the poll: {times:?}\n{}",
+        listening.log_text()
+    );
+    assert!(!listening.log_text().contains("wake-ups never arrive"));
+    assert_eq!(listening.healthz().await, (200, "ok\n".to_owned()));
+    drop(listening);
+    // A fresh pooler: the server connection keeps the named statements of the last client.
+    drop(bouncer);
+    let Some(bouncer) = Bouncer::start(25463, 5432, "transaction", "default_pool_size = 1") else {
+        return;
+    };
+
+    // Poll-only mode: nothing listens (a listener would hold the pool's one connection and
+    // starve the claimer), the short default poll picks the jobs up.
+    let polling = Running::spawn(
+        &app,
+        &bouncer.url(&app.db.name),
+        25461,
+        &[("PDQ_WAKEUP", "poll"), ("PDQ_DB_CONNECTIONS", "1")],
+    );
+    assert!(polling.started().await, "{}", polling.log_text());
+    let times = pickup_times(&app, 100, 6, Duration::from_millis(300)).await;
+    assert!(
+        times[times.len() / 2] < Duration::from_millis(800),
+        "{times:?}\n{}",
+        polling.log_text()
+    );
+    drop(polling);
+    drop(bouncer);
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_listen_through_a_transaction_pooler_never_fires_and_the_worker_says_so_once() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let Some(bouncer) = Bouncer::start(25462, 5432, "transaction", "") else {
+        return;
+    };
+    let through = pdq::db::connect_options(&bouncer.url(&app.db.name)).unwrap();
+    let listen_pool = pdq::db::connect(through, 1).await.unwrap();
+    let worker = app.worker(WorkerConfig {
+        poll_interval: Duration::from_millis(300),
+        ..fast()
+    });
+    worker.listen_through(listen_pool);
+    let health = worker.health();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(stop.clone()));
+
+    pickup_times(&app, 0, 6, Duration::from_millis(700)).await;
+    let said = wait_until(Duration::from_secs(10), || async {
+        health.notes().contains("wake-ups never arrive")
+    })
+    .await;
+    assert!(
+        said,
+        "notes: {:?}; healthz: {}",
+        health.notes(),
+        health.reason()
+    );
+    assert!(
+        health.notes().contains("--listen-url"),
+        "{}",
+        health.notes()
+    );
+    assert!(
+        !health.is_unhealthy(),
+        "a slow pickup is no failure: {}",
+        health.reason()
+    );
+
+    // /healthz stays 200 and carries the note; `pdq status` shows it beside the worker.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = pdq::metrics::router(worker.metrics(), worker.health());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let response = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body = response.text().await.unwrap();
+    assert!(
+        body.starts_with("ok\nnote: wake-ups never arrive"),
+        "{body}"
+    );
+    let shown = wait_until(Duration::from_secs(20), || async {
+        let status = pdq(&app.db.url(), &["status"]);
+        String::from_utf8_lossy(&status.stdout).contains("wake-ups never arrive")
+    })
+    .await;
+    assert!(
+        shown,
+        "{}",
+        String::from_utf8_lossy(&pdq(&app.db.url(), &["status"]).stdout)
+    );
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(40), running).await;
+    drop(bouncer);
+    app.db.drop_database().await;
+}
