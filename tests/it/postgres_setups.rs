@@ -1,6 +1,8 @@
 //! pdq against the Postgres setups users run: a TLS-only server (every sslmode, a wrong CA,
-//! client certificates), PgBouncer, a connection budget, a silent connection, a standby.
-//! Private clusters and poolers listen on 25450-25469 and are removed afterwards.
+//! client certificates), PgBouncer (session and transaction mode), a connection budget, a
+//! silent connection and a blackholed Postgres, a standby, a failover to a synchronous
+//! standby. Private clusters, poolers and workers' metrics listen on 25450-25469, the TCP
+//! proxies on 25480-25489; all are removed afterwards.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -1007,4 +1009,184 @@ async fn a_listen_through_a_transaction_pooler_never_fires_and_the_worker_says_s
     let _ = tokio::time::timeout(Duration::from_secs(40), running).await;
     drop(bouncer);
     app.db.drop_database().await;
+}
+
+/// A TCP proxy on loopback that forwards to one backend port at a time, as a virtual IP in
+/// front of a primary: [`SwitchProxy::switch`] resets every open connection and sends new
+/// ones to another port.
+struct SwitchProxy {
+    port: u16,
+    target: Arc<std::sync::atomic::AtomicU16>,
+    generation: Arc<AtomicU64>,
+}
+
+impl SwitchProxy {
+    async fn start(port: u16, target: u16) -> SwitchProxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let to = Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (targets, generations) = (to.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let port = targets.load(Ordering::SeqCst);
+                let generations = generations.clone();
+                let mine = generations.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    else {
+                        return;
+                    };
+                    let copying = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    let switched = async {
+                        while generations.load(Ordering::SeqCst) == mine {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = copying => {}
+                        _ = switched => {}
+                        _ = tokio::time::sleep(Duration::from_secs(180)) => {}
+                    }
+                });
+            }
+        });
+        SwitchProxy {
+            port,
+            target: to,
+            generation,
+        }
+    }
+
+    fn switch(&self, target: u16) {
+        self.target.store(target, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+#[tokio::test]
+async fn after_a_failover_to_a_synchronous_standby_every_committed_job_is_applied() {
+    let Some(mut primary) = Cluster::start(
+        25464,
+        "wal_level = replica\nmax_wal_senders = 4",
+        "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
+        |_| {},
+    ) else {
+        return;
+    };
+    let migrated = pdq(&primary.url(), &["migrate"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let standby = Cluster::standby_of(&primary, 25465);
+    let direct = pdq::db::connect(pdq::db::connect_options(&primary.url()).unwrap(), 1)
+        .await
+        .unwrap();
+    sqlx::query("alter system set synchronous_standby_names = '*'")
+        .execute(&direct)
+        .await
+        .unwrap();
+    sqlx::query("select pg_reload_conf()")
+        .execute(&direct)
+        .await
+        .unwrap();
+    let synchronous = wait_until(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_replication where sync_state = 'sync'",
+        )
+        .fetch_one(&direct)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+    assert!(synchronous, "the standby replicates synchronously");
+    direct.close().await;
+    let proxy = SwitchProxy::start(25482, primary.port).await;
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let worker = Running::spawn(
+        &app,
+        &proxy.url(),
+        25466,
+        &[
+            ("PDQ_CLAIM_TIMEOUT_SECS", "1"),
+            ("PDQ_STATEMENT_TIMEOUT_SECS", "2"),
+            ("PDQ_LEASE_SECS", "6"),
+            ("GENESYS_REQUEST_TIMEOUT_MS", "1000"),
+        ],
+    );
+    assert!(worker.started().await, "{}", worker.log_text());
+
+    // A producer inserts one job every 20 ms through the proxy and remembers the jobs whose
+    // INSERT returned (committed, and, with synchronous replication, on the standby too).
+    let producer_options = pdq::db::connect_options(&proxy.url()).unwrap();
+    let producing = CancellationToken::new();
+    let targets: Vec<(uuid::Uuid, uuid::Uuid)> = (0..400)
+        .map(|_| app.customer_conversation())
+        .map(|(c, pid)| (c.id, pid))
+        .collect();
+    let producer = tokio::spawn({
+        let (stop, targets) = (producing.clone(), targets.clone());
+        async move {
+            let mut committed = Vec::new();
+            let mut pool = None;
+            for (i, (cid, pid)) in targets.into_iter().enumerate() {
+                if stop.is_cancelled() {
+                    break;
+                }
+                if pool.is_none() {
+                    pool = pdq::db::connect(producer_options.clone(), 1).await.ok();
+                }
+                if let Some(db) = &pool {
+                    let job = crate::app::job(
+                        pdq::queue::Locators::ids(cid, pid),
+                        serde_json::json!({ "n": i.to_string() }),
+                    );
+                    let inserted =
+                        tokio::time::timeout(Duration::from_secs(2), pdq::queue::enqueue(db, &job))
+                            .await;
+                    match inserted {
+                        Ok(Ok(_)) => committed.push((cid, pid, i.to_string())),
+                        _ => pool = None,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            committed
+        }
+    });
+
+    // Mid-stream the primary dies, the standby is promoted and the address moves to it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    primary.stop();
+    standby.promote();
+    proxy.switch(standby.port);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    producing.cancel();
+    let committed = producer.await.unwrap();
+    assert!(committed.len() > 100, "{} committed", committed.len());
+
+    // Every job whose INSERT committed is applied (the emulator's PATCH history shows its
+    // value), those running at the failover after their lease.
+    let applied = wait_until(Duration::from_secs(60), || async {
+        all_applied(&app, &committed)
+    })
+    .await;
+    let missing: Vec<&String> = committed
+        .iter()
+        .filter(|(cid, pid, value)| !crate::app::values_sent(&app, *cid, *pid, "n").contains(value))
+        .map(|(_, _, value)| value)
+        .collect();
+    assert!(
+        applied,
+        "{} of {} committed jobs never applied: {missing:?}\n{}",
+        missing.len(),
+        committed.len(),
+        worker.log_text()
+    );
+    drop(worker);
+    drop(standby);
 }
