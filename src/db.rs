@@ -4,7 +4,9 @@
 //! (`pdq._sqlx_migrations`), so pdq can share a database with another sqlx application.
 //!
 //! Connections follow libpq's TLS rules (`tls`), send only startup parameters a pooler
-//! accepts, and pools are small and let idle connections go (see [`pool_options`]).
+//! accepts, and pools are small, let idle connections go and close a connection that does
+//! not answer when it is given back (see [`pool_options`]); the worker's sessions also carry
+//! a statement timeout ([`connect_bounded`]).
 
 mod migration;
 mod server;
