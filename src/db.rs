@@ -4,7 +4,9 @@
 //! (`pdq._sqlx_migrations`), so pdq can share a database with another sqlx application.
 //!
 //! Connections follow libpq's TLS rules (`tls`), send only startup parameters a pooler
-//! accepts, and pools are small and let idle connections go (see [`pool_options`]).
+//! accepts, and pools are small, let idle connections go and close a connection that does
+//! not answer when it is given back (see [`pool_options`]); the worker's sessions also carry
+//! a statement timeout ([`connect_bounded`]).
 
 mod migration;
 mod server;
@@ -150,8 +152,16 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(60);
 /// How long a caller waits for a pooled connection before the call fails.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a connection given back to the pool may take to answer the check that it is
+/// still usable; one that does not answer (a silent peer, a call abandoned on it) is closed.
+pub const RELEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The pool settings every pdq process uses: at most `max_connections`, none kept open
 /// beyond need (idle ones close after [`IDLE_TIMEOUT`], every one after [`MAX_LIFETIME`]).
+///
+/// A connection given back is checked within [`RELEASE_CHECK_TIMEOUT`]: sqlx's own check
+/// waits forever on a connection whose peer went silent, and would hold its slot in the
+/// pool for good (no TCP keepalive notices a silent peer: sqlx 0.8 sets none).
 pub fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections.max(1))
@@ -159,6 +169,68 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
         .idle_timeout(IDLE_TIMEOUT)
         .max_lifetime(MAX_LIFETIME)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                match tokio::time::timeout(RELEASE_CHECK_TIMEOUT, conn.ping()).await {
+                    Ok(checked) => checked.map(|()| true),
+                    Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the connection did not answer its release check",
+                    ))),
+                }
+            })
+        })
+}
+
+/// `options` with a server-side `statement_timeout` and an
+/// `idle_in_transaction_session_timeout` of `timeout` (sent in the startup packet), each
+/// unless the URL's own `options` set it. The second frees what a silent connection holds:
+/// a transaction whose client can no longer send its `COMMIT` would otherwise keep its row
+/// locks (and block every later statement on those rows) until the server notices the peer
+/// is gone, which may be never.
+pub fn with_statement_timeout(options: PgConnectOptions, timeout: Duration) -> PgConnectOptions {
+    let value = format!("{}ms", timeout.as_millis());
+    let mut options = options;
+    for setting in ["statement_timeout", "idle_in_transaction_session_timeout"] {
+        let own = options
+            .get_options()
+            .is_some_and(|given| given.contains(&format!("{setting}=")));
+        if !own {
+            options = options.options([(setting, value.clone())]);
+        }
+    }
+    options
+}
+
+/// Whether Postgres (or a pooler in front) refused a startup parameter: PgBouncer refuses
+/// `options` unless told to ignore it.
+fn refuses_startup_options(error: &sqlx::Error) -> bool {
+    describe(error).contains("unsupported startup parameter")
+}
+
+/// Opens a pool like [`connect`] whose sessions cancel any statement running longer than
+/// `statement_timeout` and end any transaction left idle that long; when the server refuses to set it at startup (a pooler), the pool
+/// opens without it and says so (set it on the role instead: README, Running against your
+/// Postgres).
+pub async fn connect_bounded(
+    options: PgConnectOptions,
+    max_connections: u32,
+    statement_timeout: Duration,
+) -> Result<PgPool, Error> {
+    let bounded = with_statement_timeout(options.clone(), statement_timeout);
+    match connect(bounded, max_connections).await {
+        Err(Error::Connect(error)) if refuses_startup_options(&error) => {
+            tracing::warn!(
+                "the server refuses the options startup parameter (a pooler?): no \
+                 statement_timeout is set on pdq's sessions (set it and \
+                 idle_in_transaction_session_timeout on pdq's role: ALTER ROLE ... SET ...); \
+                 the worker still abandons calls that \
+                 nobody answers"
+            );
+            connect(options, max_connections).await
+        }
+        other => other,
+    }
 }
 
 /// Opens a pool eagerly, so a bad URL or a stopped server fails at once, with the real cause

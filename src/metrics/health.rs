@@ -60,12 +60,21 @@ impl Condition {
     }
 }
 
+/// Something an operator should know that does not keep the worker from its job: `/healthz`
+/// stays 200 and adds it under `ok`, `pdq status` shows it with the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Note {
+    /// The wake-up channel never fires: new jobs wait for the poll.
+    Wakeups,
+}
+
 /// Whether the worker can do its job; `/healthz` answers 503 with the reasons when it cannot.
 #[derive(Debug, Default)]
 pub struct Health {
     unhealthy: AtomicBool,
     paused: AtomicBool,
     conditions: Mutex<BTreeMap<Condition, String>>,
+    notes: Mutex<BTreeMap<Note, String>>,
 }
 
 impl Health {
@@ -116,6 +125,23 @@ impl Health {
     /// True while `condition` is in force.
     pub fn has(&self, condition: Condition) -> bool {
         self.conditions.lock().unwrap().contains_key(&condition)
+    }
+
+    /// Records `note` (replacing an earlier text for it).
+    pub fn note(&self, note: Note, text: impl Into<String>) {
+        self.notes.lock().unwrap().insert(note, text.into());
+    }
+
+    /// Ends `note`.
+    pub fn clear_note(&self, note: Note) {
+        self.notes.lock().unwrap().remove(&note);
+    }
+
+    /// Every note in force, one per line (empty when there is none).
+    pub fn notes(&self) -> String {
+        let notes = self.notes.lock().unwrap();
+        let lines: Vec<String> = notes.values().map(|text| format!("note: {text}")).collect();
+        lines.join("\n")
     }
 
     /// Every condition in force with its reason, one per line.

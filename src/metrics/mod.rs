@@ -4,7 +4,7 @@
 mod health;
 mod instruments;
 
-pub use health::{Condition, Health};
+pub use health::{Condition, Health, Note};
 use instruments::{escape, family, sample};
 pub(crate) use instruments::{Histogram, LabelledCounter, RecentRequests};
 
@@ -386,13 +386,18 @@ async fn render_metrics(State((metrics, health)): State<(Arc<Metrics>, Arc<Healt
 }
 
 async fn render_health(State(health): State<Arc<Health>>) -> (StatusCode, String) {
+    let notes = health.notes();
+    let notes = match notes.is_empty() {
+        true => notes,
+        false => format!("{notes}\n"),
+    };
     if health.is_unhealthy() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{}\n", health.reason()),
+            format!("{}\n{notes}", health.reason()),
         )
     } else {
-        (StatusCode::OK, "ok\n".to_owned())
+        (StatusCode::OK, format!("ok\n{notes}"))
     }
 }
 

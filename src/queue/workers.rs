@@ -98,6 +98,9 @@ pub struct WorkerRow {
     pub api_requests_last_minute: Option<i32>,
     /// When it stopped cleanly.
     pub stopped_at: Option<DateTime<Utc>>,
+    /// What it wants operators to know without being paused (wake-ups that never arrive).
+    #[sqlx(default)]
+    pub notice: Option<String>,
 }
 
 impl WorkerRow {
@@ -138,10 +141,21 @@ pub async fn beat(pool: &PgPool, beat: &Heartbeat) -> Result<(), Error> {
     Ok(())
 }
 
+/// Sets (or with `None` clears) the notice of worker `id`'s row.
+pub async fn set_notice(pool: &PgPool, id: Uuid, notice: Option<&str>) -> Result<(), Error> {
+    sqlx::query("update pdq.workers set notice = $2 where id = $1")
+        .bind(id)
+        .bind(notice)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Marks worker `id` as stopped cleanly.
 pub async fn mark_stopped(pool: &PgPool, id: Uuid) -> Result<(), Error> {
     sqlx::query(
-        "update pdq.workers set state = 'stopped', pause_reason = null, stopped_at = now(),
+        "update pdq.workers set state = 'stopped', pause_reason = null, notice = null,
+             stopped_at = now(),
              last_seen_at = now(), api_requests_last_minute = null
          where id = $1",
     )
@@ -172,7 +186,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<WorkerRow>, Error> {
                 case when state <> 'stopped' and last_seen_at < now() - $1 * interval '1 second'
                      then 'gone' else state end as state,
                 pause_reason, budget_name, budget_per_minute, api_requests_last_minute,
-                stopped_at
+                stopped_at, notice
          from pdq.workers
          order by (state = 'stopped' or last_seen_at < now() - $1 * interval '1 second'),
                   host, started_at, id",

@@ -1,12 +1,19 @@
-//! A bound on the claimer's calls to Postgres, and the watch that turns `/healthz` red when
-//! no claim completes while the worker wants work.
+//! A bound on every call the worker makes to Postgres, and the watch that turns `/healthz`
+//! red when no claim completes while the worker wants work.
 //!
 //! A connection can go silent without a reset (a NAT entry dropped, a failover behind a
-//! virtual IP): the claim on it would wait forever. Each claim therefore gets
+//! virtual IP): a call on it would wait forever, and sqlx 0.8 sets no TCP keepalive that
+//! would notice. Each claim therefore gets
 //! [`WorkerConfig::claim_timeout`](super::WorkerConfig) to acquire a connection and again to
 //! run; a claim that takes longer is abandoned together with its connection (detached from
 //! the pool, so no one pings it again), and the next one opens a fresh connection. Units a
 //! timed-out claim may have taken on the server come back when their lease runs out.
+//!
+//! Every other call ([`call`]) gets [`WorkerConfig::call_bound`](super::WorkerConfig): the
+//! statement timeout plus a margin, so a statement Postgres is still running ends there first
+//! with its own error, and only a call nobody answers is abandoned. The abandoned call's
+//! connection goes back to the pool, whose release check is bounded too
+//! (`db::pool_options`): a silent one is closed, not kept.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,13 +46,38 @@ pub(super) async fn claim(
 }
 
 fn timed_out(what: &str, bound: Duration) -> queue::Error {
-    queue::Error::Database(sqlx::Error::Io(std::io::Error::new(
+    queue::Error::Database(silent(what, bound))
+}
+
+fn silent(what: &str, bound: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!(
             "{what} from Postgres within {} s (a silent connection is dropped)",
             bound.as_secs_f64()
         ),
-    )))
+    ))
+}
+
+/// One database call of the worker (besides the claim), abandoned when it has not returned
+/// within `bound`: the error then says Postgres did not answer.
+pub(super) async fn call<T, E>(
+    bound: Duration,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E>
+where
+    E: From<sqlx::Error>,
+{
+    match tokio::time::timeout(bound, call).await {
+        Ok(done) => done,
+        Err(_) => Err(silent("no answer", bound).into()),
+    }
+}
+
+/// Whether `error` is a call abandoned by [`call`] or [`claim`] (Postgres did not answer).
+pub(super) fn is_silence(error: &queue::Error) -> bool {
+    matches!(error, queue::Error::Database(sqlx::Error::Io(io))
+        if io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// The `/healthz` reason after `failures` failed claims in a row; a read-only server is
@@ -53,7 +85,8 @@ fn timed_out(what: &str, bound: Duration) -> queue::Error {
 pub(super) fn failing(failures: u32, error: &queue::Error) -> String {
     match error {
         queue::Error::Database(db) if crate::db::is_read_only_error(db) => format!(
-            "the last {failures} claims failed: the database is read-only (a standby?): point              pdq at the primary ({error})"
+            "the last {failures} claims failed: the database is read-only (a standby?): point \
+             pdq at the primary ({error})"
         ),
         _ => format!("the last {failures} claims failed: {error}"),
     }

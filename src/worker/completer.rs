@@ -183,7 +183,11 @@ async fn flush_once(inner: &Inner, force: bool) -> bool {
     // their own records from a failure of every record.
     let only_alone = !round.failed.is_empty() && round.failed.iter().all(|(_, alone)| *alone);
     let works = round.recorded > 0
-        || (only_alone && queue::lease::probe_recording(&completer.pool).await.is_ok());
+        || (only_alone
+            && inner
+                .db(queue::lease::probe_recording(&completer.pool))
+                .await
+                .is_ok());
     let done = settle(inner, round, !retried.is_empty(), works);
     completer.recorded.notify_waiters();
     done
@@ -194,7 +198,10 @@ async fn flush_once(inner: &Inner, force: bool) -> bool {
 async fn record_isolating(inner: &Inner, units: Vec<Success>, round: &mut Round) {
     let mut groups = VecDeque::from([units]);
     while let Some(group) = groups.pop_front() {
-        match queue::lease::succeed_batch(&inner.completer.pool, &group).await {
+        match inner
+            .db(queue::lease::succeed_batch(&inner.completer.pool, &group))
+            .await
+        {
             Ok(lost) => {
                 round.recorded += group.len();
                 for success in &group {
@@ -206,6 +213,10 @@ async fn record_isolating(inner: &Inner, units: Vec<Success>, round: &mut Round)
             }
             Err(error) => {
                 round.error = Some(error.to_string());
+                if super::bounded::is_silence(&error) {
+                    // Postgres does not answer: splitting would only wait again per half.
+                    round.splits = 0;
+                }
                 if group.len() == 1 {
                     round.failed.extend(group.into_iter().map(|s| (s, true)));
                 } else if round.splits == 0 {

@@ -16,7 +16,10 @@ pub struct WorkerConfig {
     pub max_coalesce: u32,
     /// Lease on claimed units; renewed while a unit is worked on.
     pub lease: Duration,
-    /// Safety-net poll when no notification arrives.
+    /// How the claimer learns of new jobs besides its poll.
+    pub wakeup: Wakeup,
+    /// How often the claimer looks for due jobs when no notification arrives (in
+    /// [`Wakeup::Poll`] mode, its only way of finding new jobs).
     pub poll_interval: Duration,
     /// How long an external tag may stay unfindable (analytics lag) before `conversation_not_found`.
     pub lookup_window: Duration,
@@ -41,13 +44,40 @@ pub struct WorkerConfig {
     /// longer is abandoned with its connection; after three bounds without a completed claim
     /// `/healthz` says the claimer is stalled.
     pub claim_timeout: Duration,
+    /// Bound on every statement of the worker: `pdq run` sets it as the server-side
+    /// `statement_timeout` of the worker's connections, and the worker abandons any other
+    /// database call not answered within [`WorkerConfig::call_bound`]. No statement of the
+    /// worker legitimately comes near it (each takes milliseconds, batches are bounded).
+    pub statement_timeout: Duration,
     /// Recorded in `locked_by`.
     pub worker_id: String,
     /// Seed for jitter (tests and the demo repeat).
     pub seed: Option<u64>,
 }
 
+/// How the claimer learns of new jobs besides its poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wakeup {
+    /// `LISTEN pdq_jobs` (on the worker's pool, or the listener's own pool, see
+    /// [`Worker::listen_through`](super::Worker::listen_through)); the poll is a safety net.
+    #[default]
+    Listen,
+    /// No listener: only the poll finds new jobs (through a transaction pooler, where
+    /// `LISTEN` cannot work and no direct connection is available).
+    Poll,
+}
+
+/// What a database call may take beyond the statement timeout before the worker abandons it
+/// (getting a connection, the network).
+pub const CALL_MARGIN: Duration = Duration::from_secs(5);
+
 impl WorkerConfig {
+    /// How long the worker waits for any database call but a claim: the statement timeout
+    /// plus [`CALL_MARGIN`].
+    pub fn call_bound(&self) -> Duration {
+        self.statement_timeout + CALL_MARGIN
+    }
+
     /// Checks the timing rules that keep a PATCH inside its lease: the API request timeout
     /// must be under half the lease, and the shutdown grace at least the request timeout.
     pub fn check_timing(&self, request_timeout: Duration) -> Result<(), String> {
@@ -91,6 +121,16 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// How long one claim may take unless told otherwise (a claim takes milliseconds).
 pub const DEFAULT_CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The statement timeout unless told otherwise: far above any statement of the worker.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The poll interval unless told otherwise: with a listener, a safety net.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The poll interval in [`Wakeup::Poll`] mode unless told otherwise: the poll is the only
+/// way to find new jobs, so a short one.
+pub const DEFAULT_POLL_ONLY_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How long applied jobs stay in `pdq.finished_jobs`, unless told otherwise.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
@@ -101,7 +141,8 @@ impl Default for WorkerConfig {
             claim_batch: queue::lease::DEFAULT_CLAIM_BATCH,
             max_coalesce: queue::lease::DEFAULT_MAX_COALESCE,
             lease: queue::lease::DEFAULT_LEASE,
-            poll_interval: Duration::from_secs(1),
+            wakeup: Wakeup::Listen,
+            poll_interval: DEFAULT_POLL_INTERVAL,
             lookup_window: DEFAULT_LOOKUP_WINDOW,
             conversation_cache_ttl: Duration::from_secs(2),
             backoff: Backoff::default(),
@@ -111,6 +152,7 @@ impl Default for WorkerConfig {
             dead_letter_retention: queue::DEFAULT_DEAD_LETTER_RETENTION,
             idempotency_horizon: queue::DEFAULT_IDEMPOTENCY_KEY_HORIZON,
             claim_timeout: DEFAULT_CLAIM_TIMEOUT,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             worker_id: format!("pdq-{}", std::process::id()),
             seed: None,
         }

@@ -269,7 +269,14 @@ async fn hold_target(
     if unit.head().participant_key == key && !unit.jobs.iter().any(|job| job.behind_attempted) {
         return Ok(Vec::new());
     }
-    let hold = lease::hold_target(&inner.pool, unit.lease, &key, &unit.key_versions()).await?;
+    let hold = inner
+        .db(lease::hold_target(
+            &inner.pool,
+            unit.lease,
+            &key,
+            &unit.key_versions(),
+        ))
+        .await?;
     tracing::debug!(
         participant_key = key,
         jobs = ?unit.job_ids(),

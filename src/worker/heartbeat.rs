@@ -22,19 +22,36 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
     let id = Uuid::new_v4();
     let mut beats = 0u32;
     let mut requests = RequestWindow::default();
+    let mut notice_written = String::new();
     loop {
         let mut beat = heartbeat(&inner, id);
         beat.api_requests_last_minute =
             Some(requests.last_minute(Instant::now(), inner.metrics.api_calls()));
-        if let Err(error) = workers::beat(&inner.pool, &beat).await {
+        if let Err(error) = inner.db(workers::beat(&inner.pool, &beat)).await {
             tracing::warn!(%error, "could not write the worker heartbeat");
-        } else if let Err(error) =
-            crate::queue::console::record_worker_counters(&inner.pool, id, counters(&inner)).await
+        } else if let Err(error) = inner
+            .db(crate::queue::console::record_worker_counters(
+                &inner.pool,
+                id,
+                counters(&inner),
+            ))
+            .await
         {
             tracing::warn!(%error, "could not record the worker's counters");
         }
+        let notice = inner.health.notes();
+        if notice != notice_written {
+            let text = (!notice.is_empty()).then_some(notice.as_str());
+            match inner.db(workers::set_notice(&inner.pool, id, text)).await {
+                Ok(()) => notice_written = notice,
+                Err(error) => tracing::warn!(%error, "could not record the worker's notice"),
+            }
+        }
         if beats % PRUNE_EVERY == 0 {
-            if let Err(error) = workers::prune(&inner.pool, workers::FORGET_AFTER).await {
+            if let Err(error) = inner
+                .db(workers::prune(&inner.pool, workers::FORGET_AFTER))
+                .await
+            {
                 tracing::warn!(%error, "could not prune old worker rows");
             }
         }

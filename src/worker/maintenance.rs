@@ -33,7 +33,10 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
         }
         check.maybe_resume(&inner).await;
         follow_operator_resume(&inner, &mut last_resume).await;
-        match queue::lease::rescue_expired_leases(&inner.pool).await {
+        match inner
+            .db(queue::lease::rescue_expired_leases(&inner.pool))
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "recovered {n} jobs whose worker lost its lease"),
             Err(error) => tracing::warn!(%error, "recovering expired leases failed: {error}"),
@@ -43,38 +46,42 @@ pub async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             last_id_check = Instant::now();
         }
         if last_prune.elapsed() >= Duration::from_secs(3_600) {
-            let _ = queue::prune(
-                &inner.pool,
-                queue::Retained::FinishedJobs,
-                inner.config.retention,
-                10_000,
-            )
-            .await;
-            let _ = queue::prune(
-                &inner.pool,
-                queue::Retained::AppliedKeys,
-                inner.config.retention,
-                10_000,
-            )
-            .await;
+            let _ = inner
+                .db(queue::prune(
+                    &inner.pool,
+                    queue::Retained::FinishedJobs,
+                    inner.config.retention,
+                    10_000,
+                ))
+                .await;
+            let _ = inner
+                .db(queue::prune(
+                    &inner.pool,
+                    queue::Retained::AppliedKeys,
+                    inner.config.retention,
+                    10_000,
+                ))
+                .await;
             let config = &inner.config;
-            let _ = queue::prune(
-                &inner.pool,
-                queue::Retained::DeadLetters,
-                config.dead_letter_retention,
-                10_000,
-            )
-            .await;
-            let _ = queue::prune(
-                &inner.pool,
-                queue::Retained::IdempotencyKeys,
-                config.idempotency_horizon,
-                10_000,
-            )
-            .await;
+            let _ = inner
+                .db(queue::prune(
+                    &inner.pool,
+                    queue::Retained::DeadLetters,
+                    config.dead_letter_retention,
+                    10_000,
+                ))
+                .await;
+            let _ = inner
+                .db(queue::prune(
+                    &inner.pool,
+                    queue::Retained::IdempotencyKeys,
+                    config.idempotency_horizon,
+                    10_000,
+                ))
+                .await;
             last_prune = Instant::now();
         }
-        if let Ok(depth) = queue::pending_count(&inner.pool).await {
+        if let Ok(depth) = inner.db(queue::pending_count(&inner.pool)).await {
             inner.metrics.set_queue_depth(depth);
         }
         export_pacer_stats(&inner);
@@ -93,7 +100,7 @@ const ID_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// failover to a logical replica) and says so loudly: until then new jobs got ids lower than
 /// values already applied (the claim sends those, see `queue/claim.rs`).
 async fn check_job_ids(inner: &Inner) {
-    match queue::check_job_ids(&inner.pool).await {
+    match inner.db(queue::check_job_ids(&inner.pool)).await {
         Ok(check) if check.moved => tracing::error!(
             sequence_was = check.sequence_was,
             highest = check.highest,
@@ -147,13 +154,15 @@ fn export_pacer_stats(inner: &Inner) {
 
 /// Samples jobs by state, dead letters, workers and the shared budget's pause for `/metrics`.
 async fn sample_gauges(inner: &Inner) {
-    match queue::gauges::gauges(&inner.pool).await {
+    match inner.db(queue::gauges::gauges(&inner.pool)).await {
         Ok(gauges) => inner.metrics.set_gauges(gauges),
         Err(error) => tracing::debug!(%error, "could not sample the queue gauges"),
     }
     let budget = &inner.config.budget;
     if budget.shared && budget.per_minute > 0 {
-        let state = queue::budget::state(&inner.pool, &budget.name).await;
+        let state = inner
+            .db(queue::budget::state(&inner.pool, &budget.name))
+            .await;
         let reason = match state {
             Ok(Some(state)) if state.paused_until.is_some() => state.pause_reason,
             _ => None,
@@ -231,11 +240,11 @@ async fn follow_operator_resume(
     }
     let name = &inner.config.budget.name;
     if last_resume.is_none() {
-        if let Err(error) = queue::budget::ensure(&inner.pool, name).await {
+        if let Err(error) = inner.db(queue::budget::ensure(&inner.pool, name)).await {
             tracing::warn!(%error, "cannot create budget {name}'s row: {error}");
         }
     }
-    let Ok(Some(state)) = queue::budget::state(&inner.pool, name).await else {
+    let Ok(Some(state)) = inner.db(queue::budget::state(&inner.pool, name)).await else {
         return;
     };
     let seen_before = last_resume.replace(state.resumed_at);
@@ -262,7 +271,14 @@ async fn follow_operator_resume(
 async fn renew(inner: &Inner) {
     let leases: Vec<Uuid> = inner.in_flight.lock().unwrap().keys().copied().collect();
     let from = Instant::now();
-    match queue::lease::renew_leases(&inner.pool, &leases, inner.config.lease).await {
+    match inner
+        .db(queue::lease::renew_leases(
+            &inner.pool,
+            &leases,
+            inner.config.lease,
+        ))
+        .await
+    {
         Ok(lost) => {
             let held: Vec<Uuid> = leases.into_iter().filter(|l| !lost.contains(l)).collect();
             inner.renewed(&held, &lost, from);

@@ -44,8 +44,9 @@ use crate::queue::{self, Fence, Unit};
 pub use api::Api;
 pub use backoff::Backoff;
 pub use config::{
-    WorkerConfig, DEFAULT_CLAIM_TIMEOUT, DEFAULT_EXECUTORS, DEFAULT_LOOKUP_WINDOW,
-    DEFAULT_RETENTION, DEFAULT_SHUTDOWN_GRACE,
+    Wakeup, WorkerConfig, CALL_MARGIN, DEFAULT_CLAIM_TIMEOUT, DEFAULT_EXECUTORS,
+    DEFAULT_LOOKUP_WINDOW, DEFAULT_POLL_INTERVAL, DEFAULT_POLL_ONLY_INTERVAL, DEFAULT_RETENTION,
+    DEFAULT_SHUTDOWN_GRACE, DEFAULT_STATEMENT_TIMEOUT,
 };
 pub use execute::UnitOutcome;
 pub use pacer::{Budget, Pacer, DEFAULT_BACKFILL_SHARE, DEFAULT_RATE_LIMIT};
@@ -59,6 +60,8 @@ pub struct Worker {
 
 struct Inner {
     pool: PgPool,
+    /// Where `LISTEN` runs, when not on `pool` (a direct connection beside a pooler).
+    listen_pool: Mutex<Option<PgPool>>,
     api: Api,
     config: WorkerConfig,
     pacer: Pacer,
@@ -81,7 +84,8 @@ struct Inner {
 impl Worker {
     /// A worker on `pool` calling the API through `api`.
     pub fn new(pool: PgPool, api: Api, config: WorkerConfig) -> Worker {
-        let pacer = Pacer::new(&config.budget, Some(pool.clone()));
+        let mut pacer = Pacer::new(&config.budget, Some(pool.clone()));
+        pacer.bound_calls(config.call_bound());
         let capacity = buffer_capacity(&config, &pacer);
         let rng = match config.seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
@@ -91,6 +95,7 @@ impl Worker {
             inner: Arc::new(Inner {
                 completer: completer::Completer::new(pool.clone()),
                 pool,
+                listen_pool: Mutex::new(None),
                 api,
                 cache: resolve::ConversationCache::new(config.conversation_cache_ttl),
                 buffer: buffer::Buffer::new(capacity),
@@ -106,6 +111,13 @@ impl Worker {
                 config,
             }),
         }
+    }
+
+    /// Runs the wake-up listener on `pool` instead of the worker's own pool: a direct
+    /// connection to Postgres while the worker's statements go through a transaction pooler
+    /// (where `LISTEN` cannot work). Call before [`Worker::run`].
+    pub fn listen_through(&self, pool: PgPool) {
+        *self.inner.listen_pool.lock().unwrap() = Some(pool);
     }
 
     /// The worker's counters.
@@ -153,14 +165,31 @@ impl Worker {
         let wake = Arc::new(tokio::sync::Notify::new());
         let mut background = tokio::task::JoinSet::new();
         let inner = &self.inner;
-        background.spawn(named(
-            "wake-up listener",
-            wakeup::listen(inner.pool.clone(), wake.clone(), stop_background.clone()),
-        ));
+        let wakeups = Arc::new(wakeup::Wakeups::default());
+        if inner.config.wakeup == Wakeup::Listen {
+            let listen_pool = inner.listen_pool.lock().unwrap().clone();
+            background.spawn(named(
+                "wake-up listener",
+                wakeup::listen(
+                    listen_pool.unwrap_or_else(|| inner.pool.clone()),
+                    wakeups.clone(),
+                    wake.clone(),
+                    inner.health.clone(),
+                    inner.config.call_bound(),
+                    stop_background.clone(),
+                ),
+            ));
+        }
         let claims = Arc::new(bounded::ClaimWatch::default());
         background.spawn(named(
             "claimer",
-            claimer(self.clone(), wake, claims.clone(), stop_claiming.clone()),
+            claimer(
+                self.clone(),
+                wake,
+                wakeups,
+                claims.clone(),
+                stop_claiming.clone(),
+            ),
         ));
         background.spawn(named(
             "claim watch",
@@ -239,7 +268,7 @@ impl Worker {
         let db_deadline = tokio::time::Instant::now() + SHUTDOWN_DB_BOUND;
         let bounded = tokio::time::timeout_at(db_deadline, async {
             for fence in leftover {
-                if let Err(error) = queue::lease::release(&inner.pool, &fence).await {
+                if let Err(error) = inner.db(queue::lease::release(&inner.pool, &fence)).await {
                     tracing::warn!(%error, lease = %fence.lease, "could not give a unit back ({error}); its lease will expire");
                 }
             }
@@ -404,7 +433,13 @@ impl Inner {
             return Ok(());
         }
         let from = Instant::now();
-        let lost = queue::lease::renew_leases(&self.pool, &[lease], self.config.lease).await?;
+        let lost = self
+            .db(queue::lease::renew_leases(
+                &self.pool,
+                &[lease],
+                self.config.lease,
+            ))
+            .await?;
         if lost.is_empty() {
             self.renewed(&[lease], &[], from);
         } else {
@@ -417,9 +452,17 @@ impl Inner {
         }
     }
 
+    /// One database call, bounded ([`bounded::call`]).
+    async fn db<T, E: From<sqlx::Error>>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        bounded::call(self.config.call_bound(), call).await
+    }
+
     async fn release(&self, fence: Fence) {
         self.untrack(fence.lease);
-        if let Err(error) = queue::lease::release(&self.pool, &fence).await {
+        if let Err(error) = self.db(queue::lease::release(&self.pool, &fence)).await {
             tracing::warn!(%error, lease = %fence.lease, "could not release a unit ({error}); its lease will expire");
         }
     }
@@ -451,11 +494,14 @@ const CLAIMER_IDLE_POLL: Duration = Duration::from_millis(200);
 async fn claimer(
     worker: Worker,
     wake: Arc<tokio::sync::Notify>,
+    wakeups: Arc<wakeup::Wakeups>,
     claims: Arc<bounded::ClaimWatch>,
     stop: CancellationToken,
 ) {
     let inner = &worker.inner;
     let mut nudged = true;
+    // The poll (not a notification) started the next claim.
+    let mut by_poll = false;
     let mut failures = 0u32;
     loop {
         if stop.is_cancelled() {
@@ -468,9 +514,9 @@ async fn claimer(
         if inner.health.is_paused() || !claim_now || recording_stuck {
             claims.settled();
             tokio::select! {
-                _ = wake.notified() => nudged = true,
-                _ = inner.buffer.drained.notified() => {}
-                _ = tokio::time::sleep(CLAIMER_IDLE_POLL) => {}
+                _ = wake.notified() => { nudged = true; by_poll = false }
+                _ = inner.buffer.drained.notified() => by_poll = false,
+                _ = tokio::time::sleep(CLAIMER_IDLE_POLL) => by_poll = false,
                 _ = stop.cancelled() => return,
             }
             continue;
@@ -481,9 +527,16 @@ async fn claimer(
         claims.attempting();
         let options = worker.claim_options(wanted);
         let claimed = bounded::claim(&inner.pool, &options, inner.config.claim_timeout).await;
-        if claimed.is_ok() {
+        if let Ok(units) = &claimed {
             claims.settled();
+            if wakeups.claimed(!units.is_empty(), by_poll) {
+                tracing::warn!("{}", wakeup::SILENT);
+                inner
+                    .health
+                    .note(crate::metrics::Note::Wakeups, wakeup::SILENT);
+            }
         }
+        by_poll = false;
         match claimed {
             Ok(units) if !units.is_empty() => {
                 if failures > 0 {
@@ -534,7 +587,7 @@ async fn claimer(
         tokio::select! {
             _ = wake.notified() => nudged = true,
             _ = inner.buffer.drained.notified() => {}
-            _ = tokio::time::sleep(inner.config.poll_interval) => nudged = true,
+            _ = tokio::time::sleep(inner.config.poll_interval) => { nudged = true; by_poll = true }
             _ = stop.cancelled() => return,
         }
     }

@@ -124,8 +124,14 @@ pub async fn pause_fleet(inner: &Inner, detail: &str) {
     inner.pacer.pause_for(pause);
     if inner.config.budget.shared && inner.config.budget.per_minute > 0 {
         let name = &inner.config.budget.name;
-        if let Err(error) =
-            queue::budget::pause(&inner.pool, name, pause, queue::budget::PauseReason::Outage).await
+        if let Err(error) = inner
+            .db(queue::budget::pause(
+                &inner.pool,
+                name,
+                pause,
+                queue::budget::PauseReason::Outage,
+            ))
+            .await
         {
             tracing::warn!(%error, "could not share the outage pause through Postgres: {error}");
         }

@@ -84,7 +84,13 @@ pub(super) async fn released(
          be sent within the shutdown grace",
         job_list(&unit.job_ids())
     );
-    lease::release_jobs(&inner.pool, &unit.fence(), release_unit).await?;
+    inner
+        .db(lease::release_jobs(
+            &inner.pool,
+            &unit.fence(),
+            release_unit,
+        ))
+        .await?;
     inner
         .metrics
         .record_outcome("released", unit.jobs.len() as u64);
@@ -123,7 +129,15 @@ pub(super) async fn dead_letter_expired(
         job_list(&ids)
     );
     let record = DeadLetterRecord::new(DeadReason::Expired, note.to_json().to_string());
-    lease::dead_letter(&inner.pool, fence, Some(&ids), &record, last).await?;
+    inner
+        .db(lease::dead_letter(
+            &inner.pool,
+            fence,
+            Some(&ids),
+            &record,
+            last,
+        ))
+        .await?;
     count_dead_lettered(inner, DeadReason::Expired, ids.len());
     Ok(())
 }
@@ -138,7 +152,15 @@ pub(super) async fn dead_letter_alone(
     let job = alone.head();
     let attempts = (attempt_of(alone), job.max_attempts);
     let record = dead_letter_record(reason, failed, attempts, alone.clock.now());
-    lease::dead_letter(&inner.pool, &alone.fence(), Some(&[job.id]), &record, false).await?;
+    inner
+        .db(lease::dead_letter(
+            &inner.pool,
+            &alone.fence(),
+            Some(&[job.id]),
+            &record,
+            false,
+        ))
+        .await?;
     count_dead_lettered(inner, reason, 1);
     Ok(())
 }
@@ -301,7 +323,15 @@ async fn ran_out_per_job(
             job.id,
             failed.detail
         );
-        lease::dead_letter(&inner.pool, &unit.fence(), Some(&[job.id]), &record, false).await?;
+        inner
+            .db(lease::dead_letter(
+                &inner.pool,
+                &unit.fence(),
+                Some(&[job.id]),
+                &record,
+                false,
+            ))
+            .await?;
         count_dead_lettered(inner, *reason, 1);
     }
     retried(
@@ -380,16 +410,17 @@ async fn retried(
     }
     .to_json();
     let fence = unit.fence();
-    lease::retry_jobs(
-        &inner.pool,
-        &fence,
-        after,
-        &note,
-        spend_attempt,
-        release_unit,
-        patch_sent(&failed, inner),
-    )
-    .await?;
+    inner
+        .db(lease::retry_jobs(
+            &inner.pool,
+            &fence,
+            after,
+            &note,
+            spend_attempt,
+            release_unit,
+            patch_sent(&failed, inner),
+        ))
+        .await?;
     inner.metrics.record_outcome(
         &format!("retry:{}", failure_label(&failed.failure)),
         unit.jobs.len() as u64,
@@ -422,7 +453,15 @@ async fn dead_lettered(
     );
     let attempts = (attempt.attempts, attempt.max_attempts);
     let record = dead_letter_record(reason, failed, attempts, unit.clock.now());
-    lease::dead_letter(&inner.pool, &unit.fence(), None, &record, release_unit).await?;
+    inner
+        .db(lease::dead_letter(
+            &inner.pool,
+            &unit.fence(),
+            None,
+            &record,
+            release_unit,
+        ))
+        .await?;
     let jobs = unit.jobs.len();
     count_dead_lettered(inner, reason, jobs);
     Ok(UnitOutcome::DeadLettered { reason, jobs })
@@ -451,7 +490,13 @@ async fn paused(
     );
     super::maintenance::remember_pause(inner, unit, status, failed.target);
     inner.health.fail(reason);
-    lease::release_jobs(&inner.pool, &unit.fence(), release_unit).await?;
+    inner
+        .db(lease::release_jobs(
+            &inner.pool,
+            &unit.fence(),
+            release_unit,
+        ))
+        .await?;
     for waiting in inner.buffer.take_all() {
         inner.release(waiting.fence()).await;
     }

@@ -75,6 +75,8 @@ pub struct Pacer {
 
 struct SharedSlots {
     pool: PgPool,
+    /// How long a call to the shared budget may take before it is abandoned.
+    call_bound: Duration,
     name: String,
     slots: tokio::sync::Mutex<Vec<Instant>>,
     chunk: u32,
@@ -102,6 +104,7 @@ impl Pacer {
         let shared = match (per_minute, budget.shared, pool) {
             (Some(n), true, Some(pool)) => Some(SharedSlots {
                 pool,
+                call_bound: super::config::DEFAULT_STATEMENT_TIMEOUT + super::CALL_MARGIN,
                 name: budget.name.clone(),
                 slots: tokio::sync::Mutex::new(Vec::new()),
                 chunk: (n.get() / 6_000).max(1),
@@ -120,6 +123,14 @@ impl Pacer {
             probe: Mutex::new(PauseProbe::default()),
             shared,
             stats: PacerStats::default(),
+        }
+    }
+
+    /// Bounds each call to the shared budget in Postgres by `bound` (a call not answered by
+    /// then is abandoned: the pacer paces locally meanwhile).
+    pub(crate) fn bound_calls(&mut self, bound: Duration) {
+        if let Some(shared) = &mut self.shared {
+            shared.call_bound = bound;
         }
     }
 
@@ -220,7 +231,8 @@ impl Pacer {
         }
         self.pause_for(pause);
         if let Some(shared) = &self.shared {
-            let _ = queue::budget::pause(&shared.pool, &shared.name, pause, reason).await;
+            let pausing = queue::budget::pause(&shared.pool, &shared.name, pause, reason);
+            let _ = super::bounded::call(shared.call_bound, pausing).await;
         }
     }
 
@@ -350,7 +362,9 @@ impl SharedSlots {
                 .unwrap_or_else(Instant::now);
             slots.retain(|slot| *slot >= stale);
             if slots.is_empty() {
-                match queue::budget::reserve(&self.pool, &self.name, self.chunk, interval).await {
+                let reserving =
+                    queue::budget::reserve(&self.pool, &self.name, self.chunk, interval);
+                match super::bounded::call(self.call_bound, reserving).await {
                     Ok(reserved) => *slots = reserved,
                     Err(error) => {
                         tracing::warn!(%error, "the shared budget is unavailable ({error}); pacing locally");

@@ -137,7 +137,8 @@ async fn split(calls: &mut Calls<'_>, unit: &Unit, target: Target) -> Result<Uni
             .await
             .map_err(Stop::Queue),
         Some(Halt::Broken(stop)) => Err(stop),
-        None if ends_unit => crate::queue::lease::end_lease(&inner.pool, unit.lease)
+        None if ends_unit => inner
+            .db(crate::queue::lease::end_lease(&inner.pool, unit.lease))
             .await
             .map_err(Stop::Queue),
         None => Ok(()),

@@ -194,6 +194,17 @@ impl Cluster {
         self.running = true;
     }
 
+    /// Promotes a standby to primary (`pg_ctl promote`, waiting until it is done).
+    pub fn promote(&self) {
+        let mut promote = as_postgres(&self.bin.join("pg_ctl"));
+        promote
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-w", "-t", "60", "promote"])
+            .stdout(Stdio::null());
+        run(promote, "pg_ctl promote");
+    }
+
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)

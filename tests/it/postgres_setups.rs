@@ -1,6 +1,8 @@
 //! pdq against the Postgres setups users run: a TLS-only server (every sslmode, a wrong CA,
-//! client certificates), PgBouncer, a connection budget, a silent connection, a standby.
-//! Private clusters and poolers listen on 25450-25469 and are removed afterwards.
+//! client certificates), PgBouncer (session and transaction mode), a connection budget, a
+//! silent connection and a blackholed Postgres, a standby, a failover to a synchronous
+//! standby. Private clusters, poolers and workers' metrics listen on 25450-25469, the TCP
+//! proxies on 25480-25489; all are removed afterwards.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -657,4 +659,534 @@ async fn a_hot_standby_is_named_by_doctor_and_run_and_async_replication_is_warne
     );
     drop(standby);
     primary.stop();
+}
+
+/// `pdq run` as a child process with its log in a file, killed when dropped.
+struct Running {
+    child: KillOnDrop,
+    log: std::path::PathBuf,
+    metrics: String,
+}
+
+impl Running {
+    fn spawn(app: &TestApp, url: &str, metrics_port: u16, env: &[(&str, &str)]) -> Running {
+        let log = std::env::temp_dir().join(format!(
+            "pdq-run-{metrics_port}-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let metrics = format!("127.0.0.1:{metrics_port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_pdq"))
+            .args(["run", "--metrics-addr", &metrics])
+            .env("DATABASE_URL", url)
+            .envs(app.emulator.client_env())
+            .env("PDQ_RATE_LIMIT", "0")
+            .env("PDQ_EXECUTORS", "4")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start pdq run");
+        Running {
+            child: KillOnDrop(child),
+            log,
+            metrics,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `/healthz`: status and body (0 when it does not answer within 2 s).
+    async fn healthz(&self) -> (u16, String) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        match client
+            .get(format!("http://{}/healthz", self.metrics))
+            .send()
+            .await
+        {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.text().await.unwrap_or_default())
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    async fn started(&self) -> bool {
+        wait_until(Duration::from_secs(30), || async {
+            self.log_text().contains("pdq worker running")
+        })
+        .await
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Jobs `{"n": "<first+i>"}` for `n` fresh customers, enqueued directly; their targets.
+async fn jobs_for_new_customers(
+    app: &TestApp,
+    first: usize,
+    n: usize,
+) -> Vec<(uuid::Uuid, uuid::Uuid, String)> {
+    let mut targets = Vec::new();
+    for i in first..first + n {
+        let (c, pid) = app.customer_conversation();
+        let value = i.to_string();
+        app.enqueue(crate::app::job(
+            pdq::queue::Locators::ids(c.id, pid),
+            serde_json::json!({ "n": value }),
+        ))
+        .await;
+        targets.push((c.id, pid, value));
+    }
+    targets
+}
+
+/// Whether the emulator's PATCH history shows every target's value applied.
+fn all_applied(app: &TestApp, targets: &[(uuid::Uuid, uuid::Uuid, String)]) -> bool {
+    targets
+        .iter()
+        .all(|(cid, pid, value)| crate::app::values_sent(app, *cid, *pid, "n").contains(value))
+}
+
+#[tokio::test]
+async fn a_blackholed_postgres_turns_healthz_red_and_the_worker_recovers_every_call_after_it() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    app.emulator.set_faults(Faults {
+        latency_ms: 50,
+        ..Faults::default()
+    });
+    let proxy = SilentProxy::start(25480).await;
+    let before = jobs_for_new_customers(&app, 0, 20).await;
+    let pdq = Running::spawn(
+        &app,
+        &proxy.url(&app.db.name),
+        25458,
+        &[
+            ("PDQ_CLAIM_TIMEOUT_SECS", "1"),
+            ("PDQ_STATEMENT_TIMEOUT_SECS", "2"),
+            ("PDQ_LEASE_SECS", "6"),
+            ("GENESYS_REQUEST_TIMEOUT_MS", "1000"),
+        ],
+    );
+    assert!(pdq.started().await, "{}", pdq.log_text());
+    let drained = wait_until(Duration::from_secs(30), || async {
+        all_applied(&app, &before) && app.db.count("pdq.jobs").await == 0
+    })
+    .await;
+    assert!(drained, "{}", pdq.log_text());
+    assert_eq!(pdq.healthz().await.0, 200, "{}", pdq.log_text());
+
+    // Hold the recording of the next jobs on the server (a lock on pdq.finished_jobs), go
+    // silent, then let it finish: its answer never comes back.
+    let mut blocker = app.db.pool.begin().await.unwrap();
+    sqlx::query("lock table pdq.finished_jobs in exclusive mode")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let during = jobs_for_new_customers(&app, 100, 10).await;
+    let waiting = wait_until(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_activity
+             where datname = $1 and wait_event_type = 'Lock' and query like '%archived as%'",
+        )
+        .bind(&app.db.name)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+            > 0
+    })
+    .await;
+    assert!(waiting, "recording waits on the lock: {}", pdq.log_text());
+    proxy.freeze(true);
+    blocker.rollback().await.unwrap();
+
+    // While Postgres is silent, /healthz turns red within a bound and stays red.
+    let red = wait_until(Duration::from_secs(20), || async {
+        pdq.healthz().await.0 == 503
+    })
+    .await;
+    assert!(
+        red,
+        "healthz stayed ok while Postgres was silent: {}",
+        pdq.log_text()
+    );
+    for _ in 0..10 {
+        let (status, body) = pdq.healthz().await;
+        assert_eq!(
+            status, 503,
+            "healthz said ok while Postgres was silent: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // New connections work again (the old ones stay silent): every job is applied and
+    // recorded, those enqueued now too, and /healthz is green again.
+    proxy.lift();
+    let after = jobs_for_new_customers(&app, 200, 10).await;
+    let recovered = wait_until(Duration::from_secs(90), || async {
+        all_applied(&app, &during)
+            && all_applied(&app, &after)
+            && app.db.count("pdq.jobs").await == 0
+    })
+    .await;
+    let (status, body) = pdq.healthz().await;
+    assert!(
+        recovered,
+        "jobs left: {}, healthz {status} {body}\n{}",
+        app.db.count("pdq.jobs").await,
+        pdq.log_text()
+    );
+    let green = wait_until(Duration::from_secs(30), || async {
+        pdq.healthz().await.0 == 200
+    })
+    .await;
+    assert!(green, "{:?}", pdq.healthz().await);
+    let finished = app.db.count("pdq.finished_jobs").await;
+    assert_eq!(finished, 40, "every job recorded once");
+    drop(pdq);
+    app.db.drop_database().await;
+}
+
+/// Enqueues one job at a time and measures how long each takes from its INSERT to the
+/// emulator's PATCH; `gap` between them lets the worker find the queue empty.
+async fn pickup_times(app: &TestApp, first: usize, rounds: usize, gap: Duration) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for i in first..first + rounds {
+        let started = Instant::now();
+        let target = jobs_for_new_customers(app, i, 1).await;
+        let applied = wait_until(Duration::from_secs(15), || async {
+            all_applied(app, &target)
+        })
+        .await;
+        assert!(applied, "job {i} was not applied");
+        times.push(started.elapsed());
+        tokio::time::sleep(gap).await;
+    }
+    times.sort();
+    times
+}
+
+#[tokio::test]
+async fn through_a_transaction_pooler_the_listener_takes_its_direct_url_or_the_poll_runs_alone() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    // One server connection: sqlx names its prepared statements, which PgBouncer before 1.21
+    // cannot keep across server connections (README: Running against your Postgres).
+    let Some(bouncer) = Bouncer::start(25459, 5432, "transaction", "default_pool_size = 1") else {
+        return;
+    };
+    let pooled = bouncer.url(&app.db.name);
+    let direct = app.db.url();
+
+    // The worker's statements go through the pooler, LISTEN goes direct: new jobs are picked
+    // up by their notification, long before the (slow) poll.
+    let listening = Running::spawn(
+        &app,
+        &pooled,
+        25460,
+        &[
+            ("PDQ_LISTEN_URL", &direct),
+            ("PDQ_POLL_INTERVAL_MS", "3000"),
+            ("PDQ_DB_CONNECTIONS", "1"),
+        ],
+    );
+    assert!(
+        listening.started().await,
+        "{}\n{}",
+        listening.log_text(),
+        bouncer.log()
+    );
+    let times = pickup_times(&app, 0, 6, Duration::from_millis(300)).await;
+    assert!(
+        times[times.len() / 2] < Duration::from_millis(800),
+        "pickup waited for the poll: {times:?}\n{}",
+        listening.log_text()
+    );
+    assert!(!listening.log_text().contains("wake-ups never arrive"));
+    assert_eq!(listening.healthz().await, (200, "ok\n".to_owned()));
+    drop(listening);
+    // A fresh pooler: the server connection keeps the named statements of the last client.
+    drop(bouncer);
+    let Some(bouncer) = Bouncer::start(25463, 5432, "transaction", "default_pool_size = 1") else {
+        return;
+    };
+
+    // Poll-only mode: nothing listens (a listener would hold the pool's one connection and
+    // starve the claimer), the short default poll picks the jobs up.
+    let polling = Running::spawn(
+        &app,
+        &bouncer.url(&app.db.name),
+        25461,
+        &[("PDQ_WAKEUP", "poll"), ("PDQ_DB_CONNECTIONS", "1")],
+    );
+    assert!(polling.started().await, "{}", polling.log_text());
+    let times = pickup_times(&app, 100, 6, Duration::from_millis(300)).await;
+    assert!(
+        times[times.len() / 2] < Duration::from_millis(800),
+        "{times:?}\n{}",
+        polling.log_text()
+    );
+    drop(polling);
+    drop(bouncer);
+    app.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_listen_through_a_transaction_pooler_never_fires_and_the_worker_says_so_once() {
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let Some(bouncer) = Bouncer::start(25462, 5432, "transaction", "") else {
+        return;
+    };
+    let through = pdq::db::connect_options(&bouncer.url(&app.db.name)).unwrap();
+    let listen_pool = pdq::db::connect(through, 1).await.unwrap();
+    let worker = app.worker(WorkerConfig {
+        poll_interval: Duration::from_millis(300),
+        ..fast()
+    });
+    worker.listen_through(listen_pool);
+    let health = worker.health();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(stop.clone()));
+
+    pickup_times(&app, 0, 6, Duration::from_millis(700)).await;
+    let said = wait_until(Duration::from_secs(10), || async {
+        health.notes().contains("wake-ups never arrive")
+    })
+    .await;
+    assert!(
+        said,
+        "notes: {:?}; healthz: {}",
+        health.notes(),
+        health.reason()
+    );
+    assert!(
+        health.notes().contains("--listen-url"),
+        "{}",
+        health.notes()
+    );
+    assert!(
+        !health.is_unhealthy(),
+        "a slow pickup is no failure: {}",
+        health.reason()
+    );
+
+    // /healthz stays 200 and carries the note; `pdq status` shows it beside the worker.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = pdq::metrics::router(worker.metrics(), worker.health());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let response = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body = response.text().await.unwrap();
+    assert!(
+        body.starts_with("ok\nnote: wake-ups never arrive"),
+        "{body}"
+    );
+    let shown = wait_until(Duration::from_secs(20), || async {
+        let status = pdq(&app.db.url(), &["status"]);
+        String::from_utf8_lossy(&status.stdout).contains("wake-ups never arrive")
+    })
+    .await;
+    assert!(
+        shown,
+        "{}",
+        String::from_utf8_lossy(&pdq(&app.db.url(), &["status"]).stdout)
+    );
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(40), running).await;
+    drop(bouncer);
+    app.db.drop_database().await;
+}
+
+/// A TCP proxy on loopback that forwards to one backend port at a time, as a virtual IP in
+/// front of a primary: [`SwitchProxy::switch`] resets every open connection and sends new
+/// ones to another port.
+struct SwitchProxy {
+    port: u16,
+    target: Arc<std::sync::atomic::AtomicU16>,
+    generation: Arc<AtomicU64>,
+}
+
+impl SwitchProxy {
+    async fn start(port: u16, target: u16) -> SwitchProxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let to = Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (targets, generations) = (to.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let port = targets.load(Ordering::SeqCst);
+                let generations = generations.clone();
+                let mine = generations.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    else {
+                        return;
+                    };
+                    let copying = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    let switched = async {
+                        while generations.load(Ordering::SeqCst) == mine {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = copying => {}
+                        _ = switched => {}
+                        _ = tokio::time::sleep(Duration::from_secs(180)) => {}
+                    }
+                });
+            }
+        });
+        SwitchProxy {
+            port,
+            target: to,
+            generation,
+        }
+    }
+
+    fn switch(&self, target: u16) {
+        self.target.store(target, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+#[tokio::test]
+async fn after_a_failover_to_a_synchronous_standby_every_committed_job_is_applied() {
+    let Some(mut primary) = Cluster::start(
+        25464,
+        "wal_level = replica\nmax_wal_senders = 4",
+        "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
+        |_| {},
+    ) else {
+        return;
+    };
+    let migrated = pdq(&primary.url(), &["migrate"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let standby = Cluster::standby_of(&primary, 25465);
+    let direct = pdq::db::connect(pdq::db::connect_options(&primary.url()).unwrap(), 1)
+        .await
+        .unwrap();
+    sqlx::query("alter system set synchronous_standby_names = '*'")
+        .execute(&direct)
+        .await
+        .unwrap();
+    sqlx::query("select pg_reload_conf()")
+        .execute(&direct)
+        .await
+        .unwrap();
+    let synchronous = wait_until(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_replication where sync_state = 'sync'",
+        )
+        .fetch_one(&direct)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+    assert!(synchronous, "the standby replicates synchronously");
+    direct.close().await;
+    let proxy = SwitchProxy::start(25482, primary.port).await;
+    let app = TestApp::new(EmulatorConfig::default()).await;
+    let worker = Running::spawn(
+        &app,
+        &proxy.url(),
+        25466,
+        &[
+            ("PDQ_CLAIM_TIMEOUT_SECS", "1"),
+            ("PDQ_STATEMENT_TIMEOUT_SECS", "2"),
+            ("PDQ_LEASE_SECS", "6"),
+            ("GENESYS_REQUEST_TIMEOUT_MS", "1000"),
+        ],
+    );
+    assert!(worker.started().await, "{}", worker.log_text());
+
+    // A producer inserts one job every 20 ms through the proxy and remembers the jobs whose
+    // INSERT returned (committed, and, with synchronous replication, on the standby too).
+    let producer_options = pdq::db::connect_options(&proxy.url()).unwrap();
+    let producing = CancellationToken::new();
+    let targets: Vec<(uuid::Uuid, uuid::Uuid)> = (0..400)
+        .map(|_| app.customer_conversation())
+        .map(|(c, pid)| (c.id, pid))
+        .collect();
+    let producer = tokio::spawn({
+        let (stop, targets) = (producing.clone(), targets.clone());
+        async move {
+            let mut committed = Vec::new();
+            let mut pool = None;
+            for (i, (cid, pid)) in targets.into_iter().enumerate() {
+                if stop.is_cancelled() {
+                    break;
+                }
+                if pool.is_none() {
+                    pool = pdq::db::connect(producer_options.clone(), 1).await.ok();
+                }
+                if let Some(db) = &pool {
+                    let job = crate::app::job(
+                        pdq::queue::Locators::ids(cid, pid),
+                        serde_json::json!({ "n": i.to_string() }),
+                    );
+                    let inserted =
+                        tokio::time::timeout(Duration::from_secs(2), pdq::queue::enqueue(db, &job))
+                            .await;
+                    match inserted {
+                        Ok(Ok(_)) => committed.push((cid, pid, i.to_string())),
+                        _ => pool = None,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            committed
+        }
+    });
+
+    // Mid-stream the primary dies, the standby is promoted and the address moves to it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    primary.stop();
+    standby.promote();
+    proxy.switch(standby.port);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    producing.cancel();
+    let committed = producer.await.unwrap();
+    assert!(committed.len() > 100, "{} committed", committed.len());
+
+    // Every job whose INSERT committed is applied (the emulator's PATCH history shows its
+    // value), those running at the failover after their lease.
+    let applied = wait_until(Duration::from_secs(60), || async {
+        all_applied(&app, &committed)
+    })
+    .await;
+    let missing: Vec<&String> = committed
+        .iter()
+        .filter(|(cid, pid, value)| !crate::app::values_sent(&app, *cid, *pid, "n").contains(value))
+        .map(|(_, _, value)| value)
+        .collect();
+    assert!(
+        applied,
+        "{} of {} committed jobs never applied: {missing:?}\n{}",
+        missing.len(),
+        committed.len(),
+        worker.log_text()
+    );
+    drop(worker);
+    drop(standby);
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use pdq::genesys::GenesysClient;
 use pdq::queue;
-use pdq::worker::{self, Api, Backoff, Budget, Worker, WorkerConfig};
+use pdq::worker::{self, Api, Backoff, Budget, Wakeup, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::Database;
@@ -46,6 +46,22 @@ pub struct RunArgs {
     /// abandoned with the connection; three bounds without a claim turn /healthz red.
     #[arg(long, env = "PDQ_CLAIM_TIMEOUT_SECS", default_value_t = worker::DEFAULT_CLAIM_TIMEOUT.as_secs())]
     pub claim_timeout_secs: u64,
+    /// Server-side statement_timeout of the worker's sessions, in seconds; any other call
+    /// to Postgres not answered within this plus 5 s is abandoned with its connection.
+    #[arg(long, env = "PDQ_STATEMENT_TIMEOUT_SECS", default_value_t = worker::DEFAULT_STATEMENT_TIMEOUT.as_secs())]
+    pub statement_timeout_secs: u64,
+    /// How new jobs wake the worker: `listen` (LISTEN pdq_jobs, with a poll as safety net)
+    /// or `poll` (the poll only: through a transaction pooler without a direct connection).
+    #[arg(long, env = "PDQ_WAKEUP", value_enum, default_value_t = WakeupArg::Listen)]
+    pub wakeup: WakeupArg,
+    /// How often the worker looks for due jobs besides wake-ups, in milliseconds [default:
+    /// 1000 with --wakeup listen, 100 with --wakeup poll].
+    #[arg(long, env = "PDQ_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: Option<u64>,
+    /// A direct connection to Postgres for LISTEN, when DATABASE_URL goes through a
+    /// transaction pooler (where notifications never arrive); same TLS rules.
+    #[arg(long, env = "PDQ_LISTEN_URL", hide_env_values = true)]
+    pub listen_url: Option<String>,
     /// How long an external tag may stay unfindable before conversation_not_found, in seconds.
     #[arg(long, env = "PDQ_LOOKUP_WINDOW_SECS", default_value_t = worker::DEFAULT_LOOKUP_WINDOW.as_secs())]
     pub lookup_window_secs: u64,
@@ -72,6 +88,15 @@ pub struct RunArgs {
     pub console: Option<SocketAddr>,
 }
 
+/// `--wakeup`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WakeupArg {
+    /// LISTEN pdq_jobs, with a poll as safety net.
+    Listen,
+    /// The poll only.
+    Poll,
+}
+
 /// Whole days in a default duration, for the `*_DAYS` flags.
 fn days(duration: Duration) -> u64 {
     duration.as_secs() / 86_400
@@ -87,6 +112,16 @@ impl RunArgs {
             lease: Duration::from_secs(self.lease_secs.max(5)),
             lookup_window: Duration::from_secs(self.lookup_window_secs),
             claim_timeout: Duration::from_secs(self.claim_timeout_secs.max(1)),
+            statement_timeout: Duration::from_secs(self.statement_timeout_secs.max(1)),
+            wakeup: match self.wakeup {
+                WakeupArg::Listen => Wakeup::Listen,
+                WakeupArg::Poll => Wakeup::Poll,
+            },
+            poll_interval: match (self.poll_interval_ms, self.wakeup) {
+                (Some(ms), _) => Duration::from_millis(ms.max(10)),
+                (None, WakeupArg::Listen) => worker::DEFAULT_POLL_INTERVAL,
+                (None, WakeupArg::Poll) => worker::DEFAULT_POLL_ONLY_INTERVAL,
+            },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             retention: Duration::from_secs(self.retention_days * 86_400),
             dead_letter_retention: Duration::from_secs(self.dead_letter_retention_days * 86_400),
@@ -111,7 +146,9 @@ async fn warn_about_async_standbys(pool: &sqlx::PgPool) {
             let names = standbys.join(", ");
             tracing::warn!(
                 standbys = %names,
-                "the primary replicates asynchronously to {names}: a failover to one of them can                  lose jobs whose INSERT succeeded and send older values over newer ones; use                  synchronous replication (synchronous_standby_names) or accept that window"
+                "the primary replicates asynchronously to {names}: a failover to one of them can \
+                 lose jobs whose INSERT succeeded and send older values over newer ones; use \
+                 synchronous replication (synchronous_standby_names) or accept that window"
             );
         }
     }
@@ -134,15 +171,37 @@ pub async fn run(
     config
         .check_timing(request_timeout)
         .map_err(|problem| Failed::error(Exit::Usage, problem))?;
-    let pool =
-        pdq::db::connect(options, db.connections(pdq::db::DEFAULT_WORKER_CONNECTIONS)).await?;
+    if args.listen_url.is_some() && args.wakeup == WakeupArg::Poll {
+        return Err(Failed::error(
+            Exit::Usage,
+            "--listen-url needs --wakeup listen (with --wakeup poll nothing listens)",
+        ));
+    }
+    let pool = pdq::db::connect_bounded(
+        options,
+        db.connections(pdq::db::DEFAULT_WORKER_CONNECTIONS),
+        config.statement_timeout,
+    )
+    .await?;
     pdq::db::check_primary(&pool).await?;
     pdq::db::check_schema(&pool).await?;
     warn_about_async_standbys(&pool).await;
+    let listen_pool = match &args.listen_url {
+        Some(url) => {
+            let listen = pdq::db::connect(pdq::db::connect_options(url)?, 1).await?;
+            pdq::db::check_primary(&listen).await?;
+            pdq::db::check_schema(&listen).await?;
+            Some(listen)
+        }
+        None => None,
+    };
     if let Some(addr) = args.console {
         super::console::spawn_read_only(db, addr, shutdown.clone()).await?;
     }
     let worker = Worker::new(pool, Api::new(client), config);
+    if let Some(listen) = listen_pool {
+        worker.listen_through(listen);
+    }
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;

@@ -221,6 +221,13 @@ fn print_workers(status: &QueueStatus) {
     if status.workers.iter().any(|w| w.pause_reason.is_some()) {
         println!("a paused worker tries again at once after: pdq budget resume");
     }
+    for worker in status.workers.iter().filter(|w| w.is_alive()) {
+        if let Some(notice) = &worker.notice {
+            for line in notice.lines() {
+                println!("{}: {}", worker.name, output::visible(line));
+            }
+        }
+    }
 }
 
 /// Participants whose due jobs wait behind one that cannot run yet.
