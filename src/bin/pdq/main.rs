@@ -17,6 +17,7 @@ use cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let command = explain(Cli::command());
     let cli = match Cli::from_arg_matches(&command.get_matches()) {
         Ok(cli) => cli,
@@ -40,6 +41,24 @@ async fn main() -> ExitCode {
             exit.status()
         }
     }
+}
+
+/// A reader that stops early (`pdq jobs list | head -1`) closes stdout: the print that then
+/// fails ends the process quietly with success, as the reader asked, instead of a panic.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 /// Adds the exit-code table to every help page, and shows an environment variable's value

@@ -47,7 +47,7 @@ pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Re
     let mut scratch = ScratchDatabase::create(admin_url, &prefix, 24)
         .await
         .map_err(|error| match error {
-            pdq::db::Error::Connect(_) => anyhow::Error::new(error).context(
+            pdq::db::Error::Connect { .. } => anyhow::Error::new(error).context(
                 "no Postgres answered (DATABASE_URL or 127.0.0.1:5432): start one, e.g. `docker compose up -d postgres`",
             ),
             other => other.into(),

@@ -1,0 +1,342 @@
+//! What a newcomer meets first: exit codes as the README's table says, errors that name what
+//! is missing, quiet ends on a closed pipe, refused out-of-range flags, a worker that checks
+//! its credentials at start.
+
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::TestDb;
+
+/// The built binary with no database and quiet logs; callers add what they need.
+fn pdq_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pdq"));
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("PDQ_BACKFILL_SHARE")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+fn pdq_on(db: &TestDb, args: &[&str]) -> Output {
+    pdq_command(args)
+        .env("DATABASE_URL", db.url())
+        .output()
+        .expect("run pdq")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The code the README's "### Exit codes" table gives the row whose meaning contains
+/// `meaning`.
+fn documented_code(meaning: &str) -> i32 {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("### Exit codes")
+        .nth(1)
+        .expect("the README has an exit-code table");
+    let rows: Vec<(i32, &str)> = table
+        .lines()
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .filter_map(|line| {
+            let mut cells = line.trim_matches('|').split('|').map(str::trim);
+            Some((cells.next()?.parse().ok()?, cells.next()?))
+        })
+        .collect();
+    let found: Vec<i32> = rows
+        .iter()
+        .filter(|(_, text)| text.contains(meaning))
+        .map(|(code, _)| *code)
+        .collect();
+    assert_eq!(found.len(), 1, "one README row says {meaning:?}: {rows:?}");
+    found[0]
+}
+
+/// Asserts that `output` exited with the code the README documents for `meaning`.
+fn assert_documented(output: &Output, meaning: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(documented_code(meaning)),
+        "expected the code for {meaning:?}: {output:?}"
+    );
+}
+
+#[tokio::test]
+async fn jobs_show_of_an_unknown_job_exits_with_the_not_found_code() {
+    let db = TestDb::new().await;
+    let missing = pdq_on(&db, &["jobs", "show", "999999"]);
+    assert_documented(&missing, "does not exist");
+    assert!(
+        stderr(&missing).contains("no job with id 999999"),
+        "{missing:?}"
+    );
+    let by_key = pdq_on(&db, &["jobs", "show", "--key", "never-queued"]);
+    assert_documented(&by_key, "does not exist");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn dlq_show_of_an_unknown_dead_letter_exits_with_the_not_found_code() {
+    let db = TestDb::new().await;
+    let missing = pdq_on(&db, &["dlq", "show", "999999"]);
+    assert_documented(&missing, "does not exist");
+    db.drop_database().await;
+}
+
+#[test]
+fn no_database_url_is_a_configuration_error() {
+    for args in [
+        &["status"][..],
+        &["jobs", "list"],
+        &["dlq", "list"],
+        &["migrate"],
+    ] {
+        let output = pdq_command(args).output().unwrap();
+        assert_documented(&output, "usage or configuration");
+        assert!(stderr(&output).contains("set DATABASE_URL"), "{output:?}");
+    }
+}
+
+#[tokio::test]
+async fn cancel_and_requeue_without_a_filter_are_usage_errors() {
+    let db = TestDb::new().await;
+    let cancel = pdq_on(&db, &["jobs", "cancel"]);
+    assert_documented(&cancel, "usage or configuration");
+    assert!(stderr(&cancel).contains("--all"), "{cancel:?}");
+    let requeue = pdq_on(&db, &["dlq", "requeue"]);
+    assert_documented(&requeue, "usage or configuration");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn migrate_without_the_right_is_refused() {
+    let db = TestDb::new().await;
+    let role = format!("pdq_test_weak_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("create role {role} login"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&db.url()).unwrap();
+    url.set_username(&role).unwrap();
+    let output = pdq_command(&["migrate"])
+        .env("DATABASE_URL", url.as_str())
+        .output()
+        .unwrap();
+    sqlx::query(&format!("drop role {role}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_documented(&output, "a missing permission or grant");
+    let text = stderr(&output);
+    assert!(
+        text.contains("permission denied") && text.contains("owner"),
+        "{text}"
+    );
+    db.drop_database().await;
+}
+
+#[test]
+fn cannot_connect_names_the_host_and_port_it_tried() {
+    // Nothing listens on this port (the range these tests may use).
+    let output = pdq_command(&["status"])
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:25499/postgres",
+        )
+        .output()
+        .unwrap();
+    assert_documented(&output, "Postgres cannot be reached");
+    let text = stderr(&output);
+    assert!(text.contains("127.0.0.1:25499"), "{text}");
+}
+
+#[test]
+fn doctor_with_no_settings_names_the_missing_database() {
+    let output = pdq_command(&["doctor"])
+        .env_remove("GENESYS_REGION")
+        .env_remove("GENESYS_API_URL")
+        .env_remove("GENESYS_CLIENT_ID")
+        .output()
+        .unwrap();
+    assert_documented(&output, "usage or configuration");
+    let text = stdout(&output);
+    assert!(
+        text.contains("database") && text.contains("DATABASE_URL"),
+        "{text}"
+    );
+}
+
+/// Runs `command` with its stdout already closed by the reader, as `| head -1` does.
+fn with_closed_stdout(mut command: Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut text = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let status = child.wait().unwrap();
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: text.into_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn every_command_ends_quietly_on_a_closed_pipe() {
+    let db = TestDb::new().await;
+    for n in 0..5 {
+        let enqueued = pdq_on(
+            &db,
+            &[
+                "enqueue",
+                "--conversation-id",
+                &format!("6f1c2d3e-0000-4000-8000-00000000000{n}"),
+                "--attr",
+                "tier=gold",
+            ],
+        );
+        assert!(enqueued.status.success(), "{enqueued:?}");
+    }
+    let commands: [&[&str]; 9] = [
+        &["jobs", "list"],
+        &["jobs", "list", "--json"],
+        &["jobs", "show", "1"],
+        &["status"],
+        &["dlq", "list"],
+        &["migrate"],
+        &["--help"],
+        &["man"],
+        &["completions", "bash"],
+    ];
+    for args in commands {
+        let mut command = pdq_command(args);
+        command.env("DATABASE_URL", db.url());
+        let output = with_closed_stdout(command);
+        let text = stderr(&output);
+        assert!(
+            !text.contains("panicked") && !text.contains("Broken pipe"),
+            "{args:?}: {text}"
+        );
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {text}");
+    }
+    db.drop_database().await;
+}
+
+#[test]
+fn a_backfill_share_out_of_range_is_refused_with_the_range() {
+    for value in ["2", "-0.1", "half"] {
+        let output = pdq_command(&["run", &format!("--backfill-share={value}")])
+            .output()
+            .unwrap();
+        assert_documented(&output, "usage or configuration");
+        let text = stderr(&output);
+        assert!(text.contains("0.0 to 1.0"), "{value}: {text}");
+    }
+    let from_env = pdq_command(&["run"])
+        .env("PDQ_BACKFILL_SHARE", "1.5")
+        .output()
+        .unwrap();
+    assert_documented(&from_env, "usage or configuration");
+    assert!(stderr(&from_env).contains("0.0 to 1.0"), "{from_env:?}");
+}
+
+#[tokio::test]
+async fn migrate_says_what_it_applied_and_keeps_server_notices_out_of_the_log() {
+    let db = TestDb::new().await;
+    sqlx::query("drop schema pdq cascade")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let run = || {
+        pdq_command(&["migrate"])
+            .env("DATABASE_URL", db.url())
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let fresh = run();
+    assert!(fresh.status.success(), "{fresh:?}");
+    let text = stdout(&fresh);
+    assert!(!text.contains("up to date"), "{text}");
+    assert!(text.contains("applied"), "{text}");
+    let again = run();
+    assert!(again.status.success(), "{again:?}");
+    assert!(stdout(&again).contains("up to date"), "{again:?}");
+    for output in [&fresh, &again] {
+        let log = stderr(output);
+        assert!(
+            !log.contains("sqlx::postgres::notice") && !log.contains("already exists"),
+            "{log}"
+        );
+    }
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_pauses_the_worker_at_start() {
+    let db = TestDb::new().await;
+    let emulator = pdq::emulator::Emulator::start(pdq::emulator::EmulatorConfig::default())
+        .await
+        .unwrap();
+    let metrics = "127.0.0.1:25490";
+    let mut child = pdq_command(&["run", "--metrics-addr", metrics])
+        .env("DATABASE_URL", db.url())
+        .env("GENESYS_API_URL", emulator.base_url())
+        .env("GENESYS_CLIENT_ID", "pdq-demo")
+        .env("GENESYS_CLIENT_SECRET", "not-the-secret")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = None;
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(format!("http://{metrics}/healthz")).send().await {
+            seen = Some((response.status().as_u16(), response.text().await.unwrap()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let _ = child.wait();
+    let (status, body) = seen.expect("/healthz answered");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("invalid_client") && body.contains("GENESYS_CLIENT_SECRET"),
+        "the reason and the advice: {body}"
+    );
+    assert!(!log.contains("pdq worker running"), "{log}");
+    assert!(
+        log.contains("paused") && log.contains("invalid_client"),
+        "{log}"
+    );
+    assert!(!log.contains("not-the-secret"), "the secret never appears");
+    db.drop_database().await;
+}
