@@ -340,3 +340,122 @@ async fn a_wrong_client_secret_pauses_the_worker_at_start() {
     assert!(!log.contains("not-the-secret"), "the secret never appears");
     db.drop_database().await;
 }
+
+/// `pdq demo` on the local server with `args`, `RUST_LOG` unset.
+async fn demo(args: &'static [&'static str]) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pdq"))
+            .arg("demo")
+            .args(args)
+            .env("DATABASE_URL", crate::helpers::database_url())
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run pdq demo")
+    })
+    .await
+    .unwrap()
+}
+
+/// The two bad rows of the demo, by the constraint that refuses each.
+const DEMO_REFUSALS: [&str; 2] = [
+    "attribute_values_must_be_strings",
+    "attribute_keys_must_not_use_a_protected_prefix",
+];
+
+#[tokio::test]
+async fn the_demo_shows_progress_and_its_report_and_no_log_lines() {
+    let output = demo(&["--no-console"]).await;
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(output.status.success(), "{out}\n{err}");
+    assert!(err.contains("working: "), "progress: {err}");
+    assert!(
+        !err.contains(" INFO ") && !err.contains(" WARN ") && !err.contains("participant_busy"),
+        "no log lines without -v: {err}"
+    );
+    assert!(out.contains("== pdq demo report =="), "{out}");
+    for constraint in DEMO_REFUSALS {
+        assert!(
+            out.lines()
+                .any(|line| line.contains("refused by") && line.contains(constraint)),
+            "the row {constraint} refused is named: {out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_demo_json_is_one_document_that_names_each_refused_row_and_its_rule() {
+    let output = demo(&["--json", "-v", "--no-console"]).await;
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(output.status.success(), "{out}\n{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("one JSON document ({e}): {out}"));
+    let refused = report["refused_at_insert"]
+        .as_array()
+        .expect("the refused rows");
+    let constraints: Vec<&str> = refused
+        .iter()
+        .map(|row| row["constraint"].as_str().unwrap())
+        .collect();
+    assert_eq!(constraints, DEMO_REFUSALS, "{report}");
+    for row in refused {
+        assert!(row["attributes"].is_object(), "{row}");
+        assert!(!row["meaning"].as_str().unwrap().is_empty(), "{row}");
+    }
+    assert!(err.contains(" INFO "), "-v shows the log: {err}");
+}
+
+#[tokio::test]
+async fn a_hangup_drops_the_demo_database() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pdq"))
+        .args(["demo", "--json", "--no-console", "--timeout-secs", "60"])
+        .env("DATABASE_URL", crate::helpers::database_url())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let name = lines
+        .by_ref()
+        .take(20)
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("demo database: ").map(str::to_owned))
+        .expect("the demo names its database");
+    let admin = sqlx::PgPool::connect(&crate::helpers::database_url())
+        .await
+        .unwrap();
+    let exists = || async {
+        sqlx::query_scalar::<_, bool>("select exists (select from pg_database where datname = $1)")
+            .bind(&name)
+            .fetch_one(&admin)
+            .await
+            .unwrap()
+    };
+    assert!(exists().await, "{name} while the demo runs");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not stop on SIGHUP");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(status.code(), Some(129), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|line| line.contains("SIGHUP") && line.contains("dropped")),
+        "{rest:?}"
+    );
+    assert!(!exists().await, "{name} was dropped");
+    admin.close().await;
+}

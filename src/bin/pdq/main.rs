@@ -23,7 +23,9 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    telemetry::init(cli.log_format);
+    // The demo shows progress and its report; its log lines only with -v.
+    let quiet = matches!(&cli.command, Command::Demo(args) if !args.verbose);
+    telemetry::init(cli.log_format, if quiet { "error" } else { "info" });
     let json = cli.json;
     match dispatch(cli).await {
         Ok(code) => code,

@@ -12,8 +12,9 @@ const QUIET_NOTICES: &str = "sqlx::postgres::notice=warn";
 
 /// Installs the subscriber; logs go to stderr so tables and JSON on stdout stay clean.
 /// Colour only when stderr is a terminal and `NO_COLOR` is unset or empty.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `default` is the filter when `RUST_LOG` is unset (`info`; `error` for a quiet demo).
+pub fn init(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let filter = match std::env::var("RUST_LOG") {
         Ok(asked) if asked.contains("sqlx") => filter,
         _ => filter.add_directive(QUIET_NOTICES.parse().expect("a valid directive")),
