@@ -459,3 +459,133 @@ async fn a_hangup_drops_the_demo_database() {
     assert!(!exists().await, "{name} was dropped");
     admin.close().await;
 }
+
+/// `PUT /admin/faults` refuses unknown fields with a 400 that names each of them in JSON.
+#[tokio::test]
+async fn put_faults_refuses_unknown_fields_and_names_them() {
+    let emulator = pdq::emulator::Emulator::start(pdq::emulator::EmulatorConfig::default())
+        .await
+        .unwrap();
+    let url = format!("{}/admin/faults", emulator.base_url());
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let put = |body: &'static str| {
+        client
+            .put(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let misspelt = put(r#"{"error_rat":0.5,"latency_ms":20,"hang_rat":1}"#)
+        .await
+        .unwrap();
+    assert_eq!(misspelt.status(), 400);
+    assert!(misspelt.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let body: serde_json::Value = misspelt.json().await.unwrap();
+    assert_eq!(
+        body["unknown_fields"],
+        serde_json::json!(["error_rat", "hang_rat"]),
+        "{body}"
+    );
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("error_rat") && message.contains("hang_rat"),
+        "{body}"
+    );
+    assert!(
+        body["known_fields"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("error_rate")),
+        "{body}"
+    );
+    assert_eq!(
+        emulator.faults(),
+        pdq::emulator::Faults::default(),
+        "a refused PUT changes nothing"
+    );
+
+    let wrong_type = put(r#"{"error_rate":"high"}"#).await.unwrap();
+    assert_eq!(wrong_type.status(), 400);
+    let body: serde_json::Value = wrong_type.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("invalid"),
+        "{body}"
+    );
+    let not_json = put("error_rate=0.5").await.unwrap();
+    assert_eq!(not_json.status(), 400);
+    let body: serde_json::Value = not_json.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("not JSON"),
+        "{body}"
+    );
+
+    let good = put(r#"{"latency_ms":20}"#).await.unwrap();
+    assert_eq!(good.status(), 204);
+    assert_eq!(emulator.faults().latency_ms, 20);
+}
+
+/// `PATCH /admin/faults` changes only the fields given, where a PUT replaces the whole set.
+#[tokio::test]
+async fn patch_faults_merges_where_put_replaces() {
+    let emulator = pdq::emulator::Emulator::start(pdq::emulator::EmulatorConfig::default())
+        .await
+        .unwrap();
+    let url = format!("{}/admin/faults", emulator.base_url());
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let send = |method: reqwest::Method, body: &'static str| {
+        client
+            .request(method, &url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let put = send(reqwest::Method::PUT, r#"{"latency_ms":20}"#)
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    let patched = send(
+        reqwest::Method::PATCH,
+        r#"{"error_rate":0.1,"missing_permissions":true}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(patched.status(), 200);
+    let answered: serde_json::Value = patched.json().await.unwrap();
+    assert_eq!(answered["latency_ms"], 20, "kept: {answered}");
+    assert_eq!(answered["error_rate"], 0.1, "{answered}");
+    let faults = emulator.faults();
+    assert_eq!(
+        (
+            faults.latency_ms,
+            faults.error_rate,
+            faults.missing_permissions
+        ),
+        (20, 0.1, true)
+    );
+
+    let refused = send(reqwest::Method::PATCH, r#"{"latency":5}"#)
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["unknown_fields"], serde_json::json!(["latency"]));
+    assert_eq!(emulator.faults(), faults, "a refused PATCH changes nothing");
+
+    let replaced = send(reqwest::Method::PUT, r#"{"error_rate":0.2}"#)
+        .await
+        .unwrap();
+    assert_eq!(replaced.status(), 204);
+    let faults = emulator.faults();
+    assert_eq!(
+        (
+            faults.latency_ms,
+            faults.error_rate,
+            faults.missing_permissions
+        ),
+        (0, 0.2, false),
+        "PUT replaces the whole set"
+    );
+}
