@@ -589,3 +589,33 @@ async fn patch_faults_merges_where_put_replaces() {
         "PUT replaces the whole set"
     );
 }
+
+#[test]
+fn the_man_page_has_the_exit_codes() {
+    let page = pdq_command(&["man"]).output().unwrap();
+    assert!(page.status.success(), "{page:?}");
+    let text = stdout(&page);
+    let section = text
+        .split(".SH \"EXIT STATUS\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no EXIT STATUS section:\n{text}"));
+    for (code, meaning) in [
+        (0, "success"),
+        (2, "usage or configuration"),
+        (7, "does not exist"),
+    ] {
+        assert_eq!(documented_code(meaning), code);
+        assert!(
+            section.contains(&format!(".TP\n{code}\n")) && section.contains(meaning),
+            "{code} {meaning}:\n{section}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("pdq-man-{}", uuid::Uuid::new_v4().simple()));
+    let written = pdq_command(&["man", "--out-dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(written.status.success(), "{written:?}");
+    let main = std::fs::read_to_string(dir.join("pdq.1")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(main.contains(".SH \"EXIT STATUS\""), "{main}");
+}
