@@ -590,6 +590,127 @@ async fn patch_faults_merges_where_put_replaces() {
     );
 }
 
+/// The README's blocks marked `sh tested` and `sql tested`, in order, as one bash script: a
+/// SQL block goes to `psql "$DATABASE_URL"`.
+fn readme_tested_script() -> (String, usize) {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut script = String::new();
+    let mut blocks = 0;
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        let kind = match line.trim_end() {
+            "```sh tested" => "sh",
+            "```sql tested" => "sql",
+            _ => continue,
+        };
+        let body: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| !l.starts_with("```"))
+            .collect();
+        blocks += 1;
+        match kind {
+            "sh" => script.push_str(&body.join("\n")),
+            _ => script.push_str(&format!(
+                "psql \"$DATABASE_URL\" -v ON_ERROR_STOP=1 -q <<'PDQ_README_SQL'\n{}\nPDQ_README_SQL",
+                body.join("\n")
+            )),
+        }
+        script.push('\n');
+    }
+    (script, blocks)
+}
+
+/// "Your first job" runs as pasted: a fresh database, the emulator, a job inserted with psql,
+/// the worker, the value on the emulator and in `pdq jobs show`. Only the ports are moved to
+/// this suite's range.
+#[tokio::test]
+async fn the_readme_tested_blocks_run_as_written() {
+    use std::os::unix::process::CommandExt;
+    let (script, blocks) = readme_tested_script();
+    assert!(
+        blocks >= 6,
+        "the README's tested blocks: {blocks}\n{script}"
+    );
+    assert!(script.contains("pdq emulator") && script.contains("insert into pdq.jobs"));
+    let script = script
+        .replace("8710", "25493")
+        .replace("127.0.0.1:9187", "127.0.0.1:25494");
+    let db = TestDb::new().await;
+    sqlx::query("drop schema pdq cascade")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_pdq"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let dir = std::env::temp_dir().join(format!("pdq-readme-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(&dir)
+        .env("PATH", path)
+        .env("DATABASE_URL", db.url())
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .env_remove("GENESYS_REGION")
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bash");
+    let group = child.id();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let readers = std::thread::spawn(move || {
+        let (mut o, mut e) = (String::new(), String::new());
+        let stderr = std::thread::spawn(move || {
+            let _ = err.read_to_string(&mut e);
+            e
+        });
+        let _ = out.read_to_string(&mut o);
+        (o, stderr.join().unwrap())
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Whatever the script left running (it stops both itself; a failure may not).
+    let _ = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{group}")])
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.wait();
+    let (out, err) = readers.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let status =
+        status.unwrap_or_else(|| panic!("the README's blocks ran over 120 s\n{out}\n{err}"));
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    assert!(
+        out.contains(r#"{"orderStatus":"shipped"}"#),
+        "the value is on the emulator:\n{out}\n{err}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("job ") && l.ends_with(" applied")),
+        "pdq jobs show says applied:\n{out}\n{err}"
+    );
+    assert!(!err.contains("error:"), "{err}");
+    db.drop_database().await;
+}
+
 #[test]
 fn the_man_page_has_the_exit_codes() {
     let page = pdq_command(&["man"]).output().unwrap();

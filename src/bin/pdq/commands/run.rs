@@ -130,19 +130,30 @@ async fn warn_about_async_standbys(pool: &sqlx::PgPool) {
 
 /// Asks for a token before the first job: credentials the login refuses pause the worker at
 /// once (the reason with its advice), instead of running until a job arrives. An unreachable
-/// login host is left to the worker's outage handling.
+/// or slow login host (no answer within [`CREDENTIAL_CHECK_BOUND`]) is left to the worker's
+/// outage handling.
 async fn check_credentials(client: &GenesysClient) -> Option<String> {
-    match client.probe_token().await {
-        Err(error) if error.class() == pdq::genesys::Failure::Configuration => {
+    match tokio::time::timeout(CREDENTIAL_CHECK_BOUND, client.probe_token()).await {
+        Ok(Err(error)) if error.class() == pdq::genesys::Failure::Configuration => {
             Some(error.with_advice())
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             tracing::warn!(%error, "cannot check the credentials at start: {error}");
             None
         }
-        Ok(()) => None,
+        Err(_) => {
+            tracing::warn!(
+                "cannot check the credentials at start: the login host did not answer within {} s",
+                CREDENTIAL_CHECK_BOUND.as_secs()
+            );
+            None
+        }
+        Ok(Ok(())) => None,
     }
 }
+
+/// How long the start-up credential check waits for the login host.
+const CREDENTIAL_CHECK_BOUND: Duration = Duration::from_secs(5);
 
 /// Runs the worker until SIGINT or SIGTERM.
 pub async fn run(
