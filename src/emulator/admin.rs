@@ -198,10 +198,9 @@ fn faults_refused(error: FaultsError) -> Response {
     }
 }
 
-/// The body as JSON, or the 400 that says why it is not.
-fn json_body(body: &[u8]) -> Result<serde_json::Value, Response> {
-    serde_json::from_slice(body)
-        .map_err(|error| refused(format!("the body is not JSON: {error}"), None))
+/// The body as JSON, or why it is not.
+fn json_body(body: &[u8]) -> Result<serde_json::Value, String> {
+    serde_json::from_slice(body).map_err(|error| format!("the body is not JSON: {error}"))
 }
 
 /// `PUT /admin/faults`: replaces the whole fault set (fields not given take their defaults);
@@ -209,7 +208,7 @@ fn json_body(body: &[u8]) -> Result<serde_json::Value, Response> {
 async fn set_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let body = match json_body(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(message) => return refused(message, None),
     };
     match Faults::from_json(&body) {
         Ok(faults) => {
@@ -225,7 +224,7 @@ async fn set_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
 async fn merge_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let body = match json_body(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(message) => return refused(message, None),
     };
     let restart = ["storm_secs", "login_outage_secs"]
         .iter()
