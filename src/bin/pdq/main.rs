@@ -3,6 +3,8 @@
 mod cli;
 mod commands;
 #[cfg(test)]
+mod config_doc;
+#[cfg(test)]
 mod deploy_check;
 mod exit;
 mod genesys_args;
