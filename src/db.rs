@@ -30,8 +30,13 @@ pub enum Error {
     #[error("invalid database URL: {}", describe(.0))]
     InvalidUrl(sqlx::Error),
     /// Postgres refused or could not be reached.
-    #[error("cannot connect to Postgres: {}", describe(.0))]
-    Connect(sqlx::Error),
+    #[error("cannot connect to Postgres at {at}: {}", describe(.cause))]
+    Connect {
+        /// The host and port tried (`127.0.0.1:5432`, or a socket directory).
+        at: String,
+        /// What went wrong.
+        cause: sqlx::Error,
+    },
     /// A migration failed.
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -80,6 +85,12 @@ pub fn describe(error: &sqlx::Error) -> String {
         sqlx::Error::Tls(cause) => tls::describe(&cause.to_string()),
         other => other.to_string(),
     }
+}
+
+/// Maps a connection failure to [`Error::Connect`], naming the host and port `options` name.
+pub fn connect_error(options: &PgConnectOptions) -> impl FnOnce(sqlx::Error) -> Error {
+    let at = format!("{}:{}", options.get_host(), options.get_port());
+    move |cause| Error::Connect { at, cause }
 }
 
 /// Refuses a read-only standby ([`Error::Standby`]).
@@ -209,7 +220,8 @@ fn refuses_startup_options(error: &sqlx::Error) -> bool {
 }
 
 /// Opens a pool like [`connect`] whose sessions cancel any statement running longer than
-/// `statement_timeout` and end any transaction left idle that long; when the server refuses to set it at startup (a pooler), the pool
+/// `statement_timeout` and end any transaction left idle that long; when the server refuses to
+/// set it at startup (a pooler), the pool
 /// opens without it and says so (set it on the role instead: README, Running against your
 /// Postgres).
 pub async fn connect_bounded(
@@ -219,7 +231,7 @@ pub async fn connect_bounded(
 ) -> Result<PgPool, Error> {
     let bounded = with_statement_timeout(options.clone(), statement_timeout);
     match connect(bounded, max_connections).await {
-        Err(Error::Connect(error)) if refuses_startup_options(&error) => {
+        Err(Error::Connect { cause, .. }) if refuses_startup_options(&cause) => {
             tracing::warn!(
                 "the server refuses the options startup parameter (a pooler?): no \
                  statement_timeout is set on pdq's sessions (set it and \
@@ -236,12 +248,15 @@ pub async fn connect_bounded(
 /// Opens a pool eagerly, so a bad URL or a stopped server fails at once, with the real cause
 /// (one plain connection first: a pool would only say it timed out).
 pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, Error> {
-    let (probe, options) = tls::connect_one(&options).await.map_err(Error::Connect)?;
+    let (probe, options) = tls::connect_one(&options)
+        .await
+        .map_err(connect_error(&options))?;
     let _ = probe.close().await;
+    let failed = connect_error(&options);
     pool_options(max_connections)
         .connect_with(options)
         .await
-        .map_err(Error::Connect)
+        .map_err(failed)
 }
 
 /// Creates the `pdq` schema if needed and applies every pending migration.
@@ -250,7 +265,15 @@ pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<
 /// them), and through a transaction pooler: the whole run is one transaction (see
 /// `migration`).
 pub async fn migrate(options: &PgConnectOptions) -> Result<(), Error> {
-    let (mut conn, _) = tls::connect_one(options).await.map_err(Error::Connect)?;
+    migrate_counting(options).await.map(|_| ())
+}
+
+/// [`migrate`], returning the versions it applied, oldest first (none when the schema was
+/// already up to date).
+pub async fn migrate_counting(options: &PgConnectOptions) -> Result<Vec<i64>, Error> {
+    let (mut conn, _) = tls::connect_one(options)
+        .await
+        .map_err(connect_error(options))?;
     let result = migration::run(&mut conn).await;
     let _ = conn.close().await;
     result
@@ -288,7 +311,7 @@ impl ScratchDatabase {
         let name = format!("{prefix}{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnection::connect_with(&admin)
             .await
-            .map_err(Error::Connect)?;
+            .map_err(connect_error(&admin))?;
         sqlx::query(&format!("create database {name}"))
             .execute(&mut conn)
             .await?;

@@ -16,8 +16,8 @@ use sqlx::{Connection, PgConnection};
 use super::{Error, MIGRATOR};
 
 /// Creates the `pdq` schema if needed and applies every pending migration, all in one
-/// transaction on `conn`.
-pub(super) async fn run(conn: &mut PgConnection) -> Result<(), Error> {
+/// transaction on `conn`; returns the versions it applied, oldest first.
+pub(super) async fn run(conn: &mut PgConnection) -> Result<Vec<i64>, Error> {
     let mut tx = conn.begin().await?;
     for statement in [
         "select pg_advisory_xact_lock(hashtext('pdq.migrate'))",
@@ -60,6 +60,7 @@ pub(super) async fn run(conn: &mut PgConnection) -> Result<(), Error> {
         .filter(|m| !applied.iter().any(|(version, ..)| *version == m.version))
         .collect();
     pending.sort_by_key(|m| m.version);
+    let mut done = Vec::with_capacity(pending.len());
     for migration in pending {
         let started = Instant::now();
         sqlx::raw_sql(&migration.sql)
@@ -79,7 +80,8 @@ pub(super) async fn run(conn: &mut PgConnection) -> Result<(), Error> {
         .persistent(false)
         .execute(&mut *tx)
         .await?;
+        done.push(migration.version);
     }
     tx.commit().await?;
-    Ok(())
+    Ok(done)
 }

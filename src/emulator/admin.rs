@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -13,7 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::config::{ClientSpec, RateLimit};
-use super::faults::Faults;
+use super::faults::{Faults, FaultsError};
 use super::org::Shared;
 use super::state::{ConversationRec, ConversationSpec};
 
@@ -40,7 +41,10 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/admin/outage", post(outage))
         .route("/admin/requests", get(requests))
         .route("/admin/requests/log", get(request_log))
-        .route("/admin/faults", get(faults).put(set_faults))
+        .route(
+            "/admin/faults",
+            get(faults).put(set_faults).patch(merge_faults),
+        )
         .route("/admin/rate-limit", put(set_rate_limit))
         .route("/admin/tokens/revoke", post(revoke))
         .route("/admin/clients", post(add_client))
@@ -174,9 +178,61 @@ async fn faults(State(shared): State<Arc<Shared>>) -> Response {
     Json(shared.faults()).into_response()
 }
 
-async fn set_faults(State(shared): State<Arc<Shared>>, Json(faults): Json<Faults>) -> StatusCode {
-    shared.set_faults(faults);
-    StatusCode::NO_CONTENT
+/// A 400 with a JSON body: `{"error": "…"}`, plus the unknown and known fields when the
+/// body named fields no fault set has.
+fn refused(error: impl std::fmt::Display, fields: Option<(&[String], &[String])>) -> Response {
+    let mut body = json!({ "error": error.to_string() });
+    if let Some((unknown, known)) = fields {
+        body["unknown_fields"] = json!(unknown);
+        body["known_fields"] = json!(known);
+    }
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+fn faults_refused(error: FaultsError) -> Response {
+    match &error {
+        FaultsError::UnknownFields { unknown, known } => {
+            refused(&error, Some((unknown.as_slice(), known.as_slice())))
+        }
+        _ => refused(&error, None),
+    }
+}
+
+/// The body as JSON, or why it is not.
+fn json_body(body: &[u8]) -> Result<serde_json::Value, String> {
+    serde_json::from_slice(body).map_err(|error| format!("the body is not JSON: {error}"))
+}
+
+/// `PUT /admin/faults`: replaces the whole fault set (fields not given take their defaults);
+/// a storm and a login outage start now.
+async fn set_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let body = match json_body(&body) {
+        Ok(body) => body,
+        Err(message) => return refused(message, None),
+    };
+    match Faults::from_json(&body) {
+        Ok(faults) => {
+            shared.set_faults(faults);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(error) => faults_refused(error),
+    }
+}
+
+/// `PATCH /admin/faults`: changes only the fields given and answers the whole fault set; a
+/// storm or a login outage starts again only when its field is given.
+async fn merge_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let body = match json_body(&body) {
+        Ok(body) => body,
+        Err(message) => return refused(message, None),
+    };
+    let restart = ["storm_secs", "login_outage_secs"]
+        .iter()
+        .any(|field| body.get(field).is_some());
+    match shared.change_faults(|current| current.merged(&body).map(|merged| (merged, restart))) {
+        Ok(faults) => Json(faults).into_response(),
+        Err(error) => faults_refused(error),
+    }
 }
 
 async fn set_rate_limit(

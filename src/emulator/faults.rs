@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// What to inject into `/api/v2` requests (and `/oauth/token` with `include_oauth`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// Added latency in milliseconds.
     pub latency_ms: u64,
@@ -59,6 +59,65 @@ impl Default for Faults {
             missing_permissions: false,
             login_outage_secs: 0,
         }
+    }
+}
+
+/// Why a fault set in JSON was refused (the admin API answers 400 with it).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FaultsError {
+    /// The body is not a JSON object.
+    #[error("the faults must be a JSON object of fields")]
+    NotAnObject,
+    /// Fields no fault set has (misspelt ones, most often).
+    #[error("unknown fault field(s): {}; the fields are: {}", .unknown.join(", "), .known.join(", "))]
+    UnknownFields {
+        /// The fields refused.
+        unknown: Vec<String>,
+        /// Every field a fault set has.
+        known: Vec<String>,
+    },
+    /// A known field with a value of the wrong type.
+    #[error("invalid faults: {0}")]
+    Invalid(String),
+}
+
+impl Faults {
+    /// Every field a fault set has, in order.
+    pub fn field_names() -> Vec<String> {
+        match serde_json::to_value(Faults::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A whole fault set (`PUT`): fields not given take their defaults; every unknown field is
+    /// refused and named.
+    pub fn from_json(body: &serde_json::Value) -> Result<Faults, FaultsError> {
+        Faults::default().merged(body)
+    }
+
+    /// These faults with the fields `patch` gives replaced (`PATCH`); every unknown field is
+    /// refused and named.
+    pub fn merged(&self, patch: &serde_json::Value) -> Result<Faults, FaultsError> {
+        let serde_json::Value::Object(fields) = patch else {
+            return Err(FaultsError::NotAnObject);
+        };
+        let known = Faults::field_names();
+        let unknown: Vec<String> = fields
+            .keys()
+            .filter(|key| !known.contains(key))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(FaultsError::UnknownFields { unknown, known });
+        }
+        let mut merged = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        merged.extend(fields.clone());
+        serde_json::from_value(serde_json::Value::Object(merged))
+            .map_err(|error| FaultsError::Invalid(error.to_string()))
     }
 }
 

@@ -38,7 +38,7 @@ pub use config::{
 };
 use error::ApiError;
 pub use error::Error;
-pub use faults::Faults;
+pub use faults::{Faults, FaultsError};
 pub use org::{RequestCount, RequestRecord};
 pub use state::{
     AppliedPatch, ConversationSpec, CreatedConversation, CreatedParticipant, ParticipantSpec,
@@ -292,9 +292,24 @@ impl EmulatorHandle {
         self.shared().request_log()
     }
 
+    /// The injected faults (`GET /admin/faults`).
+    pub fn faults(&self) -> Faults {
+        self.shared().faults()
+    }
+
     /// Replaces the injected faults (a storm starts now).
     pub fn set_faults(&self, faults: Faults) {
         self.shared().set_faults(faults);
+    }
+
+    /// Changes only the fault fields `patch` (a JSON object) gives, as `PATCH /admin/faults`
+    /// does; returns the whole fault set.
+    pub fn merge_faults(&self, patch: &serde_json::Value) -> Result<Faults, FaultsError> {
+        let restart = ["storm_secs", "login_outage_secs"]
+            .iter()
+            .any(|field| patch.get(field).is_some());
+        self.shared()
+            .change_faults(|current| current.merged(patch).map(|merged| (merged, restart)))
     }
 
     /// Replaces the request budget (`None` = unlimited).

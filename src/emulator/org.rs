@@ -230,6 +230,22 @@ impl Shared {
         });
     }
 
+    /// Changes the injected faults in one step; a storm and a login outage start again only
+    /// when `change` says so (it set `storm_secs` or `login_outage_secs`).
+    pub(crate) fn change_faults<E>(
+        &self,
+        change: impl FnOnce(&Faults) -> Result<(Faults, bool), E>,
+    ) -> Result<Faults, E> {
+        self.with(|org| {
+            let (faults, restart) = change(&org.config.faults)?;
+            org.config.faults = faults.clone();
+            if restart {
+                org.restart_storm();
+            }
+            Ok(faults)
+        })
+    }
+
     /// Replaces the request budget (`None` = unlimited).
     pub(crate) fn set_rate_limit(&self, limit: Option<RateLimit>) {
         self.with(|org| org.config.rate_limit = limit);

@@ -10,6 +10,7 @@ mod hostile;
 mod http_edges;
 mod isolation;
 mod jobs;
+mod newcomer;
 mod observability;
 mod packaging;
 mod paths;

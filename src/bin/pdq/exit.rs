@@ -90,10 +90,16 @@ impl Exit {
             if let Some(db) = cause.downcast_ref::<pdq::db::Error>() {
                 return match db {
                     pdq::db::Error::InvalidUrl(_) => Exit::Usage,
-                    pdq::db::Error::Connect(_) | pdq::db::Error::Standby => Exit::Database,
+                    pdq::db::Error::Connect { .. } | pdq::db::Error::Standby => Exit::Database,
                     pdq::db::Error::NotMigrated
                     | pdq::db::Error::SchemaOlder { .. }
                     | pdq::db::Error::SchemaNewer { .. } => Exit::Schema,
+                    pdq::db::Error::Database(error)
+                    | pdq::db::Error::Migrate(sqlx::migrate::MigrateError::Execute(error))
+                    | pdq::db::Error::Migrate(sqlx::migrate::MigrateError::ExecuteMigration(
+                        error,
+                        _,
+                    )) => Exit::of_sqlx(error),
                     _ => Exit::Failure,
                 };
             }

@@ -3,6 +3,8 @@
 mod cli;
 mod commands;
 #[cfg(test)]
+mod config_doc;
+#[cfg(test)]
 mod deploy_check;
 mod exit;
 mod genesys_args;
@@ -17,12 +19,15 @@ use cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let command = explain(Cli::command());
     let cli = match Cli::from_arg_matches(&command.get_matches()) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    telemetry::init(cli.log_format);
+    // The demo shows progress and its report; its log lines only with -v.
+    let quiet = matches!(&cli.command, Command::Demo(args) if !args.verbose);
+    telemetry::init(cli.log_format, if quiet { "error" } else { "info" });
     let json = cli.json;
     match dispatch(cli).await {
         Ok(code) => code,
@@ -40,6 +45,24 @@ async fn main() -> ExitCode {
             exit.status()
         }
     }
+}
+
+/// A reader that stops early (`pdq jobs list | head -1`) closes stdout: the print that then
+/// fails ends the process quietly with success, as the reader asked, instead of a panic.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 /// Adds the exit-code table to every help page, and shows an environment variable's value

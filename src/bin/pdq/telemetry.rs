@@ -6,10 +6,19 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
+/// The server's notices (`schema "pdq" already exists, skipping`) are sqlx INFO events: kept
+/// out of the log unless `RUST_LOG` names sqlx.
+const QUIET_NOTICES: &str = "sqlx::postgres::notice=warn";
+
 /// Installs the subscriber; logs go to stderr so tables and JSON on stdout stay clean.
 /// Colour only when stderr is a terminal and `NO_COLOR` is unset or empty.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `default` is the filter when `RUST_LOG` is unset (`info`; `error` for a quiet demo).
+pub fn init(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(asked) if asked.contains("sqlx") => filter,
+        _ => filter.add_directive(QUIET_NOTICES.parse().expect("a valid directive")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -34,20 +34,26 @@ pub struct DemoArgs {
     /// Do not serve the console at the end (in a terminal it stays up until Ctrl-C).
     #[arg(long)]
     pub no_console: bool,
+    /// Also print the worker's log lines (otherwise progress and the report only; RUST_LOG
+    /// overrides).
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 /// Runs the demo; exits non-zero if any accepted update was lost, is still pending when the
-/// demo gives up, or is not visible.
+/// demo gives up, or is not visible. SIGINT, SIGTERM or SIGHUP (a closed terminal) stop it and
+/// drop its database (unless `--keep`).
 pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Result<ExitCode> {
     let admin_url = match db.url() {
         Some(url) if pdq::db::connect_options(url).is_ok() => url,
         _ => pdq::db::LOCAL_SERVER_URL,
     };
+    let mut interrupted = Interrupt::listen()?;
     let prefix = format!("pdq_demo_{}_", chrono::Utc::now().format("%Y%m%d_%H%M%S"));
     let mut scratch = ScratchDatabase::create(admin_url, &prefix, 24)
         .await
         .map_err(|error| match error {
-            pdq::db::Error::Connect(_) => anyhow::Error::new(error).context(
+            pdq::db::Error::Connect { .. } => anyhow::Error::new(error).context(
                 "no Postgres answered (DATABASE_URL or 127.0.0.1:5432): start one, e.g. `docker compose up -d postgres`",
             ),
             other => other.into(),
@@ -55,9 +61,101 @@ pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Re
     if args.keep {
         scratch.keep();
     }
-    println!("demo database: {}", scratch.name());
-    let pool = scratch.pool().clone();
+    let say = Say { json: json_output };
+    say.line(&format!("demo database: {}", scratch.name()));
+    let outcome = tokio::select! {
+        result = demo(scratch.pool().clone(), &args, say) => result,
+        signal = interrupted.recv() => {
+            let name = scratch.name().to_owned();
+            // Dropping the armed database ends its sessions (`WITH (FORCE)`) and removes it.
+            drop(scratch);
+            match args.keep {
+                true => eprintln!("\ninterrupted by {}: demo database {name} kept", signal.name),
+                false => eprintln!("\ninterrupted by {}: demo database {name} dropped", signal.name),
+            }
+            return Ok(ExitCode::from(128 + signal.number));
+        }
+    };
+    if !args.keep {
+        scratch.drop_now().await;
+    }
+    outcome
+}
 
+/// Where the demo's own lines go: stdout, or stderr when stdout carries the JSON report.
+#[derive(Debug, Clone, Copy)]
+struct Say {
+    json: bool,
+}
+
+impl Say {
+    fn line(self, text: &str) {
+        match self.json {
+            true => eprintln!("{text}"),
+            false => println!("{text}"),
+        }
+    }
+}
+
+/// A signal that stops the demo.
+struct Stopped {
+    name: &'static str,
+    number: u8,
+}
+
+/// SIGINT, SIGTERM and SIGHUP, listened to from the start so that none kills the demo before
+/// its database is dropped.
+struct Interrupt {
+    #[cfg(unix)]
+    signals: [(tokio::signal::unix::Signal, &'static str, u8); 3],
+}
+
+impl Interrupt {
+    fn listen() -> anyhow::Result<Interrupt> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Interrupt {
+                signals: [
+                    (signal(SignalKind::interrupt())?, "SIGINT", 2),
+                    (signal(SignalKind::hangup())?, "SIGHUP", 1),
+                    (signal(SignalKind::terminate())?, "SIGTERM", 15),
+                ],
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Interrupt {})
+    }
+
+    async fn recv(&mut self) -> Stopped {
+        #[cfg(unix)]
+        {
+            let [(int, ..), (hup, ..), (term, ..)] = &mut self.signals;
+            let index = tokio::select! {
+                _ = int.recv() => 0,
+                _ = hup.recv() => 1,
+                _ = term.recv() => 2,
+            };
+            let (_, name, number) = &self.signals[index];
+            Stopped {
+                name,
+                number: *number,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Stopped {
+                name: "Ctrl-C",
+                number: 2,
+            }
+        }
+    }
+}
+
+/// The demo itself, on a migrated database.
+async fn demo(pool: PgPool, args: &DemoArgs, say: Say) -> anyhow::Result<ExitCode> {
+    let json_output = say.json;
     let emulator = Emulator::start(EmulatorConfig {
         rate_limit: Some(RateLimit {
             requests: 100,
@@ -67,16 +165,22 @@ pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Re
         ..EmulatorConfig::default()
     })
     .await?;
-    println!(
+    say.line(&format!(
         "emulator: {} (100 requests per 5 s per token)",
         emulator.base_url()
-    );
+    ));
     let conversations: Vec<CreatedConversation> = (0..40)
         .map(|i| emulator.create_conversation(spec(i)))
         .collect();
     let refused = enqueue_mix(&pool, &emulator, &conversations).await?;
     let enqueued = count(&pool, "pdq.jobs").await?;
-    println!("enqueued {enqueued} jobs; {refused} bad rows refused at INSERT");
+    say.line(&format!(
+        "enqueued {enqueued} jobs; {} bad rows refused at INSERT:",
+        refused.len()
+    ));
+    for row in &refused {
+        say.line(&format!("  {row}"));
+    }
 
     let worker = Worker::new(pool.clone(), Api::new(client(&emulator)?), demo_config());
     let stop = CancellationToken::new();
@@ -86,7 +190,13 @@ pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Re
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let mut ended = false;
     let mut stormed = false;
-    while count(&pool, "pdq.jobs").await? > 0 && Instant::now() < deadline {
+    let mut progress = Progress::new();
+    loop {
+        let left = count(&pool, "pdq.jobs").await?;
+        progress.show(&pool, left, started.elapsed()).await?;
+        if left == 0 || Instant::now() >= deadline {
+            break;
+        }
         if !stormed && started.elapsed() > Duration::from_secs(1) {
             // A short 429 storm: every executor pauses until Retry-After, then one probes.
             emulator.set_faults(Faults {
@@ -104,24 +214,70 @@ pub async fn run(db: &Database, args: DemoArgs, json_output: bool) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    progress.finish();
     stop.cancel();
     running.await??;
     let elapsed = started.elapsed();
 
-    let report = report(&pool, &emulator, &worker, enqueued, elapsed).await?;
+    let report = report(&pool, &emulator, &worker, enqueued, refused, elapsed).await?;
     print_report(&report, json_output)?;
     if !args.no_console {
         super::console::after_demo(&pool, json_output).await?;
     }
     pool.close().await;
-    if !args.keep {
-        scratch.drop_now().await;
-    }
     Ok(if report.complete() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// One line on stderr while the worker drains the queue: redrawn in place on a terminal,
+/// a line every two seconds otherwise.
+struct Progress {
+    terminal: bool,
+    last: Option<Instant>,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+            last: None,
+            drawn: false,
+        }
+    }
+
+    async fn show(&mut self, pool: &PgPool, left: i64, elapsed: Duration) -> anyhow::Result<()> {
+        let every = match self.terminal {
+            true => Duration::from_millis(200),
+            false => Duration::from_secs(2),
+        };
+        if self.last.is_some_and(|last| last.elapsed() < every) && left > 0 {
+            return Ok(());
+        }
+        self.last = Some(Instant::now());
+        let applied = count(pool, "pdq.finished_jobs").await?;
+        let dead = count(pool, "pdq.dead_letters").await?;
+        let line = format!(
+            "working: {applied} applied, {dead} dead-lettered, {left} left ({:.1} s)",
+            elapsed.as_secs_f64()
+        );
+        match self.terminal {
+            true => eprint!("\r\x1b[2K{line}"),
+            false => eprintln!("{line}"),
+        }
+        self.drawn = true;
+        Ok(())
+    }
+
+    fn finish(&self) {
+        if self.terminal && self.drawn {
+            eprintln!();
+        }
+    }
 }
 
 fn spec(i: usize) -> ConversationSpec {
@@ -170,7 +326,7 @@ async fn enqueue_mix(
     pool: &PgPool,
     emulator: &EmulatorHandle,
     conversations: &[CreatedConversation],
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Vec<RefusedRow>> {
     let mut jobs = Vec::new();
     for (i, c) in conversations.iter().enumerate() {
         let customer = Locators {
@@ -243,22 +399,51 @@ async fn enqueue_mix(
         ..update(first_customer, json!({"x": "too late"}))
     });
     queue::enqueue_many(pool, &jobs).await?;
-    let mut refused = 0;
+    let mut refused = Vec::new();
     for bad in [json!({"vip": true}), json!({"context.firstName": "Eve"})] {
-        let result = queue::enqueue(pool, &update(Locators::conversation(first.id), bad)).await;
-        if refused_at_insert(result)? {
-            refused += 1;
-        }
+        let result =
+            queue::enqueue(pool, &update(Locators::conversation(first.id), bad.clone())).await;
+        refused.push(refused_at_insert(bad, result)?);
     }
     Ok(refused)
 }
 
-/// Whether an enqueue of a bad row was refused by a rule of `pdq.jobs`. Any other failure (the
-/// connection, a timeout) is the demo's error, not a refusal; a bad row that was accepted is
-/// one too.
-fn refused_at_insert(result: Result<Option<i64>, queue::Error>) -> anyhow::Result<bool> {
+/// A bad row and the rule of `pdq.jobs` (its constraint) that refused it.
+#[derive(Debug, Serialize)]
+struct RefusedRow {
+    /// The row's attributes.
+    attributes: Value,
+    /// The constraint that refused it.
+    constraint: String,
+    /// What the rule says.
+    meaning: String,
+}
+
+impl std::fmt::Display for RefusedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} refused by {}: {}",
+            self.attributes, self.constraint, self.meaning
+        )
+    }
+}
+
+/// The rule that refused an enqueue of a bad row. Any other failure (the connection, a
+/// timeout) is the demo's error, not a refusal; a bad row that was accepted is one too.
+fn refused_at_insert(
+    attributes: Value,
+    result: Result<Option<i64>, queue::Error>,
+) -> anyhow::Result<RefusedRow> {
     match result {
-        Err(queue::Error::Refused { .. }) => Ok(true),
+        Err(queue::Error::Refused {
+            constraint,
+            meaning,
+        }) => Ok(RefusedRow {
+            attributes,
+            constraint,
+            meaning,
+        }),
         Err(other) => Err(anyhow::Error::new(other).context("enqueueing a bad row failed")),
         Ok(id) => {
             anyhow::bail!("a bad row was accepted (job {id:?}): a rule of pdq.jobs is missing")
@@ -277,6 +462,7 @@ async fn report(
     emulator: &EmulatorHandle,
     worker: &Worker,
     enqueued: i64,
+    refused_at_insert: Vec<RefusedRow>,
     elapsed: Duration,
 ) -> anyhow::Result<DemoReport> {
     let applied = count(pool, "pdq.finished_jobs").await?;
@@ -321,6 +507,7 @@ async fn report(
         .collect();
     Ok(DemoReport {
         enqueued,
+        refused_at_insert,
         applied,
         dead_lettered: dead_total,
         pending,
@@ -369,6 +556,8 @@ async fn not_visible(pool: &PgPool, emulator: &EmulatorHandle) -> anyhow::Result
 struct DemoReport {
     /// Jobs accepted at INSERT.
     enqueued: i64,
+    /// Bad rows refused at INSERT, each with the rule that refused it.
+    refused_at_insert: Vec<RefusedRow>,
     /// Jobs applied (archived in `pdq.finished_jobs`).
     applied: i64,
     /// Jobs dead-lettered.
@@ -473,6 +662,10 @@ fn print_report(report: &DemoReport, json_output: bool) -> anyhow::Result<()> {
         "dead letters by reason:     {}",
         serde_json::to_string(&report.dead_letters_by_reason)?
     );
+    println!("refused at INSERT:");
+    for row in &report.refused_at_insert {
+        println!("  {row}");
+    }
     println!("\n{}", report.verdict());
     Ok(())
 }
@@ -484,6 +677,7 @@ mod tests {
     fn report(pending: i64, lost: i64, not_visible: usize) -> DemoReport {
         DemoReport {
             enqueued: 100,
+            refused_at_insert: Vec::new(),
             applied: 90 - pending - lost,
             dead_lettered: 10,
             pending,
@@ -525,15 +719,19 @@ mod tests {
             constraint: "attribute_values_must_be_strings".into(),
             meaning: "every attribute value must be a JSON string".into(),
         };
-        assert!(refused_at_insert(Err(refused)).unwrap());
+        let row = refused_at_insert(json!({"vip": true}), Err(refused)).unwrap();
+        assert_eq!(
+            row.to_string(),
+            r#"{"vip":true} refused by attribute_values_must_be_strings: every attribute value must be a JSON string"#
+        );
         let connection = queue::Error::Database(sqlx::Error::PoolTimedOut);
-        let error = refused_at_insert(Err(connection)).unwrap_err();
+        let error = refused_at_insert(json!({}), Err(connection)).unwrap_err();
         assert!(
             format!("{error:#}").contains("enqueueing a bad row failed"),
             "{error:#}"
         );
         assert!(
-            refused_at_insert(Ok(Some(3))).is_err(),
+            refused_at_insert(json!({}), Ok(Some(3))).is_err(),
             "an accepted bad row"
         );
     }

@@ -79,6 +79,12 @@ pub async fn run(db: &Database, mut args: DoctorArgs, json: bool) -> anyhow::Res
         genesys.region.is_some() || genesys.api_url.is_some() || genesys.client_id.is_some();
     if db.is_set() {
         check_database(db, &mut checks).await;
+    } else if !genesys_given {
+        checks.fail(
+            CONFIGURATION,
+            "database",
+            "no database: set DATABASE_URL or pass --database-url postgres://…".into(),
+        );
     }
     if genesys_given || !db.is_set() {
         check_genesys(&args, &mut checks).await?;

@@ -11,6 +11,7 @@ use pdq::queue::jobs::{self, JobFilter, JobRecord, JobState};
 use uuid::Uuid;
 
 use super::Database;
+use crate::exit::{Exit, Failed};
 use crate::output;
 
 /// Job commands.
@@ -118,10 +119,13 @@ pub async fn run(db: &Database, command: JobsCommand, json: bool) -> anyhow::Res
                 (None, None) => bail!("name a job id or --key"),
             };
             let Some(newest) = records.first() else {
-                match id {
-                    Some(id) => bail!("no job with id {id} (never queued, or pruned)"),
-                    None => bail!("no job with idempotency key {key:?} (never queued, or pruned)"),
-                }
+                let message = match id {
+                    Some(id) => format!("no job with id {id} (never queued, or pruned)"),
+                    None => {
+                        format!("no job with idempotency key {key:?} (never queued, or pruned)")
+                    }
+                };
+                return Err(Failed::error(Exit::NotFound, message));
             };
             let history = jobs::requeue_chain(&pool, newest).await?;
             let others = &records[1..];
@@ -141,10 +145,11 @@ pub async fn run(db: &Database, command: JobsCommand, json: bool) -> anyhow::Res
             limit,
         } => {
             if !select_narrowed(&select) && !all {
-                bail!(
+                return Err(Failed::error(
+                    Exit::Usage,
                     "name job ids, a filter (--key, --conversation-id, --external-tag, --blocked) \
-                     or --all"
-                );
+                     or --all",
+                ));
             }
             let filter = JobFilter {
                 limit,

@@ -16,7 +16,6 @@ pub mod roles;
 pub mod run;
 pub mod status;
 
-use anyhow::Context;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 
@@ -60,10 +59,12 @@ impl Database {
 
     /// Connect options, or a clear error when no URL was given.
     pub fn options(&self) -> anyhow::Result<PgConnectOptions> {
-        let url = self
-            .url
-            .as_deref()
-            .context("no database: set DATABASE_URL or pass --database-url postgres://…")?;
+        let url = self.url.as_deref().ok_or_else(|| {
+            crate::exit::Failed::error(
+                crate::exit::Exit::Usage,
+                "no database: set DATABASE_URL or pass --database-url postgres://…",
+            )
+        })?;
         Ok(pdq::db::connect_options(url)?)
     }
 

@@ -28,7 +28,8 @@ pub struct RunArgs {
     #[arg(long, env = "PDQ_RATE_LIMIT", default_value_t = worker::DEFAULT_RATE_LIMIT)]
     pub rate_limit: u32,
     /// Share of the budget backfill may use while live updates wait (0.0–1.0).
-    #[arg(long, env = "PDQ_BACKFILL_SHARE", default_value_t = worker::DEFAULT_BACKFILL_SHARE)]
+    #[arg(long, env = "PDQ_BACKFILL_SHARE", default_value_t = worker::DEFAULT_BACKFILL_SHARE,
+          value_parser = share)]
     pub backfill_share: f64,
     /// Pace this process alone instead of sharing the budget through Postgres.
     #[arg(long, env = "PDQ_LOCAL_BUDGET")]
@@ -97,6 +98,16 @@ pub enum WakeupArg {
     Poll,
 }
 
+/// A share of the budget: a number from 0.0 to 1.0; anything else is refused with the range.
+fn share(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!(
+            "{text} is not a share of the budget: give a number from 0.0 to 1.0"
+        )),
+    }
+}
+
 /// Whole days in a default duration, for the `*_DAYS` flags.
 fn days(duration: Duration) -> u64 {
     duration.as_secs() / 86_400
@@ -154,6 +165,33 @@ async fn warn_about_async_standbys(pool: &sqlx::PgPool) {
     }
 }
 
+/// Asks for a token before the first job: credentials the login refuses pause the worker at
+/// once (the reason with its advice), instead of running until a job arrives. An unreachable
+/// or slow login host (no answer within [`CREDENTIAL_CHECK_BOUND`]) is left to the worker's
+/// outage handling.
+async fn check_credentials(client: &GenesysClient) -> Option<String> {
+    match tokio::time::timeout(CREDENTIAL_CHECK_BOUND, client.probe_token()).await {
+        Ok(Err(error)) if error.class() == pdq::genesys::Failure::Configuration => {
+            Some(error.with_advice())
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot check the credentials at start: {error}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                "cannot check the credentials at start: the login host did not answer within {} s",
+                CREDENTIAL_CHECK_BOUND.as_secs()
+            );
+            None
+        }
+        Ok(Ok(())) => None,
+    }
+}
+
+/// How long the start-up credential check waits for the login host.
+const CREDENTIAL_CHECK_BOUND: Duration = Duration::from_secs(5);
+
 /// Runs the worker until SIGINT or SIGTERM.
 pub async fn run(
     db: &Database,
@@ -198,9 +236,13 @@ pub async fn run(
     if let Some(addr) = args.console {
         super::console::spawn_read_only(db, addr, shutdown.clone()).await?;
     }
+    let paused = check_credentials(&client).await;
     let worker = Worker::new(pool, Api::new(client), config);
     if let Some(listen) = listen_pool {
         worker.listen_through(listen);
+    }
+    if let Some(reason) = &paused {
+        worker.health().fail(reason.clone());
     }
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
@@ -214,16 +256,26 @@ pub async fn run(
             tracing::error!(%error, "metrics server stopped");
         }
     });
-    tracing::info!(
-        metrics = %args.metrics_addr,
-        executors = args.executors,
-        rate_limit = args.rate_limit,
-        version = env!("CARGO_PKG_VERSION"),
-        "pdq worker running: {} executors, {} requests per minute, /metrics and /healthz on {}",
-        args.executors,
-        args.rate_limit,
-        args.metrics_addr
-    );
+    if let Some(reason) = &paused {
+        tracing::error!(
+            reason = "configuration",
+            metrics = %args.metrics_addr,
+            "pdq worker started paused (configuration): {reason}; no job is claimed, checking \
+             again with backoff (/healthz on {} answers 503 until then)",
+            args.metrics_addr
+        );
+    } else {
+        tracing::info!(
+            metrics = %args.metrics_addr,
+            executors = args.executors,
+            rate_limit = args.rate_limit,
+            version = env!("CARGO_PKG_VERSION"),
+            "pdq worker running: {} executors, {} requests per minute, /metrics and /healthz on {}",
+            args.executors,
+            args.rate_limit,
+            args.metrics_addr
+        );
+    }
     worker.run(shutdown).await?;
     tracing::info!("pdq worker stopped");
     Ok(ExitCode::SUCCESS)
