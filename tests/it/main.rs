@@ -5,6 +5,7 @@ mod clusters;
 mod door;
 mod emulator;
 mod escapes;
+mod hardening;
 mod helpers;
 mod hostile;
 mod http_edges;

@@ -1,0 +1,118 @@
+//! Smaller defenses: logs that a producer's text cannot forge, secrets kept off the command
+//! line, the emulator's admin API off loopback, a dead letter of an unknown reason, and an
+//! accurate `pdq migrate`.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pdq::emulator::{ConversationSpec, Emulator, EmulatorConfig};
+use pdq::queue::{self, Locators, NewJob};
+use serde_json::json;
+
+use crate::helpers::{wait_until, TestDb};
+
+fn pdq() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pdq"));
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("GENESYS_CLIENT_SECRET")
+        .env_remove("PDQ_LOG_FORMAT")
+        .env("NO_COLOR", "1");
+    command
+}
+
+/// Stops a child with SIGTERM (a bounded wait, then SIGKILL) and returns its stderr.
+fn stop(mut child: std::process::Child) -> String {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut logs = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs);
+    logs
+}
+
+/// The worker's logs of a job whose external tag carries a newline and a forged log line: no
+/// conversation carries the tag yet, so the worker logs a retry that names it (in the message
+/// and in the unit's span).
+async fn worker_logs(format: &str) -> (String, String) {
+    let db = TestDb::new().await;
+    let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let tag = "order-7\n2026-12-03T00:00:00.000000Z ERROR pdq: fake line \u{1b}[2J";
+    emulator.create_conversation(ConversationSpec::voice().customer("Jane"));
+    let job = NewJob {
+        locators: Locators {
+            external_tag: Some(tag.to_owned()),
+            participant_purpose: Some("customer".into()),
+            ..Locators::default()
+        },
+        attributes: json!({ "tier": "gold" }),
+        ..NewJob::default()
+    };
+    queue::enqueue(&db.pool, &job).await.unwrap();
+    let worker = pdq()
+        .args(["run", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--log-format", format])
+        .env("DATABASE_URL", db.url())
+        .env("GENESYS_API_URL", emulator.base_url())
+        .env("GENESYS_CLIENT_ID", "pdq-demo")
+        .env("GENESYS_CLIENT_SECRET", "pdq-demo-secret")
+        .env("RUST_LOG", "pdq=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pdq run");
+    let retried = wait_until(Duration::from_secs(30), || async {
+        db.count("pdq.jobs where attempts >= 1 and state = 'pending'")
+            .await
+            == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = tokio::task::spawn_blocking(move || stop(worker))
+        .await
+        .unwrap();
+    assert!(retried, "the job was not tried: {logs}");
+    db.drop_database().await;
+    (logs, tag.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newline_in_an_external_tag_cannot_forge_a_human_log_line() {
+    let (logs, _) = worker_logs("human").await;
+    assert!(logs.contains("order-7"), "the tag is logged: {logs}");
+    for line in logs.lines() {
+        assert!(
+            !line.starts_with("2026-12-03T00:00:00"),
+            "a forged line: {line:?}\n{logs}"
+        );
+        if line.contains("fake line") {
+            assert!(line.contains("order-7\\n2026-12-03"), "{line:?}");
+        }
+    }
+    assert!(!logs.contains('\u{1b}'), "raw escape: {logs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_keep_an_external_tag_exact() {
+    let (logs, tag) = worker_logs("json").await;
+    let mut seen = false;
+    for line in logs.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        let message = value["message"].as_str().unwrap_or_default();
+        if message.contains("order-7") {
+            assert!(message.ends_with(&tag), "{message:?}");
+            assert_eq!(value["span"]["external_tag"].as_str(), Some(tag.as_str()));
+            seen = true;
+        }
+    }
+    assert!(seen, "the exact tag in a JSON line: {logs}");
+}
