@@ -112,6 +112,25 @@ pub fn lock_down_sql() -> &'static str {
      $$;\n"
 }
 
+/// pdq's groups that do not exist (the migrating role could not create them, so the
+/// migrations granted them nothing). Unnamed statements: `pdq migrate` asks this through a
+/// transaction pooler too.
+pub async fn missing_groups(pool: &PgPool) -> Result<Vec<&'static str>, RoleError> {
+    let mut missing = Vec::new();
+    for group in [Group::Producer, Group::Operator, Group::Worker] {
+        let exists: bool =
+            sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = $1)")
+                .bind(group.role())
+                .persistent(false)
+                .fetch_one(pool)
+                .await?;
+        if !exists {
+            missing.push(group.role());
+        }
+    }
+    Ok(missing)
+}
+
 /// Runs [`lock_down_sql`].
 pub async fn lock_down(pool: &PgPool) -> Result<(), RoleError> {
     sqlx::raw_sql(lock_down_sql()).execute(pool).await?;

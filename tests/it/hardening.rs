@@ -11,6 +11,10 @@ use serde_json::json;
 
 use crate::helpers::{wait_until, TestDb};
 
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 fn pdq() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pdq"));
     command
@@ -115,4 +119,53 @@ async fn json_logs_keep_an_external_tag_exact() {
         }
     }
     assert!(seen, "the exact tag in a JSON line: {logs}");
+}
+
+#[tokio::test]
+async fn migrate_by_an_owner_that_may_not_create_roles_says_nothing_misleading() {
+    let admin = TestDb::new().await;
+    // The usual managed-Postgres owner: owns the database, may not create roles; pdq's groups
+    // exist already (an administrator made them, or another database's migrate did).
+    let owner = format!("pdq_t_owner_{}", uuid::Uuid::new_v4().simple());
+    let name = format!("pdq_test_{}", uuid::Uuid::new_v4().simple());
+    for statement in [
+        format!("create role {owner} login nocreaterole"),
+        format!("create database {name} owner {owner}"),
+    ] {
+        sqlx::query(&statement).execute(&admin.pool).await.unwrap();
+    }
+    let mut url = url::Url::parse(&admin.url()).unwrap();
+    url.set_username(&owner).unwrap();
+    url.set_path(&format!("/{name}"));
+    let out = pdq()
+        .arg("migrate")
+        .env("DATABASE_URL", url.as_str())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("skipping"), "{said}");
+    assert!(said.contains("pdq schema is up to date"), "{said}");
+    // The grants were made, as nothing claimed otherwise.
+    let migrated = pdq::db::connect(admin.options.clone().database(&name), 1)
+        .await
+        .unwrap();
+    let granted: bool = sqlx::query_scalar(
+        "select has_any_column_privilege('pdq_producer', 'pdq.jobs', 'insert')
+            and has_table_privilege('pdq_operator', 'pdq.dead_letters', 'select')
+            and has_function_privilege('pdq_worker', 'pdq.prune_dead_letters(interval, integer)', 'execute')",
+    )
+    .fetch_one(&migrated)
+    .await
+    .unwrap();
+    assert!(granted, "{said}");
+    migrated.close().await;
+    for statement in [
+        format!("drop database {name} with (force)"),
+        format!("drop role {owner}"),
+    ] {
+        sqlx::query(&statement).execute(&admin.pool).await.unwrap();
+    }
+    admin.drop_database().await;
 }

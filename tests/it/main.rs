@@ -11,6 +11,7 @@ mod hostile;
 mod http_edges;
 mod isolation;
 mod jobs;
+mod migrate_lock;
 mod observability;
 mod packaging;
 mod paths;

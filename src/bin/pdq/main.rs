@@ -67,7 +67,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let db = commands::Database::new(url).with_connections(cli.db_connections);
     let json = cli.json;
     match cli.command {
-        Command::Migrate => commands::migrate::run(&db, json).await,
+        Command::Migrate(args) => commands::migrate::run(&db, args, json).await,
         Command::Enqueue(args) => commands::enqueue::run(&db, args, json).await,
         Command::Status(args) => commands::status::run(&db, args, json).await,
         Command::Dlq(command) => commands::dlq::run(&db, command, json).await,
