@@ -1,4 +1,5 @@
 //! pdq's integration tests: one test binary, one module per area.
+mod adopt;
 mod app;
 mod cli;
 mod clusters;
