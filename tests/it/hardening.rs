@@ -169,3 +169,45 @@ async fn migrate_by_an_owner_that_may_not_create_roles_says_nothing_misleading()
     }
     admin.drop_database().await;
 }
+
+#[test]
+fn secrets_on_the_command_line_are_warned_about_without_being_shown() {
+    let url = "postgres://postgres:hunter2-in-argv@127.0.0.1:5432/pdq_no_such_database";
+    let flagged = pdq()
+        .args(["status", "--database-url", url])
+        .output()
+        .unwrap();
+    let stderr = text(&flagged.stderr);
+    assert!(!stderr.contains("hunter2-in-argv"), "{stderr}");
+    assert!(
+        stderr.contains("--database-url carries a password"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--database-url-file"), "{stderr}");
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+
+    let doctor = |secret_flag: bool| {
+        let mut command = pdq();
+        command.args(["doctor", "--client-id", "pdq-demo"]);
+        command.args(["--api-url", "http://127.0.0.1:9"]);
+        match secret_flag {
+            true => command.args(["--client-secret", "s3cr3t-in-argv"]),
+            false => command.env("GENESYS_CLIENT_SECRET", "s3cr3t-in-argv"),
+        };
+        command.env("DATABASE_URL", url);
+        text(&command.output().unwrap().stderr)
+    };
+    let stderr = doctor(true);
+    assert!(!stderr.contains("s3cr3t-in-argv"), "{stderr}");
+    assert!(
+        stderr.contains("--client-secret on the command line"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--client-secret-file"), "{stderr}");
+    assert!(stderr.contains("GENESYS_CLIENT_SECRET"), "{stderr}");
+
+    // The environment forms are not warned about.
+    let stderr = doctor(false);
+    assert!(!stderr.contains("on the command line"), "{stderr}");
+    assert!(!stderr.contains("carries a password"), "{stderr}");
+}

@@ -5,6 +5,7 @@ mod commands;
 #[cfg(test)]
 mod deploy_check;
 mod exit;
+mod exposed;
 mod genesys_args;
 mod output;
 mod telemetry;
@@ -18,11 +19,13 @@ use cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> ExitCode {
     let command = explain(Cli::command());
-    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+    let matches = command.get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
     telemetry::init(cli.log_format);
+    exposed::warn(&matches);
     let json = cli.json;
     match dispatch(cli).await {
         Ok(code) => code,
