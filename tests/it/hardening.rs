@@ -211,3 +211,109 @@ fn secrets_on_the_command_line_are_warned_about_without_being_shown() {
     assert!(!stderr.contains("on the command line"), "{stderr}");
     assert!(!stderr.contains("carries a password"), "{stderr}");
 }
+
+/// Starts `pdq emulator` with `args` and `env`; returns the child once it printed `ready`, or
+/// its exit status and stderr when it stopped first (within 20 s).
+fn emulator(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<std::process::Child, (std::process::ExitStatus, String)> {
+    use std::io::BufRead;
+    let mut command = pdq();
+    command
+        .arg("emulator")
+        .args(args)
+        .env_remove("PDQ_EMULATOR_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let (said, ready) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line == "ready" {
+                let _ = said.send(());
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if ready.try_recv().is_ok() {
+            return Ok(child);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+            return Err((status, stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("pdq emulator neither started nor stopped");
+}
+
+#[tokio::test]
+async fn the_emulator_off_loopback_requires_an_admin_token() {
+    // No token: refused, before anything listens.
+    match emulator(&["--host", "0.0.0.0", "--port", "25470"], &[]) {
+        Ok(child) => {
+            let logs = stop(child);
+            panic!("served its admin API off loopback without a token: {logs}");
+        }
+        Err((status, stderr)) => {
+            assert_eq!(status.code(), Some(2), "{stderr}");
+            assert!(stderr.contains("PDQ_EMULATOR_ADMIN_TOKEN"), "{stderr}");
+            assert!(stderr.contains("--no-admin"), "{stderr}");
+        }
+    }
+    // With one: the admin API answers only requests that carry it; the API itself is as ever.
+    let child = emulator(
+        &["--host", "0.0.0.0", "--port", "25471"],
+        &[("PDQ_EMULATOR_ADMIN_TOKEN", "admin-tok-25471")],
+    )
+    .expect("starts with a token");
+    let http = reqwest::Client::new();
+    let base = "http://127.0.0.1:25471";
+    let anonymous = http
+        .get(format!("{base}/admin/patches"))
+        .send()
+        .await
+        .unwrap();
+    let wrong = http
+        .get(format!("{base}/admin/patches"))
+        .bearer_auth("admin-tok-wrong")
+        .send()
+        .await
+        .unwrap();
+    let right = http
+        .get(format!("{base}/admin/patches"))
+        .bearer_auth("admin-tok-25471")
+        .send()
+        .await
+        .unwrap();
+    let login = http
+        .post(format!("{base}/oauth/token"))
+        .basic_auth("pdq-demo", Some("pdq-demo-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let logs = tokio::task::spawn_blocking(move || stop(child))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401, "{logs}");
+    assert_eq!(wrong.status(), 401, "{logs}");
+    assert_eq!(right.status(), 200, "{logs}");
+    assert_eq!(login.status(), 200, "{logs}");
+    assert!(!logs.contains("admin-tok-25471"), "{logs}");
+    // Without the admin API, no token is needed.
+    let child = emulator(&["--host", "0.0.0.0", "--port", "25472", "--no-admin"], &[])
+        .expect("starts without its admin API");
+    tokio::task::spawn_blocking(move || stop(child))
+        .await
+        .unwrap();
+}
