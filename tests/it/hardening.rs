@@ -253,6 +253,7 @@ fn emulator(
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("pdq emulator neither started nor stopped");
 }
 
