@@ -154,19 +154,23 @@ pub(super) async fn run(
     unreachable!("the last attempt returns")
 }
 
-/// A lock not granted in time (`lock_timeout`), a deadlock, or two first runs creating the
-/// schema or the bookkeeping at once: all worth another attempt.
+/// A lock not granted in time (`lock_timeout`) or a deadlock, anywhere; or, in the run's own
+/// statements, two first runs creating the schema or the bookkeeping at once: all worth
+/// another attempt (a migration's own unique violation is not).
 fn is_lock_wait(error: &Error) -> bool {
-    let database = match error {
-        Error::Database(error) => error.as_database_error(),
-        Error::Migrate(MigrateError::ExecuteMigration(error, _)) => error.as_database_error(),
-        _ => None,
-    };
-    let code = database.and_then(|e| e.code());
-    matches!(
-        code.as_deref(),
-        Some("55P03" | "40P01" | "23505" | "42P06" | "42P07")
-    )
+    fn code(error: &sqlx::Error) -> Option<std::borrow::Cow<'_, str>> {
+        error.as_database_error().and_then(|e| e.code())
+    }
+    match error {
+        Error::Database(error) => matches!(
+            code(error).as_deref(),
+            Some("55P03" | "40P01" | "23505" | "42P06" | "42P07")
+        ),
+        Error::Migrate(MigrateError::ExecuteMigration(error, _)) => {
+            matches!(code(error).as_deref(), Some("55P03" | "40P01"))
+        }
+        _ => false,
+    }
 }
 
 /// One attempt: the whole run in one transaction, rolled back by any error.
