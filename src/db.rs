@@ -12,6 +12,7 @@ mod migration;
 mod server;
 mod tls;
 
+pub use migration::{Blocker, MigrateSettings};
 pub use server::{async_standbys, is_read_only_error, is_standby};
 
 use std::time::Duration;
@@ -40,6 +41,22 @@ pub enum Error {
     /// A migration failed.
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Every attempt to migrate waited for a lock longer than the lock timeout.
+    #[error(
+        "pdq migrate gave up after {attempts} attempts, each waiting at most {} ms for a lock: \
+         {}. End that transaction (or `select pg_terminate_backend(pid)`) and run pdq migrate \
+         again",
+        lock_timeout.as_millis(),
+        migration::describe_blockers(blockers)
+    )]
+    MigrateBlocked {
+        /// The attempts made.
+        attempts: u32,
+        /// How long each waited for a lock at most.
+        lock_timeout: Duration,
+        /// The sessions seen holding the lock during the last attempt.
+        blockers: Vec<Blocker>,
+    },
     /// The database has no pdq schema yet.
     #[error("the database has no pdq schema: run `pdq migrate` first")]
     NotMigrated,
@@ -259,11 +276,13 @@ pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<
         .map_err(failed)
 }
 
-/// Creates the `pdq` schema if needed and applies every pending migration.
+/// Creates the `pdq` schema if needed and applies every pending migration, with the default
+/// [`MigrateSettings`].
 ///
-/// Safe to run from several processes at once (a transaction-scoped advisory lock serialises
-/// them), and through a transaction pooler: the whole run is one transaction (see
-/// `migration`).
+/// Safe to run from several processes at once (a lock only the schema's owner can take
+/// serialises them), through a transaction pooler (the whole run is one transaction), and
+/// beside running workers and producers: a lock not granted within the lock timeout rolls the
+/// run back and it tries again, naming the session in its way (see `migration`).
 pub async fn migrate(options: &PgConnectOptions) -> Result<(), Error> {
     migrate_counting(options).await.map(|_| ())
 }
@@ -271,10 +290,20 @@ pub async fn migrate(options: &PgConnectOptions) -> Result<(), Error> {
 /// [`migrate`], returning the versions it applied, oldest first (none when the schema was
 /// already up to date).
 pub async fn migrate_counting(options: &PgConnectOptions) -> Result<Vec<i64>, Error> {
+    migrate_with(options, &MIGRATOR.migrations, &MigrateSettings::default()).await
+}
+
+/// [`migrate`] with `migrations` (this binary's are [`MIGRATOR`]'s) and `settings`; returns
+/// the versions it applied, oldest first.
+pub async fn migrate_with(
+    options: &PgConnectOptions,
+    migrations: &[sqlx::migrate::Migration],
+    settings: &MigrateSettings,
+) -> Result<Vec<i64>, Error> {
     let (mut conn, _) = tls::connect_one(options)
         .await
         .map_err(connect_error(options))?;
-    let result = migration::run(&mut conn).await;
+    let result = migration::run(&mut conn, options, migrations, settings).await;
     let _ = conn.close().await;
     result
 }

@@ -51,6 +51,33 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/admin/reset", post(reset))
 }
 
+/// Refuses an `/admin/…` request without the configured admin token (`Authorization: Bearer
+/// <token>`, compared in constant time); lets every request through when none is configured.
+pub(crate) async fn token_layer(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use subtle::ConstantTimeEq;
+    let Some(expected) = shared.with(|org| org.config.admin_token.clone()) else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    match bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        true => next.run(request).await,
+        false => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "message": "the admin API needs Authorization: Bearer <admin token>" })),
+        )
+            .into_response(),
+    }
+}
+
 /// Creates a conversation in the organization; returns its ids.
 pub(crate) fn create_conversation(
     shared: &Shared,

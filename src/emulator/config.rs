@@ -130,6 +130,9 @@ pub struct EmulatorConfig {
     pub patch_log_cap: usize,
     /// Serve `/admin/…`.
     pub admin: bool,
+    /// When set, every `/admin/…` request must carry `Authorization: Bearer <token>` (401
+    /// otherwise). `pdq emulator` requires one off loopback.
+    pub admin_token: Option<String>,
     /// The organization tokens belong to.
     pub organization_name: String,
 }
@@ -164,6 +167,7 @@ impl Default for EmulatorConfig {
             request_log_cap: 100_000,
             patch_log_cap: 200_000,
             admin: true,
+            admin_token: None,
             organization_name: "pdq emulator org".to_owned(),
         }
     }

@@ -94,9 +94,17 @@ fn router(shared: Arc<Shared>) -> Router {
             api::login_layer,
         ));
     let admin_on = shared.with(|org| org.config.admin);
-    let mut app = api.merge(login);
+    // A liveness probe that needs no credentials (container healthchecks), apart from the
+    // admin API, which may need a token.
+    let health = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    let mut app = api.merge(login).merge(health);
     if admin_on {
-        app = app.merge(admin::routes());
+        app = app.merge(
+            admin::routes().route_layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                admin::token_layer,
+            )),
+        );
     }
     app.layer(DefaultBodyLimit::disable()).with_state(shared)
 }

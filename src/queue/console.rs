@@ -181,6 +181,17 @@ pub struct DeadLetterSearch {
     pub limit: i64,
 }
 
+/// Whether a dead letter waiting to be requeued carries `reason` (one this binary may not
+/// know, written by a newer pdq).
+pub async fn has_waiting_reason(pool: &PgPool, reason: &str) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar(
+        "select exists (select 1 from pdq.dead_letters where reason = $1 and requeued_at is null)",
+    )
+    .bind(reason)
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Lists dead letters not yet requeued, newest first, one page at a time.
 pub async fn search_dead_letters(
     pool: &PgPool,

@@ -28,8 +28,10 @@ pub struct DeadLetter {
     pub first_attempt_at: Option<DateTime<Utc>>,
     /// When the last attempt started.
     pub last_attempt_at: Option<DateTime<Utc>>,
-    /// The reason category (`conversation_ended`, `not_found`, …).
-    pub reason: DeadReason,
+    /// The reason category as stored (`conversation_ended`, `not_found`, …: one of
+    /// [`DeadReason`]'s names, or one this binary does not know, written by a newer pdq or by
+    /// hand, shown as it is rather than failing the whole list).
+    pub reason: String,
     /// A human explanation.
     pub detail: Option<String>,
     /// The API's answer, when there was one.

@@ -545,3 +545,38 @@ async fn the_overview_answers_before_its_figures_are_read_and_shows_them_once_re
     );
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_of_an_unknown_reason_is_listed_not_an_error_page() {
+    let db = TestDb::new().await;
+    let seeded = seed(&db.pool).await;
+    // A reason this binary does not know (written by a newer pdq, or by hand).
+    sqlx::query("update pdq.dead_letters set reason = 'sent_by_a_newer_pdq' where id = $1")
+        .bind(seeded.dead[0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let console = serve(&db, false).await;
+    for path in [
+        "/dlq".to_owned(),
+        "/dlq?reason=sent_by_a_newer_pdq".to_owned(),
+        format!("/dlq/{}", seeded.dead[0]),
+        format!("/jobs/{}", seeded.dead[0]),
+        "/".to_owned(),
+    ] {
+        let answer = http().get(console.url(&path)).send().await.unwrap();
+        let status = answer.status();
+        let page = answer.text().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{path}: {page}");
+        assert!(page.contains("sent_by_a_newer_pdq"), "{path}: {page}");
+    }
+    let list = page_text(&console, "/dlq").await;
+    for id in &seeded.dead[1..] {
+        assert!(
+            list.contains(&format!("/dlq/{id}\"")),
+            "dead letter {id}: {list}"
+        );
+    }
+    drop(console);
+    db.drop_database().await;
+}

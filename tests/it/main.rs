@@ -1,15 +1,18 @@
 //! pdq's integration tests: one test binary, one module per area.
+mod adopt;
 mod app;
 mod cli;
 mod clusters;
 mod door;
 mod emulator;
 mod escapes;
+mod hardening;
 mod helpers;
 mod hostile;
 mod http_edges;
 mod isolation;
 mod jobs;
+mod migrate_lock;
 mod newcomer;
 mod observability;
 mod packaging;

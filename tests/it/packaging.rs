@@ -223,7 +223,7 @@ async fn healthcheck_exits_0_on_200_and_1_on_anything_else_with_one_line_saying_
 
     // The emulator's healthcheck in docker-compose.yml.
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let out = output(check(format!("{}/admin/faults", emulator.base_url()))).await;
+    let out = output(check(format!("{}/healthz", emulator.base_url()))).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 
     // A closed port: bind, note the port, close.

@@ -67,7 +67,7 @@ pub enum Command {
     /// Everything end to end: migrate a fresh database, start the emulator, enqueue, work, report.
     Demo(crate::commands::demo::DemoArgs),
     /// Create or upgrade pdq's schema (`pdq`) in the database.
-    Migrate,
+    Migrate(crate::commands::migrate::MigrateArgs),
     /// Enqueue one participant-data update (the shell-friendly INSERT).
     Enqueue(EnqueueArgs),
     /// Is it working, and if not, why: queue per priority, throughput and ETA, the budget and

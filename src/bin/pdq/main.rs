@@ -7,6 +7,7 @@ mod config_doc;
 #[cfg(test)]
 mod deploy_check;
 mod exit;
+mod exposed;
 mod genesys_args;
 mod output;
 mod telemetry;
@@ -21,13 +22,15 @@ use cli::{Cli, Command};
 async fn main() -> ExitCode {
     quiet_on_closed_pipe();
     let command = explain(Cli::command());
-    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+    let matches = command.get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
     // The demo shows progress and its report; its log lines only with -v.
     let quiet = matches!(&cli.command, Command::Demo(args) if !args.verbose);
     telemetry::init(cli.log_format, if quiet { "error" } else { "info" });
+    exposed::warn(&matches);
     let json = cli.json;
     match dispatch(cli).await {
         Ok(code) => code,
@@ -90,7 +93,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let db = commands::Database::new(url).with_connections(cli.db_connections);
     let json = cli.json;
     match cli.command {
-        Command::Migrate => commands::migrate::run(&db, json).await,
+        Command::Migrate(args) => commands::migrate::run(&db, args, json).await,
         Command::Enqueue(args) => commands::enqueue::run(&db, args, json).await,
         Command::Status(args) => commands::status::run(&db, args, json).await,
         Command::Dlq(command) => commands::dlq::run(&db, command, json).await,

@@ -16,16 +16,28 @@ fn parse_cursor(value: &str) -> Result<DeadLetterKey, PageError> {
     Ok(DeadLetterKey { dead_at, id })
 }
 
+/// Whether `text` has the shape of a stored reason: 1 to 64 lower-case letters or `_`.
+fn is_reason_word(text: &str) -> bool {
+    (1..=64).contains(&text.len()) && text.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+}
+
 /// `/dlq`: waiting dead letters, filtered, with select, requeue and purge.
 pub(crate) async fn dead_letters(
     State(state): State<Shared>,
     RawQuery(raw): RawQuery,
 ) -> PageResult {
     let params = params(&raw);
+    // A known reason, or one this binary does not know (a newer pdq's) that a waiting dead
+    // letter carries, so the overview's link to it lists them; a misspelt one is refused.
     let reason = match params.text("reason") {
         None => None,
-        Some(r) => Some(r.parse::<DeadReason>().map_err(PageError::Bad)?),
+        Some(r) if r.parse::<DeadReason>().is_ok() => Some(r),
+        Some(r) if is_reason_word(&r) && data::has_waiting_reason(&state.pool, &r).await? => {
+            Some(r)
+        }
+        Some(r) => Some(r.parse::<DeadReason>().map_err(PageError::Bad)?.to_string()),
     };
+    let unknown_reason = reason.clone().filter(|r| r.parse::<DeadReason>().is_err());
     let since = params.time("since")?;
     let until = params.time("until")?;
     if let (Some(s), Some(u)) = (since, until) {
@@ -37,7 +49,7 @@ pub(crate) async fn dead_letters(
     }
     let after = params.text("after").map(|a| parse_cursor(&a)).transpose()?;
     let search = DeadLetterSearch {
-        reason: reason.map(|r| r.as_str().to_owned()),
+        reason: reason.clone(),
         since,
         until,
         conversation_id: params.uuid("conversation")?,
@@ -67,7 +79,10 @@ pub(crate) async fn dead_letters(
                 select name="reason" {
                     option value="" { "any" }
                     @for r in DeadReason::ALL {
-                        option value=(r.as_str()) selected[reason == Some(r)] { (r.as_str()) }
+                        option value=(r.as_str()) selected[reason.as_deref() == Some(r.as_str())] { (r.as_str()) }
+                    }
+                    @if let Some(r) = &unknown_reason {
+                        option value=(r) selected { (r) }
                     }
                 }
             }

@@ -12,6 +12,8 @@ use pdq::emulator::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::exit::{Exit, Failed};
+
 /// Emulator settings; faults can also be changed at run time through `/admin/faults`.
 #[derive(Debug, Args)]
 pub struct EmulatorArgs {
@@ -75,13 +77,39 @@ pub struct EmulatorArgs {
     /// Do not serve /admin.
     #[arg(long)]
     pub no_admin: bool,
+    /// Require `Authorization: Bearer <token>` on /admin (required off loopback: the admin API
+    /// creates conversations, injects faults and reads every PATCH).
+    #[arg(
+        long,
+        env = "PDQ_EMULATOR_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+    /// Read the admin token from this file instead.
+    #[arg(
+        long,
+        env = "PDQ_EMULATOR_ADMIN_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
     /// JSON file: a list of conversations to create at start.
     #[arg(long)]
     pub scenario: Option<PathBuf>,
 }
 
 impl EmulatorArgs {
-    fn config(&self) -> EmulatorConfig {
+    /// The admin token, from the flag, the variable or the file (an empty one is none).
+    fn admin_token(&self) -> anyhow::Result<Option<String>> {
+        let token = match &self.admin_token_file {
+            Some(path) => Some(super::read_secret_file(path, "admin token")?),
+            None => self.admin_token.clone(),
+        };
+        Ok(token.filter(|token| !token.trim().is_empty()))
+    }
+
+    fn config(&self, admin_token: Option<String>) -> EmulatorConfig {
         EmulatorConfig {
             bind: SocketAddr::new(self.host, self.port),
             seed: self.seed,
@@ -117,6 +145,7 @@ impl EmulatorArgs {
             },
             analytics_delay_ms: self.analytics_delay_ms,
             admin: !self.no_admin,
+            admin_token,
             ..EmulatorConfig::default()
         }
     }
@@ -133,7 +162,19 @@ pub async fn run(args: EmulatorArgs, shutdown: CancellationToken) -> anyhow::Res
         }
         None => Vec::new(),
     };
-    let emulator = Emulator::start(args.config()).await?;
+    let admin_token = args.admin_token()?;
+    if !args.no_admin && admin_token.is_none() && !args.host.is_loopback() {
+        return Err(Failed::error(
+            Exit::Usage,
+            format!(
+                "pdq emulator --host {} would serve its admin API (it creates conversations, \
+                 injects faults and reads every PATCH) to the network without authentication: \
+                 set PDQ_EMULATOR_ADMIN_TOKEN (or --admin-token-file), or pass --no-admin",
+                args.host
+            ),
+        ));
+    }
+    let emulator = Emulator::start(args.config(admin_token.clone())).await?;
     for spec in scenario {
         let created = emulator.create_conversation(spec);
         println!(
@@ -146,6 +187,9 @@ pub async fn run(args: EmulatorArgs, shutdown: CancellationToken) -> anyhow::Res
         "pdq emulator listening on {} (login and API on one base URL)",
         emulator.base_url()
     );
+    if admin_token.is_some() {
+        println!("the admin API (/admin/…) needs Authorization: Bearer <the admin token>");
+    }
     println!("ready");
     shutdown.cancelled().await;
     emulator.shutdown().await;

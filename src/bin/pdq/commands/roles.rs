@@ -28,6 +28,11 @@ pub struct RolesArgs {
     /// Run the SQL against --database-url instead of printing it.
     #[arg(long)]
     pub apply: bool,
+    /// Accept an existing role that holds more than its group gives (a superuser, a member of
+    /// another role, an owner of pdq's schema or objects): it keeps that, and the report says
+    /// what. Without it such a role is refused and nothing is applied.
+    #[arg(long)]
+    pub adopt: bool,
 }
 
 impl RolesArgs {
@@ -61,7 +66,10 @@ pub async fn run(db: &Database, args: RolesArgs) -> anyhow::Result<ExitCode> {
         println!("-- Login roles for pdq (run as the database owner, after `pdq migrate`).");
         for (name, group) in &wanted {
             println!("-- {name}: the rights of {} only.", group.role());
-            print!("{}", roles::create_login_sql(name, *group).map_err(exit)?);
+            print!(
+                "{}",
+                roles::create_login_sql(name, *group, args.adopt).map_err(exit)?
+            );
         }
         if !wanted.is_empty() {
             println!("-- Then give each a password: ALTER ROLE <name> PASSWORD '…'; (psql: \\password <name>)");
@@ -73,13 +81,21 @@ pub async fn run(db: &Database, args: RolesArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let pool = db.pool().await?;
-    if !wanted.is_empty() {
-        roles::create_login_roles(&pool, &wanted)
+    let kept = match wanted.is_empty() {
+        true => Vec::new(),
+        false => roles::create_login_roles(&pool, &wanted, args.adopt)
             .await
-            .map_err(exit)?;
-    }
-    for (name, group) in &wanted {
-        println!("{name}: login role, member of {}", group.role());
+            .map_err(exit)?,
+    };
+    for (name, group, extras) in &kept {
+        match extras.is_empty() {
+            true => println!("{name}: login role, member of {}", group.role()),
+            false => println!(
+                "{name}: login role, member of {}; adopted, and keeps: {}",
+                group.role(),
+                extras.join(", ")
+            ),
+        }
     }
     if args.lock_down {
         roles::lock_down(&pool).await.map_err(exit)?;
@@ -96,6 +112,7 @@ fn exit(error: RoleError) -> anyhow::Error {
     let code = match &error {
         RoleError::InvalidName(_) | RoleError::Reserved(_) => Exit::Usage,
         RoleError::MissingGroup(_) => Exit::Schema,
+        RoleError::HoldsMore { .. } => Exit::Refused,
         RoleError::Database(_) => return anyhow::Error::new(error),
     };
     Failed::error(code, error.to_string())
