@@ -499,6 +499,10 @@ pub struct DeadLetterRecord {
     pub resolved_conversation_id: Option<Uuid>,
     /// The participant the job resolved to, if it got that far.
     pub resolved_participant_id: Option<Uuid>,
+    /// The failing attempt's PATCH left and may have been applied (an error answered after it,
+    /// no answer): the jobs' values are kept as uncertain (`pdq.uncertain_values`), as are those
+    /// of jobs marked maybe sent by an earlier attempt.
+    pub maybe_sent: bool,
 }
 
 impl DeadLetterRecord {
@@ -510,6 +514,7 @@ impl DeadLetterRecord {
             api: ApiRefusal::default(),
             resolved_conversation_id: None,
             resolved_participant_id: None,
+            maybe_sent: false,
         }
     }
 }
@@ -545,6 +550,19 @@ pub async fn dead_letter<'e>(
              from dead
          ), released as (
              delete from pdq.inflight where lease_token = $1 and $13
+         ), uncertain as (
+             insert into pdq.uncertain_values as u (target, key, seq, value)
+             select distinct on (t.target, kv.key) t.target, kv.key, t.seq, kv.value
+             from (select coalesce(d.resolved_key, d.participant_key) as target,
+                          coalesce(d.seq, d.id) as seq, d.attributes
+                   from dead d
+                   where d.maybe_sent or $14) t
+             cross join lateral jsonb_each_text(t.attributes) as kv(key, value)
+             where t.target like 'c:%/p:%'
+             order by t.target, kv.key, t.seq desc
+             on conflict (target, key) do update
+                 set seq = excluded.seq, value = excluded.value, noted_at = excluded.noted_at
+                 where excluded.seq > u.seq
          )
          select count(*) from dead",
     )
@@ -574,6 +592,7 @@ pub async fn dead_letter<'e>(
     .bind(record.resolved_conversation_id)
     .bind(record.resolved_participant_id)
     .bind(release_unit)
+    .bind(record.maybe_sent)
     .fetch_one(db)
     .await?;
     if moved == 0 && only.is_none_or(|ids| !ids.is_empty()) {

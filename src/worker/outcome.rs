@@ -357,13 +357,27 @@ fn call_ids(failed: &FailedAttempt) -> (Option<u16>, Option<String>) {
 /// (lookups fail before there is one). An error answer may follow applying it (not a 429); no
 /// answer (a timeout, a reset) leaves it free to apply after the worker gave up on it.
 fn patch_sent(failed: &FailedAttempt, inner: &Inner) -> lease::Sent {
-    match (&failed.target, &failed.api, &failed.failure) {
-        (_, _, Failure::RateLimited { .. }) => lease::Sent::No,
-        (Some(_), Some(api), _) if api.status.is_none() => lease::Sent::Unanswered {
+    match &failed.api {
+        _ if !may_have_landed(failed) => lease::Sent::No,
+        Some(api) if api.status.is_none() => lease::Sent::Unanswered {
             quiet: quiet_after_unanswered(inner),
         },
-        (Some(_), Some(_), _) => lease::Sent::Answered,
-        _ => lease::Sent::No,
+        _ => lease::Sent::Answered,
+    }
+}
+
+/// Whether the failed attempt's PATCH left and the API may have applied it: a call with a
+/// target failed (lookups fail before there is one), and not with a refusal that applies
+/// nothing (a 429, a 4xx).
+fn may_have_landed(failed: &FailedAttempt) -> bool {
+    match (&failed.target, &failed.api) {
+        (Some(_), Some(api)) => {
+            !matches!(failed.failure, Failure::RateLimited { .. })
+                && !api
+                    .status
+                    .is_some_and(|status| (400..500).contains(&status))
+        }
+        _ => false,
     }
 }
 
@@ -584,6 +598,7 @@ fn dead_letter_record(
     }
     .to_json();
     let mut record = DeadLetterRecord::new(reason, note.to_string());
+    record.maybe_sent = may_have_landed(&failed);
     record.resolved_conversation_id = failed.target.map(|t| t.conversation_id);
     record.resolved_participant_id = failed.target.map(|t| t.participant_id);
     if let Some(api) = failed.api {

@@ -202,6 +202,7 @@ async fn archive_two(db: &TestDb) -> (i64, i64) {
 #[tokio::test]
 async fn archiving_never_collides_after_the_id_sequence_restarts() {
     let db = TestDb::new().await;
+    crate::helpers::let_ids_repeat(&db.pool).await;
     let before = archive_two(&db).await;
     sqlx::query("truncate pdq.jobs restart identity")
         .execute(&db.pool)

@@ -591,6 +591,7 @@ async fn producers_ask_job_status_and_only_operators_cancel() {
 #[tokio::test]
 async fn jobs_show_names_the_coalesced_patch_and_the_newest_of_records_sharing_an_id() {
     let db = TestDb::new().await;
+    crate::helpers::let_ids_repeat(&db.pool).await;
     let (cid, pid) = (Uuid::new_v4(), Uuid::new_v4());
     let first = enqueue(&db, Locators::ids(cid, pid), None).await;
     enqueue(&db, Locators::ids(cid, pid), None).await;
@@ -634,6 +635,7 @@ async fn jobs_show_names_the_coalesced_patch_and_the_newest_of_records_sharing_a
 #[tokio::test]
 async fn each_requeued_dead_letter_records_the_job_it_became_even_when_ids_repeat() {
     let db = TestDb::new().await;
+    crate::helpers::let_ids_repeat(&db.pool).await;
     for key in ["old", "new"] {
         enqueue(&db, Locators::external_tag("ORDER-5"), Some(key)).await;
         let unit = claim_one(&db).await;
