@@ -31,8 +31,8 @@ async fn main() {
     let mut overall = Vec::new();
     let mut peak_rss = Vec::new();
     let mut samples = Vec::new();
-    for run in 0..runs {
-        let (rate, run_samples) = run_once(total, run).await;
+    for _ in 0..runs {
+        let (rate, run_samples) = run_once(total).await;
         overall.push(rate);
         peak_rss.push(
             run_samples
@@ -78,8 +78,8 @@ async fn main() {
 
 /// One fresh emulator, `total` PATCHes; returns PATCH/s overall and, at 10 %, 50 % and 100 % of
 /// the requests, the rate in that stretch and the emulator's RSS.
-async fn run_once(total: u64, run: usize) -> (f64, Vec<Value>) {
-    let port = 30_000 + (std::process::id() % 10_000) as u16 + run as u16;
+async fn run_once(total: u64) -> (f64, Vec<Value>) {
+    let port = free_port();
     let mut emulator = spawn(port);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
@@ -111,6 +111,15 @@ async fn run_once(total: u64, run: usize) -> (f64, Vec<Value>) {
         .status();
     let _ = emulator.wait();
     (overall, samples)
+}
+
+/// A loopback port nothing listens on now: the system picks it (a fixed range would meet the
+/// ephemeral ports of outgoing connections).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
 }
 
 fn arg(name: &str) -> Option<u64> {

@@ -186,7 +186,6 @@ fn spawn_worker(
     executors: usize,
     rate_limit: u32,
 ) -> Child {
-    let port = 20_000 + (std::process::id() % 20_000) as u16 + executors as u16;
     Command::new(env!("CARGO_BIN_EXE_pdq"))
         .args([
             "run",
@@ -195,7 +194,8 @@ fn spawn_worker(
             "--rate-limit",
             &rate_limit.to_string(),
         ])
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        // The system picks the port: a fixed range would meet outgoing connections' ports.
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .env("DATABASE_URL", db.url())
         .envs(emulator.client_env())
         .env("RUST_LOG", "warn")
