@@ -329,6 +329,10 @@ fn check_order(
     for ((participant, key), updates) in writers {
         let mut newest: Option<(Place, u64)> = None;
         let mut last: Option<u64> = None;
+        // Per job, the place its value of `key` had when it last landed: a job dead-lettered or
+        // cancelled after its value landed counts with that place, not with one a later forced
+        // requeue gave it (the requeued job never sent it again).
+        let mut landed_at: HashMap<u64, Place> = HashMap::new();
         for patch in history
             .iter()
             .filter(|p| (p.conversation_id, p.participant_id) == participant)
@@ -341,6 +345,7 @@ fn check_order(
             };
             last = Some(n);
             let place = update.place_at(patch.at);
+            landed_at.insert(n, place);
             match newest {
                 Some((seen, shown)) if place < seen => verdict.violations.push(Violation {
                     what: format!(
@@ -356,12 +361,18 @@ fn check_order(
         }
         let expected = updates
             .iter()
-            .filter(|u| {
+            .filter_map(|u| {
                 let state = evidence.finals.get(&u.n).cloned().unwrap_or_default();
-                (state.dead.is_none() && !state.cancelled)
-                    || landed.contains(&(u.n, key.to_owned()))
+                if state.dead.is_none() && !state.cancelled {
+                    Some((u.final_place(), u))
+                } else if landed.contains(&(u.n, key.to_owned())) {
+                    Some((landed_at.get(&u.n).copied().unwrap_or(u.place), u))
+                } else {
+                    None
+                }
             })
-            .max_by_key(|u| u.final_place());
+            .max_by_key(|(place, _)| *place)
+            .map(|(_, u)| u);
         if let Some(expected) = expected {
             if last != Some(expected.n) {
                 verdict.violations.push(Violation {
@@ -640,6 +651,34 @@ mod tests {
         let w = whats(&judge(&e));
         assert!(w.iter().any(|w| w.starts_with("stale: PATCH #2")), "{w:?}");
         assert!(w.iter().any(|w| w.starts_with("final value")), "{w:?}");
+    }
+
+    #[test]
+    fn a_value_that_landed_before_its_job_was_requeued_and_died_keeps_its_old_place() {
+        // Job 1 landed, then job 2 (newer); then job 1 was requeued with --force (place 9) and
+        // dead-lettered before it sent again: job 2's value is the newest that landed.
+        let mut e = evidence(
+            vec![update(1, P, &["k"]), update(2, P, &["k"])],
+            vec![patch(1, 0, P, &[("k", 1)]), patch(2, 100, P, &[("k", 2)])],
+        );
+        e.updates[0].forced = Some((at(150), (0, 9)));
+        e.updates[0].allowed.insert("conversation_ended");
+        e.finals.insert(
+            1,
+            FinalState {
+                dead: Some("conversation_ended".into()),
+                ..FinalState::default()
+            },
+        );
+        e.finals.insert(
+            2,
+            FinalState {
+                archived: Some(vec![]),
+                ..FinalState::default()
+            },
+        );
+        let verdict = judge(&e);
+        assert!(verdict.violations.is_empty(), "{:?}", whats(&verdict));
     }
 
     #[test]
