@@ -152,16 +152,27 @@ pub(super) async fn dead_letter_alone(
     let job = alone.head();
     let attempts = (attempt_of(alone), job.max_attempts);
     let record = dead_letter_record(reason, failed, attempts, alone.clock.now());
+    dead_letter_one(inner, alone, job.id, &record).await
+}
+
+/// Moves job `id` of `unit` to the dead letters, leaving the rest of the unit held, and counts
+/// it.
+async fn dead_letter_one(
+    inner: &Inner,
+    unit: &Unit,
+    id: i64,
+    record: &DeadLetterRecord,
+) -> Result<(), queue::Error> {
     inner
         .db(lease::dead_letter(
             &inner.pool,
-            &alone.fence(),
-            Some(&[job.id]),
-            &record,
+            &unit.fence(),
+            Some(&[id]),
+            record,
             false,
         ))
         .await?;
-    count_dead_lettered(inner, reason, 1);
+    count_dead_lettered(inner, record.reason, 1);
     Ok(())
 }
 
@@ -323,16 +334,7 @@ async fn ran_out_per_job(
             job.id,
             failed.detail
         );
-        inner
-            .db(lease::dead_letter(
-                &inner.pool,
-                &unit.fence(),
-                Some(&[job.id]),
-                &record,
-                false,
-            ))
-            .await?;
-        count_dead_lettered(inner, *reason, 1);
+        dead_letter_one(inner, unit, job.id, &record).await?;
     }
     retried(
         inner,

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use pdq::emulator::{AttributeLimits, EmulatorConfig, Faults};
+use pdq::emulator::{AttributeLimits, CreatedConversation, EmulatorConfig, Faults};
 use pdq::metrics::Condition;
 use pdq::queue::Locators;
 use pdq::worker::{Api, Budget, Worker, WorkerConfig};
@@ -359,8 +359,9 @@ async fn a_stop_while_the_patch_waits_for_the_budget_gives_the_unit_back() {
     app.db.drop_database().await;
 }
 
-#[tokio::test]
-async fn a_stop_before_the_bodies_of_a_large_update_gives_it_back_whole() {
+/// An emulator without a key limit and one customer with three jobs by purpose of 100 keys
+/// with 2,000-character values each: about 600 kB merged, two request bodies.
+async fn one_large_update() -> (TestApp, CreatedConversation, Uuid) {
     let app = TestApp::new(EmulatorConfig {
         attribute_limits: AttributeLimits {
             max_keys: None,
@@ -370,7 +371,6 @@ async fn a_stop_before_the_bodies_of_a_large_update_gives_it_back_whole() {
     })
     .await;
     let (c, pid) = app.customer_conversation();
-    // Three jobs of 100 keys with 2,000-character values: about 600 kB merged, two bodies.
     for j in 0..3 {
         let mut attributes = serde_json::Map::new();
         for k in 0..100 {
@@ -385,6 +385,12 @@ async fn a_stop_before_the_bodies_of_a_large_update_gives_it_back_whole() {
         ))
         .await;
     }
+    (app, c, pid)
+}
+
+#[tokio::test]
+async fn a_stop_before_the_bodies_of_a_large_update_gives_it_back_whole() {
+    let (app, c, pid) = one_large_update().await;
     app.emulator.set_faults(Faults {
         latency_ms: 200,
         ..Faults::default()
@@ -448,30 +454,7 @@ async fn a_stop_before_the_bodies_of_a_large_update_gives_it_back_whole() {
 
 #[tokio::test]
 async fn a_stop_between_the_bodies_of_a_large_update_sends_no_body_twice() {
-    let app = TestApp::new(EmulatorConfig {
-        attribute_limits: AttributeLimits {
-            max_keys: None,
-            ..AttributeLimits::default()
-        },
-        ..EmulatorConfig::default()
-    })
-    .await;
-    let (c, pid) = app.customer_conversation();
-    // Three jobs of 100 keys with 2,000-character values: about 600 kB merged, two bodies.
-    for j in 0..3 {
-        let mut attributes = serde_json::Map::new();
-        for k in 0..100 {
-            attributes.insert(
-                format!("k{j}-{k:03}"),
-                json!(format!("{j}{k:03}").repeat(500)),
-            );
-        }
-        app.enqueue(job(
-            Locators::conversation(c.id).purpose("customer"),
-            attributes.into(),
-        ))
-        .await;
-    }
+    let (app, c, pid) = one_large_update().await;
     // One request a second: the GET, then the bodies. A stop right after the first body
     // reached the API leaves a grace (1.2 s) shorter than a wait for another request slot.
     let first = worker_with_timeout(
