@@ -56,6 +56,18 @@ pub(crate) async fn layer(
     };
     let client_id = caller.client_id.clone();
     request.extensions_mut().insert(caller);
+    if after == Some(Injected::LateApply) {
+        return apply_late(
+            shared,
+            request,
+            next,
+            route,
+            client_id,
+            &correlation,
+            window,
+        )
+        .await;
+    }
     let response = finish(next.run(request).await, &correlation, window);
     let applied = response.extensions().get::<PatchApplied>().copied();
     match after {
@@ -83,6 +95,40 @@ pub(crate) async fn layer(
             response
         }
     }
+}
+
+/// Serves `request` later, in a task of its own that outlives the client's wait, and leaves
+/// the client unanswered for the hang time (then a 504, if it is still waiting). The applied
+/// PATCH is recorded with status 0: its answer never reached the client.
+async fn apply_late(
+    shared: Arc<Shared>,
+    request: Request,
+    next: Next,
+    route: String,
+    client_id: String,
+    correlation: &str,
+    window: Option<WindowInfo>,
+) -> Response {
+    let (late_ms, hang_ms) =
+        shared.with(|org| (org.config.faults.late_apply_ms, org.config.faults.hang_ms));
+    let later = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(late_ms)).await;
+        let response = next.run(request).await;
+        let applied = response.extensions().get::<PatchApplied>().copied();
+        later.with(|org| {
+            if let Some(PatchApplied(seq)) = applied {
+                org.set_patch_status(seq, 0);
+            }
+            org.record(&route, 0, Some(client_id));
+        });
+    });
+    tokio::time::sleep(Duration::from_millis(hang_ms)).await;
+    finish(
+        ApiError::server_error(504).into_response(),
+        correlation,
+        window,
+    )
 }
 
 /// Closes the connection without a response (a 500 where the connection cannot be reached).
@@ -240,7 +286,9 @@ async fn inject_faults(
     }
     match injected {
         Injected::None => Ok(None),
-        after @ (Injected::ResetAfter | Injected::ErrorAfter(_)) => Ok(Some(after)),
+        after @ (Injected::ResetAfter | Injected::ErrorAfter(_) | Injected::LateApply) => {
+            Ok(Some(after))
+        }
         Injected::Error(status) => {
             shared.record(route, status, None);
             let response = ApiError::server_error(status).into_response();

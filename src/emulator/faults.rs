@@ -22,6 +22,12 @@ pub struct Faults {
     pub hang_rate: f64,
     /// How long a hung request hangs.
     pub hang_ms: u64,
+    /// Share of requests the server applies only `late_apply_ms` after they arrived, while
+    /// their client gets no answer (within the hang time): a request its client gave up on that
+    /// the server still carries out, after requests sent later.
+    pub late_apply_rate: f64,
+    /// How long after its arrival a late request is applied.
+    pub late_apply_ms: u64,
     /// Answer every API request 429 for this many seconds from when the faults are set.
     pub storm_secs: u64,
     /// The `Retry-After` during a storm.
@@ -51,6 +57,8 @@ impl Default for Faults {
             reset_rate: 0.0,
             hang_rate: 0.0,
             hang_ms: 300_000,
+            late_apply_rate: 0.0,
+            late_apply_ms: 1_000,
             storm_secs: 0,
             storm_retry_after_secs: 5,
             include_oauth: false,
@@ -136,6 +144,8 @@ pub(crate) enum Injected {
     ResetAfter,
     /// Serve the request, then answer with this server error instead.
     ErrorAfter(u16),
+    /// Give no answer (within the hang time), and serve the request later.
+    LateApply,
 }
 
 #[cfg(test)]
@@ -154,6 +164,7 @@ impl Faults {
             || self.error_rate > 0.0
             || self.reset_rate > 0.0
             || self.hang_rate > 0.0
+            || self.late_apply_rate > 0.0
             || self.apply_then_reset_rate > 0.0
             || self.apply_then_error_rate > 0.0
     }
@@ -177,6 +188,8 @@ impl Faults {
             Injected::Reset
         } else if hit(self.hang_rate) {
             Injected::Hang
+        } else if hit(self.late_apply_rate) {
+            Injected::LateApply
         } else if hit(self.error_rate) {
             self.pick_status(rng)
                 .map_or(Injected::None, Injected::Error)

@@ -14,12 +14,19 @@ pub struct PrivateCluster {
 }
 
 impl PrivateCluster {
-    /// initdb + start; `None` when the server binaries are not installed.
+    /// initdb + start on a port of the chaos suite's range (25440–25449); `None` when the
+    /// server binaries are not installed.
+    #[allow(dead_code)]
     pub fn start() -> Option<PrivateCluster> {
+        PrivateCluster::start_in(25_440)
+    }
+
+    /// initdb + start on a port of the ten from `first` (each suite has its own range, so
+    /// clusters of suites running side by side never collide).
+    pub fn start_in(first: u16) -> Option<PrivateCluster> {
         let bindir = Command::new("pg_config").arg("--bindir").output().ok()?;
         let bindir = PathBuf::from(String::from_utf8(bindir.stdout).ok()?.trim());
-        // The chaos suite's port range (25440–25449), so clusters of other suites never collide.
-        let port = 25_440 + (std::process::id() % 10) as u16;
+        let port = first + (std::process::id() % 10) as u16;
         let dir =
             std::env::temp_dir().join(format!("pdq-chaos-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).ok()?;

@@ -9,6 +9,8 @@
 //!   line to `bench/results.jsonl`. With `PDQ_CHECK_STOP=first` it stops at the first failing
 //!   seed and records nothing (the mutant script's mode).
 
+#[path = "../chaos/cluster.rs"]
+mod cluster;
 #[path = "../../bench/common/mod.rs"]
 mod common;
 #[path = "../it/helpers.rs"]

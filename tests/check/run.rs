@@ -4,6 +4,7 @@
 //! evidence for the checker is collected.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -12,8 +13,10 @@ use pdq::emulator::{
     DEMO_CLIENT_ID,
 };
 use pdq::queue::budget::{self, PauseReason};
+use tokio::sync::RwLock;
 use uuid::Uuid;
 
+use crate::cluster::PrivateCluster;
 use crate::helpers::TestDb;
 use crate::judge::{marker_of, Evidence, FinalState, Refused, Update, Window};
 use crate::plan::{Action, Fault, FaultKind, JobSpec, Locator, Plan, CONVERSATIONS};
@@ -56,7 +59,18 @@ pub struct RunResult {
 /// Runs `plan`.
 pub async fn run(plan: &Plan) -> RunResult {
     let started = Instant::now();
-    let db = TestDb::with_connections(6).await;
+    // A run that crashes Postgres gets a private cluster (the port range 25470–25479).
+    let cluster = plan
+        .faults_of(FaultKind::PostgresCrash)
+        .next()
+        .map(|_| Arc::new(PrivateCluster::start_in(25_470).expect("a private cluster (initdb)")));
+    let db = match &cluster {
+        Some(cluster) => TestDb::on_server(&cluster.url(), 6).await,
+        None => TestDb::with_connections(6).await,
+    };
+    // Held for reading by each insert and operator action, for writing by a crash: no insert
+    // is in flight when Postgres goes down, so each one's outcome is known.
+    let crash_guard = RwLock::new(());
     let emulator = Emulator::start(EmulatorConfig {
         seed: plan.seed,
         rate_limit: None,
@@ -105,8 +119,16 @@ pub async fn run(plan: &Plan) -> RunResult {
         );
     }
     let t0 = Instant::now();
-    let producing = produce(plan, &db, &conversations, t0);
-    let chaos = play_faults(plan, &db, &emulator, &conversations, &mut workers, t0);
+    let producing = produce(plan, &db, &conversations, t0, &crash_guard);
+    let chaos = play_faults(
+        plan,
+        &db,
+        &emulator,
+        &conversations,
+        &mut workers,
+        t0,
+        (cluster.clone(), &crash_guard),
+    );
     let ((updates, refused, mut windows), (fault_windows, logs)) = tokio::join!(producing, chaos);
     windows.extend(fault_windows);
     let settled = settle(&db).await;
@@ -153,7 +175,7 @@ pub async fn run(plan: &Plan) -> RunResult {
         jobs_per_key,
     };
     drop(workers);
-    if std::env::var_os("PDQ_CHECK_KEEP_DB").is_some() {
+    if std::env::var_os("PDQ_CHECK_KEEP_DB").is_some() && cluster.is_none() {
         eprintln!("kept database {} (PDQ_CHECK_KEEP_DB)", db.name);
         std::mem::forget(db);
     } else {
@@ -192,6 +214,10 @@ fn window_faults(kind: FaultKind, length: Duration) -> Faults {
         FaultKind::Hangs => Faults {
             hang_rate: 0.3,
             hang_ms: REQUEST_TIMEOUT_MS * 3,
+            // Applied after the sender gave up, but within the quiet time pdq keeps after an
+            // unanswered PATCH (twice the request timeout from when it gave up).
+            late_apply_rate: 0.15,
+            late_apply_ms: REQUEST_TIMEOUT_MS * 3 / 2,
             ..base
         },
         FaultKind::Resets => Faults {
@@ -256,6 +282,7 @@ async fn produce(
     db: &TestDb,
     conversations: &[Conversation],
     t0: Instant,
+    crash_guard: &RwLock<()>,
 ) -> (Vec<Update>, Vec<Refused>, Vec<Window>) {
     enum Step<'a> {
         Insert(&'a JobSpec),
@@ -273,6 +300,7 @@ async fn produce(
     let mut resumes = Vec::new();
     for (at, _, step) in steps {
         until(t0, at).await;
+        let _up = crash_guard.read().await;
         match step {
             Step::Insert(spec) => {
                 let conversation = &conversations[spec.conversation];
@@ -465,6 +493,7 @@ async fn play_faults(
     conversations: &[Conversation],
     workers: &mut [Worker],
     t0: Instant,
+    (cluster, crash_guard): (Option<Arc<PrivateCluster>>, &RwLock<()>),
 ) -> (Vec<Window>, Vec<std::path::PathBuf>) {
     let mut events: Vec<(u64, Event)> = Vec::new();
     for fault in &plan.faults {
@@ -533,6 +562,22 @@ async fn play_faults(
                         if let Some(slot) = pick_running(workers, fault.target) {
                             workers[slot].signal("-TERM");
                             events.push((at + 50, Event::Reap(slot, fault, Utc::now())));
+                        }
+                    }
+                    FaultKind::PostgresCrash => {
+                        if let Some(cluster) = cluster.clone() {
+                            let _down = crash_guard.write().await;
+                            let start = Utc::now();
+                            let recovered =
+                                tokio::task::spawn_blocking(move || cluster.crash_and_recover())
+                                    .await
+                                    .unwrap_or(false);
+                            assert!(recovered, "Postgres restarted after the crash");
+                            windows.push(Window {
+                                kind: fault.kind,
+                                start,
+                                end: Utc::now(),
+                            });
                         }
                     }
                     FaultKind::TerminateBackends => {

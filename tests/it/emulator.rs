@@ -632,6 +632,57 @@ async fn official_sdk_style_flow_works_end_to_end() {
 }
 
 #[tokio::test]
+async fn a_late_request_is_applied_after_its_client_gave_up_and_after_a_later_one() {
+    let (emulator, client) = start(EmulatorConfig::default()).await;
+    let base = emulator.base_url();
+    let bearer = token(&client, &base).await;
+    let created = emulator.create_conversation(ConversationSpec::voice().customer("Jane"));
+    let (cid, pid) = (created.id, created.participant("customer").unwrap());
+    let url = format!("{base}/api/v2/conversations/{cid}/participants/{pid}/attributes");
+    let patch = |value: &str| {
+        client
+            .patch(&url)
+            .bearer_auth(&bearer)
+            .timeout(std::time::Duration::from_millis(200))
+            .json(&json!({"attributes": {"case": value}}))
+            .send()
+    };
+    emulator.set_faults(Faults {
+        late_apply_rate: 1.0,
+        late_apply_ms: 600,
+        hang_ms: 5_000,
+        ..Faults::default()
+    });
+    let gave_up = patch("late").await.unwrap_err();
+    assert!(gave_up.is_timeout(), "no answer: {gave_up}");
+    assert_eq!(
+        emulator
+            .attributes_of(cid, pid)
+            .and_then(|a| a.get("case").cloned()),
+        None,
+        "not applied yet when its client gave up"
+    );
+    emulator.set_faults(Faults::default());
+    assert_eq!(patch("later").await.unwrap().status(), 202);
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(
+        emulator.attributes_of(cid, pid).unwrap()["case"],
+        "late",
+        "the late request landed over the later one"
+    );
+    let seen: Vec<(String, u16)> = emulator
+        .patches()
+        .iter()
+        .map(|p| (p.attributes["case"].clone(), p.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [("later".to_owned(), 202), ("late".to_owned(), 0)],
+        "the late one is recorded when applied, with no answer given"
+    );
+}
+
+#[tokio::test]
 async fn apply_then_drop_and_apply_then_5xx_apply_the_patch_the_client_never_hears_of() {
     let (emulator, client) = start(EmulatorConfig::default()).await;
     let base = emulator.base_url();
