@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
-# pdq's image: `docker build --build-arg PDQ_COMMIT=$(git rev-parse --short HEAD) -t pdq .`
-# (`docker compose build` passes the same argument). The binary is stripped; its debug info is
+# pdq's image: `docker build -t pdq .` (or `docker compose build`). `pdq --version` names the
+# checkout's commit, read from the only files of .git the build context holds (HEAD,
+# packed-refs, refs/: see .dockerignore); `--build-arg PDQ_COMMIT=…` overrides it and also sets
+# the image's revision label. The binary is stripped; its debug info is
 # kept in the `debuginfo` stage for profiling:
 #   docker build --target debuginfo --output type=local,dest=./debuginfo .
 
@@ -21,6 +23,11 @@ RUN mkdir -p src/bin/pdq bench \
 ARG PDQ_COMMIT=unknown
 ARG SOURCE_DATE_EPOCH
 COPY build.rs ./
+COPY build build
+# The checkout's HEAD and refs, when the context has them (the glob lets a source without .git
+# build too; build.rs then says "unknown").
+COPY build.rs .gi[t] /src/git-meta/
+ENV PDQ_GIT_DIR=/src/git-meta
 COPY migrations migrations
 COPY src src
 COPY bench bench

@@ -2,17 +2,31 @@
 //! `migrations/` at compile time, and cargo does not watch that folder by itself.
 //!
 //! Also stamps the build for `pdq --version`: `PDQ_COMMIT` (the short commit from `git rev-parse
-//! --short HEAD` when the source is a git checkout, else the `PDQ_COMMIT` environment variable,
-//! else "unknown") and `PDQ_BUILD_DATE` (UTC, `YYYY-MM-DD`; `SOURCE_DATE_EPOCH` when set, for
-//! reproducible builds).
+//! --short HEAD` when the source is a git checkout and git runs; else the `PDQ_COMMIT`
+//! environment variable unless it is empty or "unknown"; else the commit `HEAD` names, read
+//! from the files of the git directory `PDQ_GIT_DIR` or `.git` (the image build copies only
+//! those); else "unknown") and `PDQ_BUILD_DATE` (UTC, `YYYY-MM-DD`; `SOURCE_DATE_EPOCH` when
+//! set, for reproducible builds).
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+#[path = "build/git_head.rs"]
+mod git_head;
+
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=build/git_head.rs");
     println!("cargo:rerun-if-env-changed=PDQ_COMMIT");
+    println!("cargo:rerun-if-env-changed=PDQ_GIT_DIR");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    let git_dir = std::env::var_os("PDQ_GIT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".git"));
+    for file in git_head::watched_files(&git_dir) {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
     // A new commit moves HEAD or the branch it names; watch whichever files exist (a missing
     // path would make cargo rerun this script, and rebuild the crate, on every build).
     let branch = git(&["rev-parse", "--symbolic-full-name", "HEAD"]);
@@ -27,8 +41,9 @@ fn main() {
         .or_else(|| {
             std::env::var("PDQ_COMMIT")
                 .ok()
-                .filter(|c| !c.trim().is_empty())
+                .filter(|c| !c.trim().is_empty() && c.trim() != "unknown")
         })
+        .or_else(|| git_head::head_commit(&git_dir).map(|commit| commit[..7].to_owned()))
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=PDQ_COMMIT={}", commit.trim());
     println!("cargo:rustc-env=PDQ_BUILD_DATE={}", build_date());

@@ -239,8 +239,7 @@ fn refuses_startup_options(error: &sqlx::Error) -> bool {
 /// Opens a pool like [`connect`] whose sessions cancel any statement running longer than
 /// `statement_timeout` and end any transaction left idle that long; when the server refuses to
 /// set it at startup (a pooler), the pool
-/// opens without it and says so (set it on the role instead: README, Running against your
-/// Postgres).
+/// opens without it and says so (set it on the role instead: docs/postgres.md, Poolers).
 pub async fn connect_bounded(
     options: PgConnectOptions,
     max_connections: u32,

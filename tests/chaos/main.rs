@@ -23,7 +23,7 @@ use helpers::{wait_until, TestDb};
 use ledger::{Job, Ledger, VALUE_KEY};
 use reliability::{Row, Scenario, Stats};
 
-/// Scenario names, as the README table shows them.
+/// Scenario names, as the reliability table (docs/reliability.md) shows them.
 const KILL_9: &str = "kill -9 ×3 of a worker holding units, restarted";
 const KILL_AND_TERM: &str = "3 workers: one kill -9 while holding units, one SIGTERM";
 const LOST_LEASE: &str = "worker stopped past its lease (SIGSTOP), then resumed";

@@ -1,7 +1,8 @@
-//! The README's reliability table, filled from the suite's own results.
+//! The reliability table of `docs/reliability.md`, filled from the suite's own results.
 //!
-//! Every scenario prints its row. With `PDQ_CHAOS_README=1` it also writes the row into
-//! `README.md`, between the `reliability-table` markers, replacing the row of the same scenario.
+//! Every scenario prints its row. With `PDQ_CHAOS_TABLE=1` (or the older `PDQ_CHAOS_README=1`)
+//! it also writes the row into `docs/reliability.md`, between the `reliability-table` markers,
+//! replacing the row of the same scenario.
 //! A failed run writes its row too, marked failed with the reason, so no old result stays.
 
 use std::cell::{Cell, RefCell};
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 const BEGIN: &str = "<!-- reliability-table:begin -->";
 const END: &str = "<!-- reliability-table:end -->";
+/// The file that holds the table, from the crate's root.
+const TABLE_FILE: &str = "docs/reliability.md";
 const HEADER: &str = "| scenario | run | result | jobs | applied | lost | stale | duplicates applied | dead-lettered (by reason) | stuck | time to drain | notes |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// The table lists scenarios in this order (the order of the suite's brief); others go last.
@@ -28,8 +31,8 @@ const ORDER: &[&str] = &[
     super::BACKFILL,
 ];
 
-/// Scenarios run in parallel threads of one process; they take turns with the README.
-static README: Mutex<()> = Mutex::new(());
+/// Scenarios run in parallel threads of one process; they take turns with the table's file.
+static TABLE: Mutex<()> = Mutex::new(());
 
 /// What a scenario measured. `None` where a column does not apply ("—").
 #[derive(Debug, Default, Clone)]
@@ -128,19 +131,27 @@ fn cell(text: &str) -> String {
     }
 }
 
-/// Prints the row, and writes it into the README when `PDQ_CHAOS_README=1`.
+/// Prints the row, and writes it into `docs/reliability.md` when `PDQ_CHAOS_TABLE=1`.
 pub fn record(row: &Row) {
     let line = row.markdown();
     println!("{line}");
-    if std::env::var("PDQ_CHAOS_README").is_ok_and(|v| v == "1") {
-        let _turn = README
+    let write = ["PDQ_CHAOS_TABLE", "PDQ_CHAOS_README"]
+        .iter()
+        .any(|name| std::env::var(name).is_ok_and(|v| v == "1"));
+    if write {
+        let _turn = TABLE
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
-        let readme = std::fs::read_to_string(path).expect("README.md");
-        let updated = with_row(&readme, row.scenario, &line);
-        std::fs::write(path, updated).expect("write README.md");
+        let path = table_path();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let updated = with_row(&text, row.scenario, &line);
+        std::fs::write(&path, updated).unwrap_or_else(|e| panic!("write {path}: {e}"));
     }
+}
+
+/// Where the table lives.
+fn table_path() -> String {
+    format!("{}/{TABLE_FILE}", env!("CARGO_MANIFEST_DIR"))
 }
 
 thread_local! {
@@ -209,12 +220,12 @@ fn pipes() -> usize {
         .count()
 }
 
-/// The README with `line` as the row of `scenario` inside the markers (replaced, or appended).
+/// The document with `line` as the row of `scenario` inside the markers (replaced, or appended).
 /// Rows of an older table layout (another column count) are dropped: their columns would no
 /// longer mean what the header says.
 fn with_row(readme: &str, scenario: &str, line: &str) -> String {
     let (Some(begin), Some(end)) = (readme.find(BEGIN), readme.find(END)) else {
-        panic!("README.md needs the {BEGIN} and {END} markers around the reliability table");
+        panic!("{TABLE_FILE} needs the {BEGIN} and {END} markers around the reliability table");
     };
     let inside = &readme[begin + BEGIN.len()..end];
     let prefix = format!("| {scenario} |");
@@ -271,6 +282,42 @@ fn a_row_replaces_its_scenario_and_keeps_the_others() {
     assert!(
         first.contains(&format!("{HEADER}\n{known}\n{a_new}")),
         "known scenarios come first, in the brief's order"
+    );
+}
+
+#[test]
+fn the_table_lives_in_docs_reliability_and_rewrites_in_place() {
+    let text = std::fs::read_to_string(table_path()).unwrap();
+    assert_eq!(
+        text.matches(BEGIN).count(),
+        1,
+        "{TABLE_FILE}: one begin marker"
+    );
+    assert_eq!(text.matches(END).count(), 1, "{TABLE_FILE}: one end marker");
+    assert!(
+        text.contains(&format!("{BEGIN}\n{HEADER}\n")),
+        "the header follows the marker"
+    );
+    // Writing a row of every scenario already in the table changes nothing else.
+    let rows: Vec<&str> = text[text.find(BEGIN).unwrap()..text.find(END).unwrap()]
+        .lines()
+        .filter(|l| l.starts_with("| ") && !HEADER.contains(l))
+        .collect();
+    assert!(!rows.is_empty(), "the table has rows");
+    let mut again = text.clone();
+    for row in &rows {
+        let scenario = row[2..].split(" | ").next().unwrap();
+        again = with_row(&again, scenario, row);
+    }
+    assert_eq!(
+        again, text,
+        "rewriting the same rows leaves {TABLE_FILE} as it is"
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        !readme.contains(BEGIN),
+        "the table is no longer in the README"
     );
 }
 

@@ -242,7 +242,7 @@ async fn pdq_run_refuses_a_request_timeout_that_a_lease_cannot_cover() {
     db.drop_database().await;
 }
 
-/// The exit-code table: printed by `--help`, kept in the README, and used by the commands.
+/// The exit-code table: printed by `--help`, kept in docs/operations.md, and used by the commands.
 const EXIT_CODES: [(u8, &str); 9] = [
     (0, "success"),
     (1, "an unexpected error"),
@@ -264,7 +264,8 @@ async fn every_command_uses_the_documented_exit_codes() {
         .unwrap();
     let help = stdout(&help);
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+            .unwrap();
     for (code, meaning) in EXIT_CODES {
         let row = help
             .lines()
@@ -273,7 +274,7 @@ async fn every_command_uses_the_documented_exit_codes() {
         assert!(row.contains(meaning), "{row}");
         assert!(
             readme.contains(&format!("| {code} | {}", row.trim_start()[3..].trim())),
-            "the README lacks row {code}: {row}"
+            "docs/operations.md lacks row {code}: {row}"
         );
     }
     assert!(

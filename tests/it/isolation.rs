@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::helpers::TestDb;
 use crate::roles::{finish, is_permission_denied, LoginRole};
 
-/// Inserts a job the way the README's contract does; returns its id (None: skipped).
+/// Inserts a job the way the SQL contract (docs/sql-contract.md) does; returns its id (None: skipped).
 async fn insert(pool: &PgPool, key: Option<&str>) -> Option<i64> {
     sqlx::query_scalar(
         "insert into pdq.jobs (conversation_id, attributes, idempotency_key)
@@ -263,7 +263,7 @@ async fn two_producers_with_the_same_idempotency_key_each_get_their_job() {
         .expect("B's job, not a no-op");
     assert_ne!(a_job, b_job);
     assert_eq!(db.count("pdq.jobs").await, 2, "both jobs exist");
-    // Repeats are no-ops for each (the README's contract), also without ON CONFLICT.
+    // Repeats are no-ops for each (the SQL contract), also without ON CONFLICT.
     assert_eq!(insert(&a.pool, Some(key)).await, None);
     assert_eq!(insert(&b.pool, Some(key)).await, None);
     let plain: Option<i64> = sqlx::query_scalar(

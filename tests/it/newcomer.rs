@@ -1,6 +1,6 @@
-//! What a newcomer meets first: exit codes as the README's table says, errors that name what
+//! What a newcomer meets first: exit codes as documented, errors that name what
 //! is missing, quiet ends on a closed pipe, refused out-of-range flags, a worker that checks
-//! its credentials at start.
+//! its credentials at start, and docs whose links all lead somewhere.
 
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
@@ -34,15 +34,16 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The code the README's "### Exit codes" table gives the row whose meaning contains
-/// `meaning`.
+/// The code the "### Exit codes" table of docs/operations.md gives the row whose meaning
+/// contains `meaning`.
 fn documented_code(meaning: &str) -> i32 {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+            .unwrap();
     let table = readme
         .split("### Exit codes")
         .nth(1)
-        .expect("the README has an exit-code table");
+        .expect("docs/operations.md has an exit-code table");
     let rows: Vec<(i32, &str)> = table
         .lines()
         .skip_while(|line| !line.starts_with('|'))
@@ -57,11 +58,15 @@ fn documented_code(meaning: &str) -> i32 {
         .filter(|(_, text)| text.contains(meaning))
         .map(|(code, _)| *code)
         .collect();
-    assert_eq!(found.len(), 1, "one README row says {meaning:?}: {rows:?}");
+    assert_eq!(
+        found.len(),
+        1,
+        "one exit-code row says {meaning:?}: {rows:?}"
+    );
     found[0]
 }
 
-/// Asserts that `output` exited with the code the README documents for `meaning`.
+/// Asserts that `output` exited with the code docs/operations.md documents for `meaning`.
 fn assert_documented(output: &Output, meaning: &str) {
     assert_eq!(
         output.status.code(),
@@ -739,4 +744,164 @@ fn the_man_page_has_the_exit_codes() {
     let main = std::fs::read_to_string(dir.join("pdq.1")).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(main.contains(".SH \"EXIT STATUS\""), "{main}");
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped (word characters, spaces,
+/// hyphens kept), spaces to hyphens; a repeated heading gets `-1`, `-2`, ….
+fn anchors(markdown: &str) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut bases: Vec<String> = Vec::new();
+    for line in prose_lines(markdown) {
+        let Some(title) = line
+            .strip_prefix('#')
+            .map(|rest| rest.trim_start_matches('#'))
+            .and_then(|rest| rest.strip_prefix(' '))
+        else {
+            continue;
+        };
+        let slug: String = title
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | ' '))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let repeats = bases.iter().filter(|s| **s == slug).count();
+        bases.push(slug.clone());
+        seen.push(match repeats {
+            0 => slug,
+            n => format!("{slug}-{n}"),
+        });
+    }
+    seen
+}
+
+/// The lines outside fenced code blocks.
+fn prose_lines(markdown: &str) -> Vec<&str> {
+    let mut fenced = false;
+    markdown
+        .lines()
+        .filter(|line| {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+                return false;
+            }
+            !fenced
+        })
+        .collect()
+}
+
+/// The targets of the `[text](target)` links (and images) of `markdown`, outside code.
+fn link_targets(markdown: &str) -> Vec<String> {
+    let mut targets = Vec::new();
+    for line in prose_lines(markdown) {
+        // Inline code is not a link: drop the spans between backticks.
+        let prose: String = line
+            .split('`')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .map(|(_, part)| part)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut rest = prose.as_str();
+        while let Some(at) = rest.find("](") {
+            let tail = &rest[at + 2..];
+            let Some(end) = tail.find(')') else { break };
+            let target = &tail[..end];
+            if !target.is_empty() && !target.contains(char::is_whitespace) {
+                targets.push(target.to_owned());
+            }
+            rest = &tail[end..];
+        }
+    }
+    targets
+}
+
+/// What is wrong with the relative links of the file `from` (relative to the crate's root):
+/// a file that does not exist, or an `#anchor` no heading of the target gives.
+fn broken_links(root: &std::path::Path, from: &str, text: &str) -> Vec<String> {
+    let here = root.join(from);
+    let dir = here.parent().unwrap();
+    let mut broken = Vec::new();
+    for target in link_targets(text) {
+        if target.contains("://") || target.starts_with("mailto:") {
+            continue;
+        }
+        let (path, anchor) = target.split_once('#').unwrap_or((&target, ""));
+        let file = if path.is_empty() {
+            here.clone()
+        } else {
+            dir.join(path)
+        };
+        if !file.exists() {
+            broken.push(format!("{from}: {target}: no file {path}"));
+            continue;
+        }
+        if !anchor.is_empty() {
+            // A link within the file is judged against the text given, not the file on disk.
+            let content = match path.is_empty() {
+                true => text.to_owned(),
+                false => match std::fs::read_to_string(&file) {
+                    Ok(content) => content,
+                    Err(_) => {
+                        broken.push(format!("{from}: {target}: not a text file"));
+                        continue;
+                    }
+                },
+            };
+            if !anchors(&content).iter().any(|a| a == anchor) {
+                broken.push(format!("{from}: {target}: no heading #{anchor}"));
+            }
+        }
+    }
+    broken
+}
+
+#[test]
+fn anchors_and_link_checks_follow_the_markdown() {
+    assert_eq!(
+        anchors(
+            "# A b c\n# A b\n## Is it working? `pdq status`\n```sh\n# not a heading\n```\n## A b\n"
+        ),
+        ["a-b-c", "a-b", "is-it-working-pdq-status", "a-b-1"]
+    );
+    assert_eq!(
+        link_targets("see [x](a.md#b), `[no](c.md)` and ![i](d.png)\n```\n[no](e.md)\n```"),
+        ["a.md#b", "d.png"]
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = "# Top\n[ok](#top) [ok](docs/outcomes.md) [bad](#nowhere) [bad](docs/none.md)";
+    let broken = broken_links(root, "README.md", text);
+    assert_eq!(broken.len(), 2, "{broken:?}");
+    assert!(broken[0].contains("#nowhere") && broken[1].contains("docs/none.md"));
+}
+
+/// Every relative link of the README and of docs/ (and the other guides they link to) reaches
+/// a file that exists, and every `#anchor` a heading of that file.
+#[test]
+fn every_relative_link_of_the_docs_reaches_a_file_and_a_heading() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![
+        "README.md".to_owned(),
+        "BENCHMARKS.md".to_owned(),
+        "examples/README.md".to_owned(),
+        "deploy/systemd/README.md".to_owned(),
+        "deploy/helm/pdq/README.md".to_owned(),
+    ];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".md") {
+            files.push(format!("docs/{name}"));
+        }
+    }
+    assert!(files.len() >= 12, "{files:?}");
+    let mut broken = Vec::new();
+    let mut links = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        links += link_targets(&text).len();
+        broken.extend(broken_links(root, file, &text));
+    }
+    assert!(links > 50, "only {links} links found");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }

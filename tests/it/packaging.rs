@@ -721,3 +721,117 @@ async fn a_ca_from_ssl_cert_file_is_trusted_through_an_https_proxy() {
     assert_eq!(handshakes.lock().unwrap().0, ok_handshakes);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The build script's reader of `.git` files (build/git_head.rs), for images built without git.
+#[path = "../../build/git_head.rs"]
+#[allow(dead_code)]
+mod git_head;
+
+/// A scratch folder for one git layout.
+fn git_scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pdq-git-{name}-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(path: PathBuf, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn the_build_reads_the_commit_from_git_files_in_every_layout() {
+    let a = "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d";
+    let b = "ffeeddccbbaa99887766554433221100ffeeddcc";
+    // A branch as a loose ref.
+    let loose = git_scratch("loose");
+    write(loose.join("HEAD"), "ref: refs/heads/main\n");
+    write(loose.join("refs/heads/main"), &format!("{a}\n"));
+    assert_eq!(git_head::head_commit(&loose).as_deref(), Some(a));
+    // Only in packed-refs (a fresh clone, or after `git gc`).
+    let packed = git_scratch("packed");
+    write(packed.join("HEAD"), "ref: refs/heads/main\n");
+    write(
+        packed.join("packed-refs"),
+        &format!("# pack-refs with: peeled fully-peeled sorted \n{b} refs/heads/other\n{a} refs/heads/main\n"),
+    );
+    assert_eq!(git_head::head_commit(&packed).as_deref(), Some(a));
+    // A detached HEAD (a CI checkout of a tag or commit).
+    let detached = git_scratch("detached");
+    write(detached.join("HEAD"), &format!("{b}\n"));
+    assert_eq!(git_head::head_commit(&detached).as_deref(), Some(b));
+    // A worktree: `.git` is a file; its HEAD is its own, the refs are the main repository's.
+    let main = git_scratch("main");
+    write(
+        main.join(".git/packed-refs"),
+        &format!("{b} refs/heads/feature\n"),
+    );
+    write(
+        main.join(".git/worktrees/wt/HEAD"),
+        "ref: refs/heads/feature\n",
+    );
+    write(main.join(".git/worktrees/wt/commondir"), "../..\n");
+    write(main.join("wt/.git"), "gitdir: ../.git/worktrees/wt\n");
+    assert_eq!(
+        git_head::head_commit(&main.join("wt/.git")).as_deref(),
+        Some(b)
+    );
+    // Nothing to read: no commit, never a guess.
+    let empty = git_scratch("empty");
+    assert_eq!(git_head::head_commit(&empty), None);
+    assert_eq!(git_head::head_commit(&empty.join(".git")), None);
+    write(empty.join("HEAD"), "ref: refs/heads/gone\n");
+    assert_eq!(
+        git_head::head_commit(&empty),
+        None,
+        "a branch with no commit"
+    );
+    write(empty.join("HEAD"), "not a commit\n");
+    assert_eq!(git_head::head_commit(&empty), None);
+    for dir in [loose, packed, detached, main, empty] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// What the image build sees: of `.git` only HEAD, packed-refs and refs/ (`.dockerignore`),
+/// copied into one folder (the Dockerfile's `PDQ_GIT_DIR`), names this checkout's commit.
+#[test]
+fn the_git_files_the_image_build_gets_name_this_checkout_s_commit() {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        Some(text(&out.stdout).trim().to_owned())
+    };
+    let (Some(head), Some(git_dir), Some(common)) = (
+        git(&["rev-parse", "HEAD"]),
+        git(&["rev-parse", "--absolute-git-dir"]),
+        git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]),
+    ) else {
+        eprintln!("skipped: not a git checkout, or no git");
+        return;
+    };
+    let context = git_scratch("context");
+    std::fs::copy(format!("{git_dir}/HEAD"), context.join("HEAD")).unwrap();
+    let packed = PathBuf::from(&common).join("packed-refs");
+    if packed.exists() {
+        std::fs::copy(packed, context.join("packed-refs")).unwrap();
+    }
+    let status = Command::new("cp")
+        .args([
+            "-r",
+            &format!("{common}/refs"),
+            &context.display().to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(git_head::head_commit(&context), Some(head.clone()));
+    // The checkout itself, read without git, agrees too.
+    let dot_git = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".git");
+    assert_eq!(git_head::head_commit(&dot_git), Some(head));
+    std::fs::remove_dir_all(context).unwrap();
+}

@@ -189,7 +189,7 @@ async fn tls_only_postgres_works_with_every_sslmode_as_libpq_documents_it() {
         stderr(&wrong_name)
     );
     // verify-ca checks the chain (sqlx 0.8.6 with rustls 0.23.4x checks the name too: stricter
-    // than libpq, never weaker; README: Running against your Postgres).
+    // than libpq, never weaker; docs/postgres.md).
     let verify_ca = at("localhost", &format!("sslmode=verify-ca&sslrootcert={ca}"));
     assert_eq!(encrypted(&verify_ca).await, Ok(true));
     let verify_ca_wrong = at(
@@ -882,7 +882,7 @@ async fn pickup_times(app: &TestApp, first: usize, rounds: usize, gap: Duration)
 async fn through_a_transaction_pooler_the_listener_takes_its_direct_url_or_the_poll_runs_alone() {
     let app = TestApp::new(EmulatorConfig::default()).await;
     // One server connection: sqlx names its prepared statements, which PgBouncer before 1.21
-    // cannot keep across server connections (README: Running against your Postgres).
+    // cannot keep across server connections (docs/postgres.md).
     let Some(bouncer) = Bouncer::start(25459, 5432, "transaction", "default_pool_size = 1") else {
         return;
     };

@@ -128,7 +128,7 @@ pub fn render() -> String {
          Generated from pdq's command-line definitions (`src/bin/pdq/config_doc.rs`; a test fails \
          when this file and the definitions differ, and `PDQ_WRITE_DOCS=1 cargo test --bin pdq \
          configuration` rewrites it). Every flag with a variable can be set either way; the flag \
-         wins. Exit codes: [README](../README.md#exit-codes).\n\n\
+         wins. Exit codes: [operations.md](operations.md#exit-codes).\n\n\
          ## Every command\n\n\
          | flag | variable | default | meaning |\n|---|---|---|---|\n",
     );

@@ -336,9 +336,10 @@ fn compose_postgres_matches_the_readme_and_services_are_health_gated() {
     assert!(command
         .windows(2)
         .any(|w| w == ["--worker", "pdq_worker_login"]));
+    let operations = read("docs/operations.md");
     for profile in ["sandbox", "org"] {
         assert!(
-            readme.contains(&format!("--profile {profile}")),
+            operations.contains(&format!("--profile {profile}")),
             "{profile}"
         );
     }
@@ -396,9 +397,116 @@ fn the_dockerfile_builds_small_runs_unprivileged_and_checks_health_with_pdq() {
     parse_with_env(&run, &[("PDQ_METRICS_ADDR".into(), "0.0.0.0:9187".into())])
         .expect("the default command parses");
     let ignore = read(".dockerignore");
-    for entry in ["target/", ".git/"] {
-        assert!(ignore.lines().any(|l| l.trim() == entry), "{entry}");
+    let entries: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    // Of .git only what names the commit reaches the build: everything, then the exceptions.
+    for entry in [
+        "target/",
+        ".git/*",
+        "!.git/HEAD",
+        "!.git/packed-refs",
+        "!.git/refs",
+    ] {
+        assert!(entries.contains(&entry), "{entry}");
     }
+    let position = |entry: &str| entries.iter().position(|l| *l == entry).unwrap();
+    assert!(
+        position(".git/*") < position("!.git/HEAD"),
+        "exceptions after the rule"
+    );
+    assert!(
+        !entries
+            .iter()
+            .any(|l| l.starts_with("!.git/objects") || *l == "!.git"),
+        "the objects stay out of the context"
+    );
+    // The build copies those files where build.rs looks for them, and its reader too.
+    let git_dir = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("ENV PDQ_GIT_DIR="))
+        .expect("ENV PDQ_GIT_DIR");
+    assert!(
+        lines.iter().any(|l| l.starts_with("COPY ")
+            && l.contains(" .gi[t] ")
+            && l.trim_end().ends_with(&format!("{git_dir}/"))),
+        "COPY … .gi[t] {git_dir}/ (a glob, so a source without .git builds too)"
+    );
+    assert!(lines.contains(&"COPY build build"), "build/git_head.rs");
+}
+
+/// The host ports the services of `profile` (and those without a profile) publish.
+fn published_ports(profile: &str) -> Vec<(String, u16)> {
+    let mut ports = Vec::new();
+    for (name, service) in compose_services() {
+        let profiles = profiles(&service);
+        if !profiles.is_empty() && !profiles.iter().any(|p| p == profile) {
+            continue;
+        }
+        for port in get(&service, "ports").map(strings).unwrap_or_default() {
+            // "127.0.0.1:HOST:CONTAINER" (or "HOST:CONTAINER").
+            let parts: Vec<&str> = port.split(':').collect();
+            let host = parts[parts.len() - 2]
+                .parse()
+                .unwrap_or_else(|_| panic!("{port}"));
+            ports.push((name.clone(), host));
+        }
+    }
+    ports
+}
+
+/// The port of a listen address flag's default (`--listen 127.0.0.1:9188`).
+fn default_port(subcommand: &str, flag: &str) -> u16 {
+    let mut root = Cli::command();
+    root.build();
+    let command = root.find_subcommand(subcommand).expect(subcommand);
+    let arg = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(flag))
+        .unwrap_or_else(|| panic!("{subcommand} --{flag}"));
+    let default = arg.get_default_values()[0].to_str().unwrap();
+    default.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn compose_leaves_the_default_ports_of_the_host_commands_free() {
+    let console = default_port("console", "listen");
+    let metrics = default_port("run", "metrics-addr");
+    assert_ne!(console, metrics);
+    for profile in ["sandbox", "org"] {
+        let ports = published_ports(profile);
+        let mut seen = BTreeSet::new();
+        for (name, port) in &ports {
+            assert!(seen.insert(*port), "{profile}: port {port} published twice");
+            assert_ne!(
+                *port, console,
+                "{name} publishes {port}, the default of `pdq console` on the host"
+            );
+        }
+    }
+    // The sandbox leaves a host `pdq run` its default metrics port too; only the org worker
+    // takes it, standing for that worker.
+    for (name, port) in published_ports("sandbox") {
+        assert_ne!(port, metrics, "{name} publishes `pdq run`'s default {port}");
+    }
+    let sandbox_metrics: Vec<u16> = published_ports("sandbox")
+        .into_iter()
+        .filter(|(name, _)| name == "emulator")
+        .map(|(_, port)| port)
+        .filter(|port| *port != 8710)
+        .collect();
+    assert_eq!(
+        sandbox_metrics.len(),
+        1,
+        "the sandbox worker's metrics port"
+    );
+    let operations = read("docs/operations.md");
+    assert!(
+        operations.contains(&format!("127.0.0.1:{}/metrics", sandbox_metrics[0])),
+        "docs/operations.md names the sandbox worker's metrics port"
+    );
 }
 
 #[test]

@@ -55,7 +55,7 @@ impl Exit {
         }
     }
 
-    /// One line for the table in `--help` and the README.
+    /// One line for the table in `--help` and docs/operations.md.
     pub fn meaning(self) -> &'static str {
         match self {
             Exit::Ok => "success (doctor: every check passed)",
@@ -138,7 +138,7 @@ impl Exit {
     }
 }
 
-/// The table printed after `--help` and kept in the README.
+/// The table printed after `--help` and kept in docs/operations.md.
 pub fn table() -> String {
     let mut text = String::from("Exit codes:\n");
     for exit in Exit::ALL {

@@ -12,7 +12,7 @@ pub struct CompletionsArgs {
     pub shell: Shell,
 }
 
-/// Writes the script; see the README for where each shell looks for it.
+/// Writes the script; see docs/operations.md for where each shell looks for it.
 pub fn run(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
     let mut command = crate::cli::Cli::command();
     let mut script = Vec::new();

@@ -116,7 +116,7 @@ async fn check_database(db: &Database, checks: &mut Checks) {
                 true,
                 "replication",
                 format!(
-                    "asynchronous standbys ({}): a failover to one can lose recent jobs (README:                      Running against your Postgres)",
+                    "asynchronous standbys ({}): a failover to one can lose recent jobs (docs/postgres.md)",
                     standbys.join(", ")
                 ),
             );

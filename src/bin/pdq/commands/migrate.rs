@@ -56,7 +56,7 @@ pub async fn run(db: &Database, args: MigrateArgs, json: bool) -> anyhow::Result
         eprintln!(
             "warning: role {group} does not exist and this login may not create roles, so the \
              migrations granted it nothing: have a role administrator run `CREATE ROLE {group} \
-             NOLOGIN`, then grant it its rights (README: Roles) or migrate a fresh database"
+             NOLOGIN`, then grant it its rights (docs/sql-contract.md, Roles) or migrate a fresh database"
         );
     }
     if json {

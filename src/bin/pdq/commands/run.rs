@@ -150,7 +150,7 @@ impl RunArgs {
 }
 
 /// A failover to an asynchronous standby can lose the last jobs and apply older values over
-/// newer ones: say so at start (README: Running against your Postgres).
+/// newer ones: say so at start (docs/postgres.md).
 async fn warn_about_async_standbys(pool: &sqlx::PgPool) {
     if let Ok(standbys) = pdq::db::async_standbys(pool).await {
         if !standbys.is_empty() {
