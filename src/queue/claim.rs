@@ -189,7 +189,7 @@ select j.id, j.conversation_id, j.external_tag, j.participant_id, j.participant_
      or exists (select 1 from pdq.uncertain_values u
                 where u.target = j.participant_key and u.seq > coalesce(j.seq, j.id)
                   and j.attributes ? u.key)) as behind_attempted,
-    j.lease_token, now() as db_now
+    j.maybe_sent, j.lease_token, now() as db_now
 from pdq.jobs j
 where j.id = any($1)";
 

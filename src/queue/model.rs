@@ -232,6 +232,12 @@ pub struct Job {
     #[sqlx(default)]
     #[serde(skip)]
     pub behind_attempted: bool,
+    /// An earlier attempt's PATCH may have landed unseen (it got an error or no answer, or the
+    /// lease of a worker that died was rescued): the unit reads the participant before sending
+    /// again.
+    #[sqlx(default)]
+    #[serde(skip)]
+    pub maybe_sent: bool,
 }
 
 /// A claimed unit of work: one participant's due jobs, oldest first, under one lease.
@@ -371,6 +377,7 @@ mod tests {
             seq,
             superseded: superseded.iter().map(|s| (*s).to_owned()).collect(),
             behind_attempted: false,
+            maybe_sent: false,
         };
         let unit = Unit {
             lease: Uuid::new_v4(),

@@ -232,7 +232,9 @@ async fn apply(calls: &mut Calls<'_>, unit: &mut Unit) -> Result<Target, Stop> {
     let target = resolve::resolve(calls, unit).await?;
     record_target(unit, target);
     let uncertain = hold_target(calls.inner, unit, target).await?;
-    settle_uncertain(calls, unit, target, uncertain).await?;
+    if read_before_sending(calls, unit, target, uncertain).await? {
+        return Ok(target);
+    }
     send::send_unit(calls, unit, target).await?;
     Ok(target)
 }
@@ -314,17 +316,23 @@ fn supersede(unit: &mut Unit, key: &str, seq: i64) {
     }
 }
 
-/// A newer value of some of the unit's keys may have landed unseen (`pdq.uncertain_values`):
-/// before a job sends an older value of such a key, the participant's attributes are read
-/// (the unit holds the participant, so nothing else writes them meanwhile). A key whose current
-/// value is the uncertain one landed, and the older values of it are left out; otherwise they
-/// are sent.
-async fn settle_uncertain(
+/// Reads the participant's attributes before sending when a value may have landed unseen (the
+/// unit holds the participant, so nothing else writes them meanwhile), in one GET for both
+/// cases; true when nothing is left to send.
+///
+/// - A newer value of some of the unit's keys (`pdq.uncertain_values`): a key whose current
+///   value is the uncertain one landed, and the older values of it are left out; otherwise
+///   they are sent.
+/// - The unit's own earlier attempt (a job marked maybe sent): when every value the unit would
+///   send is on the participant already, it is not sent again, and the unit is recorded as
+///   applied (the participant holds its values, whoever wrote them last). When the read fails,
+///   the unit is sent as it would have been without it.
+async fn read_before_sending(
     calls: &mut Calls<'_>,
     unit: &mut Unit,
     target: Target,
     uncertain: Vec<lease::Uncertain>,
-) -> Result<(), Stop> {
+) -> Result<bool, Stop> {
     let older: Vec<lease::Uncertain> = uncertain
         .into_iter()
         .filter(|u| {
@@ -335,13 +343,20 @@ async fn settle_uncertain(
             })
         })
         .collect();
-    if older.is_empty() {
-        return Ok(());
+    let own = unit.jobs.iter().any(|job| job.maybe_sent);
+    if older.is_empty() && !own {
+        return Ok(false);
     }
-    let view = calls
-        .conversation(target.conversation_id)
-        .await
-        .map_err(|error| Stop::from(FailedAttempt::from_call(error).with_target(target)))?;
+    let view = match calls.conversation(target.conversation_id).await {
+        Ok(view) => view,
+        // Only the unit's own values were in doubt: without the read it sends them again,
+        // as it would have without asking (the PATCH then meets whatever failed the read).
+        Err(error) if older.is_empty() => {
+            tracing::debug!(%error, "could not read the participant; sending");
+            return Ok(false);
+        }
+        Err(error) => return Err(FailedAttempt::from_call(error).with_target(target).into()),
+    };
     let current = view
         .participants
         .iter()
@@ -360,5 +375,20 @@ async fn settle_uncertain(
             supersede(unit, &u.key, u.seq);
         }
     }
-    Ok(())
+    if !own {
+        return Ok(false);
+    }
+    let wanted = unit.merged_attributes();
+    let there = !wanted.is_empty()
+        && wanted.iter().all(|(key, value)| {
+            value
+                .as_str()
+                .is_some_and(|v| current.get(key).is_some_and(|c| c == v))
+        });
+    tracing::info!(
+        keys = wanted.len(),
+        there,
+        "read whether the values an earlier attempt may have sent are on the participant"
+    );
+    Ok(there)
 }

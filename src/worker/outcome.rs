@@ -385,7 +385,7 @@ fn may_have_landed(failed: &FailedAttempt) -> bool {
 
 /// How long the participants of an unanswered PATCH stay held after it: twice the request
 /// timeout. pdq assumes a request the API has not answered within that long never applies
-/// (see README, "How a job moves"); until then no other unit sends to them, so a newer value
+/// (see docs/how-a-job-moves.md); until then no other unit sends to them, so a newer value
 /// cannot land before this older one does.
 fn quiet_after_unanswered(inner: &Inner) -> Duration {
     inner.api.request_timeout() * 2

@@ -151,3 +151,17 @@ pub(crate) fn values_sent(app: &TestApp, cid: Uuid, pid: Uuid, key: &str) -> Vec
         .filter_map(|patch| patch.attributes.get(key).cloned())
         .collect()
 }
+
+/// Moves a pending job's `run_at` to `secs` from now (negative: in the past).
+pub(crate) async fn run_in(app: &TestApp, id: i64, secs: i64) {
+    let moved = sqlx::query(
+        "update pdq.jobs set run_at = now() + $2 * interval '1 second'
+         where id = $1 and state = 'pending'",
+    )
+    .bind(id)
+    .bind(secs)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(moved.rows_affected(), 1, "job {id} is pending");
+}

@@ -20,6 +20,7 @@ mod paths;
 mod postgres_setups;
 mod queue;
 mod recording;
+mod resend;
 mod roles;
 mod scratch;
 mod status;

@@ -11,7 +11,7 @@ use pdq::worker::{UnitOutcome, Worker};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::{fast, job, values_sent, TestApp};
+use crate::app::{fast, job, run_in, values_sent, TestApp};
 use crate::helpers::wait_until;
 
 /// Puts a pending job in the state a 503 leaves it in: attempted once, waiting for its retry
@@ -28,20 +28,6 @@ async fn waiting_for_retry(app: &TestApp, id: i64, secs: i64) {
     .execute(&app.db.pool)
     .await
     .unwrap();
-}
-
-/// Moves a pending job's `run_at` to `secs` from now (negative: in the past).
-async fn run_in(app: &TestApp, id: i64, secs: i64) {
-    let moved = sqlx::query(
-        "update pdq.jobs set run_at = now() + $2 * interval '1 second'
-         where id = $1 and state = 'pending'",
-    )
-    .bind(id)
-    .bind(secs)
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
-    assert_eq!(moved.rows_affected(), 1, "job {id} is pending");
 }
 
 async fn is_queued(app: &TestApp, id: i64) -> bool {
