@@ -141,6 +141,9 @@ struct Held {
     state: String,
 }
 
+/// A row of [`holdings`]: id, conversation, participant, attributes, state.
+type HeldRow = (i64, Option<Uuid>, Option<Uuid>, serde_json::Value, String);
+
 /// Every job the database on `port` holds, by (participant, round).
 async fn holdings(port: u16, database: &str) -> BTreeMap<(Uuid, usize), Held> {
     let url = format!("postgres://postgres@127.0.0.1:{port}/{database}");
@@ -148,7 +151,7 @@ async fn holdings(port: u16, database: &str) -> BTreeMap<(Uuid, usize), Held> {
     let mut conn = sqlx::PgConnection::connect_with(&options)
         .await
         .expect("the promoted standby answers");
-    let rows: Vec<(i64, Option<Uuid>, Option<Uuid>, serde_json::Value, String)> = sqlx::query_as(
+    let rows: Vec<HeldRow> = sqlx::query_as(
         "select id, conversation_id, participant_id, attributes, state from pdq.jobs
          union all
          select id, conversation_id, participant_id, attributes, 'applied' from pdq.finished_jobs
