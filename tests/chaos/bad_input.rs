@@ -185,6 +185,7 @@ async fn ten_thousand_generated_bad_rows_are_each_refused_by_the_right_constrain
     scenario.record(&Row {
         scenario: SCENARIO,
         result,
+        caveat: None,
         stats: Some(Stats {
             jobs: attempts + good_inserted,
             applied: None,

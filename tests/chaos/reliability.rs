@@ -22,6 +22,9 @@ const ORDER: &[&str] = &[
     super::KILL_AND_TERM,
     super::LOST_LEASE,
     super::POSTGRES_CRASH,
+    super::failover::FAILOVER_SYNC,
+    super::failover::FAILOVER_ASYNC,
+    super::failover::BLACKHOLE,
     super::API_FAULTS,
     super::API_OUTAGE,
     super::LOGIN_OUTAGE,
@@ -60,6 +63,9 @@ pub struct Row {
     pub scenario: &'static str,
     /// `Err(reason)` for a failed run: its row says so instead of keeping an old result.
     pub result: Result<(), String>,
+    /// What a passing run was allowed that the guarantee does not allow elsewhere, shown
+    /// beside "ok" (e.g. "loss allowed: async").
+    pub caveat: Option<String>,
     /// `None` when the run failed before it measured anything.
     pub stats: Option<Stats>,
     pub notes: String,
@@ -71,6 +77,7 @@ impl Row {
         Row {
             scenario,
             result: Err(reason),
+            caveat: None,
             stats: None,
             notes: String::new(),
         }
@@ -79,7 +86,10 @@ impl Row {
     fn markdown(&self) -> String {
         let mode = if super::long_mode() { "long" } else { "short" };
         let result = match &self.result {
-            Ok(()) => "ok".to_owned(),
+            Ok(()) => match &self.caveat {
+                None => "ok".to_owned(),
+                Some(caveat) => format!("ok ({})", cell(caveat)),
+            },
             Err(reason) => format!("**FAILED**: {}", cell(reason)),
         };
         let dash = || "—".to_owned();
@@ -336,6 +346,7 @@ fn a_failed_run_says_so_in_its_row() {
     let ok = Row {
         scenario: "y",
         result: Ok(()),
+        caveat: None,
         stats: Some(Stats {
             jobs: 3,
             applied: Some(3),
@@ -349,4 +360,10 @@ fn a_failed_run_says_so_in_its_row() {
         line.contains("| ok | 3 | 3 | 0 | — | — | none | — | 1.5 s | n |"),
         "{line}"
     );
+    let allowed = Row {
+        caveat: Some("loss allowed: async".to_owned()),
+        ..ok
+    };
+    let line = allowed.markdown();
+    assert!(line.contains("| ok (loss allowed: async) | 3 |"), "{line}");
 }
