@@ -318,11 +318,14 @@ async fn status_prints_one_screen_and_json_with_the_same_fields() {
     );
     for expected in [
         "budget edge-client paused until",
-        "QUEUE     DUE  SCHEDULED  RETRYING  RUNNING  OLDEST DUE",
+        "QUEUE     DUE  SCHEDULED  RETRYING  RUNNING  OLDEST DUE  APPLIED/MIN  ETA",
         "3m0",
         "applied        1      2      3",
         "dead-lettered  0      1      1",
-        "rate 1/min; backlog 4 (due, retrying, running); ETA 4m00s",
+        // (1 + 2 e^-0.6 + e^-2) / sum of e^-k/5 for k < 15 = 0.426/min: ETA 4 / 0.426 min.
+        "rate 1/min last minute, 0.4/min smoothed (15 min, weighted to the latest); backlog 4 \
+         (due, retrying, running); ETA 9m23s at the smoothed rate",
+        "live behind: the oldest due live job has waited 3m0",
         "20/min",
         "429 Too Many Requests",
         "pdq-stale",
@@ -344,7 +347,21 @@ async fn status_prints_one_screen_and_json_with_the_same_fields() {
     assert_eq!(status["priorities"][0]["scheduled"], 1);
     assert_eq!(status["priorities"][0]["retrying"], 1);
     assert_eq!(status["throughput"]["applied"]["last_15m"], 3);
-    assert_eq!(status["throughput"]["eta_secs"], 240.0);
+    let eta = status["throughput"]["eta_secs"].as_f64().unwrap();
+    assert!((eta - 563.4).abs() < 1.0, "{eta}");
+    assert_eq!(status["live_behind"]["due"], 2);
+    assert_eq!(status["live_behind"]["threshold_secs"], 60.0);
+    // Live: two applied, one dead letter in the window (all live); backfill: none.
+    let live_rate = status["priorities"][0]["applied_per_minute"]
+        .as_f64()
+        .unwrap();
+    assert!((live_rate - 0.3213).abs() < 0.001, "{live_rate}");
+    assert_eq!(status["priorities"][1]["applied_per_minute"], 0.0);
+    assert_eq!(status["priorities"][1]["eta_secs"], Value::Null);
+    // A higher threshold: not behind.
+    let calm = pdq(&db, &["status", "--json", "--live-behind-secs", "600"]);
+    let calm: Value = serde_json::from_slice(&calm.stdout).unwrap();
+    assert_eq!(calm["live_behind"], Value::Null);
     assert_eq!(status["budget_use"][0]["limit_per_minute"], 20);
     assert_eq!(status["budget_use"][0]["pause_reason"], "rate_limited");
     assert_eq!(status["workers"][1]["state"], "gone");
