@@ -208,7 +208,11 @@ async fn status_reports_queue_budget_workers_and_blocked_participants() {
     );
     assert_eq!(t.rate_per_minute, 1.0);
     assert_eq!(t.backlog, 4, "3 due and 1 retrying");
-    assert_eq!(t.eta_secs, Some(240.0));
+    // The ETA runs at the smoothed rate (1 + 2 e^-0.6 + e^-2) / sum of e^-k/5 for k < 15.
+    let smoothed = pdq::queue::smoothed([(0, 1), (3, 2), (10, 1)].into_iter());
+    assert!((t.smoothed_rate_per_minute - smoothed).abs() < 1e-9);
+    assert!((smoothed - 0.42597).abs() < 1e-4, "{smoothed}");
+    assert_eq!(t.eta_secs, Some(4.0 / smoothed * 60.0));
 
     assert_eq!(status.budget_use.len(), 1);
     let budget = &status.budget_use[0];
