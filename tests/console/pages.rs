@@ -288,7 +288,10 @@ async fn the_overview_says_live_is_behind_charts_the_oldest_wait_and_dates_old_f
         page.contains("Live behind: the oldest due live job has waited 10m"),
         "{page}"
     );
-    assert!(!page.contains("stale-banner"), "fresh figures are not dated");
+    assert!(
+        !page.contains("stale-banner"),
+        "fresh figures are not dated"
+    );
     // The oldest due wait the heartbeat reported (75 s live), not a pickup latency.
     assert!(page.contains("id=\"chart-oldest\""), "{page}");
     assert!(page.contains("peak 75 s"), "{page}");
