@@ -174,7 +174,7 @@ mod tests {
             let reads = reads.clone();
             move || {
                 let reads = reads.clone();
-                async move { Ok::<_, ()>(reads.fetch_add(1, Ordering::SeqCst) + 1) }
+                async move { Ok::<_, &str>(reads.fetch_add(1, Ordering::SeqCst) + 1) }
             }
         };
         assert_eq!(*snapshots.get(0, load.clone()).await.unwrap(), 1);
@@ -188,7 +188,7 @@ mod tests {
         let snapshots: Arc<Snapshots<(), u32>> = Arc::default();
         let slow = || async {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            Ok::<_, ()>(7)
+            Ok::<_, &str>(7)
         };
         let started = Instant::now();
         let first = snapshots
