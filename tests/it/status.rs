@@ -390,9 +390,9 @@ async fn status_watch_redraws_until_interrupted() {
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stdout).lines().take(10) {
-            match line {
-                Ok(line) if sent.send(line).is_ok() => {}
-                _ => break,
+            let Ok(line) = line else { break };
+            if sent.send(line).is_err() {
+                break;
             }
         }
     });
