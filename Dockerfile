@@ -66,6 +66,6 @@ USER 10001:10001
 ENV PDQ_METRICS_ADDR=0.0.0.0:9187
 EXPOSE 9187
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["pdq", "healthcheck"]
+    CMD ["pdq", "healthcheck", "--live"]
 ENTRYPOINT ["pdq"]
 CMD ["run"]

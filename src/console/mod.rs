@@ -41,6 +41,8 @@ pub struct ConsoleConfig {
     /// How long the overview waits for queue figures nobody has read yet before it renders
     /// without them (the read goes on; the next refresh shows them).
     pub first_read_wait: Duration,
+    /// A due live job older than this many seconds makes live "behind" (the overview says so).
+    pub live_behind_secs: f64,
     /// Host names the console answers besides its listen address and localhost (a reverse
     /// proxy's name: the host of `--public-url`, `--allowed-host`); `host:port` and URLs are
     /// accepted, ports are ignored. Any other `Host` is refused (DNS rebinding).
@@ -54,6 +56,7 @@ impl std::fmt::Debug for ConsoleConfig {
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .field("refresh_secs", &self.refresh_secs)
             .field("first_read_wait", &self.first_read_wait)
+            .field("live_behind_secs", &self.live_behind_secs)
             .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
@@ -70,6 +73,7 @@ impl Default for ConsoleConfig {
             token: None,
             refresh_secs: 10,
             first_read_wait: DEFAULT_FIRST_READ_WAIT,
+            live_behind_secs: crate::queue::DEFAULT_LIVE_BEHIND_SECS,
             allowed_hosts: Vec::new(),
         }
     }
@@ -146,9 +150,10 @@ pub(crate) async fn queue_status(
     wait: Duration,
 ) -> Result<Option<Arc<crate::queue::QueueStatus>>, crate::queue::Error> {
     let pool = state.pool.clone();
+    let behind = state.config.live_behind_secs;
     let read = move || {
         let pool = pool.clone();
-        async move { crate::queue::status(&pool).await }
+        async move { crate::queue::status_with(&pool, behind).await }
     };
     state.status.get_within((), read, wait).await
 }

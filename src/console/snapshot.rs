@@ -22,6 +22,8 @@ pub(crate) struct Snapshots<K, T> {
     values: Mutex<HashMap<K, (Instant, Arc<T>)>>,
     /// The keys being read right now (one read per key at a time).
     reading: Mutex<HashSet<K>>,
+    /// Why the last background refresh of a key failed (cleared by a successful read).
+    failures: Mutex<HashMap<K, String>>,
 }
 
 impl<K, T> Default for Snapshots<K, T> {
@@ -29,8 +31,18 @@ impl<K, T> Default for Snapshots<K, T> {
         Snapshots {
             values: Mutex::new(HashMap::new()),
             reading: Mutex::new(HashSet::new()),
+            failures: Mutex::new(HashMap::new()),
         }
     }
+}
+
+/// How old the snapshot of a key is, and why it could not be refreshed, if it could not.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Freshness {
+    /// Time since the snapshot was read.
+    pub age: Duration,
+    /// The error of the last refresh, while refreshing fails.
+    pub failing: Option<String>,
 }
 
 impl<K, T> Snapshots<K, T>
@@ -44,6 +56,7 @@ where
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: std::fmt::Display,
     {
         let known = self.values.lock().unwrap().get(&key).cloned();
         if let Some((at, value)) = known {
@@ -55,8 +68,11 @@ where
                 if self.start_reading(&key) {
                     let this = self.clone();
                     tokio::spawn(async move {
-                        if let Ok(value) = load().await {
-                            this.put(key.clone(), value);
+                        match load().await {
+                            Ok(value) => {
+                                this.put(key.clone(), value);
+                            }
+                            Err(error) => this.failed(&key, error.to_string()),
                         }
                         this.done_reading(&key);
                     });
@@ -80,7 +96,7 @@ where
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
-        E: Send + 'static,
+        E: Send + std::fmt::Display + 'static,
     {
         let known = self.values.lock().unwrap().get(&key).cloned();
         if known.is_some_and(|(at, _)| at.elapsed() < STALE_AT_MOST) {
@@ -102,6 +118,9 @@ where
         let this = self.clone();
         let mut read = tokio::spawn(async move {
             let answer = load().await.map(|value| this.put(key.clone(), value));
+            if let Err(error) = &answer {
+                this.failed(&key, error.to_string());
+            }
             this.done_reading(&key);
             answer
         });
@@ -109,6 +128,17 @@ where
             Ok(Ok(answer)) => answer.map(Some),
             Ok(Err(_)) | Err(_) => Ok(None),
         }
+    }
+
+    /// The age of `key`'s snapshot and whether refreshing it fails (`None`: never read).
+    pub(crate) fn freshness(&self, key: &K) -> Option<Freshness> {
+        let age = self.values.lock().unwrap().get(key)?.0.elapsed();
+        let failing = self.failures.lock().unwrap().get(key).cloned();
+        Some(Freshness { age, failing })
+    }
+
+    fn failed(&self, key: &K, error: String) {
+        self.failures.lock().unwrap().insert(key.clone(), error);
     }
 
     /// Marks `key` as being read; false when a read of it is already going on.
@@ -121,6 +151,7 @@ where
     }
 
     fn put(&self, key: K, value: T) -> Arc<T> {
+        self.failures.lock().unwrap().remove(&key);
         let value = Arc::new(value);
         self.values
             .lock()
@@ -143,7 +174,7 @@ mod tests {
             let reads = reads.clone();
             move || {
                 let reads = reads.clone();
-                async move { Ok::<_, ()>(reads.fetch_add(1, Ordering::SeqCst) + 1) }
+                async move { Ok::<_, &str>(reads.fetch_add(1, Ordering::SeqCst) + 1) }
             }
         };
         assert_eq!(*snapshots.get(0, load.clone()).await.unwrap(), 1);
@@ -157,7 +188,7 @@ mod tests {
         let snapshots: Arc<Snapshots<(), u32>> = Arc::default();
         let slow = || async {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            Ok::<_, ()>(7)
+            Ok::<_, &str>(7)
         };
         let started = Instant::now();
         let first = snapshots
@@ -180,6 +211,51 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(later.as_deref(), Some(&7), "the background read is served");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_says_how_old_it_is_and_that_its_refresh_fails() {
+        let snapshots: Arc<Snapshots<u8, u32>> = Arc::default();
+        assert_eq!(snapshots.freshness(&0), None, "never read");
+        snapshots.put(0, 5);
+        // As if read 90 s ago, before a quiet spell.
+        let ninety = Duration::from_secs(90);
+        if let Some(entry) = snapshots.values.lock().unwrap().get_mut(&0) {
+            entry.0 = Instant::now().checked_sub(ninety).unwrap();
+        }
+        let stale = snapshots.freshness(&0).unwrap();
+        assert!(stale.age >= ninety, "{stale:?}");
+        assert_eq!(stale.failing, None);
+        // The stale value is served while a refresh runs; that refresh fails.
+        let failing = || async { Err::<u32, _>("connection refused") };
+        assert_eq!(*snapshots.get(0, failing).await.unwrap(), 5);
+        let mut seen = None;
+        for _ in 0..100 {
+            seen = snapshots.freshness(&0).and_then(|f| f.failing);
+            if seen.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen.as_deref(), Some("connection refused"));
+        assert!(
+            snapshots.freshness(&0).unwrap().age >= ninety,
+            "still the old one"
+        );
+        // A read that works clears the failure and the age.
+        let working = || async { Ok::<_, &str>(6) };
+        assert_eq!(
+            snapshots
+                .get_within(1, working, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(&6)
+        );
+        snapshots.put(0, 7);
+        let fresh = snapshots.freshness(&0).unwrap();
+        assert_eq!(fresh.failing, None);
+        assert!(fresh.age < ninety);
     }
 
     #[tokio::test]

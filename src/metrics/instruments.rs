@@ -7,24 +7,48 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Latency bucket bounds in seconds.
+/// Latency bucket bounds in seconds (API calls).
 const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
 ];
 
+/// Bucket bounds in seconds for lag (enqueue → applied): up to four hours, so a backlog that
+/// keeps live jobs waiting for minutes or hours is seen in the buckets, not only in `+Inf`.
+pub(crate) const LAG_BUCKETS: [f64; 19] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+    3600.0, 7200.0, 14400.0, 28800.0,
+];
+
 /// A latency histogram with fixed buckets.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
     sum_micros: AtomicU64,
     pub(super) total: AtomicU64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::with_bounds(&BUCKETS)
+    }
+}
+
 impl Histogram {
+    /// An empty histogram with these bucket bounds (ascending, in seconds).
+    pub fn with_bounds(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
     /// Records one observation.
     pub fn observe(&self, value: Duration) {
         let seconds = value.as_secs_f64();
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
             if seconds <= *bound {
                 count.fetch_add(1, Ordering::Relaxed);
             }
@@ -36,14 +60,69 @@ impl Histogram {
 
     pub(super) fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+        self.render_series(name, "", out);
+    }
+
+    /// The sample lines only, each with `labels` (`key="value",` pairs ending in a comma, or
+    /// empty) before `le`.
+    pub(super) fn render_series(&self, name: &str, labels: &str, out: &mut String) {
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
             let n = count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {n}");
         }
         let total = self.total.load(Ordering::Relaxed);
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {total}");
+        let bare = labels.trim_end_matches(',');
+        let braces = match bare.is_empty() {
+            true => String::new(),
+            false => format!("{{{bare}}}"),
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {sum}\n{name}_count{braces} {total}"
+        );
+    }
+}
+
+/// Lag histograms by priority (`live`, `backfill`), and one for observations whose priority
+/// was not given (rendered only once it has any).
+#[derive(Debug)]
+pub(crate) struct LagHistograms {
+    live: Histogram,
+    backfill: Histogram,
+    unlabelled: Histogram,
+}
+
+impl Default for LagHistograms {
+    fn default() -> Self {
+        LagHistograms {
+            live: Histogram::with_bounds(&LAG_BUCKETS),
+            backfill: Histogram::with_bounds(&LAG_BUCKETS),
+            unlabelled: Histogram::with_bounds(&LAG_BUCKETS),
+        }
+    }
+}
+
+impl LagHistograms {
+    /// Records one observation for `priority` (`None`: not known).
+    pub fn observe(&self, priority: Option<crate::queue::Priority>, value: Duration) {
+        match priority {
+            Some(crate::queue::Priority::Live) => self.live.observe(value),
+            Some(crate::queue::Priority::Backfill) => self.backfill.observe(value),
+            None => self.unlabelled.observe(value),
+        }
+    }
+
+    pub(super) fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.live.render_series(name, "priority=\"live\",", out);
+        self.backfill
+            .render_series(name, "priority=\"backfill\",", out);
+        if self.unlabelled.total.load(Ordering::Relaxed) > 0 {
+            self.unlabelled
+                .render_series(name, "priority=\"unknown\",", out);
+        }
     }
 }
 

@@ -1,12 +1,13 @@
-//! Counters and histograms in Prometheus text format, and the `/metrics` + `/healthz` router.
-//! The instruments are in `instruments.rs`, the health conditions in `health.rs`.
+//! Counters and histograms in Prometheus text format, and the router of `/metrics` and the
+//! health answers: `/livez` (liveness), `/readyz` (readiness) and `/healthz` (readiness, kept
+//! for compatibility). The instruments are in `instruments.rs`, the health in `health.rs`.
 
 mod health;
 mod instruments;
 
-pub use health::{Condition, Health, Note};
+pub use health::{Answer, Condition, Health, Note, DEFAULT_LIVENESS_BOUND, LIVE_BEHIND};
 use instruments::{escape, family, sample};
-pub(crate) use instruments::{Histogram, LabelledCounter, RecentRequests};
+pub(crate) use instruments::{Histogram, LabelledCounter, LagHistograms, RecentRequests};
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,8 +38,10 @@ pub struct Metrics {
     outcomes: LabelledCounter,
     /// API responses by HTTP status (or transport error kind).
     api_statuses: LabelledCounter,
-    /// Enqueue → applied latency.
-    enqueue_to_applied: Histogram,
+    /// Enqueue → applied latency, by priority.
+    enqueue_to_applied: LagHistograms,
+    /// A due live job older than this counts as "live behind", in seconds (0: not set).
+    live_behind_threshold_secs: Mutex<f64>,
     /// API call latency.
     api_latency: Histogram,
     /// Requests that waited for the request budget (copied from the pacer).
@@ -75,9 +78,24 @@ impl Metrics {
         self.outcomes.add(key, jobs);
     }
 
-    /// Records how long an applied job took from its insert.
-    pub(crate) fn observe_enqueue_to_applied(&self, latency: Duration) {
-        self.enqueue_to_applied.observe(latency);
+    /// Records how long an applied job of `priority` took from its insert.
+    pub fn observe_applied(&self, priority: crate::queue::Priority, latency: Duration) {
+        self.enqueue_to_applied.observe(Some(priority), latency);
+    }
+
+    /// The "live behind" threshold, exported beside the condition.
+    pub(crate) fn set_live_behind_threshold(&self, threshold: Duration) {
+        *self.live_behind_threshold_secs.lock().unwrap() = threshold.as_secs_f64();
+    }
+
+    /// Seconds the oldest due job of `priority` has waited, at the last gauge sample.
+    pub(crate) fn oldest_due_age(&self, priority: crate::queue::Priority) -> Option<f64> {
+        let gauges = self.gauges.lock().unwrap();
+        gauges
+            .priorities
+            .iter()
+            .find(|p| p.priority == priority.as_str())
+            .map(|p| p.oldest_due_age_seconds)
     }
 
     /// Counts one API response (`label`: its status, or `transport_error`), with its latency
@@ -210,7 +228,7 @@ impl Metrics {
         );
         self.enqueue_to_applied.render(
             "pdq_enqueue_to_applied_seconds",
-            "Time from INSERT to the API accepting the update.",
+            "Time from INSERT to the API accepting the update, by priority.",
             &mut out,
         );
         self.api_latency
@@ -273,6 +291,27 @@ impl Metrics {
         );
         self.render_pauses(health, &mut out);
         self.render_gauges(&mut out);
+        sample(
+            &mut out,
+            "pdq_ready",
+            "gauge",
+            "1 while readiness (/readyz, /healthz) answers 200.",
+            u8::from(health.readiness().ok),
+        );
+        sample(
+            &mut out,
+            "pdq_live_behind",
+            "gauge",
+            "1 while the oldest due live job has waited longer than the threshold (readiness fails).",
+            u8::from(health.is_live_behind()),
+        );
+        sample(
+            &mut out,
+            "pdq_live_behind_threshold_seconds",
+            "gauge",
+            "A due live job older than this counts as live behind.",
+            *self.live_behind_threshold_secs.lock().unwrap(),
+        );
         out
     }
 
@@ -300,7 +339,7 @@ impl Metrics {
             out,
             "pdq_unhealthy",
             "gauge",
-            "1 while this condition turns /healthz red.",
+            "1 while this condition turns readiness (/readyz, /healthz) red.",
         );
         for condition in Condition::ALL {
             let _ = writeln!(
@@ -340,12 +379,15 @@ impl Metrics {
             "gauge",
             "How long the oldest due job has waited, by priority.",
         );
-        for row in &gauges.priorities {
+        for priority in ["live", "backfill"] {
+            let age = gauges
+                .priorities
+                .iter()
+                .find(|row| row.priority == priority)
+                .map_or(0.0, |row| row.oldest_due_age_seconds);
             let _ = writeln!(
                 out,
-                "pdq_oldest_due_job_age_seconds{{priority=\"{}\"}} {}",
-                escape(&row.priority),
-                row.oldest_due_age_seconds
+                "pdq_oldest_due_job_age_seconds{{priority=\"{priority}\"}} {age}"
             );
         }
         family(
@@ -369,14 +411,16 @@ impl Metrics {
     }
 }
 
-/// `/metrics` and `/healthz`.
+/// `/metrics`, `/livez`, `/readyz` and `/healthz` (the same answer as `/readyz`).
 pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .with_state((metrics, health.clone()))
         .merge(
             Router::new()
-                .route("/healthz", get(render_health))
+                .route("/livez", get(render_liveness))
+                .route("/readyz", get(render_readiness))
+                .route("/healthz", get(render_readiness))
                 .with_state(health),
         )
 }
@@ -385,20 +429,20 @@ async fn render_metrics(State((metrics, health)): State<(Arc<Metrics>, Arc<Healt
     metrics.render_with(&health)
 }
 
-async fn render_health(State(health): State<Arc<Health>>) -> (StatusCode, String) {
-    let notes = health.notes();
-    let notes = match notes.is_empty() {
-        true => notes,
-        false => format!("{notes}\n"),
+fn answer(answer: Answer) -> (StatusCode, String) {
+    let status = match answer.ok {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
     };
-    if health.is_unhealthy() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{}\n{notes}", health.reason()),
-        )
-    } else {
-        (StatusCode::OK, format!("ok\n{notes}"))
-    }
+    (status, answer.body)
+}
+
+async fn render_liveness(State(health): State<Arc<Health>>) -> (StatusCode, String) {
+    answer(health.liveness())
+}
+
+async fn render_readiness(State(health): State<Arc<Health>>) -> (StatusCode, String) {
+    answer(health.readiness())
 }
 
 #[cfg(test)]
@@ -444,5 +488,41 @@ mod tests {
             text.contains("pdq_unhealthy{condition=\"claims\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn lag_is_bucketed_up_to_hours_by_priority_and_live_behind_is_exported() {
+        let metrics = Metrics::default();
+        metrics.observe_applied(crate::queue::Priority::Live, Duration::from_secs(900));
+        metrics.observe_applied(crate::queue::Priority::Backfill, Duration::from_secs(5));
+        metrics.set_live_behind_threshold(Duration::from_secs(60));
+        let health = Health::default();
+        health.set_live_behind(Some("waited 900 s".into()));
+        let text = metrics.render_with(&health);
+        let line = |needle: &str| text.lines().any(|l| l == needle);
+        assert!(
+            line("pdq_enqueue_to_applied_seconds_bucket{priority=\"live\",le=\"600\"} 0"),
+            "{text}"
+        );
+        assert!(
+            line("pdq_enqueue_to_applied_seconds_bucket{priority=\"live\",le=\"1800\"} 1"),
+            "{text}"
+        );
+        assert!(line(
+            "pdq_enqueue_to_applied_seconds_bucket{priority=\"live\",le=\"14400\"} 1"
+        ));
+        assert!(line(
+            "pdq_enqueue_to_applied_seconds_bucket{priority=\"backfill\",le=\"5\"} 1"
+        ));
+        assert!(line(
+            "pdq_enqueue_to_applied_seconds_count{priority=\"live\"} 1"
+        ));
+        assert!(
+            !text.contains("priority=\"unknown\""),
+            "no unlabelled series without such observations"
+        );
+        assert!(line("pdq_live_behind 1"), "{text}");
+        assert!(line("pdq_live_behind_threshold_seconds 60"), "{text}");
+        assert!(line("pdq_oldest_due_job_age_seconds{priority=\"live\"} 0"));
     }
 }

@@ -341,10 +341,11 @@ pub struct ChartSeries {
     pub live_requests: Vec<f64>,
     /// The same for backfill jobs.
     pub backfill_requests: Vec<f64>,
-    /// Mean pickup latency of the jobs finished in the bucket (first attempt − due time), s.
-    pub pickup_mean_secs: Vec<f64>,
-    /// Longest pickup latency in the bucket, s.
-    pub pickup_max_secs: Vec<f64>,
+    /// The longest a due live job had waited in the bucket, as the workers sampled it (s):
+    /// unlike a pickup latency it counts the jobs still waiting.
+    pub oldest_due_live_secs: Vec<f64>,
+    /// The same for backfill jobs.
+    pub oldest_due_backfill_secs: Vec<f64>,
     /// 429 responses the workers received (from their heartbeats).
     pub rate_limited: Vec<f64>,
     /// Pauses the workers' limiters took after a 429 or a spent window.
@@ -359,8 +360,6 @@ struct FinishedBucket {
     applied: i64,
     live: f64,
     backfill: f64,
-    pickup_mean: Option<f64>,
-    pickup_max: Option<f64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -378,6 +377,8 @@ struct SampleBucket {
     rate_limited: i64,
     pauses: i64,
     paused: i64,
+    oldest_live: Option<f64>,
+    oldest_backfill: Option<f64>,
 }
 
 /// Reads the chart series for `range` from the archive tables and the workers' samples.
@@ -400,9 +401,7 @@ pub async fn chart_series(pool: &PgPool, range: ChartRange) -> Result<ChartSerie
                 coalesce(sum(1.0 / greatest(coalesced_with, 1))
                          filter (where priority = 'live'), 0)::float8 as live,
                 coalesce(sum(1.0 / greatest(coalesced_with, 1))
-                         filter (where priority = 'backfill'), 0)::float8 as backfill,
-                avg(extract(epoch from first_attempt_at - run_at))::float8 as pickup_mean,
-                max(extract(epoch from first_attempt_at - run_at))::float8 as pickup_max
+                         filter (where priority = 'backfill'), 0)::float8 as backfill
          from pdq.finished_jobs where finished_at >= $1
          group by 1",
     )
@@ -427,9 +426,11 @@ pub async fn chart_series(pool: &PgPool, range: ChartRange) -> Result<ChartSerie
         "select floor(extract(epoch from minute - $1) / $2)::int as bucket,
                 coalesce(sum(greatest(rate_limited, 0)), 0)::int8 as rate_limited,
                 coalesce(sum(greatest(pauses, 0)), 0)::int8 as pauses,
-                count(distinct worker_id) filter (where paused) as paused
+                count(distinct worker_id) filter (where paused) as paused,
+                max(oldest_due_live_secs) as oldest_live,
+                max(oldest_due_backfill_secs) as oldest_backfill
          from (
-             select worker_id, minute, paused,
+             select worker_id, minute, paused, oldest_due_live_secs, oldest_due_backfill_secs,
                     rate_limited_total - coalesce(lag(rate_limited_total) over w, 0)
                         as rate_limited,
                     limiter_pauses_total - coalesce(lag(limiter_pauses_total) over w, 0)
@@ -455,8 +456,8 @@ pub async fn chart_series(pool: &PgPool, range: ChartRange) -> Result<ChartSerie
         dead_by_reason: Vec::new(),
         live_requests: zeros(),
         backfill_requests: zeros(),
-        pickup_mean_secs: zeros(),
-        pickup_max_secs: zeros(),
+        oldest_due_live_secs: zeros(),
+        oldest_due_backfill_secs: zeros(),
         rate_limited: zeros(),
         pauses: zeros(),
         paused_workers: zeros(),
@@ -467,8 +468,6 @@ pub async fn chart_series(pool: &PgPool, range: ChartRange) -> Result<ChartSerie
         series.applied[b] += row.applied as f64;
         series.live_requests[b] += row.live;
         series.backfill_requests[b] += row.backfill;
-        series.pickup_mean_secs[b] = row.pickup_mean.unwrap_or(0.0).max(0.0);
-        series.pickup_max_secs[b] = row.pickup_max.unwrap_or(0.0).max(0.0);
     }
     let mut reasons: Vec<(String, Vec<f64>)> = Vec::new();
     for row in dead {
@@ -496,12 +495,15 @@ pub async fn chart_series(pool: &PgPool, range: ChartRange) -> Result<ChartSerie
         series.rate_limited[b] += row.rate_limited as f64;
         series.pauses[b] += row.pauses as f64;
         series.paused_workers[b] = series.paused_workers[b].max(row.paused as f64);
+        series.oldest_due_live_secs[b] = row.oldest_live.unwrap_or(0.0).max(0.0);
+        series.oldest_due_backfill_secs[b] = row.oldest_backfill.unwrap_or(0.0).max(0.0);
     }
     Ok(series)
 }
 
-/// Counters a worker keeps in memory, totals since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counters a worker keeps in memory, totals since it started, with its last gauge sample of
+/// the oldest due job's age per priority.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WorkerCounters {
     /// API requests sent.
     pub api_requests: u64,
@@ -509,6 +511,10 @@ pub struct WorkerCounters {
     pub rate_limited: u64,
     /// Pauses taken after a 429 or a spent rate-limit window.
     pub limiter_pauses: u64,
+    /// Seconds the oldest due live job had waited at the last gauge sample (none before one).
+    pub oldest_due_live_secs: Option<f64>,
+    /// The same for backfill.
+    pub oldest_due_backfill_secs: Option<f64>,
 }
 
 /// Stores a worker's counters in its heartbeat row; a trigger keeps one sample per minute in
@@ -521,13 +527,15 @@ pub async fn record_worker_counters(
     let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     sqlx::query(
         "update pdq.workers set api_requests_total = $2, rate_limited_total = $3,
-             limiter_pauses_total = $4
+             limiter_pauses_total = $4, oldest_due_live_secs = $5, oldest_due_backfill_secs = $6
          where id = $1",
     )
     .bind(worker)
     .bind(clamp(counters.api_requests))
     .bind(clamp(counters.rate_limited))
     .bind(clamp(counters.limiter_pauses))
+    .bind(counters.oldest_due_live_secs)
+    .bind(counters.oldest_due_backfill_secs)
     .execute(pool)
     .await?;
     Ok(())

@@ -46,13 +46,22 @@ pub async fn gauges(pool: &PgPool) -> Result<Gauges, Error> {
                 count(*) filter (where state = 'pending' and run_at > now() and attempts > 0)
                     as retrying,
                 count(*) filter (where state = 'running') as running,
-                coalesce(extract(epoch from now() - min(run_at)
-                    filter (where state = 'pending' and run_at <= now())), 0)::float8
-                    as oldest_due_age_seconds
+                0::float8 as oldest_due_age_seconds
          from pdq.jobs group by priority order by priority",
     )
     .fetch_all(pool)
     .await?;
+    let mut priorities: Vec<PriorityGauges> = priorities;
+    for (priority, age) in oldest_due(pool).await? {
+        match priorities.iter_mut().find(|p| p.priority == priority) {
+            Some(row) => row.oldest_due_age_seconds = age.unwrap_or(0.0),
+            None => priorities.push(PriorityGauges {
+                priority: priority.to_owned(),
+                oldest_due_age_seconds: age.unwrap_or(0.0),
+                ..PriorityGauges::default()
+            }),
+        }
+    }
     let dead_letters = sqlx::query_as(
         "select reason, count(*) from pdq.dead_letters
          where requeued_at is null group by reason order by reason",
@@ -65,6 +74,24 @@ pub async fn gauges(pool: &PgPool) -> Result<Gauges, Error> {
         workers_alive: workers_alive(pool).await?,
     })
 }
+
+/// Per priority (`live`, then `backfill`), seconds since the `run_at` of the oldest due job
+/// (`None` when none is due). One index probe each: the first entry of `jobs_claim_order`
+/// (`priority_rank, run_at, id` of pending jobs), whatever the backlog.
+pub async fn oldest_due(pool: &PgPool) -> Result<Vec<(&'static str, Option<f64>)>, Error> {
+    let (live, backfill): (Option<f64>, Option<f64>) =
+        sqlx::query_as(OLDEST_DUE_SQL).fetch_one(pool).await?;
+    Ok(vec![("live", live), ("backfill", backfill)])
+}
+
+/// The oldest due job's age per priority rank, each an index probe (see [`oldest_due`]).
+pub const OLDEST_DUE_SQL: &str = "
+select extract(epoch from now() - (select run_at from pdq.jobs
+         where state = 'pending' and priority_rank = 0 and run_at <= now()
+         order by priority_rank, run_at limit 1))::float8 as live,
+       extract(epoch from now() - (select run_at from pdq.jobs
+         where state = 'pending' and priority_rank = 1 and run_at <= now()
+         order by priority_rank, run_at limit 1))::float8 as backfill";
 
 /// Workers whose heartbeat in `pdq.workers` is fresh; `None` while that table does not exist.
 pub async fn workers_alive(pool: &PgPool) -> Result<Option<i64>, Error> {

@@ -40,8 +40,9 @@ pub use retention::{
     prune, Retained, DEFAULT_DEAD_LETTER_RETENTION, DEFAULT_IDEMPOTENCY_KEY_HORIZON,
 };
 pub use stats::{
-    explain_pause, human_duration, pending_count, status, BlockedParticipant, BudgetUse,
-    DeadReasonCount, DepthRow, PriorityDepth, QueueStatus, Throughput, Verdict, Windows,
+    explain_pause, human_duration, pending_count, smoothed, status, status_with,
+    BlockedParticipant, BudgetUse, DeadReasonCount, DepthRow, LiveBehind, PriorityDepth,
+    QueueStatus, Throughput, Verdict, Windows, DEFAULT_LIVE_BEHIND_SECS, SMOOTHING_MINUTES,
     USED_BY_WORKERS, USED_ESTIMATED,
 };
 

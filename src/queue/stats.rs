@@ -48,6 +48,44 @@ pub struct PriorityDepth {
     pub running: i64,
     /// Seconds since the `run_at` of the oldest due job, if any.
     pub oldest_due_age_secs: Option<f64>,
+    /// Jobs applied per minute, exponentially weighted over the last 15 minutes (a minute
+    /// ago weighs most; see [`SMOOTHING_MINUTES`]).
+    #[sqlx(skip)]
+    pub applied_per_minute: f64,
+    /// `due + retrying + running` at the smoothed rate of finished jobs (applied or
+    /// dead-lettered) of this priority, in seconds (none while none finished lately).
+    #[sqlx(skip)]
+    pub eta_secs: Option<f64>,
+}
+
+/// The time constant of the smoothed rates, in minutes: the count of `k` minutes ago weighs
+/// `exp(-k / SMOOTHING_MINUTES)`.
+pub const SMOOTHING_MINUTES: f64 = 5.0;
+
+/// A due live job older than this makes live "behind" unless told otherwise, in seconds.
+pub const DEFAULT_LIVE_BEHIND_SECS: f64 = 60.0;
+
+/// Live jobs wait longer than the threshold: the oldest due one is older.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LiveBehind {
+    /// Seconds the oldest due live job has waited.
+    pub oldest_due_age_secs: f64,
+    /// The threshold, in seconds.
+    pub threshold_secs: f64,
+    /// Live jobs due now.
+    pub due: i64,
+}
+
+impl LiveBehind {
+    /// One line: `the oldest due live job has waited 15m02s (threshold 1m00s; 12 live jobs due)`.
+    pub fn summary(&self) -> String {
+        format!(
+            "the oldest due live job has waited {} (threshold {}; {} live jobs due)",
+            human_duration(self.oldest_due_age_secs),
+            human_duration(self.threshold_secs),
+            self.due
+        )
+    }
 }
 
 /// Counts over the last 1, 5 and 15 minutes.
@@ -70,9 +108,12 @@ pub struct Throughput {
     pub dead_lettered: Windows,
     /// Jobs finished (applied or dead-lettered) per minute, over the last minute.
     pub rate_per_minute: f64,
+    /// Jobs finished per minute, exponentially weighted over the last 15 minutes (see
+    /// [`SMOOTHING_MINUTES`]): the ETA's rate, which does not swing with one minute.
+    pub smoothed_rate_per_minute: f64,
     /// Jobs left that can run now or soon: due, waiting for a retry and running.
     pub backlog: i64,
-    /// `backlog` at `rate_per_minute`, in seconds (none while nothing finishes).
+    /// `backlog` at `smoothed_rate_per_minute`, in seconds (none while nothing finishes).
     pub eta_secs: Option<f64>,
 }
 
@@ -184,6 +225,8 @@ pub struct QueueStatus {
     pub generated_at: DateTime<Utc>,
     /// Is it working, and if not, why.
     pub verdict: Verdict,
+    /// Set while live jobs are behind (the oldest due one waited past the threshold).
+    pub live_behind: Option<LiveBehind>,
     /// Per priority: due, scheduled, retrying, running and the oldest due job's age.
     pub priorities: Vec<PriorityDepth>,
     /// Applied and dead-lettered in the last 1/5/15 minutes, rate and ETA.
@@ -213,8 +256,13 @@ pub struct QueueStatus {
 /// At most this many blocked participants are listed.
 pub const BLOCKED_SHOWN: i64 = 5;
 
-/// Reads the queue's status.
+/// Reads the queue's status, live counting as behind past [`DEFAULT_LIVE_BEHIND_SECS`].
 pub async fn status(pool: &PgPool) -> Result<QueueStatus, Error> {
+    status_with(pool, DEFAULT_LIVE_BEHIND_SECS).await
+}
+
+/// Reads the queue's status; a due live job older than `live_behind_secs` makes live behind.
+pub async fn status_with(pool: &PgPool, live_behind_secs: f64) -> Result<QueueStatus, Error> {
     let generated_at: DateTime<Utc> = sqlx::query_scalar("select now()").fetch_one(pool).await?;
     let depth = sqlx::query_as(
         "select case when state = 'pending' and run_at > now() then 'scheduled' else state end
@@ -224,7 +272,32 @@ pub async fn status(pool: &PgPool) -> Result<QueueStatus, Error> {
     )
     .fetch_all(pool)
     .await?;
-    let priorities: Vec<PriorityDepth> = sqlx::query_as(PRIORITIES_SQL).fetch_all(pool).await?;
+    let mut priorities: Vec<PriorityDepth> = sqlx::query_as(PRIORITIES_SQL).fetch_all(pool).await?;
+    let oldest = super::gauges::oldest_due(pool).await?;
+    let minutes: Vec<MinuteRow> = sqlx::query_as(MINUTES_SQL).fetch_all(pool).await?;
+    for p in &mut priorities {
+        p.oldest_due_age_secs = oldest
+            .iter()
+            .find(|(priority, _)| *priority == p.priority)
+            .and_then(|(_, age)| *age);
+        let priority = p.priority.clone();
+        let mine = minutes.iter().filter(move |m| m.priority == priority);
+        p.applied_per_minute = smoothed(mine.clone().map(|m| (m.minutes_ago, m.applied)));
+        let finished = smoothed(mine.map(|m| (m.minutes_ago, m.applied + m.dead)));
+        let left = p.due + p.retrying + p.running;
+        p.eta_secs = (finished > 0.0).then(|| left as f64 / finished * 60.0);
+    }
+    let live_behind = priorities
+        .iter()
+        .find(|p| p.priority == "live")
+        .and_then(|live| {
+            let age = live.oldest_due_age_secs?;
+            (live.due > 0 && age > live_behind_secs).then_some(LiveBehind {
+                oldest_due_age_secs: age,
+                threshold_secs: live_behind_secs,
+                due: live.due,
+            })
+        });
     let oldest_pending_age_secs = priorities
         .iter()
         .filter_map(|p| p.oldest_due_age_secs)
@@ -252,6 +325,8 @@ pub async fn status(pool: &PgPool) -> Result<QueueStatus, Error> {
         .map(|p| p.due + p.retrying + p.running)
         .sum();
     let rate_per_minute = finished_last_minute as f64;
+    let smoothed_rate_per_minute =
+        smoothed(minutes.iter().map(|m| (m.minutes_ago, m.applied + m.dead)));
     let throughput = Throughput {
         applied: Windows {
             last_1m: recent.applied_1m,
@@ -264,8 +339,10 @@ pub async fn status(pool: &PgPool) -> Result<QueueStatus, Error> {
             last_15m: recent.dead_15m,
         },
         rate_per_minute,
+        smoothed_rate_per_minute,
         backlog,
-        eta_secs: (rate_per_minute > 0.0).then(|| backlog as f64 / rate_per_minute * 60.0),
+        eta_secs: (smoothed_rate_per_minute > 0.0)
+            .then(|| backlog as f64 / smoothed_rate_per_minute * 60.0),
     };
     let estimated = recent.patches_1m.round() as i64 + recent.dead_1m + recent.retried_1m;
     let budget_use = budget_use(&budgets, &workers, estimated);
@@ -275,10 +352,12 @@ pub async fn status(pool: &PgPool) -> Result<QueueStatus, Error> {
         &throughput,
         &budget_use,
         &workers,
+        live_behind.as_ref(),
     );
     Ok(QueueStatus {
         generated_at,
         verdict,
+        live_behind,
         priorities,
         throughput,
         budget_use,
@@ -302,12 +381,48 @@ select p.priority,
        count(j.id) filter (where j.state = 'pending' and j.run_at > now()
                                  and j.first_attempt_at is not null) as retrying,
        count(j.id) filter (where j.state = 'running') as running,
-       extract(epoch from now() - min(j.run_at) filter (
-           where j.state = 'pending' and j.run_at <= now()))::float8 as oldest_due_age_secs
+       null::float8 as oldest_due_age_secs
 from (values (0, 'live'), (1, 'backfill')) as p(rank, priority)
 left join pdq.jobs j on j.priority = p.priority
 group by p.rank, p.priority
 order by p.rank";
+
+/// Jobs applied and dead-lettered per priority in each of the last 15 whole minutes before
+/// now (0: the last 60 seconds), through the indexes on `finished_at` and `dead_at`.
+const MINUTES_SQL: &str = "
+select priority, minutes_ago,
+       count(*) filter (where applied)::int8 as applied,
+       count(*) filter (where not applied)::int8 as dead
+from (
+    select priority, floor(extract(epoch from now() - finished_at) / 60)::int4 as minutes_ago,
+           true as applied
+    from pdq.finished_jobs where finished_at > now() - interval '15 minutes'
+    union all
+    select priority, floor(extract(epoch from now() - dead_at) / 60)::int4, false
+    from pdq.dead_letters where dead_at > now() - interval '15 minutes'
+) m
+group by 1, 2";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct MinuteRow {
+    priority: String,
+    minutes_ago: i32,
+    applied: i64,
+    dead: i64,
+}
+
+/// A per-minute rate, exponentially weighted over the last 15 minutes from counts by minutes
+/// ago (missing minutes count 0): the count of `k` minutes ago weighs
+/// `exp(-k / SMOOTHING_MINUTES)`.
+pub fn smoothed(counts: impl Iterator<Item = (i32, i64)>) -> f64 {
+    let weight = |k: i32| (-f64::from(k) / SMOOTHING_MINUTES).exp();
+    let total: f64 = (0..15).map(weight).sum();
+    let sum: f64 = counts
+        .filter(|(k, _)| (0..15).contains(k))
+        .map(|(k, n)| weight(k) * n as f64)
+        .sum();
+    sum / total
+}
 
 #[derive(sqlx::FromRow)]
 struct RecentRow {
@@ -440,6 +555,7 @@ fn verdict(
     throughput: &Throughput,
     budgets: &[BudgetUse],
     workers: &[WorkerRow],
+    live_behind: Option<&LiveBehind>,
 ) -> Verdict {
     let due: i64 = priorities.iter().map(|p| p.due).sum();
     let running: i64 = priorities.iter().map(|p| p.running).sum();
@@ -491,6 +607,16 @@ fn verdict(
             summary: format!("{due} jobs are due but none finished in the last minute"),
         };
     }
+    if let Some(behind) = live_behind {
+        return Verdict {
+            state: "behind",
+            summary: format!(
+                "live behind: {}; {:.0} jobs/min",
+                behind.summary(),
+                throughput.smoothed_rate_per_minute
+            ),
+        };
+    }
     if due + running == 0 {
         return Verdict {
             state: "idle",
@@ -506,7 +632,7 @@ fn verdict(
         state: "working",
         summary: format!(
             "working: {:.0} jobs/min; backlog {} drains in about {}",
-            throughput.rate_per_minute,
+            throughput.smoothed_rate_per_minute,
             throughput.backlog,
             throughput.eta_secs.map_or("?".to_owned(), human_duration)
         ),

@@ -49,6 +49,9 @@ pub struct WorkerConfig {
     /// database call not answered within [`WorkerConfig::call_bound`]. No statement of the
     /// worker legitimately comes near it (each takes milliseconds, batches are bounded).
     pub statement_timeout: Duration,
+    /// A due live job that has waited longer than this makes live "behind": readiness fails
+    /// and `pdq_live_behind` is 1.
+    pub live_behind: Duration,
     /// Recorded in `locked_by`.
     pub worker_id: String,
     /// Seed for jitter (tests and the demo repeat).
@@ -76,6 +79,14 @@ impl WorkerConfig {
     /// plus [`CALL_MARGIN`].
     pub fn call_bound(&self) -> Duration {
         self.statement_timeout + CALL_MARGIN
+    }
+
+    /// How long the claimer (the worker's main loop) may go without a round before `/livez`
+    /// answers 503: a claim bound and a poll, three times over, plus one database call, and
+    /// never under [`DEFAULT_LIVENESS_BOUND`](crate::metrics::DEFAULT_LIVENESS_BOUND).
+    pub fn liveness_bound(&self) -> Duration {
+        ((self.claim_timeout + self.poll_interval) * 3 + self.call_bound())
+            .max(crate::metrics::DEFAULT_LIVENESS_BOUND)
     }
 
     /// Checks the timing rules that keep a PATCH inside its lease: the API request timeout
@@ -131,6 +142,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// way to find new jobs, so a short one.
 pub const DEFAULT_POLL_ONLY_INTERVAL: Duration = Duration::from_millis(100);
 
+/// A due live job older than this makes live "behind", unless told otherwise.
+pub const DEFAULT_LIVE_BEHIND: Duration = Duration::from_secs(60);
+
 /// How long applied jobs stay in `pdq.finished_jobs`, unless told otherwise.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
@@ -153,6 +167,7 @@ impl Default for WorkerConfig {
             idempotency_horizon: queue::DEFAULT_IDEMPOTENCY_KEY_HORIZON,
             claim_timeout: DEFAULT_CLAIM_TIMEOUT,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            live_behind: DEFAULT_LIVE_BEHIND,
             worker_id: format!("pdq-{}", std::process::id()),
             seed: None,
         }

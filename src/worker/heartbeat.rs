@@ -107,6 +107,8 @@ fn counters(inner: &Inner) -> crate::queue::console::WorkerCounters {
         api_requests: metrics.api_calls(),
         rate_limited: metrics.api_responses("429"),
         limiter_pauses: metrics.limiter_pauses(),
+        oldest_due_live_secs: metrics.oldest_due_age(crate::queue::Priority::Live),
+        oldest_due_backfill_secs: metrics.oldest_due_age(crate::queue::Priority::Backfill),
     }
 }
 

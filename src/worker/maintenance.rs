@@ -155,7 +155,17 @@ fn export_pacer_stats(inner: &Inner) {
 /// Samples jobs by state, dead letters, workers and the shared budget's pause for `/metrics`.
 async fn sample_gauges(inner: &Inner) {
     match inner.db(queue::gauges::gauges(&inner.pool)).await {
-        Ok(gauges) => inner.metrics.set_gauges(gauges),
+        Ok(gauges) => {
+            let behind = live_behind(&gauges, inner.config.live_behind);
+            if behind.is_some() != inner.health.is_live_behind() {
+                match &behind {
+                    Some(why) => tracing::warn!("live behind: {why}"),
+                    None => tracing::info!("live no longer behind"),
+                }
+            }
+            inner.health.set_live_behind(behind);
+            inner.metrics.set_gauges(gauges);
+        }
         Err(error) => tracing::debug!(%error, "could not sample the queue gauges"),
     }
     let budget = &inner.config.budget;
@@ -169,6 +179,19 @@ async fn sample_gauges(inner: &Inner) {
         };
         inner.metrics.set_budget_pause(reason);
     }
+}
+
+/// Why live counts as behind: the oldest due live job has waited longer than `threshold`.
+fn live_behind(gauges: &queue::gauges::Gauges, threshold: Duration) -> Option<String> {
+    let live = gauges.priorities.iter().find(|p| p.priority == "live")?;
+    (live.due > 0 && live.oldest_due_age_seconds > threshold.as_secs_f64()).then(|| {
+        format!(
+            "the oldest due live job has waited {} (threshold {}; {} live jobs due)",
+            queue::human_duration(live.oldest_due_age_seconds),
+            queue::human_duration(threshold.as_secs_f64()),
+            live.due
+        )
+    })
 }
 
 /// Logs a progress line every 30 s while a backlog drains: applied, rate and ETA.

@@ -45,8 +45,8 @@ pub use api::Api;
 pub use backoff::Backoff;
 pub use config::{
     Wakeup, WorkerConfig, CALL_MARGIN, DEFAULT_CLAIM_TIMEOUT, DEFAULT_EXECUTORS,
-    DEFAULT_LOOKUP_WINDOW, DEFAULT_POLL_INTERVAL, DEFAULT_POLL_ONLY_INTERVAL, DEFAULT_RETENTION,
-    DEFAULT_SHUTDOWN_GRACE, DEFAULT_STATEMENT_TIMEOUT,
+    DEFAULT_LIVE_BEHIND, DEFAULT_LOOKUP_WINDOW, DEFAULT_POLL_INTERVAL, DEFAULT_POLL_ONLY_INTERVAL,
+    DEFAULT_RETENTION, DEFAULT_SHUTDOWN_GRACE, DEFAULT_STATEMENT_TIMEOUT,
 };
 pub use execute::UnitOutcome;
 pub use pacer::{Budget, Pacer, DEFAULT_BACKFILL_SHARE, DEFAULT_RATE_LIMIT};
@@ -91,6 +91,10 @@ impl Worker {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_entropy(),
         };
+        let health = Arc::new(Health::default());
+        health.set_liveness_bound(config.liveness_bound());
+        let metrics = Arc::new(Metrics::for_budget(config.budget.per_minute));
+        metrics.set_live_behind_threshold(config.live_behind);
         Worker {
             inner: Arc::new(Inner {
                 completer: completer::Completer::new(pool.clone()),
@@ -105,8 +109,8 @@ impl Worker {
                 forbidden_streak: AtomicU32::new(0),
                 credential_check: Mutex::default(),
                 rng: Mutex::new(rng),
-                metrics: Arc::new(Metrics::for_budget(config.budget.per_minute)),
-                health: Arc::new(Health::default()),
+                metrics,
+                health,
                 pacer,
                 config,
             }),
@@ -507,6 +511,8 @@ async fn claimer(
         if stop.is_cancelled() {
             return;
         }
+        // Each round proves the main loop alive (`/livez`).
+        inner.health.tick();
         let live_waiting = inner.buffer.next_lane() == Some(crate::queue::Priority::Live);
         let claim_now = inner.buffer.wants_refill() || (nudged && !live_waiting);
         // While applied units cannot be recorded, claiming more would only add to them.

@@ -61,7 +61,7 @@ pub(super) async fn applied(inner: &Inner, unit: &Unit, target: Target) {
     let now = Utc::now();
     for job in &unit.jobs {
         let latency = (now - job.created_at).to_std().unwrap_or_default();
-        inner.metrics.observe_enqueue_to_applied(latency);
+        inner.metrics.observe_applied(job.priority, latency);
     }
     inner
         .metrics

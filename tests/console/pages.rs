@@ -259,3 +259,49 @@ async fn a_pending_job_is_cancelled_after_confirmation() {
     browser.close().await;
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn the_overview_says_live_is_behind_charts_the_oldest_wait_and_dates_old_figures() {
+    let db = TestDb::new().await;
+    seed(&db.pool).await;
+    // One live job has been due for ten minutes.
+    sqlx::query(
+        "update pdq.jobs set run_at = now() - interval '10 minutes'
+         where id = (select min(id) from pdq.jobs
+                     where priority = 'live' and state = 'pending' and run_at <= now())",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let console = serve(&db, false).await;
+    let overview = || async {
+        reqwest::get(console.url("/"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let page = overview().await;
+    assert!(page.contains("id=\"live-behind\""), "{page}");
+    assert!(
+        page.contains("Live behind: the oldest due live job has waited 10m"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("stale-banner"),
+        "fresh figures are not dated"
+    );
+    // The oldest due wait the heartbeat reported (75 s live), not a pickup latency.
+    assert!(page.contains("id=\"chart-oldest\""), "{page}");
+    assert!(page.contains("peak 75 s"), "{page}");
+    assert!(!page.contains("chart-pickup"));
+    // Past the refresh period (5 s here) the served snapshot says how old it is.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let page = overview().await;
+    assert!(page.contains("id=\"stale-banner\""), "{page}");
+    assert!(page.contains("These figures are "), "{page}");
+    assert!(page.contains("old (as of "), "{page}");
+    assert!(page.contains("they are being read again"), "{page}");
+    db.drop_database().await;
+}

@@ -238,6 +238,8 @@ pub async fn seed(pool: &PgPool) -> Seeded {
         api_requests: 500,
         rate_limited: 7,
         limiter_pauses: 2,
+        oldest_due_live_secs: Some(75.0),
+        oldest_due_backfill_secs: Some(30.0),
     };
     queue::console::record_worker_counters(pool, worker, counters)
         .await

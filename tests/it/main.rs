@@ -7,6 +7,7 @@ mod door;
 mod emulator;
 mod escapes;
 mod hardening;
+mod health;
 mod helpers;
 mod hostile;
 mod http_edges;

@@ -128,6 +128,47 @@ fn dashboard_metrics() -> BTreeSet<String> {
     names
 }
 
+/// Every `pdq_…` name the alert rules' expressions use, with each rule's name.
+fn alert_rule_metrics() -> Vec<(String, BTreeSet<String>)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/pdq-alerts.yml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let doc = yaml_rust2::YamlLoader::load_from_str(&text)
+        .unwrap()
+        .remove(0);
+    let mut rules = Vec::new();
+    for group in doc["groups"].as_vec().unwrap() {
+        for rule in group["rules"].as_vec().unwrap() {
+            let name = rule["alert"].as_str().unwrap().to_owned();
+            // The expression and the annotations' queries.
+            let mut texts = vec![rule["expr"].as_str().unwrap().to_owned()];
+            if let Some(annotations) = rule["annotations"].as_hash() {
+                texts.extend(
+                    annotations
+                        .values()
+                        .filter_map(|v| v.as_str().map(str::to_owned)),
+                );
+            }
+            let mut names = BTreeSet::new();
+            for text in texts {
+                let mut rest = text.as_str();
+                while let Some(start) = rest.find("pdq_") {
+                    let tail = &rest[start..];
+                    let end = tail
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(tail.len());
+                    names.insert(tail[..end].to_owned());
+                    rest = &tail[end..];
+                }
+            }
+            rules.push((name, names));
+        }
+    }
+    rules
+}
+
 async fn scrape(port: u16) -> String {
     let url = format!("http://127.0.0.1:{port}/metrics");
     match reqwest::get(&url).await {
@@ -250,6 +291,37 @@ async fn a_worker_logs_sentences_stores_json_errors_and_serves_every_dashboard_m
         assert!(
             served.contains(name),
             "the dashboard uses {name}, /metrics has {served:?}"
+        );
+    }
+
+    // Every metric the alert rules use is one the worker serves.
+    let rules = alert_rule_metrics();
+    let names: Vec<&str> = rules.iter().map(|(name, _)| name.as_str()).collect();
+    for expected in [
+        "PdqLiveBehind",
+        "PdqNotReady",
+        "PdqDeadLettersRising",
+        "PdqBudgetPausedLong",
+    ] {
+        assert!(names.contains(&expected), "{expected} missing: {names:?}");
+    }
+    for (rule, used) in &rules {
+        assert!(!used.is_empty(), "{rule} uses no pdq metric");
+        for name in used {
+            assert!(
+                served.contains(name),
+                "alert {rule} uses {name}, /metrics has {served:?}"
+            );
+        }
+    }
+    for sample in [
+        "pdq_ready ",
+        "pdq_live_behind ",
+        "pdq_live_behind_threshold_seconds 60",
+    ] {
+        assert!(
+            metrics.contains(sample),
+            "{sample} missing from:\n{metrics}"
         );
     }
 

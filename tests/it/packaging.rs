@@ -835,3 +835,87 @@ fn the_git_files_the_image_build_gets_name_this_checkout_s_commit() {
     assert_eq!(git_head::head_commit(&dot_git), Some(head));
     std::fs::remove_dir_all(context).unwrap();
 }
+/// The YAML document at `path` under the crate root.
+fn yaml_file(path: &str) -> yaml_rust2::Yaml {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    yaml_rust2::YamlLoader::load_from_str(&text)
+        .unwrap()
+        .remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestrators_probe_liveness_on_livez_and_readiness_on_readyz() {
+    // Helm: readiness on /readyz, liveness on /livez (never /healthz, which is readiness).
+    let root = env!("CARGO_MANIFEST_DIR");
+    let template =
+        std::fs::read_to_string(format!("{root}/deploy/helm/pdq/templates/deployment.yaml"))
+            .unwrap();
+    let probe_path = |probe: &str| {
+        let at = template
+            .find(&format!("{probe}:"))
+            .unwrap_or_else(|| panic!("{probe}"));
+        let rest = &template[at..];
+        let path = rest.find("path: ").unwrap();
+        rest[path + 6..].lines().next().unwrap().trim().to_owned()
+    };
+    assert_eq!(probe_path("readinessProbe"), "/readyz");
+    assert_eq!(probe_path("livenessProbe"), "/livez");
+
+    // Compose: every service running the worker checks liveness.
+    let compose = yaml_file("docker-compose.yml");
+    let services = compose["services"].as_hash().unwrap();
+    let mut workers = 0;
+    for (name, service) in services {
+        let command: Vec<&str> = service["command"]
+            .as_vec()
+            .map(|c| c.iter().filter_map(|a| a.as_str()).collect())
+            .unwrap_or_default();
+        if command.first() != Some(&"run") {
+            continue;
+        }
+        workers += 1;
+        let test: Vec<&str> = service["healthcheck"]["test"]
+            .as_vec()
+            .unwrap_or_else(|| panic!("{name:?} has no healthcheck"))
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert_eq!(
+            test,
+            ["CMD", "pdq", "healthcheck", "--live"],
+            "service {name:?}"
+        );
+    }
+    assert_eq!(workers, 2, "the sandbox and the org worker");
+
+    // The image's HEALTHCHECK checks liveness.
+    let dockerfile = std::fs::read_to_string(format!("{root}/Dockerfile")).unwrap();
+    let health = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("HEALTHCHECK "))
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(health, r#"CMD ["pdq", "healthcheck", "--live"]"#);
+
+    // `pdq healthcheck --live` asks /livez on PDQ_METRICS_ADDR's port (the image's setting);
+    // without --live it asks /healthz, as before.
+    let server = canned_http("200 OK", "alive\n").await;
+    for (live, path) in [(true, "/livez"), (false, "/healthz")] {
+        let mut command = pdq();
+        command
+            .arg("healthcheck")
+            .env_remove("PDQ_HEALTHCHECK_URL")
+            .env("PDQ_METRICS_ADDR", format!("0.0.0.0:{}", server.port()));
+        if live {
+            command.arg("--live");
+        }
+        let out = output(command).await;
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(
+            text(&out.stdout).contains(&format!("http://127.0.0.1:{}{path}", server.port())),
+            "{out:?}"
+        );
+    }
+}

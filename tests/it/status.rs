@@ -208,7 +208,11 @@ async fn status_reports_queue_budget_workers_and_blocked_participants() {
     );
     assert_eq!(t.rate_per_minute, 1.0);
     assert_eq!(t.backlog, 4, "3 due and 1 retrying");
-    assert_eq!(t.eta_secs, Some(240.0));
+    // The ETA runs at the smoothed rate (1 + 2 e^-0.6 + e^-2) / sum of e^-k/5 for k < 15.
+    let smoothed = pdq::queue::smoothed([(0, 1), (3, 2), (10, 1)].into_iter());
+    assert!((t.smoothed_rate_per_minute - smoothed).abs() < 1e-9);
+    assert!((smoothed - 0.42597).abs() < 1e-4, "{smoothed}");
+    assert_eq!(t.eta_secs, Some(4.0 / smoothed * 60.0));
 
     assert_eq!(status.budget_use.len(), 1);
     let budget = &status.budget_use[0];
@@ -318,11 +322,14 @@ async fn status_prints_one_screen_and_json_with_the_same_fields() {
     );
     for expected in [
         "budget edge-client paused until",
-        "QUEUE     DUE  SCHEDULED  RETRYING  RUNNING  OLDEST DUE",
+        "QUEUE     DUE  SCHEDULED  RETRYING  RUNNING  OLDEST DUE  APPLIED/MIN  ETA",
         "3m0",
         "applied        1      2      3",
         "dead-lettered  0      1      1",
-        "rate 1/min; backlog 4 (due, retrying, running); ETA 4m00s",
+        // (1 + 2 e^-0.6 + e^-2) / sum of e^-k/5 for k < 15 = 0.426/min: ETA 4 / 0.426 min.
+        "rate 1/min last minute, 0.4/min smoothed (15 min, weighted to the latest); backlog 4 \
+         (due, retrying, running); ETA 9m23s at the smoothed rate",
+        "live behind: the oldest due live job has waited 3m0",
         "20/min",
         "429 Too Many Requests",
         "pdq-stale",
@@ -344,7 +351,21 @@ async fn status_prints_one_screen_and_json_with_the_same_fields() {
     assert_eq!(status["priorities"][0]["scheduled"], 1);
     assert_eq!(status["priorities"][0]["retrying"], 1);
     assert_eq!(status["throughput"]["applied"]["last_15m"], 3);
-    assert_eq!(status["throughput"]["eta_secs"], 240.0);
+    let eta = status["throughput"]["eta_secs"].as_f64().unwrap();
+    assert!((eta - 563.4).abs() < 1.0, "{eta}");
+    assert_eq!(status["live_behind"]["due"], 2);
+    assert_eq!(status["live_behind"]["threshold_secs"], 60.0);
+    // Live: two applied, one dead letter in the window (all live); backfill: none.
+    let live_rate = status["priorities"][0]["applied_per_minute"]
+        .as_f64()
+        .unwrap();
+    assert!((live_rate - 0.3213).abs() < 0.001, "{live_rate}");
+    assert_eq!(status["priorities"][1]["applied_per_minute"], 0.0);
+    assert_eq!(status["priorities"][1]["eta_secs"], Value::Null);
+    // A higher threshold: not behind.
+    let calm = pdq(&db, &["status", "--json", "--live-behind-secs", "600"]);
+    let calm: Value = serde_json::from_slice(&calm.stdout).unwrap();
+    assert_eq!(calm["live_behind"], Value::Null);
     assert_eq!(status["budget_use"][0]["limit_per_minute"], 20);
     assert_eq!(status["budget_use"][0]["pause_reason"], "rate_limited");
     assert_eq!(status["workers"][1]["state"], "gone");
@@ -353,7 +374,7 @@ async fn status_prints_one_screen_and_json_with_the_same_fields() {
     db.drop_database().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_watch_redraws_until_interrupted() {
     let db = TestDb::new().await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_pdq"))
@@ -365,37 +386,44 @@ async fn status_watch_redraws_until_interrupted() {
         .spawn()
         .expect("run pdq");
     let stdout = child.stdout.take().unwrap();
-    let frames = tokio::task::spawn_blocking(move || {
+    let (sent, frames) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let mut frames = Vec::new();
-        while frames.len() < 2 {
-            match lines.next() {
-                Some(Ok(line)) => frames.push(line),
-                _ => break,
+        for line in std::io::BufReader::new(stdout).lines().take(10) {
+            let Ok(line) = line else { break };
+            if sent.send(line).is_err() {
+                break;
             }
         }
-        frames
     });
-    // The second frame comes after the first insert, so a backfill shows progress.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = |frames: &std::sync::mpsc::Receiver<String>| {
+        frames.recv_timeout(Duration::from_secs(15)).ok()
+    };
+    // A frame after the first one and an insert shows the new backfill job: it redraws.
+    let first = tokio::task::block_in_place(|| next(&frames)).expect("a first frame");
     queue::enqueue(
         &db.pool,
         &new_job(Uuid::new_v4(), Uuid::new_v4(), Priority::Backfill, 1),
     )
     .await
     .unwrap();
-    let frames = tokio::time::timeout(Duration::from_secs(15), frames)
-        .await
-        .expect("two frames within 15 s")
-        .unwrap();
+    let mut later = Vec::new();
+    while later.len() < 9 {
+        let Some(frame) = tokio::task::block_in_place(|| next(&frames)) else {
+            break;
+        };
+        let frame: Value = serde_json::from_str(&frame).unwrap();
+        let due = frame["priorities"][1]["due"].clone();
+        later.push(due.clone());
+        if due == 1 {
+            break;
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(frames.len(), 2, "{frames:?}");
-    let first: Value = serde_json::from_str(&frames[0]).unwrap();
-    let second: Value = serde_json::from_str(&frames[1]).unwrap();
+    let first: Value = serde_json::from_str(&first).unwrap();
     assert_eq!(first["priorities"][1]["due"], 0);
-    assert_eq!(second["priorities"][1]["due"], 1);
+    assert_eq!(later.last(), Some(&Value::from(1)), "{later:?}");
     db.drop_database().await;
 }
 

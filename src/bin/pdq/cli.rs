@@ -85,12 +85,12 @@ pub enum Command {
     Budget(BudgetCommand),
     /// Check region, hosts, credentials, organization and (optionally) access to a conversation.
     Doctor(Box<crate::commands::doctor::DoctorArgs>),
-    /// Run the worker pool (serves /metrics and /healthz).
+    /// Run the worker pool (serves /metrics, /livez, /readyz and /healthz).
     Run(Box<crate::commands::run::RunArgs>),
     /// Serve the Genesys Cloud emulator (login and API on one port).
     Emulator(Box<crate::commands::emulator::EmulatorArgs>),
-    /// Ask a worker's /healthz whether it is healthy (exit 0 on 200, else 1): for container
-    /// HEALTHCHECKs without curl.
+    /// Ask a worker's readiness (/healthz) or, with --live, its liveness (/livez): exit 0 on
+    /// 200, else 1; for container HEALTHCHECKs without curl.
     Healthcheck(crate::commands::healthcheck::HealthcheckArgs),
     /// Print (or apply) the SQL that creates login roles with only pdq_worker, pdq_operator or
     /// pdq_producer rights.
@@ -112,6 +112,10 @@ pub struct StatusArgs {
     /// Seconds between two redraws with --watch.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub interval: u64,
+    /// A due live job older than this many seconds makes live "behind" (as `pdq run`'s flag).
+    #[arg(long, env = "PDQ_LIVE_BEHIND_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub live_behind_secs: u64,
 }
 
 /// A job, with flags named after the columns of `pdq.jobs`.

@@ -550,9 +550,15 @@ fn the_helm_chart_parses_and_its_command_line_parses_with_the_cli() {
         template.contains(".Values.args"),
         "the Deployment runs values.args"
     );
-    for probe in ["livenessProbe", "readinessProbe"] {
+    for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
         let at = template.find(probe).unwrap_or_else(|| panic!("{probe}"));
-        assert!(template[at..].contains("path: /healthz"), "{probe}");
+        let first = template[at..]
+            .find("path: ")
+            .unwrap_or_else(|| panic!("{probe}"));
+        assert!(
+            template[at + first..].starts_with(&format!("path: {path}\n")),
+            "{probe}"
+        );
     }
     let secret = read("deploy/helm/pdq/templates/secret.yaml");
     assert!(secret.contains("kind: Secret"));

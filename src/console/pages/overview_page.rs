@@ -31,6 +31,12 @@ pub(crate) async fn overview(State(state): State<Shared>, RawQuery(raw): RawQuer
         ChartRange::Day => "per 15 minutes",
     };
     let status = status.as_deref();
+    // A snapshot older than the page's refresh period is not presented as current.
+    let period = std::time::Duration::from_secs(u64::from(state.config.refresh_secs))
+        .max(crate::console::snapshot::FRESH);
+    let freshness = status
+        .and_then(|_| state.status.freshness(&()))
+        .filter(|f| f.age > period || f.failing.is_some());
     let workers = status.map_or(&[][..], |s| &s.workers[..]);
     let paused_budgets: Vec<_> = status
         .map_or(&[][..], |s| &s.budget_use[..])
@@ -54,6 +60,23 @@ pub(crate) async fn overview(State(state): State<Shared>, RawQuery(raw): RawQuer
                     @if !seen.is_empty() { " (seen by " (seen.join(", ")) ")" }
                 }
             }
+            @if let Some(f) = &freshness {
+                div.banner.stale #stale-banner {
+                    "These figures are " (queue::human_duration(f.age.as_secs_f64())) " old"
+                    @if let Some(status) = status { " (as of " (time(status.generated_at)) ")" }
+                    @match &f.failing {
+                        Some(error) => {
+                            ": the console cannot refresh them (" (error) "); it keeps trying."
+                        }
+                        None => ": they are being read again; this page shows the new ones when it refreshes.",
+                    }
+                }
+            }
+            @if let Some(behind) = status.and_then(|s| s.live_behind.as_ref()) {
+                div.banner.behind #live-behind {
+                    "Live behind: " (behind.summary())
+                }
+            }
             @if paused_budgets.is_empty() && !paused_workers.is_empty() {
                 div.banner.paused #pause-banner {
                     "Paused workers: "
@@ -74,12 +97,13 @@ pub(crate) async fn overview(State(state): State<Shared>, RawQuery(raw): RawQuer
                     "Reading the charts' figures: this page refreshes itself and shows them."
                 },
             }
-            p.muted { "429s and pauses come from the workers' heartbeats; live vs backfill counts the PATCH requests of applied and dead-lettered jobs (a coalesced PATCH once)." }
+            p.muted { "429s, pauses and the oldest due wait come from the workers' heartbeats; live vs backfill counts the PATCH requests of applied and dead-lettered jobs (a coalesced PATCH once)." }
             @if let Some(status) = status {
                 @let dead_waiting: i64 = status.dead_letters.iter().map(|d| d.jobs).sum();
                 div.card.verdict #verdict {
                     b { (status.verdict.state) } (status.verdict.summary)
-                    span.muted { " · as of " (time(status.generated_at)) }
+                    span.muted #as-of { " · as of " (time(status.generated_at))
+                        @if let Some(f) = &freshness { " (" (queue::human_duration(f.age.as_secs_f64())) " ago)" } }
                 }
                 div.grid2 {
                     div.card #budget {
@@ -210,9 +234,9 @@ fn charts_section(series: &ChartSeries, per: &str) -> Markup {
                 &[Series { label: "live".into(), values: &series.live_requests, class: "c0".into() },
                   Series { label: "backfill".into(), values: &series.backfill_requests, class: "c4".into() }],
                 start, secs))
-            (charts::chart("chart-pickup", "Pickup latency (due → first attempt)", "s", Kind::Lines,
-                &[Series { label: "mean".into(), values: &series.pickup_mean_secs, class: "c6".into() },
-                  Series { label: "max".into(), values: &series.pickup_max_secs, class: "c5".into() }],
+            (charts::chart("chart-oldest", "Oldest due job's wait (as the workers sampled it)", "s", Kind::Lines,
+                &[Series { label: "live".into(), values: &series.oldest_due_live_secs, class: "c0".into() },
+                  Series { label: "backfill".into(), values: &series.oldest_due_backfill_secs, class: "c4".into() }],
                 start, secs))
         }
     }

@@ -25,6 +25,10 @@ pub struct ConsoleArgs {
     /// Seconds between two refreshes of the overview in the browser (0: never).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub refresh_secs: u32,
+    /// A due live job older than this many seconds makes live "behind" (as `pdq run`'s flag).
+    #[arg(long, env = "PDQ_LIVE_BEHIND_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub live_behind_secs: u64,
     /// The URL operators open when the console is behind a reverse proxy
     /// (https://pdq.example.com/): its host name is answered too.
     #[arg(long, env = "PDQ_CONSOLE_PUBLIC_URL")]
@@ -80,6 +84,7 @@ pub async fn run(
         allow_writes: args.allow_writes,
         token: token_from_env(),
         refresh_secs: args.refresh_secs,
+        live_behind_secs: args.live_behind_secs as f64,
         allowed_hosts: args.hosts(),
         ..ConsoleConfig::default()
     };
@@ -111,15 +116,17 @@ pub async fn run(
 }
 
 /// Serves the read-only console beside a worker (`pdq run --console ADDR`), on its own
-/// read-only pool, until `shutdown`.
+/// read-only pool, until `shutdown`; live counts as behind past `live_behind_secs`.
 pub async fn spawn_read_only(
     db: &Database,
     addr: SocketAddr,
+    live_behind_secs: u64,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = ConsoleConfig {
         token: token_from_env(),
         allowed_hosts: allowed_hosts_from_env(),
+        live_behind_secs: live_behind_secs as f64,
         ..ConsoleConfig::default()
     };
     console::check_listen(addr, &config)

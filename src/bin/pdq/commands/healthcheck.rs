@@ -1,5 +1,6 @@
-//! `pdq healthcheck`: asks a worker's `/healthz` whether it is healthy, for container
-//! `HEALTHCHECK`s and probes on hosts without curl. Exit 0 on 200, 1 otherwise.
+//! `pdq healthcheck`: asks a worker's readiness (`/healthz`) or, with `--live`, its liveness
+//! (`/livez`), for container `HEALTHCHECK`s and probes on hosts without curl. Exit 0 on 200,
+//! 1 otherwise.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,17 +14,27 @@ pub struct HealthcheckArgs {
     /// it listens on every address; else http://127.0.0.1:9187/healthz].
     #[arg(long, env = "PDQ_HEALTHCHECK_URL")]
     pub url: Option<String>,
+    /// Ask the liveness answer (/livez: the process works) instead of readiness (/healthz:
+    /// it can do its job); what a container HEALTHCHECK should ask, so that a long API outage
+    /// never restarts the process. Ignored with --url.
+    #[arg(long)]
+    pub live: bool,
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub timeout_ms: u64,
 }
 
 impl HealthcheckArgs {
-    /// The URL to ask: --url, else the one `pdq run` serves with the same PDQ_METRICS_ADDR.
+    /// The URL to ask: --url, else the one `pdq run` serves with the same PDQ_METRICS_ADDR
+    /// (`/livez` with --live, else `/healthz`).
     pub fn url(&self) -> String {
         if let Some(url) = &self.url {
             return url.clone();
         }
+        let path = match self.live {
+            true => "/livez",
+            false => "/healthz",
+        };
         let metrics = std::env::var("PDQ_METRICS_ADDR").ok();
         let addr = metrics.and_then(|addr| addr.trim().parse::<std::net::SocketAddr>().ok());
         match addr {
@@ -34,9 +45,9 @@ impl HealthcheckArgs {
                         std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
                     });
                 }
-                format!("http://{addr}/healthz")
+                format!("http://{addr}{path}")
             }
-            None => "http://127.0.0.1:9187/healthz".to_owned(),
+            None => format!("http://127.0.0.1:9187{path}"),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `pdq run`: the worker pool, with `/metrics` and `/healthz`.
+//! `pdq run`: the worker pool, with `/metrics` and the health answers (`/livez`, `/readyz`,
+//! and `/healthz` as readiness).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -51,6 +52,11 @@ pub struct RunArgs {
     /// to Postgres not answered within this plus 5 s is abandoned with its connection.
     #[arg(long, env = "PDQ_STATEMENT_TIMEOUT_SECS", default_value_t = worker::DEFAULT_STATEMENT_TIMEOUT.as_secs())]
     pub statement_timeout_secs: u64,
+    /// A due live job older than this many seconds makes live "behind": readiness (/readyz,
+    /// /healthz) answers 503 naming it, `pdq_live_behind` is 1, `pdq status` says so.
+    #[arg(long, env = "PDQ_LIVE_BEHIND_SECS", default_value_t = worker::DEFAULT_LIVE_BEHIND.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub live_behind_secs: u64,
     /// How new jobs wake the worker: `listen` (LISTEN pdq_jobs, with a poll as safety net)
     /// or `poll` (the poll only: through a transaction pooler without a direct connection).
     #[arg(long, env = "PDQ_WAKEUP", value_enum, default_value_t = WakeupArg::Listen)]
@@ -78,7 +84,8 @@ pub struct RunArgs {
     /// Days an idempotency key is remembered (at least --retention-days).
     #[arg(long, env = "PDQ_IDEMPOTENCY_HORIZON_DAYS", default_value_t = days(queue::DEFAULT_IDEMPOTENCY_KEY_HORIZON))]
     pub idempotency_horizon_days: u64,
-    /// Where /metrics and /healthz listen.
+    /// Where /metrics and the health answers listen: /livez (liveness), /readyz (readiness)
+    /// and /healthz (readiness, kept for compatibility).
     #[arg(long, env = "PDQ_METRICS_ADDR", default_value = "127.0.0.1:9187")]
     pub metrics_addr: SocketAddr,
     /// Apply pending migrations before starting.
@@ -124,6 +131,7 @@ impl RunArgs {
             lookup_window: Duration::from_secs(self.lookup_window_secs),
             claim_timeout: Duration::from_secs(self.claim_timeout_secs.max(1)),
             statement_timeout: Duration::from_secs(self.statement_timeout_secs.max(1)),
+            live_behind: Duration::from_secs(self.live_behind_secs),
             wakeup: match self.wakeup {
                 WakeupArg::Listen => Wakeup::Listen,
                 WakeupArg::Poll => Wakeup::Poll,
@@ -234,7 +242,7 @@ pub async fn run(
         None => None,
     };
     if let Some(addr) = args.console {
-        super::console::spawn_read_only(db, addr, shutdown.clone()).await?;
+        super::console::spawn_read_only(db, addr, args.live_behind_secs, shutdown.clone()).await?;
     }
     let paused = check_credentials(&client).await;
     let worker = Worker::new(pool, Api::new(client), config);

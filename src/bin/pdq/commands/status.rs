@@ -16,23 +16,29 @@ use crate::output;
 pub async fn run(db: &Database, args: StatusArgs, json: bool) -> anyhow::Result<ExitCode> {
     let pool = db.pool().await?;
     if !args.watch {
-        let status = pdq::queue::status(&pool).await?;
+        let status = pdq::queue::status_with(&pool, args.live_behind_secs as f64).await?;
         match json {
             true => output::json(&status)?,
             false => print_status(&status),
         }
         return Ok(ExitCode::SUCCESS);
     }
-    watch(&pool, Duration::from_secs(args.interval), json).await
+    let behind = args.live_behind_secs as f64;
+    watch(&pool, Duration::from_secs(args.interval), behind, json).await
 }
 
 /// Redraws until Ctrl-C; a failed read is shown and retried at the next tick.
-async fn watch(pool: &PgPool, interval: Duration, json: bool) -> anyhow::Result<ExitCode> {
+async fn watch(
+    pool: &PgPool,
+    interval: Duration,
+    live_behind_secs: f64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let terminal = std::io::stdout().is_terminal();
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
-        let status = pdq::queue::status(pool).await;
+        let status = pdq::queue::status_with(pool, live_behind_secs).await;
         match (&status, json) {
             (Ok(status), true) => println!("{}", serde_json::to_string(status)?),
             (Ok(status), false) => {
@@ -60,6 +66,11 @@ fn print_status(status: &QueueStatus) {
         now.format("%Y-%m-%d %H:%M:%S UTC"),
         output::visible(&status.verdict.summary)
     );
+    if let Some(behind) = &status.live_behind {
+        if status.verdict.state != "behind" {
+            println!("live behind: {}", behind.summary());
+        }
+    }
 
     println!();
     print_queue(status);
@@ -86,6 +97,8 @@ fn print_queue(status: &QueueStatus) {
                 p.retrying.to_string(),
                 p.running.to_string(),
                 p.oldest_due_age_secs.map_or("-".to_owned(), human_duration),
+                format!("{:.1}", p.applied_per_minute),
+                p.eta_secs.map_or("-".to_owned(), human_duration),
             ]
         })
         .collect();
@@ -97,6 +110,8 @@ fn print_queue(status: &QueueStatus) {
             "RETRYING",
             "RUNNING",
             "OLDEST DUE",
+            "APPLIED/MIN",
+            "ETA",
         ],
         &queue,
     );
@@ -121,8 +136,10 @@ fn print_throughput(status: &QueueStatus) {
         ],
     );
     println!(
-        "rate {:.0}/min; backlog {} (due, retrying, running); ETA {}",
+        "rate {:.0}/min last minute, {:.1}/min smoothed (15 min, weighted to the latest); \
+         backlog {} (due, retrying, running); ETA {} at the smoothed rate",
         t.rate_per_minute,
+        t.smoothed_rate_per_minute,
         t.backlog,
         t.eta_secs.map_or("-".to_owned(), human_duration)
     );
