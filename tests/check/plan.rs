@@ -237,16 +237,7 @@ impl Plan {
     pub fn of(seed: u64) -> Plan {
         let mut rng = SmallRng::seed_from_u64(seed);
         let faults = schedule(&mut rng);
-        let doomed: Vec<usize> = faults
-            .iter()
-            .filter(|f| {
-                matches!(
-                    f.kind,
-                    FaultKind::ConversationEnds | FaultKind::ParticipantLeaves
-                )
-            })
-            .map(|f| f.target)
-            .collect();
+        let doomed = doomed(&faults);
         let mut jobs = workload(&mut rng, &doomed);
         if faults.iter().any(|f| f.kind == FaultKind::RefusedValue) {
             let pick = rng.gen_range(0..jobs.len());
@@ -297,17 +288,7 @@ impl Plan {
             });
             self.faults.sort_by_key(|f| f.start_ms);
         }
-        let doomed: Vec<usize> = self
-            .faults
-            .iter()
-            .filter(|f| {
-                matches!(
-                    f.kind,
-                    FaultKind::ConversationEnds | FaultKind::ParticipantLeaves
-                )
-            })
-            .map(|f| f.target)
-            .collect();
+        let doomed = doomed(&self.faults);
         let windows: Vec<Fault> = self
             .faults
             .iter()
@@ -387,6 +368,20 @@ impl Plan {
     pub fn faults_of(&self, kind: FaultKind) -> impl Iterator<Item = &Fault> {
         self.faults.iter().filter(move |f| f.kind == kind)
     }
+}
+
+/// The conversations that end or lose their customer during the run.
+fn doomed(faults: &[Fault]) -> Vec<usize> {
+    faults
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.kind,
+                FaultKind::ConversationEnds | FaultKind::ParticipantLeaves
+            )
+        })
+        .map(|f| f.target)
+        .collect()
 }
 
 /// The fault schedule: API windows one after another, a few process faults, conversation
