@@ -102,7 +102,8 @@ impl From<queue::Error> for Stop {
 
 /// One executor: takes the most urgent unit once it holds a request token, runs it, repeats.
 pub async fn executor(inner: Arc<Inner>, stop: CancellationToken) {
-    let mut prepaid = false;
+    // The lane the token in hand was taken for, if any.
+    let mut prepaid: Option<Priority> = None;
     loop {
         if stop.is_cancelled() {
             return;
@@ -120,18 +121,22 @@ pub async fn executor(inner: Arc<Inner>, stop: CancellationToken) {
                 _ = stop.cancelled() => return,
             }
         };
-        if !prepaid {
+        if prepaid.is_none() {
             let backfill = lane == Priority::Backfill;
             tokio::select! {
-                _ = inner.pacer.acquire(lane) => prepaid = true,
+                _ = inner.pacer.acquire(lane) => prepaid = Some(lane),
                 _ = inner.buffer.live_filled.notified(), if backfill => continue,
                 _ = stop.cancelled() => return,
             }
         }
         if let Some(unit) = inner.buffer.pop() {
-            prepaid = false;
+            let paid_as = prepaid.take();
             if unit.head().priority == Priority::Live {
                 inner.pacer.note_live();
+            } else if paid_as == Some(Priority::Live) {
+                // The live unit this token was taken for went to another executor: the
+                // backfill unit in its place still keeps to the backfill share.
+                inner.pacer.backfill_gate().await;
             }
             if let Err(error) = run_unit(&inner, unit, true).await {
                 tracing::warn!(%error, "recording an outcome failed ({error}); the lease will expire and the unit run again");

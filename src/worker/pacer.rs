@@ -307,6 +307,12 @@ impl Pacer {
         }
     }
 
+    /// The backfill share's gate alone, for a backfill unit that holds a token taken for a
+    /// live one (another executor took the live unit first): it still keeps to its share.
+    pub(crate) async fn backfill_gate(&self) {
+        self.wait_behind_live().await;
+    }
+
     async fn wait_behind_live(&self) {
         let step = (self.interval / 4).max(Duration::from_millis(1));
         while self.live_waiting.load(Ordering::Acquire) > 0 {
