@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use pdq::emulator::{EmulatorConfig, Faults};
 use pdq::queue::Locators;
-use pdq::worker::UnitOutcome;
+use pdq::worker::{UnitOutcome, Worker};
 use serde_json::json;
+use uuid::Uuid;
 
 use crate::app::{fast, job, run_in, values_sent, TestApp};
 
@@ -29,30 +30,40 @@ async fn archived_as_applied(app: &TestApp, id: i64) -> bool {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_retry_whose_value_landed_behind_a_503_is_not_sent_again() {
+/// A job `{"tier": "gold"}` whose first attempt met `faults`, due again with the faults gone;
+/// returns the app, the participant, the worker, the job id and the first attempt's outcomes.
+async fn first_attempt_under(
+    faults: Faults,
+) -> (TestApp, (Uuid, Uuid), Worker, i64, Vec<UnitOutcome>) {
     let app = TestApp::new(EmulatorConfig::default()).await;
     let (c, pid) = app.customer_conversation();
     let worker = app.worker(fast());
     let id = app
         .enqueue(job(Locators::ids(c.id, pid), json!({"tier": "gold"})))
         .await;
-    app.emulator.set_faults(Faults {
+    app.emulator.set_faults(faults);
+    let outcomes = worker.process_next().await.unwrap();
+    app.emulator.set_faults(Faults::default());
+    (app, (c.id, pid), worker, id, outcomes)
+}
+
+#[tokio::test]
+async fn a_retry_whose_value_landed_behind_a_503_is_not_sent_again() {
+    let (app, (cid, pid), worker, id, outcomes) = first_attempt_under(Faults {
         apply_then_error_rate: 1.0,
         error_statuses: vec![503],
         ..Faults::default()
-    });
-    let outcomes = worker.process_next().await.unwrap();
+    })
+    .await;
     assert!(
         matches!(outcomes.as_slice(), [UnitOutcome::Retried { .. }]),
         "{outcomes:?}"
     );
-    app.emulator.set_faults(Faults::default());
     run_in(&app, id, 0).await;
     let reads = conversation_reads(&app);
     app.drain(&worker, Duration::from_secs(10)).await;
     assert_eq!(
-        values_sent(&app, c.id, pid, "tier"),
+        values_sent(&app, cid, pid, "tier"),
         vec!["gold"],
         "the value the API applied behind its 503 is not sent a second time"
     );
@@ -75,23 +86,16 @@ async fn a_retry_whose_value_landed_behind_a_503_is_not_sent_again() {
 
 #[tokio::test]
 async fn a_retry_whose_value_did_not_land_is_sent() {
-    let app = TestApp::new(EmulatorConfig::default()).await;
-    let (c, pid) = app.customer_conversation();
-    let worker = app.worker(fast());
-    let id = app
-        .enqueue(job(Locators::ids(c.id, pid), json!({"tier": "gold"})))
-        .await;
-    app.emulator.set_faults(Faults {
+    let (app, (cid, pid), worker, id, _) = first_attempt_under(Faults {
         error_rate: 1.0,
         error_statuses: vec![503],
         ..Faults::default()
-    });
-    worker.process_next().await.unwrap();
-    app.emulator.set_faults(Faults::default());
-    assert!(values_sent(&app, c.id, pid, "tier").is_empty());
+    })
+    .await;
+    assert!(values_sent(&app, cid, pid, "tier").is_empty());
     run_in(&app, id, 0).await;
     app.drain(&worker, Duration::from_secs(10)).await;
-    assert_eq!(values_sent(&app, c.id, pid, "tier"), vec!["gold"]);
+    assert_eq!(values_sent(&app, cid, pid, "tier"), vec!["gold"]);
     assert!(archived_as_applied(&app, id).await);
     app.db.drop_database().await;
 }
