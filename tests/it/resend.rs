@@ -30,7 +30,7 @@ async fn archived_as_applied(app: &TestApp, id: i64) -> bool {
         .unwrap()
 }
 
-/// A job `{"tier": "gold"}` whose first attempt met `faults`, due again with the faults gone;
+/// A job `{"tier": "gold"}` whose first attempt met `faults`, the faults gone afterwards;
 /// returns the app, the participant, the worker, the job id and the first attempt's outcomes.
 async fn first_attempt_under(
     faults: Faults,
