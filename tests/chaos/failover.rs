@@ -506,7 +506,8 @@ async fn failover(synchronous: bool) {
             missing == 0,
             format!("{missing} committed jobs missing on the promoted standby"),
         );
-        verdict.check(!running_then.is_empty(), "the failover hit running units");
+        // Units were running on the primary at the stop (`busy`); whether the promoted standby
+        // still shows any depends on claims, which commit with synchronous_commit off.
         verdict.check(warned == 0, "no worker warned about asynchronous standbys");
     } else {
         verdict.loss_allowed = Some("async");
